@@ -1,0 +1,3 @@
+"""dicomd: a self-hosted DICOMweb archive."""
+
+__version__ = "0.1.0"

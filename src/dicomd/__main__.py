@@ -1,0 +1,3 @@
+from dicomd.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""Change feed: every create, update and delete, in commit order (v1) or in a time window (v2).
+
+Wire format follows the cloud service: Sequence, PartitionName, StudyInstanceUid, SeriesInstanceUid,
+SopInstanceUid, Action (create|update|delete), Timestamp, State (current|replaced|deleted), Metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomd.api.common import ApiError, api_version
+from dicomd.index.store import ChangeEntry, Index
+from dicomd.storage.local import METADATA, LocalObjectStore
+
+_V1_LIMIT = (10, 100)  # (default, maximum)
+_V2_LIMIT = (100, 200)
+
+
+def _params(request: Request, allowed: set[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        name = key.lower()
+        if name not in allowed:
+            raise ApiError(400, f"unknown query parameter '{key}'; allowed: {', '.join(sorted(allowed))}")
+        if name in params:
+            raise ApiError(400, f"query parameter '{key}' is given more than once")
+        params[name] = value
+    return params
+
+
+def _int(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"query parameter '{name}' must be an integer between {low} and {high}, got '{raw}'")
+    return int(raw)
+
+
+def _bool(params: dict[str, str], name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in ("true", "false"):
+        raise ApiError(400, f"query parameter '{name}' must be true or false, got '{raw}'")
+    return raw.lower() == "true"
+
+
+def _time(params: dict[str, str], name: str) -> datetime | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, f"query parameter '{name}' must be an ISO 8601 date-time, got '{raw}'") from None
+    if value.tzinfo is None:
+        raise ApiError(400, f"query parameter '{name}' must include a time zone offset (e.g. Z), got '{raw}'")
+    return value
+
+
+async def changefeed(request: Request) -> Response:
+    v2 = api_version(request) >= 2
+    if v2:
+        params = _params(request, {"offset", "limit", "includemetadata", "starttime", "endtime"})
+        limit = _int(params, "limit", _V2_LIMIT[0], 1, _V2_LIMIT[1])
+        start, end = _time(params, "starttime"), _time(params, "endtime")
+        if start and end and start >= end:
+            raise ApiError(400, "startTime must be before endTime")
+    else:
+        params = _params(request, {"offset", "limit", "includemetadata"})
+        limit = _int(params, "limit", _V1_LIMIT[0], 1, _V1_LIMIT[1])
+        start = end = None
+    offset = _int(params, "offset", 0, 0, 2**62)
+    include = _bool(params, "includemetadata", True)
+    index: Index = request.app.state.index
+    entries = await asyncio.to_thread(
+        index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
+    )
+    store: LocalObjectStore = request.app.state.store
+    body = await asyncio.to_thread(_render, entries, store, include)
+    return Response(body, media_type="application/json")
+
+
+async def latest(request: Request) -> Response:
+    params = _params(request, {"includemetadata"})
+    include = _bool(params, "includemetadata", True)
+    index: Index = request.app.state.index
+    entry = await asyncio.to_thread(index.latest_change)
+    store: LocalObjectStore = request.app.state.store
+    if entry is None:
+        return Response(b"{}", media_type="application/json")
+    body = await asyncio.to_thread(_render, [entry], store, include)
+    return Response(body[1:-1], media_type="application/json")
+
+
+def _render(entries: list[ChangeEntry], store: LocalObjectStore, include_metadata: bool) -> bytes:
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        item: dict[str, Any] = {
+            "Sequence": e.sequence,
+            "PartitionName": "default" if e.partition_key == 1 else str(e.partition_key),
+            "StudyInstanceUid": e.study_instance_uid,
+            "SeriesInstanceUid": e.series_instance_uid,
+            "SopInstanceUid": e.sop_instance_uid,
+            "Action": e.action.lower(),
+            "Timestamp": e.timestamp.isoformat().replace("+00:00", "Z"),
+            "State": e.state.lower(),
+        }
+        if include_metadata and e.state == "Current" and e.object_key:
+            try:
+                item["Metadata"] = orjson.Fragment(store.read(e.object_key, METADATA))
+            except FileNotFoundError:  # deleted between the query and this read
+                item["State"] = "deleted"
+        out.append(item)
+    return orjson.dumps(out)

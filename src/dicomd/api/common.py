@@ -1,0 +1,86 @@
+"""Shared pieces of the HTTP API: version context, errors, URLs and JSON responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomd.dicom.uids import is_valid_uid
+from dicomd.http.negotiation import accept_header_allows, parse_accept
+
+SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS_HEADER = "1, 2"
+DICOM_JSON = "application/dicom+json"
+
+
+class ApiError(Exception):
+    """An error answered as JSON: {"status": .., "error": .., "detail": ..}."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"status": status, "message": message})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def api_version(request: Request) -> int:
+    return int(request.path_params.get("version", 2))
+
+
+def base_url(request: Request) -> str:
+    """Versioned base URL, e.g. http://host:8080/v2 - what RetrieveURL and BulkDataURI start with."""
+    configured = request.app.state.settings.base_url
+    root = configured or f"{request.url.scheme}://{request.url.netloc}"
+    return f"{root}/v{api_version(request)}"
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def raw_json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def require_json_accept(request: Request) -> None:
+    if not accept_header_allows(parse_accept(request.headers.get("accept")), DICOM_JSON):
+        raise ApiError(406, "this resource is only available as application/dicom+json")
+
+
+def uid_param(request: Request, name: str) -> str:
+    value: str = request.path_params[name]
+    if not is_valid_uid(value):
+        raise ApiError(400, f"'{value}' is not a valid UID for {name}")
+    return value
+
+
+def study_url(base: str, study: str) -> str:
+    return f"{base}/studies/{study}"
+
+
+def series_url(base: str, study: str, series: str) -> str:
+    return f"{base}/studies/{study}/series/{series}"
+
+
+def instance_url(base: str, study: str, series: str, instance: str) -> str:
+    return f"{base}/studies/{study}/series/{series}/instances/{instance}"
+
+
+def ur(value: str) -> dict[str, Any]:
+    return {"vr": "UR", "Value": [value]}
+
+
+def ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]}
+
+
+def us(value: int) -> dict[str, Any]:
+    return {"vr": "US", "Value": [value]}

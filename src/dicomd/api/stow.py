@@ -1,0 +1,201 @@
+"""STOW-RS (PS3.18 10.5): POST /studies[/{study}] with multipart/related or a single application/dicom body.
+
+Parts are streamed to staged files as they arrive (bounded memory), then parsed and committed concurrently
+while the next parts are still being received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomd.api.common import (
+    DICOM_JSON,
+    ApiError,
+    api_version,
+    base_url,
+    instance_url,
+    json_response,
+    study_url,
+    ui,
+    uid_param,
+    ur,
+    us,
+)
+from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
+from dicomd.http.negotiation import accept_header_allows, parse_accept
+from dicomd.ingest.service import IngestService, StoreOutcome
+from dicomd.ingest.validate import PROCESSING_FAILURE
+from dicomd.storage.local import DICOM, new_key
+
+# Parts parsed at once per request: enough to overlap receiving, parsing and committing.
+_PARALLEL_PARTS = 16
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def store(request: Request) -> Response:
+    version = api_version(request)
+    url_study = uid_param(request, "study") if "study" in request.path_params else None
+    accept = parse_accept(request.headers.get("accept"))
+    if not (accept_header_allows(accept, DICOM_JSON)):
+        raise ApiError(406, "STOW-RS responses are available as application/dicom+json only")
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        raise ApiError(415, "Content-Type is required: multipart/related; type=\"application/dicom\"")
+    media_type, params = parse_content_type(content_type)
+    limit: int = request.app.state.settings.max_request_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"the request is larger than the limit of {limit} bytes")
+
+    ingest: IngestService = request.app.state.ingest
+    outcomes: list[asyncio.Task[StoreOutcome]] = []
+    failed_parts: list[StoreOutcome] = []
+    gate = asyncio.Semaphore(_PARALLEL_PARTS)
+
+    async def finish(key: str) -> StoreOutcome:
+        try:
+            return await ingest.store_staged(key, url_study=url_study, version=version)
+        finally:
+            gate.release()
+
+    async def receive(body: AsyncIterator[bytes]) -> str:
+        key = new_key()
+        path = ingest.store.staged_path(key, DICOM)
+        total = 0
+        try:
+            with open(path, "wb") as f:
+                async for chunk in body:
+                    total += len(chunk)
+                    if total > limit:
+                        raise _TooLarge
+                    f.write(chunk)
+        except BaseException:
+            ingest.store.discard_staged(key)
+            raise
+        return key
+
+    chunks = _limited(request.stream(), limit)
+    try:
+        if media_type == "application/dicom":
+            await gate.acquire()
+            key = await receive(chunks)
+            outcomes.append(asyncio.create_task(finish(key)))
+        elif media_type == "multipart/related":
+            part_type = params.get("type", "application/dicom").lower()
+            if part_type != "application/dicom":
+                raise ApiError(
+                    415, f"multipart/related type '{part_type}' is not supported; use type=\"application/dicom\""
+                )
+            boundary = params.get("boundary")
+            if not boundary:
+                raise ApiError(400, "multipart/related Content-Type has no boundary parameter")
+            try:
+                async for part in iter_parts(chunks, boundary):
+                    part_media = parse_content_type(part.headers.get("content-type", "application/dicom"))[0]
+                    if part_media != "application/dicom":
+                        failed_parts.append(
+                            StoreOutcome(
+                                failure_reason=PROCESSING_FAILURE,
+                                messages=[f"part of type '{part_media}' is not application/dicom"],
+                            )
+                        )
+                        continue
+                    await gate.acquire()
+                    try:
+                        key = await receive(part.stream())
+                    except MultipartError as exc:
+                        gate.release()
+                        failed_parts.append(
+                            StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"malformed part: {exc}"])
+                        )
+                        continue
+                    outcomes.append(asyncio.create_task(finish(key)))
+            except MultipartError as exc:
+                if not outcomes and not failed_parts:
+                    raise ApiError(400, f"malformed multipart body: {exc}") from None
+                failed_parts.append(
+                    StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"malformed multipart body: {exc}"])
+                )
+        else:
+            raise ApiError(
+                415, f"Content-Type '{media_type}' is not supported; use multipart/related; type=\"application/dicom\""
+            )
+    except _TooLarge:
+        await _settle(outcomes)
+        raise ApiError(413, f"the request is larger than the limit of {limit} bytes") from None
+    except BaseException:
+        await _settle(outcomes)
+        raise
+
+    results = list(await asyncio.gather(*outcomes)) + failed_parts
+    if not results:
+        return Response(status_code=204)
+    return _response(request, results, url_study)
+
+
+async def _settle(tasks: list[asyncio.Task[StoreOutcome]]) -> None:
+    """Let already-received parts finish so their staged files are committed or removed."""
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        if chunk:
+            yield chunk
+
+
+def _response(request: Request, results: list[StoreOutcome], url_study: str | None) -> Response:
+    base = base_url(request)
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for r in results:
+        item: dict[str, Any] = {}
+        if r.sop_class_uid:
+            item["00081150"] = ui(r.sop_class_uid)
+        if r.sop_instance_uid:
+            item["00081155"] = ui(r.sop_instance_uid)
+        if r.stored:
+            item["00081190"] = ur(instance_url(base, r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid))
+            if r.warning_reason is not None:
+                item["00081196"] = us(r.warning_reason)
+                item["00741048"] = _comments(r.messages)
+            referenced.append(item)
+        else:
+            assert r.failure_reason is not None
+            item["00081197"] = us(r.failure_reason)
+            item["00741048"] = _comments(r.messages)
+            failed.append(item)
+    body: dict[str, Any] = {}
+    studies = {r.study_instance_uid for r in results if r.stored}
+    retrieve_study = url_study or (next(iter(studies)) if len(studies) == 1 else None)
+    if retrieve_study and referenced:
+        body["00081190"] = ur(study_url(base, retrieve_study))
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if not referenced:
+        status = 409
+    elif failed or any(r.warning_reason is not None for r in results):
+        status = 202
+    else:
+        status = 200
+    return json_response(body, status=status)
+
+
+def _comments(messages: list[str]) -> dict[str, Any]:
+    # FailedAttributesSequence items carrying ErrorComment (0000,0902) texts, as the cloud service does
+    return {"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [m]}} for m in messages]}

@@ -1,0 +1,254 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, bulkdata and frames, streamed from object storage.
+
+Metadata and frame/bulk byte ranges were computed once at ingest, so no retrieve re-parses a file.
+Transcoding, rendered and thumbnail representations are not offered yet: those requests get 406.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomd.api.common import DICOM_JSON, ApiError, base_url, instance_url, raw_json_response, uid_param
+from dicomd.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
+from dicomd.http.multipart import closing, new_boundary, part_header
+from dicomd.http.negotiation import Offer, accept_header_allows, negotiate, parse_accept
+from dicomd.index.store import Index, StoredInstance
+from dicomd.storage.local import METADATA, LocalObjectStore
+
+_SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
+
+# PS3.18 Table 8.7.3-2: media types of compressed frames / bulk pixel data by transfer syntax
+_FRAME_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+def _index(request: Request) -> Index:
+    return request.app.state.index  # type: ignore[no-any-return]
+
+
+def _store(request: Request) -> LocalObjectStore:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+async def _find(request: Request) -> list[StoredInstance]:
+    study = uid_param(request, "study")
+    series = uid_param(request, "series") if "series" in request.path_params else None
+    instance = uid_param(request, "instance") if "instance" in request.path_params else None
+    found = await asyncio.to_thread(_index(request).find_instances, 1, study, series, instance)
+    if not found:
+        what = "instance" if instance else "series" if series else "study"
+        raise ApiError(404, f"the requested {what} does not exist")
+    return found
+
+
+def _etag(instances: list[StoredInstance], kind: str) -> str:
+    # object keys are unique per stored version, so they identify the content exactly
+    digest = hashlib.blake2b(kind.encode(), digest_size=16)
+    for inst in instances:
+        digest.update(inst.object_key.encode())
+    return f'"{digest.hexdigest()}"'
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    return header.strip() == "*" or etag in [t.strip() for t in header.split(",")]
+
+
+# ---- instances ----------------------------------------------------------------------------------
+
+
+async def retrieve(request: Request) -> Response:
+    instances = await _find(request)
+    single = "instance" in request.path_params
+    accept = parse_accept(request.headers.get("accept"))
+    stored_syntaxes = {inst.transfer_syntax_uid for inst in instances}
+    offers = [Offer("multipart/related", "application/dicom", frozenset(stored_syntaxes | {"*"}), "*")]
+    if single:
+        offers.append(Offer("application/dicom", None, frozenset(stored_syntaxes | {"*"}), "*"))
+    choice = negotiate(accept, offers)
+    if choice is None:
+        raise ApiError(
+            406,
+            "instances are available as multipart/related; type=\"application/dicom\""
+            + (" or application/dicom" if single else "")
+            + " in their stored transfer syntax (transfer-syntax=*); transcoding is not supported yet",
+        )
+    wanted = choice.transfer_syntax
+    if wanted not in ("*", None) and stored_syntaxes != {wanted}:
+        raise ApiError(
+            406,
+            f"transfer syntax {wanted} is not available for every requested instance; "
+            "use transfer-syntax=* for the stored syntax",
+        )
+    store = _store(request)
+    if choice.media_type == "application/dicom":
+        inst = instances[0]
+        return StreamingResponse(
+            _file_chunks(store, inst),
+            media_type=f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
+            headers={"content-length": str(store.size(inst.object_key))},
+        )
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i, inst in enumerate(instances):
+            yield part_header(
+                boundary, f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}", first=i == 0
+            )
+            async for chunk in _file_chunks(store, inst):
+                yield chunk
+        yield closing(boundary)
+
+    return StreamingResponse(
+        body(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
+    )
+
+
+async def _file_chunks(store: LocalObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
+    if inst.file_size < _SMALL:
+        yield store.read(inst.object_key)
+        return
+    chunks: Iterator[bytes] = store.iter_chunks(inst.object_key)
+    while chunk := await asyncio.to_thread(next, chunks, b""):
+        yield chunk
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+
+
+async def metadata(request: Request) -> Response:
+    if not accept_header_allows(parse_accept(request.headers.get("accept")), DICOM_JSON):
+        raise ApiError(406, "metadata is available as application/dicom+json only")
+    instances = await _find(request)
+    etag = _etag(instances, "metadata")
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"etag": etag})
+    base = base_url(request)
+    store = _store(request)
+    body = await asyncio.to_thread(_metadata_body, store, instances, base)
+    return raw_json_response(body, headers={"etag": etag})
+
+
+def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], base: str) -> bytes:
+    parts = []
+    for inst in instances:
+        blob = store.read(inst.object_key, METADATA)
+        if inst.bulk:
+            # stored BulkDataURIs are relative to the instance URL; make them absolute for this request
+            prefix = instance_url(base, inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid)
+            blob = blob.replace(b'"BulkDataURI":"', b'"BulkDataURI":"' + prefix.encode() + b"/")
+        parts.append(blob)
+    return b"[" + b",".join(parts) + b"]"
+
+
+# ---- bulkdata and frames ------------------------------------------------------------------------
+
+
+def _octet_offer(ts: str) -> list[Offer]:
+    offers = [Offer("multipart/related", "application/octet-stream", frozenset({ts, "*"}), "*")]
+    media = _FRAME_MEDIA_TYPES.get(ts)
+    if media:
+        offers.append(Offer("multipart/related", media, frozenset({ts, "*"}), "*"))
+    return offers
+
+
+def _range_parts(
+    store: LocalObjectStore, key: str, pieces: list[list[tuple[int, int]]], content_type: str
+) -> StreamingResponse:
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i, ranges in enumerate(pieces):
+            yield part_header(boundary, content_type, first=i == 0)
+            for offset, length in ranges:
+                yield await asyncio.to_thread(store.read_range, key, offset, length)
+        yield closing(boundary)
+
+    part_type = content_type.split(";", 1)[0]
+    return StreamingResponse(body(), media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+
+
+async def bulkdata(request: Request) -> Response:
+    inst = (await _find(request))[0]
+    path = request.path_params["path"].upper()
+    byte_range = inst.bulk.get(path)
+    if byte_range is None:
+        raise ApiError(404, f"the instance has no bulk data at '{path}'")
+    ts = inst.transfer_syntax_uid
+    is_pixel_data = path in ("7FE00010", "7FE00008", "7FE00009")
+    encapsulated = is_pixel_data and ts not in NATIVE_SYNTAXES and ts != EXPLICIT_VR_BIG_ENDIAN
+    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offer(ts))
+    if choice is None:
+        raise ApiError(406, f"this bulk data is available as multipart/related in transfer syntax {ts}")
+    if encapsulated and inst.frames:
+        # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
+        media = choice.part_type or "application/octet-stream"
+        return _range_parts(request.app.state.store, inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}")
+    syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
+    return _range_parts(
+        request.app.state.store,
+        inst.object_key,
+        [[byte_range]],
+        f"application/octet-stream; transfer-syntax={syntax}",
+    )
+
+
+def _frame_numbers(text: str, count: int) -> list[int]:
+    numbers: list[int] = []
+    for item in text.replace("%2C", ",").split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise ApiError(400, f"frame list '{text}' must be positive integers separated by commas")
+        if int(item) > count:
+            raise ApiError(404, f"frame {item} does not exist: the instance has {count} frame(s)")
+        numbers.append(int(item))
+    return numbers
+
+
+async def frames(request: Request) -> Response:
+    inst = (await _find(request))[0]
+    if not inst.frames:
+        raise ApiError(404, "the instance has no retrievable pixel data frames")
+    numbers = _frame_numbers(request.path_params["frames"], len(inst.frames))
+    ts = inst.transfer_syntax_uid
+    if ts == EXPLICIT_VR_BIG_ENDIAN:
+        raise ApiError(406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet")
+    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offer(ts))
+    if choice is None:
+        media = _FRAME_MEDIA_TYPES.get(ts, "application/octet-stream")
+        raise ApiError(
+            406,
+            f'frames are available as multipart/related; type="{media}" in their stored transfer syntax {ts} '
+            "(transfer-syntax=*); transcoding is not supported yet",
+        )
+    syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
+    media = choice.part_type or "application/octet-stream"
+    pieces = [inst.frames[n - 1] for n in numbers]
+    return _range_parts(request.app.state.store, inst.object_key, pieces, f"{media}; transfer-syntax={syntax}")
+
+
+async def not_offered(request: Request) -> Response:
+    """Rendered and thumbnail resources: honest 406 until rendering lands."""
+    await _find(request)
+    raise ApiError(406, "rendered and thumbnail representations are not supported yet")
+

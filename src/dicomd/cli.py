@@ -1,0 +1,70 @@
+"""The `dicomd` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dicomd import __version__
+from dicomd.config import SETTINGS_HELP, ConfigError, Settings, load_settings
+
+_CONFIG_HELP = f"""Start the DICOMweb server.
+
+\b
+Settings come from (lowest to highest priority): defaults, a TOML file
+(--config or DICOMD_CONFIG), environment variables DICOMD_<NAME>, and flags.
+TOML keys are the setting names below, at top level or under [dicomd].
+\b
+{chr(10).join(f"  {name:<18} {text} (env DICOMD_{name.upper()}, default {getattr(Settings(), name)!s})" for name, text in SETTINGS_HELP.items())}
+"""
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dicomd")
+def main() -> None:
+    """dicomd - a self-hosted DICOMweb archive."""
+
+
+@main.command(help=_CONFIG_HELP)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="data directory")
+@click.option("--host", help="interface to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, help="TCP port (default 8080)")
+@click.option("--workers", type=int, help="worker processes (default: one per core)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file")
+@click.option("--index-url", help="index database URL")
+@click.option("--duplicate-policy", type=click.Choice(["reject", "overwrite"]), help="STOW of a stored instance")
+@click.option("--log-level", help="critical, error, warning, info or debug")
+def serve(config_file: str | None, **flags: object) -> None:
+    import uvicorn
+
+    from dicomd import logs
+    from dicomd.app import SETTINGS_ENV, prepare
+
+    try:
+        settings = load_settings(config_file=config_file, flags=flags)
+    except ConfigError as exc:
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
+    log_config = logs.configure(settings.log_level)
+    prepare(settings)
+    import os
+
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    click.echo(
+        f"dicomd {__version__} serving DICOMweb on http://{settings.host}:{settings.port}/v2/ "
+        f"({settings.effective_workers} workers, data in {settings.data_dir.resolve()})",
+        err=True,
+    )
+    uvicorn.run(
+        "dicomd.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.effective_workers,
+        log_config=log_config,
+        access_log=False,  # request lines carry UIDs and patient names in query strings (PHI)
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )

@@ -1,0 +1,52 @@
+"""Checks an instance must pass before it is stored (PS3.18 10.5, Azure v1/v2 conformance)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomd.dicom.uids import is_valid_uid
+from dicomd.dicom.model import ParsedInstance
+
+# PS3.4 Annex B / PS3.18 10.5.3 failure and warning reasons
+PROCESSING_FAILURE = 0x0110
+VALIDATION_FAILURE = 0xA900
+STUDY_UID_MISMATCH = 0xA901
+ALREADY_EXISTS = 0xB00E
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+
+_REQUIRED_UIDS = (
+    ("0020000D", "StudyInstanceUID", "study_instance_uid"),
+    ("0020000E", "SeriesInstanceUID", "series_instance_uid"),
+    ("00080018", "SOPInstanceUID", "sop_instance_uid"),
+    ("00080016", "SOPClassUID", "sop_class_uid"),
+)
+
+
+@dataclass(slots=True)
+class Rejection:
+    reason: int
+    messages: list[str]
+
+
+def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> Rejection | None:
+    """Return why the instance must be rejected, or None. Optional attributes never reject (v2)."""
+    problems: list[str] = []
+    for _tag, keyword, field in _REQUIRED_UIDS:
+        value: str = getattr(parsed, field)
+        if not value:
+            problems.append(f"{keyword} is missing or empty")
+        elif not is_valid_uid(value):
+            problems.append(f"{keyword} '{value}' is not a valid UID (digits and dots, at most 64)")
+    patient_id = parsed.dataset.get("00100020")
+    if patient_id is None:
+        problems.append("PatientID is missing")
+    elif version == 1 and not patient_id.get("Value"):
+        problems.append("PatientID is empty")
+    if problems:
+        return Rejection(VALIDATION_FAILURE, problems)
+    if url_study is not None and parsed.study_instance_uid != url_study:
+        return Rejection(
+            STUDY_UID_MISMATCH,
+            [f"StudyInstanceUID '{parsed.study_instance_uid}' does not match the study in the URL"],
+        )
+    return None

@@ -1,0 +1,67 @@
+"""Background removal of stored objects whose index rows were deleted or replaced.
+
+The queue lives in the index (table deleted_object, filled in the same transaction that removed the
+rows), so pending removals survive restarts. Object keys are unique per stored version and never reused,
+so removing one can never take away something still referenced. Every worker runs the loop; claiming a
+row pushes its next attempt into the future, so workers rarely collide and a collision is harmless
+(deletion is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from dicomd.index.store import Index
+from dicomd.storage.local import LocalObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class CleanupJob:
+    def __init__(self, index: Index, store: LocalObjectStore, *, interval: float = 10.0, batch: int = 200) -> None:
+        self.index = index
+        self.store = store
+        self.interval = interval
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="object-cleanup")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run_once(self) -> int:
+        """Remove one batch of due objects; returns how many were removed."""
+        claimed = self.index.claim_deleted_objects(self.batch)
+        done: list[int] = []
+        for row_id, key in claimed:
+            try:
+                self.store.delete(key)
+            except OSError:
+                log.warning("removing a deleted object failed; it will be retried", exc_info=True)
+                continue
+            done.append(row_id)
+        if done:
+            self.index.forget_deleted_objects(done)
+        return len(done)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await asyncio.to_thread(self.run_once) >= self.batch:
+                    pass
+            except Exception:
+                log.exception("object cleanup pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()

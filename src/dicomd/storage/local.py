@@ -1,0 +1,144 @@
+"""Filesystem object store with crash-safe, group-synced writes.
+
+Objects are named by opaque keys (random hex, never UIDs: no PHI in paths). A write goes through three steps
+so that a 2xx is durable and nothing is ever orphaned:
+
+1. ``stage``: incoming bytes go to ``staging/<key>.<suffix>`` (no fsync yet);
+2. ``sync``: one ``syncfs`` (or per-file fsync) makes a whole batch of staged files durable at once;
+3. the index commits, then ``publish`` renames the staged files to ``objects/ab/cd/<key>.<suffix>``.
+
+After a crash, ``recover`` finishes step 3 for keys the index knows and deletes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+DICOM = "dcm"
+METADATA = "json"
+SUFFIXES = (DICOM, METADATA)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def new_key() -> str:
+    return secrets.token_hex(16)
+
+
+class LocalObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.staging = root / "staging"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    # ---- paths ---------------------------------------------------------------------------------
+    def path(self, key: str, suffix: str = DICOM) -> Path:
+        return self.objects / key[:2] / key[2:4] / f"{key}.{suffix}"
+
+    def staged_path(self, key: str, suffix: str = DICOM) -> Path:
+        return self.staging / f"{key}.{suffix}"
+
+    def readable_path(self, key: str, suffix: str = DICOM) -> Path:
+        """Where the object's bytes are now (published, or committed but not yet renamed)."""
+        path = self.path(key, suffix)
+        if path.exists():
+            return path
+        staged = self.staged_path(key, suffix)
+        return staged if staged.exists() else path
+
+    # ---- writes --------------------------------------------------------------------------------
+    def write_staged(self, key: str, suffix: str, data: bytes) -> None:
+        with open(self.staged_path(key, suffix), "wb") as f:
+            f.write(data)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make staged files durable: one syncfs for the whole batch where the kernel has it."""
+        if _syncfs is not None:
+            fd = os.open(self.staging, os.O_RDONLY)
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        for key in keys:
+            for suffix in SUFFIXES:
+                path = self.staged_path(key, suffix)
+                if path.exists():
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        _fsync_dir(self.staging)
+
+    def publish(self, keys: Iterable[str]) -> None:
+        """Move committed objects into place. Durability of the rename is not needed for a 2xx:
+        ``recover`` completes it after a crash because the index already names the key."""
+        for key in keys:
+            for suffix in SUFFIXES:
+                staged = self.staged_path(key, suffix)
+                if staged.exists():
+                    target = self.path(key, suffix)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staged, target)
+
+    def discard_staged(self, key: str) -> None:
+        for suffix in SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                self.staged_path(key, suffix).unlink()
+
+    def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing object is not an error."""
+        for suffix in SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(key, suffix).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.staged_path(key, suffix).unlink()
+
+    # ---- reads ---------------------------------------------------------------------------------
+    def read(self, key: str, suffix: str = DICOM) -> bytes:
+        return self.readable_path(key, suffix).read_bytes()
+
+    def read_range(self, key: str, offset: int, length: int, suffix: str = DICOM) -> bytes:
+        with open(self.readable_path(key, suffix), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with open(self.readable_path(key), "rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def size(self, key: str) -> int:
+        return self.readable_path(key).stat().st_size
+
+    # ---- crash recovery ------------------------------------------------------------------------
+    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        """Publish staged objects the index knows, delete the others. Run before workers start."""
+        published = removed = 0
+        keys = {p.name.split(".", 1)[0] for p in self.staging.iterdir()}
+        for key in keys:
+            if is_committed(key):
+                self.publish([key])
+                published += 1
+            else:
+                self.discard_staged(key)
+                removed += 1
+        return published, removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
