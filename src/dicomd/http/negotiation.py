@@ -1,0 +1,213 @@
+"""Accept header negotiation for DICOMweb (PS3.18 8.7, RFC 7231 5.3.2).
+
+Parsing is deliberately lenient because real viewers send slightly broken headers
+(unquoted ``type=application/dicom``, ``*`` instead of ``*/*``, bad q-values) and a
+406 for those is worse than a best-effort answer:
+
+* an absent or empty header, or one where no element parses, means ``*/*``;
+* an element without ``/`` is dropped, except ``*`` which is read as ``*/*``;
+* a q-value that is not a number counts as 1; out-of-range values are clamped to [0, 1];
+* for duplicated parameters the first one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dicomd.http.multipart import parse_content_type, split_header_list
+
+__all__ = [
+    "ANY_TRANSFER_SYNTAX",
+    "Choice",
+    "MediaRange",
+    "Offer",
+    "accept_header_allows",
+    "negotiate",
+    "parse_accept",
+]
+
+#: ``transfer-syntax=*``: the stored (original) transfer syntax, no transcoding.
+ANY_TRANSFER_SYNTAX = "*"
+
+# Media types that a client asking for one should also receive for the other.
+_ALIASES: dict[str, str] = {
+    "application/dicom+json": "application/json",
+    "application/json": "application/dicom+json",
+    "application/dicom+xml": "application/xml",
+    "application/xml": "application/dicom+xml",
+}
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One element of an Accept header.
+
+    ``params`` holds the media type parameters (names lower-cased) without ``q``;
+    DICOMweb uses ``type`` (lower-cased value) and ``transfer-syntax``.
+    """
+
+    type: str
+    subtype: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def media_type(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    @property
+    def part_type(self) -> str | None:
+        """The multipart ``type`` parameter, if given."""
+        return self.params.get("type")
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+
+def _parse_q(raw: str) -> float:
+    try:
+        q = float(raw)
+    except ValueError:
+        return 1.0
+    if q != q:  # NaN
+        return 1.0
+    return min(max(q, 0.0), 1.0)
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Parse an Accept header into media ranges, in header order (see module doc)."""
+    ranges: list[MediaRange] = []
+    for element in split_header_list(header or "", ","):
+        if not element.strip():
+            continue
+        media_type, params = parse_content_type(element)
+        if media_type == "*":
+            media_type = "*/*"
+        type_, slash, subtype = media_type.partition("/")
+        type_, subtype = type_.strip(), subtype.strip()
+        if not slash or not type_ or not subtype or "/" in subtype:
+            continue
+        q = _parse_q(params.pop("q")) if "q" in params else 1.0
+        if "type" in params:
+            params["type"] = params["type"].strip().lower()
+        if "transfer-syntax" in params:
+            params["transfer-syntax"] = params["transfer-syntax"].strip()
+        ranges.append(MediaRange(type_, subtype, params, q))
+    return ranges or [MediaRange("*", "*")]
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A representation a resource can produce.
+
+    ``transfer_syntaxes`` lists the syntaxes that can be served, with
+    :data:`ANY_TRANSFER_SYNTAX` meaning "the original is available" (Accept
+    ``transfer-syntax=*``).  An empty set means the parameter does not apply (JSON,
+    rendered media) and is ignored.  ``default_transfer_syntax`` is chosen when the
+    client names none.
+    """
+
+    media_type: str
+    part_type: str | None = None
+    transfer_syntaxes: frozenset[str] = frozenset()
+    default_transfer_syntax: str | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Outcome of :func:`negotiate`; ``transfer_syntax`` may be ``"*"`` (send the original)."""
+
+    media_type: str
+    part_type: str | None
+    transfer_syntax: str | None
+    offer: Offer
+
+
+def _type_matches(pattern: str, media_type: str) -> bool:
+    """``pattern`` may be ``*/*`` or ``type/*``; ``media_type`` is concrete."""
+    if pattern in ("*/*", "*"):
+        return True
+    p_type, _, p_sub = pattern.partition("/")
+    m_type, _, m_sub = media_type.partition("/")
+    return p_type == m_type and p_sub in ("*", m_sub)
+
+
+def _specificity(rng: MediaRange) -> int:
+    """RFC 7231: more specific ranges override less specific ones for the same offer."""
+    if rng.type == "*":
+        base = 0
+    elif rng.subtype == "*":
+        base = 10
+    else:
+        base = 20
+    return base + ("type" in rng.params) + ("transfer-syntax" in rng.params)
+
+
+def _match(rng: MediaRange, offer: Offer) -> tuple[bool, str | None]:
+    """Whether ``rng`` covers ``offer`` and the transfer syntax it asks for."""
+    if not _type_matches(rng.media_type, offer.media_type.lower()):
+        return False, None
+    # A missing `type` means "whatever this resource sends by default"; offers are
+    # listed default-first, so no check is needed for that case.
+    if (
+        offer.part_type is not None
+        and rng.part_type is not None
+        and not _type_matches(rng.part_type, offer.part_type.lower())
+    ):
+        return False, None
+    wanted = rng.transfer_syntax
+    if wanted is None or not offer.transfer_syntaxes:
+        return True, offer.default_transfer_syntax
+    if wanted in offer.transfer_syntaxes:
+        return True, wanted
+    return False, None
+
+
+def negotiate(accept: Sequence[MediaRange], offers: Sequence[Offer]) -> Choice | None:
+    """Pick the best offer for ``accept``; ``None`` means answer 406.
+
+    Every (offer, transfer syntax) candidate takes its q from the most specific range
+    that covers it (so ``application/dicom+json, */*;q=0`` still allows JSON); q=0
+    excludes.  Among the rest the highest q wins, then the earliest range in the
+    header, then the earliest offer (which is how ``*/*`` selects the first offer).
+    """
+    # (offer index, transfer syntax) -> (specificity, q, range index)
+    governing: dict[tuple[int, str | None], tuple[int, float, int]] = {}
+    for r_idx, rng in enumerate(accept):
+        spec = _specificity(rng)
+        for o_idx, offer in enumerate(offers):
+            ok, ts = _match(rng, offer)
+            if not ok:
+                continue
+            key = (o_idx, ts)
+            prev = governing.get(key)
+            if prev is None or spec > prev[0]:
+                governing[key] = (spec, rng.q, r_idx)
+    best: tuple[float, int, int] | None = None
+    best_key: tuple[int, str | None] | None = None
+    for key, (_spec, q, r_idx) in governing.items():
+        if q <= 0:
+            continue
+        rank = (-q, r_idx, key[0])
+        if best is None or rank < best:
+            best, best_key = rank, key
+    if best_key is None:
+        return None
+    offer = offers[best_key[0]]
+    return Choice(offer.media_type, offer.part_type, best_key[1], offer)
+
+
+def accept_header_allows(accept: Sequence[MediaRange] | str | None, media_type: str) -> bool:
+    """Whether a single-representation resource of ``media_type`` may be sent.
+
+    ``application/dicom+json`` and ``application/json`` (and the XML pair) are
+    interchangeable, since clients such as dicomweb-client and OHIF send either.
+    """
+    ranges = parse_accept(accept) if accept is None or isinstance(accept, str) else accept
+    media_type = media_type.lower()
+    offers = [Offer(media_type)]
+    if media_type in _ALIASES:
+        offers.append(Offer(_ALIASES[media_type]))
+    return any(negotiate(ranges, [offer]) is not None for offer in offers)
