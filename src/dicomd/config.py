@@ -81,26 +81,17 @@ SETTINGS_HELP: dict[str, str] = {
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
+_INT_SETTINGS = ("port", "workers", "bulk_threshold", "max_request_bytes", "commit_batch")
+
+
 def _coerce(name: str, raw: Any, source: str) -> Any:
     """Convert and validate one setting."""
     where = f"setting '{name}' (from {source})"
-    try:
-        if name == "data_dir":
-            return Path(str(raw)).expanduser()
-        if name in ("port", "workers", "bulk_threshold", "max_request_bytes", "commit_batch"):
-            if isinstance(raw, bool):
-                raise ValueError
-            value = int(raw)
-        else:
-            value = str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
-    if name == "port" and not 1 <= value <= 65535:
-        raise ConfigError(f"{where}: must be between 1 and 65535, got {value}")
-    if name == "workers" and not 0 <= value <= 256:
-        raise ConfigError(f"{where}: must be between 0 and 256, got {value}")
-    if name in ("bulk_threshold", "commit_batch", "max_request_bytes") and value < 1:
-        raise ConfigError(f"{where}: must be positive, got {value}")
+    if name == "data_dir":
+        return Path(str(raw)).expanduser()
+    if name in _INT_SETTINGS:
+        return _coerce_int(name, raw, where)
+    value = str(raw)
     if name == "duplicate_policy" and value not in ("reject", "overwrite"):
         raise ConfigError(f"{where}: must be 'reject' or 'overwrite', got {value!r}")
     if name == "log_level" and value.lower() not in _LOG_LEVELS:
@@ -110,6 +101,22 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     if name == "base_url" and value and not value.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
     return value.rstrip("/") if name == "base_url" else value
+
+
+def _coerce_int(name: str, raw: Any, where: str) -> int:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if name == "port" and not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: must be between 1 and 65535, got {value}")
+    if name == "workers" and not 0 <= value <= 256:
+        raise ConfigError(f"{where}: must be between 0 and 256, got {value}")
+    if name in ("bulk_threshold", "commit_batch", "max_request_bytes") and value < 1:
+        raise ConfigError(f"{where}: must be positive, got {value}")
+    return value
 
 
 def load_settings(

@@ -892,6 +892,10 @@ class _Parser:
         if not rows or not cols or not bits:
             self.warnings.append("Pixel Data without Rows/Columns/Bits Allocated: frames unknown")
             return []
+        photometric = ds.get("00280004", {}).get("Value") or [""]
+        if photometric[0] == "YBR_FULL_422" and spp == 3:
+            # native YBR_FULL_422 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
+            spp = 2
         frame_bits = rows * cols * spp * bits
         out: list[list[ByteRange]] = []
         for i in range(nframes):

@@ -34,7 +34,9 @@ def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> 
     for _tag, keyword, field in _REQUIRED_UIDS:
         value: str = getattr(parsed, field)
         if not value:
-            problems.append(f"{keyword} is missing or empty")
+            # the parser drops an invalid UID with a warning naming it; report that rather than "missing"
+            why = [w for w in parsed.warnings if keyword in w]
+            problems.append(why[0] if why else f"{keyword} is missing or empty")
         elif not is_valid_uid(value):
             problems.append(f"{keyword} '{value}' is not a valid UID (digits and dots, at most 64)")
     patient_id = parsed.dataset.get("00100020")
