@@ -74,7 +74,9 @@ def make_instance(
     return out.getvalue()
 
 
-def multipart(parts: list[bytes], boundary: str = "dicomd-test-boundary", content_type: str = "application/dicom") -> tuple[bytes, str]:
+def multipart(
+    parts: list[bytes], boundary: str = "dicomd-test-boundary", content_type: str = "application/dicom"
+) -> tuple[bytes, str]:
     body = b""
     for part in parts:
         body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + part + b"\r\n"

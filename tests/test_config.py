@@ -32,14 +32,20 @@ def test_priority_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("env", "value", "needle"),
     [
-        ("DICOMD_PORT", "http", "setting 'port' (from environment variable DICOMD_PORT): expected an integer"),
+        (
+            "DICOMD_PORT",
+            "http",
+            "setting 'port' (from environment variable DICOMD_PORT): expected an integer",
+        ),
         ("DICOMD_PORT", "70000", "between 1 and 65535"),
         ("DICOMD_DUPLICATE_POLICY", "ignore", "'reject' or 'overwrite'"),
         ("DICOMD_INDEX_URL", "mysql://x", "sqlite:///"),
         ("DICOMD_LOG_LEVEL", "loud", "log_level"),
     ],
 )
-def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str) -> None:
+def test_invalid_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str
+) -> None:
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load_settings()
@@ -71,6 +77,8 @@ def test_cli_reports_config_errors() -> None:
 
 
 def test_cli_help_explains_configuration() -> None:
-    result = subprocess.run([sys.executable, "-m", "dicomd", "serve", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "dicomd", "serve", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0
     assert "DICOMD_DUPLICATE_POLICY" in result.stdout and "TOML" in result.stdout

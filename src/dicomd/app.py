@@ -85,7 +85,10 @@ class VersionHeaders:
         async def send_with_header(message: dict) -> None:  # type: ignore[type-arg]
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"api-supported-versions", SUPPORTED_VERSIONS_HEADER.encode())]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"api-supported-versions", SUPPORTED_VERSIONS_HEADER.encode()),
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_header)  # type: ignore[arg-type]
@@ -155,7 +158,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
 
 
 def prepare(settings: Settings, index: Index | None = None) -> None:
-    """One-time start-up work before serving: data dirs, schema migration, crash recovery of staged objects."""
+    """Start-up work done once, before workers start: data dirs, migration, recovery of staged objects."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     own = index is None
     index = index or Index(settings.effective_index_url)

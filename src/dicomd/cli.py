@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import click
 from dicomd import __version__
 from dicomd.config import SETTINGS_HELP, ConfigError, Settings, load_settings
 
+_SETTING_LINES = "\n".join(
+    f"  {name:<18} {text} (env DICOMD_{name.upper()}, default {getattr(Settings(), name)!s})"
+    for name, text in SETTINGS_HELP.items()
+)
 _CONFIG_HELP = f"""Start the DICOMweb server.
 
 \b
@@ -17,7 +22,7 @@ Settings come from (lowest to highest priority): defaults, a TOML file
 (--config or DICOMD_CONFIG), environment variables DICOMD_<NAME>, and flags.
 TOML keys are the setting names below, at top level or under [dicomd].
 \b
-{chr(10).join(f"  {name:<18} {text} (env DICOMD_{name.upper()}, default {getattr(Settings(), name)!s})" for name, text in SETTINGS_HELP.items())}
+{_SETTING_LINES}
 """
 
 
@@ -34,7 +39,9 @@ def main() -> None:
 @click.option("--workers", type=int, help="worker processes (default: one per core)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file")
 @click.option("--index-url", help="index database URL")
-@click.option("--duplicate-policy", type=click.Choice(["reject", "overwrite"]), help="STOW of a stored instance")
+@click.option(
+    "--duplicate-policy", type=click.Choice(["reject", "overwrite"]), help="STOW of a stored instance"
+)
 @click.option("--log-level", help="critical, error, warning, info or debug")
 def serve(config_file: str | None, **flags: object) -> None:
     import uvicorn
@@ -49,8 +56,6 @@ def serve(config_file: str | None, **flags: object) -> None:
         sys.exit(2)
     log_config = logs.configure(settings.log_level)
     prepare(settings)
-    import os
-
     os.environ[SETTINGS_ENV] = settings.to_json()
     click.echo(
         f"dicomd {__version__} serving DICOMweb on http://{settings.host}:{settings.port}/v2/ "

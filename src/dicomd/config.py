@@ -48,7 +48,9 @@ class Settings:
 
     @property
     def effective_storage_path(self) -> Path:
-        return Path(self.storage_path).resolve() if self.storage_path else (self.data_dir / "objects").resolve()
+        return (
+            Path(self.storage_path).resolve() if self.storage_path else (self.data_dir / "objects").resolve()
+        )
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

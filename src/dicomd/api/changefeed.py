@@ -39,7 +39,9 @@ def _int(params: dict[str, str], name: str, default: int, low: int, high: int) -
     if raw is None:
         return default
     if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, f"query parameter '{name}' must be an integer between {low} and {high}, got '{raw}'")
+        raise ApiError(
+            400, f"query parameter '{name}' must be an integer between {low} and {high}, got '{raw}'"
+        )
     return int(raw)
 
 

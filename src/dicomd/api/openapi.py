@@ -53,7 +53,9 @@ def build(version: int) -> dict[str, Any]:
                 "parameters": params,
                 "responses": {"default": {"description": "see docs/conformance-statement.md"}},
             }
-    paths["/health/check"] = {"get": {"summary": "Health check", "responses": {"200": {"description": "healthy"}}}}
+    paths["/health/check"] = {
+        "get": {"summary": "Health check", "responses": {"200": {"description": "healthy"}}}
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "dicomd DICOMweb API", "version": f"{__version__} (API v{version})"},

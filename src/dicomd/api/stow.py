@@ -48,7 +48,7 @@ async def store(request: Request) -> Response:
         raise ApiError(406, "STOW-RS responses are available as application/dicom+json only")
     content_type = request.headers.get("content-type")
     if not content_type:
-        raise ApiError(415, "Content-Type is required: multipart/related; type=\"application/dicom\"")
+        raise ApiError(415, 'Content-Type is required: multipart/related; type="application/dicom"')
     media_type, params = parse_content_type(content_type)
     limit: int = request.app.state.settings.max_request_bytes
     length = request.headers.get("content-length")
@@ -92,7 +92,8 @@ async def store(request: Request) -> Response:
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
                 raise ApiError(
-                    415, f"multipart/related type '{part_type}' is not supported; use type=\"application/dicom\""
+                    415,
+                    f"multipart/related type '{part_type}' is not supported; use type=\"application/dicom\"",
                 )
             boundary = params.get("boundary")
             if not boundary:
@@ -114,7 +115,9 @@ async def store(request: Request) -> Response:
                     except MultipartError as exc:
                         gate.release()
                         failed_parts.append(
-                            StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"malformed part: {exc}"])
+                            StoreOutcome(
+                                failure_reason=PROCESSING_FAILURE, messages=[f"malformed part: {exc}"]
+                            )
                         )
                         continue
                     outcomes.append(asyncio.create_task(finish(key)))
@@ -122,11 +125,15 @@ async def store(request: Request) -> Response:
                 if not outcomes and not failed_parts:
                     raise ApiError(400, f"malformed multipart body: {exc}") from None
                 failed_parts.append(
-                    StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"malformed multipart body: {exc}"])
+                    StoreOutcome(
+                        failure_reason=PROCESSING_FAILURE, messages=[f"malformed multipart body: {exc}"]
+                    )
                 )
         else:
             raise ApiError(
-                415, f"Content-Type '{media_type}' is not supported; use multipart/related; type=\"application/dicom\""
+                415,
+                f"Content-Type '{media_type}' is not supported; "
+                'use multipart/related; type="application/dicom"',
             )
     except _TooLarge:
         await _settle(outcomes)
@@ -168,7 +175,9 @@ def _response(request: Request, results: list[StoreOutcome], url_study: str | No
         if r.sop_instance_uid:
             item["00081155"] = ui(r.sop_instance_uid)
         if r.stored:
-            item["00081190"] = ur(instance_url(base, r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid))
+            item["00081190"] = ur(
+                instance_url(base, r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
+            )
             if r.warning_reason is not None:
                 item["00081196"] = us(r.warning_reason)
                 item["00741048"] = _comments(r.messages)

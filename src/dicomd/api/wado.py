@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -89,7 +90,7 @@ async def retrieve(request: Request) -> Response:
     if choice is None:
         raise ApiError(
             406,
-            "instances are available as multipart/related; type=\"application/dicom\""
+            'instances are available as multipart/related; type="application/dicom"'
             + (" or application/dicom" if single else "")
             + " in their stored transfer syntax (transfer-syntax=*); transcoding is not supported yet",
         )
@@ -155,7 +156,9 @@ def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], bas
         blob = store.read(inst.object_key, METADATA)
         if inst.bulk:
             # stored BulkDataURIs are relative to the instance URL; make them absolute for this request
-            prefix = instance_url(base, inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid)
+            prefix = instance_url(
+                base, inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid
+            )
             blob = blob.replace(b'"BulkDataURI":"', b'"BulkDataURI":"' + prefix.encode() + b"/")
         parts.append(blob)
     return b"[" + b",".join(parts) + b"]"
@@ -203,7 +206,9 @@ async def bulkdata(request: Request) -> Response:
     if encapsulated and inst.frames:
         # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
         media = choice.part_type or "application/octet-stream"
-        return _range_parts(request.app.state.store, inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}")
+        return _range_parts(
+            request.app.state.store, inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}"
+        )
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
     return _range_parts(
         request.app.state.store,
@@ -232,7 +237,9 @@ async def frames(request: Request) -> Response:
     numbers = _frame_numbers(request.path_params["frames"], len(inst.frames))
     ts = inst.transfer_syntax_uid
     if ts == EXPLICIT_VR_BIG_ENDIAN:
-        raise ApiError(406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet")
+        raise ApiError(
+            406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet"
+        )
     choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offer(ts))
     if choice is None:
         media = _FRAME_MEDIA_TYPES.get(ts, "application/octet-stream")
@@ -244,11 +251,12 @@ async def frames(request: Request) -> Response:
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
     media = choice.part_type or "application/octet-stream"
     pieces = [inst.frames[n - 1] for n in numbers]
-    return _range_parts(request.app.state.store, inst.object_key, pieces, f"{media}; transfer-syntax={syntax}")
+    return _range_parts(
+        request.app.state.store, inst.object_key, pieces, f"{media}; transfer-syntax={syntax}"
+    )
 
 
 async def not_offered(request: Request) -> Response:
     """Rendered and thumbnail resources: honest 406 until rendering lands."""
     await _find(request)
     raise ApiError(406, "rendered and thumbnail representations are not supported yet")
-

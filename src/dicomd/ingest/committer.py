@@ -9,6 +9,7 @@ concurrency while every 2xx still means "fsynced and committed".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -39,10 +40,8 @@ class GroupCommitter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def submit(self, item: NewInstance) -> AddResult:
         """Wait until the instance is durably stored (or rejected). Raises if the commit failed."""

@@ -59,15 +59,21 @@ class IngestService:
         except Exception as exc:  # an unexpected fault fails this instance, never the request
             log.exception("storing an instance failed")
             self.store.discard_staged(key)
-            return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"internal error: {type(exc).__name__}"])
+            return StoreOutcome(
+                failure_reason=PROCESSING_FAILURE, messages=[f"internal error: {type(exc).__name__}"]
+            )
 
-    async def _store_staged(self, key: str, url_study: str | None, version: int, partition: int) -> StoreOutcome:
+    async def _store_staged(
+        self, key: str, url_study: str | None, version: int, partition: int
+    ) -> StoreOutcome:
         path = self.store.staged_path(key, DICOM)
         try:
             parsed, metadata = await asyncio.to_thread(self._parse, path)
         except InvalidDicom as exc:
             self.store.discard_staged(key)
-            return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=[f"not a readable DICOM file: {exc}"])
+            return StoreOutcome(
+                failure_reason=PROCESSING_FAILURE, messages=[f"not a readable DICOM file: {exc}"]
+            )
         outcome = StoreOutcome(
             sop_class_uid=parsed.sop_class_uid,
             sop_instance_uid=parsed.sop_instance_uid,

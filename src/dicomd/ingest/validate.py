@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicomd.dicom.uids import is_valid_uid
 from dicomd.dicom.model import ParsedInstance
+from dicomd.dicom.uids import is_valid_uid
 
 # PS3.4 Annex B / PS3.18 10.5.3 failure and warning reasons
 PROCESSING_FAILURE = 0x0110

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class CleanupJob:
-    def __init__(self, index: Index, store: LocalObjectStore, *, interval: float = 10.0, batch: int = 200) -> None:
+    def __init__(
+        self, index: Index, store: LocalObjectStore, *, interval: float = 10.0, batch: int = 200
+    ) -> None:
         self.index = index
         self.store = store
         self.interval = interval

@@ -1,0 +1,1 @@
+"""Alembic migrations of the dicomd index (run by Index.migrate(); a package so it ships in wheels)."""

@@ -1,0 +1,150 @@
+"""Value normalisation shared by ingest (index columns) and QIDO (query values)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+import orjson
+
+# Combining diacritical mark blocks: stripped so that "Jérôme" matches "JEROME". Other combining
+# characters (e.g. the kana voicing marks U+3099/U+309A) change meaning and are kept.
+_DIACRITIC_RANGES = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+_WORD_SPLIT = re.compile(r"[\^=\s]+")
+
+# attrs JSON larger than this per element is not kept in the index (QIDO never needs it)
+MAX_ELEMENT_JSON = 4096
+
+
+_DROP_DIACRITICS = {cp: None for lo, hi in _DIACRITIC_RANGES for cp in range(lo, hi + 1)}
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, drop diacritics, NFC (recomposes Hangul/kana), upper."""
+    if text.isascii():
+        return text.upper()
+    decomposed = unicodedata.normalize("NFKD", text).translate(_DROP_DIACRITICS)
+    return unicodedata.normalize("NFC", decomposed).upper()
+
+
+def _clean_group(group: str) -> str:
+    # trailing empty components carry no information: "Doe^John^^" == "Doe^John"
+    return "^".join(part.strip() for part in group.split("^")).rstrip("^")
+
+
+def pn_string(value: Any) -> str:
+    """The PN value of a DICOM JSON element value as a PS3.5 string "Alphabetic=Ideographic=Phonetic"."""
+    if isinstance(value, dict):
+        groups = [str(value.get(k) or "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+    else:
+        groups = str(value or "").split("=")
+    return "=".join(groups).rstrip("=")
+
+
+def pn_groups(pn: str) -> list[str]:
+    """Folded, non-empty component groups of a PN string."""
+    return [g for g in (_clean_group(fold(x)) for x in pn.split("=")) if g]
+
+
+def pn_norm(pn: str) -> str:
+    """Exact-match column form: each folded component group wrapped in '=': "=DOE^JOHN=山田^太郎=".
+
+    Wrapping lets one LIKE '%=VALUE=%' match any of the alphabetic/ideographic/phonetic groups.
+    """
+    groups = pn_groups(pn)
+    return "=" + "=".join(groups) + "=" if groups else ""
+
+
+def pn_words(pn: str) -> str:
+    """Fuzzy-match column form: folded words with a space on both sides: " DOE JOHN 山田 太郎 "."""
+    words = [w for w in _WORD_SPLIT.split(fold(pn)) if w]
+    return " " + " ".join(words) + " " if words else ""
+
+
+def query_words(value: str) -> list[str]:
+    return [w for w in _WORD_SPLIT.split(fold(value)) if w]
+
+
+def norm_date(value: str) -> str:
+    """DA as YYYYMMDD (old ACR-NEMA "YYYY.MM.DD" tolerated)."""
+    return value.strip().replace(".", "").replace("-", "")
+
+
+def norm_time(value: str) -> str:
+    """TM padded to at least HHMMSS so that string order equals time order ("10" -> "100000")."""
+    v = value.strip().replace(":", "")
+    head, dot, frac = v.partition(".")
+    return head.ljust(6, "0") + (dot + frac if frac else "")
+
+
+def first_value(element: dict[str, Any] | None) -> Any:
+    if not element:
+        return None
+    values = element.get("Value")
+    if not values:
+        return None
+    return values[0]
+
+
+def first_str(element: dict[str, Any] | None) -> str | None:
+    v = first_value(element)
+    if v is None:
+        return None
+    if element is not None and element.get("vr") == "PN":
+        return pn_string(v) or None
+    return str(v).strip() or None
+
+
+def first_int(element: dict[str, Any] | None) -> int | None:
+    v = first_value(element)
+    if v is None:
+        return None
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def _strip_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
+    """Element without binary values (BulkDataURI/InlineBinary), also inside sequence items."""
+    if "BulkDataURI" in element or "InlineBinary" in element:
+        return None
+    if element.get("vr") == "SQ" and element.get("Value"):
+        items = []
+        for item in element["Value"]:
+            if isinstance(item, dict):
+                kept = {t: _strip_bulk(e) for t, e in item.items()}
+                items.append({t: e for t, e in kept.items() if e is not None})
+            else:
+                items.append(item)
+        return {"vr": "SQ", "Value": items}
+    return element
+
+
+_ODD_GROUP = frozenset("13579BDFbdf")
+# VRs whose values can be long; only these (and long value lists) are measured against the limit
+_LONG_VRS = frozenset({"SQ", "LT", "ST", "UT", "UC", "UR", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+
+
+def keep_element(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+    """The element as stored in an attrs column, or None to leave it out.
+
+    Left out: private attributes and group lengths (not queryable, they only bloat 1M rows),
+    binary values, and elements whose JSON exceeds MAX_ELEMENT_JSON.
+    """
+    if len(tag) != 8 or tag[3] in _ODD_GROUP or tag.endswith("0000"):
+        return None
+    values = element.get("Value")
+    if values is None:
+        # no value, or a binary one (BulkDataURI / InlineBinary): keep only the empty element
+        return None if len(element) > 1 else element
+    vr = element.get("vr")
+    if vr == "SQ":
+        cleaned = _strip_bulk(element)
+        if cleaned is None:
+            return None
+        element = cleaned
+    if (vr in _LONG_VRS or len(values) > 16) and len(orjson.dumps(element)) > MAX_ELEMENT_JSON:
+        return None
+    return element

@@ -1,0 +1,930 @@
+"""The SQL index: studies/series/instances, change feed and the deleted-object queue.
+
+One code path for SQLite and PostgreSQL (SQLAlchemy Core). Writes are serialised: SQLite has a
+single writer anyway (BEGIN IMMEDIATE, so concurrent processes queue on busy_timeout instead of
+failing on lock upgrades); on PostgreSQL every write transaction takes one advisory transaction lock.
+That keeps change feed sequence order equal to commit order (a v1 reader that saw sequence N can
+never later find a committed entry < N), rules out deadlocks between batches touching the same
+studies in different orders, and makes the check-then-insert of a SOP instance race free. The ingest
+layer group-commits many stores per transaction, so one writer at a time is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from dicomd.dicom.model import JsonDataset, ParsedInstance
+from dicomd.index import schema as _schema
+from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
+from dicomd.index.normalize import (
+    first_int,
+    first_str,
+    keep_element,
+    norm_date,
+    norm_time,
+    pn_norm,
+    pn_words,
+)
+from dicomd.index.qido import QidoQuery
+from dicomd.index.schema import (
+    DEFAULT_PARTITION_KEY,
+    changefeed,
+    deleted_object,
+    instance,
+    partition,
+    series,
+    study,
+)
+from dicomd.index.search import run_search
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock ids ("dicomd" + purpose)
+_PG_WRITE_LOCK = 0x6469636F6D0001
+_PG_MIGRATE_LOCK = 0x6469636F6D0002
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+# claimed deleted objects are offered again after this lease/backoff (doubling per attempt)
+_DELETE_RETRY_BASE_MS = 60_000
+_DELETE_RETRY_MAX_MS = 6 * 3600_000
+
+AddStatus = Literal["created", "replaced", "exists", "conflict"]
+Action = Literal["Create", "Update", "Delete"]
+State = Literal["Current", "Replaced", "Deleted"]
+
+
+@dataclass(slots=True)
+class NewInstance:
+    partition_key: int
+    parsed: ParsedInstance
+    object_key: str
+    file_size: int
+
+
+@dataclass(slots=True)
+class AddResult:
+    """Outcome for one NewInstance.
+
+    created: new instance; replaced: existed and overwrite=True (replaced_object_key is the old
+    storage object, already queued for deletion); exists: existed and overwrite=False, nothing
+    changed; conflict: the SOP Instance UID exists in this partition under a different study or
+    series, nothing changed (the caller should not store or should delete the new object).
+    """
+
+    status: AddStatus
+    replaced_object_key: str | None = None
+
+
+@dataclass(slots=True)
+class StoredInstance:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    file_size: int
+    number_of_frames: int
+    frames: list[list[tuple[int, int]]]
+    bulk: dict[str, tuple[int, int]]
+    instance_number: int | None
+
+
+@dataclass(slots=True)
+class ChangeEntry:
+    sequence: int
+    partition_key: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    action: Action
+    timestamp: datetime  # aware, UTC, millisecond precision
+    state: State  # computed at read time from the instance's current object_key
+    object_key: str
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _to_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # naive datetimes are taken as UTC
+    return int(dt.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _split_levels(ds: JsonDataset) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    levels: dict[str, dict[str, Any]] = {"study": {}, "series": {}, "instance": {}}
+    for tag, element in ds.items():
+        kept = keep_element(tag, element)
+        if kept is None:
+            continue
+        if tag == SPECIFIC_CHARACTER_SET:
+            for attrs in levels.values():
+                attrs[tag] = kept
+            continue
+        levels[level_of(tag)][tag] = kept
+    return levels["study"], levels["series"], levels["instance"]
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _study_values(ds: JsonDataset, attrs: dict[str, Any]) -> dict[str, Any]:
+    patient = first_str(ds.get("00100010")) or ""
+    referring = first_str(ds.get("00080090")) or ""
+    birth = first_str(ds.get("00100030"))
+    sdate = first_str(ds.get("00080020"))
+    stime = first_str(ds.get("00080030"))
+    return {
+        "patient_id": first_str(ds.get("00100020")),
+        "patient_name": patient or None,
+        "patient_name_norm": pn_norm(patient) or None,
+        "patient_name_words": pn_words(patient) or None,
+        "patient_birth_date": norm_date(birth) if birth else None,
+        "patient_sex": first_str(ds.get("00100040")),
+        "accession_number": first_str(ds.get("00080050")),
+        "referring_physician_name": referring or None,
+        "referring_physician_name_norm": pn_norm(referring) or None,
+        "referring_physician_name_words": pn_words(referring) or None,
+        "study_date": norm_date(sdate) if sdate else None,
+        "study_time": norm_time(stime) if stime else None,
+        "study_id": first_str(ds.get("00200010")),
+        "study_description": first_str(ds.get("00081030")),
+        "attrs": _dumps(attrs),
+    }
+
+
+def _series_values(ds: JsonDataset, attrs: dict[str, Any]) -> dict[str, Any]:
+    pdate = first_str(ds.get("00400244"))
+    ptime = first_str(ds.get("00400245"))
+    return {
+        "modality": first_str(ds.get("00080060")),
+        "series_number": first_int(ds.get("00200011")),
+        "series_description": first_str(ds.get("0008103E")),
+        "performed_procedure_step_start_date": norm_date(pdate) if pdate else None,
+        "performed_procedure_step_start_time": norm_time(ptime) if ptime else None,
+        "body_part_examined": first_str(ds.get("00180015")),
+        "manufacturer_model_name": first_str(ds.get("00081090")),
+        "attrs": _dumps(attrs),
+    }
+
+
+def _instance_values(item: NewInstance, attrs: dict[str, Any]) -> dict[str, Any]:
+    p = item.parsed
+    return {
+        "sop_class_uid": p.sop_class_uid,
+        "instance_number": first_int(p.dataset.get("00200013")),
+        "transfer_syntax_uid": p.transfer_syntax_uid,
+        "object_key": item.object_key,
+        "file_size": item.file_size,
+        "number_of_frames": p.number_of_frames,
+        "frames": _dumps([[[r.offset, r.length] for r in frame] for frame in p.frames]),
+        "bulk": _dumps({path: [r.offset, r.length] for path, r in p.bulk.items()}),
+        "attrs": _dumps(attrs),
+    }
+
+
+_LOOKUP_INSTANCES = (
+    select(
+        instance.c.instance_key,
+        instance.c.sop_instance_uid,
+        instance.c.object_key,
+        instance.c.study_key,
+        instance.c.series_key,
+        study.c.study_instance_uid,
+        series.c.series_instance_uid,
+    )
+    .select_from(
+        instance.join(series, instance.c.series_key == series.c.series_key).join(
+            study, instance.c.study_key == study.c.study_key
+        )
+    )
+    .where(
+        instance.c.partition_key == bindparam("pk"),
+        instance.c.sop_instance_uid.in_(bindparam("sops", expanding=True)),
+    )
+)
+
+
+@dataclass(slots=True)
+class _Known:
+    """A SOP instance already in the index or added earlier in the same batch."""
+
+    study_uid: str
+    series_uid: str
+    object_key: str
+    instance_key: int | None  # None: pending insert (row dict below)
+    pending: dict[str, Any] | None
+    study_key: int
+    series_key: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    conn: Connection
+    now: int
+    studies: dict[tuple[int, str], int] = field(default_factory=dict)
+    series: dict[tuple[int, str], int] = field(default_factory=dict)
+    known: dict[tuple[int, str], _Known] = field(default_factory=dict)
+    study_updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    series_updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    study_delta: dict[int, list[int]] = field(default_factory=dict)  # key -> [series, instances]
+    series_delta: dict[int, int] = field(default_factory=dict)
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    def prefetch(self, items: list[NewInstance]) -> None:
+        """Load the already indexed SOP instances of a batch with one query per partition chunk."""
+        wanted: dict[int, set[str]] = {}
+        for item in items:
+            wanted.setdefault(item.partition_key, set()).add(item.parsed.sop_instance_uid)
+        for pk, sops in wanted.items():
+            ordered = sorted(sops)
+            for start in range(0, len(ordered), 500):
+                rows = self.conn.execute(
+                    _LOOKUP_INSTANCES, {"pk": pk, "sops": ordered[start : start + 500]}
+                ).all()
+                for row in rows:
+                    self.known[(pk, row.sop_instance_uid)] = _Known(
+                        row.study_instance_uid,
+                        row.series_instance_uid,
+                        row.object_key,
+                        row.instance_key,
+                        None,
+                        row.study_key,
+                        row.series_key,
+                    )
+
+    def _study_key(self, pk: int, uid: str, values: dict[str, Any]) -> int:
+        key = self.studies.get((pk, uid))
+        if key is None:
+            key = self.conn.execute(
+                select(study.c.study_key).where(
+                    study.c.partition_key == pk, study.c.study_instance_uid == uid
+                )
+            ).scalar()
+            if key is None:
+                res = self.conn.execute(
+                    insert(study).values(
+                        partition_key=pk,
+                        study_instance_uid=uid,
+                        created_at=self.now,
+                        updated_at=self.now,
+                        num_series=0,
+                        num_instances=0,
+                        **values,
+                    )
+                )
+                key = int(res.inserted_primary_key[0])  # type: ignore[index]
+            self.studies[(pk, uid)] = key
+        self.study_updates[key] = values
+        return key
+
+    def _series_key(self, pk: int, study_key: int, uid: str, values: dict[str, Any]) -> int:
+        key = self.series.get((study_key, uid))
+        if key is None:
+            key = self.conn.execute(
+                select(series.c.series_key).where(
+                    series.c.partition_key == pk,
+                    series.c.study_key == study_key,
+                    series.c.series_instance_uid == uid,
+                )
+            ).scalar()
+            if key is None:
+                res = self.conn.execute(
+                    insert(series).values(
+                        partition_key=pk,
+                        study_key=study_key,
+                        series_instance_uid=uid,
+                        created_at=self.now,
+                        updated_at=self.now,
+                        num_instances=0,
+                        **values,
+                    )
+                )
+                key = int(res.inserted_primary_key[0])  # type: ignore[index]
+                self.study_delta.setdefault(study_key, [0, 0])[0] += 1
+            self.series[(study_key, uid)] = key
+        self.series_updates[key] = values
+        return key
+
+    def _change(self, item: NewInstance, action: Action) -> None:
+        p = item.parsed
+        self.changes.append(
+            {
+                "partition_key": item.partition_key,
+                "study_instance_uid": p.study_instance_uid,
+                "series_instance_uid": p.series_instance_uid,
+                "sop_instance_uid": p.sop_instance_uid,
+                "action": action,
+                "timestamp": self.now,
+                "object_key": item.object_key,
+            }
+        )
+
+    def add(self, item: NewInstance, overwrite: bool) -> AddResult:
+        p = item.parsed
+        pk = item.partition_key
+        known = self.known.get((pk, p.sop_instance_uid))
+        if known is not None:
+            if known.study_uid != p.study_instance_uid or known.series_uid != p.series_instance_uid:
+                return AddResult("conflict")
+            if not overwrite:
+                return AddResult("exists")
+        study_attrs, series_attrs, instance_attrs = _split_levels(p.dataset)
+        study_key = self._study_key(pk, p.study_instance_uid, _study_values(p.dataset, study_attrs))
+        series_key = self._series_key(
+            pk, study_key, p.series_instance_uid, _series_values(p.dataset, series_attrs)
+        )
+        values = _instance_values(item, instance_attrs)
+        values["updated_at"] = self.now
+        if known is not None:
+            old_key = known.object_key
+            if known.pending is not None:
+                known.pending.update(values)
+            else:
+                self.conn.execute(
+                    update(instance).where(instance.c.instance_key == known.instance_key).values(**values)
+                )
+            known.object_key = item.object_key
+            self.deleted.append(old_key)
+            self._change(item, "Update")
+            return AddResult("replaced", old_key)
+        row = {
+            "partition_key": pk,
+            "study_key": study_key,
+            "series_key": series_key,
+            "sop_instance_uid": p.sop_instance_uid,
+            "created_at": self.now,
+            **values,
+        }
+        self.inserts.append(row)
+        self.known[(pk, p.sop_instance_uid)] = _Known(
+            p.study_instance_uid, p.series_instance_uid, item.object_key, None, row, study_key, series_key
+        )
+        self.study_delta.setdefault(study_key, [0, 0])[1] += 1
+        self.series_delta[series_key] = self.series_delta.get(series_key, 0) + 1
+        self._change(item, "Create")
+        return AddResult("created")
+
+    def flush(self) -> None:
+        conn = self.conn
+        if self.inserts:
+            conn.execute(insert(instance), self.inserts)
+        for key in self.study_updates.keys() | self.study_delta.keys():
+            d_series, d_instances = self.study_delta.get(key, (0, 0))
+            conn.execute(
+                update(study)
+                .where(study.c.study_key == key)
+                .values(
+                    num_series=study.c.num_series + d_series,
+                    num_instances=study.c.num_instances + d_instances,
+                    updated_at=self.now,
+                    **self.study_updates.get(key, {}),
+                )
+            )
+        for key in self.series_updates.keys() | self.series_delta.keys():
+            conn.execute(
+                update(series)
+                .where(series.c.series_key == key)
+                .values(
+                    num_instances=series.c.num_instances + self.series_delta.get(key, 0),
+                    updated_at=self.now,
+                    **self.series_updates.get(key, {}),
+                )
+            )
+        _enqueue_deleted(conn, self.deleted, self.now)
+        if self.changes:
+            conn.execute(insert(changefeed), self.changes)
+
+
+def _enqueue_deleted(conn: Connection, keys: list[str], now: int) -> None:
+    if keys:
+        conn.execute(
+            insert(deleted_object),
+            [{"object_key": k, "enqueued_at": now, "attempts": 0, "next_attempt_at": now} for k in keys],
+        )
+
+
+def _retry_delay_ms(attempts: int) -> int:
+    return int(min(_DELETE_RETRY_BASE_MS * 2 ** min(attempts - 1, 20), _DELETE_RETRY_MAX_MS))
+
+
+def _parse_frames(raw: str) -> list[list[tuple[int, int]]]:
+    return [[(r[0], r[1]) for r in frame] for frame in orjson.loads(raw)]
+
+
+def _parse_bulk(raw: str) -> dict[str, tuple[int, int]]:
+    return {k: (v[0], v[1]) for k, v in orjson.loads(raw).items()}
+
+
+class Index:
+    """The dicomd SQL index. Thread-safe (connection pool); every method is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported index database {self.dialect!r} (sqlite or postgresql)")
+        self._is_sqlite = self.dialect == "sqlite"
+        if self._is_sqlite:
+            self.engine: Engine = create_engine(self.url, pool_size=8, max_overflow=16)
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_on_begin)
+        else:
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+        self._migrate_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (Alembic `upgrade head`); safe from concurrent processes."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self._migrate_lock, self._cross_process_migrate_lock(), self.engine.begin() as conn:
+            if not self._is_sqlite:
+                conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            if self._is_sqlite:
+                _seed_sqlite_stats(conn)
+        # pooled connections loaded planner statistics when they were opened
+        self.engine.dispose()
+
+    def optimize(self) -> None:
+        """Refresh planner statistics from the real data (call now and then, e.g. daily).
+
+        PostgreSQL's autovacuum does this by itself; SQLite only plans well with statistics.
+        """
+        with self.engine.begin() as conn:
+            if self._is_sqlite:
+                conn.exec_driver_sql("PRAGMA analysis_limit=2000")  # sampled: seconds, not minutes
+            conn.exec_driver_sql("ANALYZE")
+        self.engine.dispose()
+
+    @contextmanager
+    def _cross_process_migrate_lock(self) -> Iterator[None]:
+        database = self.url.database
+        if not self._is_sqlite or not database or database == ":memory:":
+            yield  # PostgreSQL: advisory lock inside the migration transaction
+            return
+        lock_path = database + ".migrate-lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if self._is_sqlite:
+                conn.execution_options(dicomd_begin="IMMEDIATE")
+            with conn.begin():
+                if not self._is_sqlite:
+                    conn.execute(select(func.pg_advisory_xact_lock(_PG_WRITE_LOCK)))
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- partitions -------------------------------------------------------------------------
+
+    def partitions(self) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(partition.c.partition_key, partition.c.partition_name).order_by(
+                    partition.c.partition_key
+                )
+            )
+            return [(r[0], r[1]) for r in rows]
+
+    def partition_key(self, name: str) -> int | None:
+        with self._read() as conn:
+            key = conn.execute(
+                select(partition.c.partition_key).where(partition.c.partition_name == name)
+            ).scalar()
+            return int(key) if key is not None else None
+
+    def ensure_partition(self, name: str) -> int:
+        """Key of the named partition, created if missing."""
+        existing = self.partition_key(name)
+        if existing is not None:
+            return existing
+        with self._write() as conn:
+            key = conn.execute(
+                select(partition.c.partition_key).where(partition.c.partition_name == name)
+            ).scalar()
+            if key is None:
+                # explicit key: the default partition was inserted with key 1 without using the sequence
+                key = conn.execute(
+                    select(func.coalesce(func.max(partition.c.partition_key), 0) + 1)
+                ).scalar_one()
+                conn.execute(
+                    insert(partition).values(partition_key=key, partition_name=name, created_at=_now_ms())
+                )
+            return int(key)
+
+    # -- store ------------------------------------------------------------------------------
+
+    def add_instances(self, items: list[NewInstance], *, overwrite: bool) -> list[AddResult]:
+        """Index a batch of stored instances in one transaction; results in the order of `items`."""
+        for item in items:
+            p = item.parsed
+            if not (p.study_instance_uid and p.series_instance_uid and p.sop_instance_uid):
+                raise ValueError("study, series and SOP instance UIDs are required")
+        if not items:
+            return []
+        with self._write() as conn:
+            batch = _Batch(conn, _now_ms())
+            batch.prefetch(items)
+            results = [batch.add(item, overwrite) for item in items]
+            batch.flush()
+        return results
+
+    # -- retrieve ---------------------------------------------------------------------------
+
+    def find_instances(
+        self, partition_key: int, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """Instances of a study/series/instance, ordered by series number, then instance number."""
+        i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
+        stmt = (
+            select(
+                se_t.c.series_instance_uid,
+                i_t.c.sop_instance_uid,
+                i_t.c.sop_class_uid,
+                i_t.c.transfer_syntax_uid,
+                i_t.c.object_key,
+                i_t.c.file_size,
+                i_t.c.number_of_frames,
+                i_t.c.frames,
+                i_t.c.bulk,
+                i_t.c.instance_number,
+            )
+            .select_from(
+                st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
+                    i_t, i_t.c.series_key == se_t.c.series_key
+                )
+            )
+            .where(st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study)
+            .order_by(
+                se_t.c.series_number.asc().nulls_last(),
+                se_t.c.series_instance_uid,
+                i_t.c.instance_number.asc().nulls_last(),
+                i_t.c.sop_instance_uid,
+            )
+        )
+        if series is not None:
+            stmt = stmt.where(se_t.c.series_instance_uid == series)
+        if instance is not None:
+            stmt = stmt.where(i_t.c.sop_instance_uid == instance)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            StoredInstance(
+                study,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                _parse_frames(r[7]),
+                _parse_bulk(r[8]) if r[8] != "{}" else {},
+                r[9],
+            )
+            for r in rows
+        ]
+
+    def has_object(self, object_key: str) -> bool:
+        """Whether an indexed instance refers to this storage object (crash recovery of staged files)."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(_schema.instance.c.instance_key)
+                .where(_schema.instance.c.object_key == object_key)
+                .limit(1)
+            ).first()
+        return found is not None
+
+    # -- delete -----------------------------------------------------------------------------
+
+    def delete(
+        self, partition_key: int, study: str, series: str | None = None, instance: str | None = None
+    ) -> int:
+        """Delete a study, series or instance; returns the number of instances removed."""
+        i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
+        stmt = (
+            select(
+                i_t.c.instance_key,
+                i_t.c.series_key,
+                i_t.c.study_key,
+                i_t.c.sop_instance_uid,
+                i_t.c.object_key,
+                se_t.c.series_instance_uid,
+            )
+            .select_from(
+                st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
+                    i_t, i_t.c.series_key == se_t.c.series_key
+                )
+            )
+            .where(st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study)
+            .order_by(i_t.c.instance_key)
+        )
+        if series is not None:
+            stmt = stmt.where(se_t.c.series_instance_uid == series)
+        if instance is not None:
+            stmt = stmt.where(i_t.c.sop_instance_uid == instance)
+        with self._write() as conn:
+            rows = conn.execute(stmt).all()
+            if not rows:
+                return 0
+            now = _now_ms()
+            study_keys = sorted({r.study_key for r in rows})
+            series_keys = sorted({r.series_key for r in rows})
+            if instance is not None:
+                conn.execute(delete(i_t).where(i_t.c.instance_key.in_([r.instance_key for r in rows])))
+            elif series is not None:
+                conn.execute(delete(i_t).where(i_t.c.series_key.in_(series_keys)))
+            else:
+                conn.execute(delete(i_t).where(i_t.c.study_key.in_(study_keys)))
+            # recount rather than subtract: cheap (indexed) and self-correcting
+            conn.execute(
+                update(se_t)
+                .where(se_t.c.series_key.in_(series_keys))
+                .values(
+                    num_instances=select(func.count())
+                    .where(i_t.c.series_key == se_t.c.series_key)
+                    .scalar_subquery(),
+                    updated_at=now,
+                )
+            )
+            conn.execute(delete(se_t).where(se_t.c.series_key.in_(series_keys), se_t.c.num_instances == 0))
+            conn.execute(
+                update(st_t)
+                .where(st_t.c.study_key.in_(study_keys))
+                .values(
+                    num_series=select(func.count())
+                    .where(se_t.c.study_key == st_t.c.study_key)
+                    .scalar_subquery(),
+                    num_instances=select(func.count())
+                    .where(i_t.c.study_key == st_t.c.study_key)
+                    .scalar_subquery(),
+                    updated_at=now,
+                )
+            )
+            conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
+            _enqueue_deleted(conn, [r.object_key for r in rows], now)
+            conn.execute(
+                insert(changefeed),
+                [
+                    {
+                        "partition_key": partition_key,
+                        "study_instance_uid": study,
+                        "series_instance_uid": r.series_instance_uid,
+                        "sop_instance_uid": r.sop_instance_uid,
+                        "action": "Delete",
+                        "timestamp": now,
+                        "object_key": r.object_key,
+                    }
+                    for r in rows
+                ],
+            )
+        return len(rows)
+
+    def claim_deleted_objects(self, limit: int) -> list[tuple[int, str]]:
+        """Storage objects due for removal: (id, object_key). Claimed rows are hidden from other
+        workers until their retry time (exponential backoff), so a crashed worker's claims come back."""
+        now = _now_ms()
+        stmt = (
+            select(deleted_object.c.id, deleted_object.c.object_key, deleted_object.c.attempts)
+            .where(deleted_object.c.next_attempt_at <= now)
+            .order_by(deleted_object.c.next_attempt_at, deleted_object.c.id)
+            .limit(limit)
+        )
+        if not self._is_sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        with self.engine.connect() as conn:
+            if self._is_sqlite:
+                conn.execution_options(dicomd_begin="IMMEDIATE")
+            with conn.begin():
+                rows = conn.execute(stmt).all()
+                for r in rows:
+                    conn.execute(
+                        update(deleted_object)
+                        .where(deleted_object.c.id == r.id)
+                        .values(
+                            attempts=r.attempts + 1, next_attempt_at=now + _retry_delay_ms(r.attempts + 1)
+                        )
+                    )
+        return [(int(r.id), r.object_key) for r in rows]
+
+    def forget_deleted_objects(self, ids: list[int]) -> None:
+        """Drop queue rows whose storage objects are gone."""
+        if not ids:
+            return
+        with self.engine.connect() as conn:
+            if self._is_sqlite:
+                conn.execution_options(dicomd_begin="IMMEDIATE")
+            with conn.begin():
+                for start in range(0, len(ids), 500):
+                    conn.execute(
+                        delete(deleted_object).where(deleted_object.c.id.in_(ids[start : start + 500]))
+                    )
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search(self, q: QidoQuery) -> list[dict[str, Any]]:
+        """QIDO results as DICOM JSON datasets (RetrieveURL is added by the web layer)."""
+        with self._read() as conn:
+            return run_search(conn, q)
+
+    # -- change feed ------------------------------------------------------------------------
+
+    @staticmethod
+    def _changefeed_select(page: Any) -> Any:
+        """Entries of `page` (a subquery of sequences) with the instance's current object_key.
+
+        Paging happens on the changefeed table alone, so a large v2 offset only walks the
+        timestamp index instead of joining every skipped row.
+        """
+        return select(
+            changefeed.c.sequence,
+            changefeed.c.partition_key,
+            changefeed.c.study_instance_uid,
+            changefeed.c.series_instance_uid,
+            changefeed.c.sop_instance_uid,
+            changefeed.c.action,
+            changefeed.c.timestamp,
+            changefeed.c.object_key,
+            instance.c.object_key.label("current_key"),
+        ).select_from(
+            changefeed.join(page, page.c.sequence == changefeed.c.sequence).outerjoin(
+                instance,
+                (instance.c.partition_key == changefeed.c.partition_key)
+                & (instance.c.sop_instance_uid == changefeed.c.sop_instance_uid),
+            )
+        )
+
+    @staticmethod
+    def _entry(r: Any) -> ChangeEntry:
+        state: State
+        if r.current_key is None:
+            state = "Deleted"
+        elif r.current_key == r.object_key:
+            state = "Current"
+        else:
+            state = "Replaced"
+        return ChangeEntry(
+            int(r.sequence),
+            r.partition_key,
+            r.study_instance_uid,
+            r.series_instance_uid,
+            r.sop_instance_uid,
+            r.action,
+            _from_ms(r.timestamp),
+            state,
+            r.object_key,
+        )
+
+    def changefeed(
+        self,
+        *,
+        offset: int,
+        limit: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        v2: bool,
+    ) -> list[ChangeEntry]:
+        """v1: entries after sequence `offset`; v2: [start, end) time window, skip `offset` rows."""
+        page = select(changefeed.c.sequence)
+        if v2:
+            if start is not None:
+                page = page.where(changefeed.c.timestamp >= _to_ms(start))
+            if end is not None:
+                page = page.where(changefeed.c.timestamp < _to_ms(end))
+            order: tuple[Any, ...] = (changefeed.c.timestamp, changefeed.c.sequence)
+            page = page.order_by(*order).offset(offset)
+        else:
+            order = (changefeed.c.sequence,)
+            page = page.where(changefeed.c.sequence > offset).order_by(*order)
+        stmt = self._changefeed_select(page.limit(limit).subquery()).order_by(*order)
+        with self._read() as conn:
+            return [self._entry(r) for r in conn.execute(stmt)]
+
+    def latest_change(self) -> ChangeEntry | None:
+        page = select(changefeed.c.sequence).order_by(changefeed.c.sequence.desc()).limit(1)
+        stmt = self._changefeed_select(page.subquery())
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        return self._entry(row) if row is not None else None
+
+
+# Planner statistics seeded into a new SQLite database, as for a large archive (1M instances, one
+# partition). Without statistics SQLite picks any index starting with partition_key for "partition_key
+# = 1 ORDER BY key LIMIT 100" and sorts the whole table; with them it walks the primary key and stops
+# after 100 rows, and prefers the selective indexes (patient_id, uids...). optimize() replaces them.
+_SEED_ROWS = {"study": 20_000, "series": 100_000, "instance": 1_000_000, "changefeed": 1_200_000}
+_SEED_DISTINCT = {  # distinct values per column; columns not listed are (nearly) unique
+    "partition_key": 1,
+    "study_key": 20_000,
+    "series_key": 100_000,
+    "modality": 20,
+    "sop_class_uid": 20,
+    "study_date": 5_000,
+    "patient_birth_date": 10_000,
+    "performed_procedure_step_start_date": 5_000,
+    "instance_number": 1_000,
+    "timestamp": 100_000,
+}
+
+
+def _seed_sqlite_stats(conn: Connection) -> None:
+    conn.exec_driver_sql('ANALYZE "partition"')  # creates sqlite_stat1 if missing (tiny table)
+    if conn.exec_driver_sql("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'instance'").scalar():
+        return  # real or seeded statistics exist already
+    for table, rows in _SEED_ROWS.items():
+        for index_row in conn.exec_driver_sql(f"PRAGMA index_list('{table}')").all():
+            name = index_row[1]
+            columns = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info('{name}')").all()]
+            stat, distinct = [rows], 1
+            for col in columns:
+                distinct *= _SEED_DISTINCT.get(col, rows)
+                stat.append(max(1, rows // min(rows, distinct)))
+            conn.exec_driver_sql(
+                "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)",
+                (table, name, " ".join(map(str, stat))),
+            )
+    conn.exec_driver_sql("ANALYZE sqlite_schema")  # reload the statistics
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # let SQLAlchemy's begin event emit BEGIN (pysqlite's implicit transactions are wrong for us)
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")  # several processes write
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a committed store must survive an OS crash
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM matching is case-sensitive, as on PG
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # IMMEDIATE for writers: take the write lock up front, waiting on busy_timeout, instead of
+    # failing with SQLITE_BUSY when a read transaction later tries to upgrade
+    mode = conn.get_execution_options().get("dicomd_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+__all__ = [
+    "DEFAULT_PARTITION_KEY",
+    "AddResult",
+    "ChangeEntry",
+    "Index",
+    "NewInstance",
+    "StoredInstance",
+]
