@@ -21,6 +21,7 @@ from dicomd.index.store import Index, StoredInstance
 from dicomd.storage.local import METADATA, LocalObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
+_CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about this size
 
 # PS3.18 Table 8.7.3-2: media types of compressed frames / bulk pixel data by transfer syntax
 _FRAME_MEDIA_TYPES: dict[str, str] = {
@@ -110,19 +111,51 @@ async def retrieve(request: Request) -> Response:
             headers={"content-length": str(store.size(inst.object_key))},
         )
     boundary = new_boundary()
+    return StreamingResponse(
+        _multipart_instances(store, instances, boundary),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
 
-    async def body() -> AsyncIterator[bytes]:
-        for i, inst in enumerate(instances):
-            yield part_header(
-                boundary, f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}", first=i == 0
-            )
+
+async def _multipart_instances(
+    store: LocalObjectStore, instances: list[StoredInstance], boundary: str
+) -> AsyncIterator[bytes]:
+    """The multipart body, in chunks of about _CHUNK bytes assembled off the event loop.
+
+    Small instances are packed together so that a study of thousands of small files costs a few
+    large writes instead of two per instance; large files are streamed in pieces (bounded memory).
+    """
+    pending: list[StoredInstance] = []
+    pending_bytes = 0
+    first = True
+
+    def pack(batch: list[StoredInstance], first: bool) -> bytes:
+        out = bytearray()
+        for i, inst in enumerate(batch):
+            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}"
+            out += part_header(boundary, ctype, first=first and i == 0)
+            out += store.read(inst.object_key)
+        return bytes(out)
+
+    for inst in instances:
+        if inst.file_size >= _CHUNK:
+            if pending:
+                yield await asyncio.to_thread(pack, pending, first)
+                first, pending, pending_bytes = False, [], 0
+            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}"
+            yield part_header(boundary, ctype, first=first)
+            first = False
             async for chunk in _file_chunks(store, inst):
                 yield chunk
-        yield closing(boundary)
-
-    return StreamingResponse(
-        body(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
-    )
+            continue
+        pending.append(inst)
+        pending_bytes += inst.file_size
+        if pending_bytes >= _CHUNK:
+            yield await asyncio.to_thread(pack, pending, first)
+            first, pending, pending_bytes = False, [], 0
+    if pending:
+        yield await asyncio.to_thread(pack, pending, first)
+    yield closing(boundary)
 
 
 async def _file_chunks(store: LocalObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:

@@ -19,6 +19,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 DICOM = "dcm"
 METADATA = "json"
@@ -39,6 +40,9 @@ class LocalObjectStore:
         self.staging = root / "staging"
         self.objects.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
+        self._objects_str = str(self.objects)
+        self._staging_str = str(self.staging)
+        self._made_dirs: set[Path] = set()  # fan-out directories known to exist (saves a syscall per object)
 
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, key: str, suffix: str = DICOM) -> Path:
@@ -46,14 +50,6 @@ class LocalObjectStore:
 
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
         return self.staging / f"{key}.{suffix}"
-
-    def readable_path(self, key: str, suffix: str = DICOM) -> Path:
-        """Where the object's bytes are now (published, or committed but not yet renamed)."""
-        path = self.path(key, suffix)
-        if path.exists():
-            return path
-        staged = self.staged_path(key, suffix)
-        return staged if staged.exists() else path
 
     # ---- writes --------------------------------------------------------------------------------
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
@@ -88,7 +84,9 @@ class LocalObjectStore:
                 staged = self.staged_path(key, suffix)
                 if staged.exists():
                     target = self.path(key, suffix)
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.parent not in self._made_dirs:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        self._made_dirs.add(target.parent)
                     os.replace(staged, target)
 
     def discard_staged(self, key: str) -> None:
@@ -104,22 +102,33 @@ class LocalObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 self.staged_path(key, suffix).unlink()
 
-    # ---- reads ---------------------------------------------------------------------------------
+    # ---- reads ----------------------------------------------------------------------------------
+    def _open(self, key: str, suffix: str = DICOM) -> BinaryIO:
+        # string paths: pathlib costs more than the read itself for small objects
+        name = f"{key}.{suffix}"
+        try:
+            return open(f"{self._objects_str}/{key[:2]}/{key[2:4]}/{name}", "rb")
+        except FileNotFoundError:
+            # committed but not yet renamed into place by the committer
+            return open(f"{self._staging_str}/{name}", "rb")
+
     def read(self, key: str, suffix: str = DICOM) -> bytes:
-        return self.readable_path(key, suffix).read_bytes()
+        with self._open(key, suffix) as f:
+            return f.read()
 
     def read_range(self, key: str, offset: int, length: int, suffix: str = DICOM) -> bytes:
-        with open(self.readable_path(key, suffix), "rb") as f:
+        with self._open(key, suffix) as f:
             f.seek(offset)
             return f.read(length)
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        with open(self.readable_path(key), "rb") as f:
+        with self._open(key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
 
     def size(self, key: str) -> int:
-        return self.readable_path(key).stat().st_size
+        with self._open(key) as f:
+            return os.fstat(f.fileno()).st_size
 
     # ---- crash recovery ------------------------------------------------------------------------
     def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
