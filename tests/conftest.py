@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from index_helpers import BACKENDS, backend_url
 
 PYDICOM_DATA = Path(os.path.dirname(pydicom.__file__)) / "data"
 TEST_FILES = PYDICOM_DATA / "test_files"
@@ -80,12 +81,15 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One shared server for read-mostly end-to-end tests. Tests must use their own UIDs when they write."""
-    srv = start_server(tmp_path_factory.mktemp("server") / "data")
-    yield srv
-    stop_server(srv)
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server per index backend for end-to-end tests (every test using it runs on SQLite and,
+    when DICOMD_TEST_POSTGRES_URL is set, on PostgreSQL). Tests must use their own UIDs when they write."""
+    data_dir = tmp_path_factory.mktemp(f"server-{request.param}") / "data"
+    with backend_url(request.param, data_dir.parent) as url:
+        srv = start_server(data_dir, "--index-url", url)
+        yield srv
+        stop_server(srv)
 
 
 @pytest.fixture

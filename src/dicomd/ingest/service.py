@@ -66,27 +66,10 @@ class IngestService:
     async def _store_staged(
         self, key: str, url_study: str | None, version: int, partition: int
     ) -> StoreOutcome:
-        path = self.store.staged_path(key, DICOM)
-        try:
-            parsed, metadata = await asyncio.to_thread(self._parse, path)
-        except InvalidDicom as exc:
+        outcome, parsed = await asyncio.to_thread(self._prepare, key, url_study, version)
+        if parsed is None:
             self.store.discard_staged(key)
-            return StoreOutcome(
-                failure_reason=PROCESSING_FAILURE, messages=[f"not a readable DICOM file: {exc}"]
-            )
-        outcome = StoreOutcome(
-            sop_class_uid=parsed.sop_class_uid,
-            sop_instance_uid=parsed.sop_instance_uid,
-            study_instance_uid=parsed.study_instance_uid,
-            series_instance_uid=parsed.series_instance_uid,
-        )
-        rejection = validate(parsed, url_study=url_study, version=version)
-        if rejection is not None:
-            self.store.discard_staged(key)
-            outcome.failure_reason = rejection.reason
-            outcome.messages = rejection.messages
             return outcome
-        self.store.write_staged(key, METADATA, metadata)
         new = NewInstance(
             partition_key=partition, parsed=parsed, object_key=key, file_size=parsed.file_length
         )
@@ -107,6 +90,28 @@ class IngestService:
             outcome.messages = list(parsed.warnings)
         return outcome
 
-    def _parse(self, path: object) -> tuple[ParsedInstance, bytes]:
-        parsed = parse_file(path, bulk_threshold=self.bulk_threshold)  # type: ignore[arg-type]
-        return parsed, orjson.dumps(parsed.dataset)
+    def _prepare(
+        self, key: str, url_study: str | None, version: int
+    ) -> tuple[StoreOutcome, ParsedInstance | None]:
+        """CPU and file work of one instance, in one thread hop: parse, validate, stage the metadata.
+
+        Returns the parsed instance, or None (with the failure in the outcome) when it must not be stored.
+        """
+        try:
+            parsed = parse_file(self.store.staged_path(key, DICOM), bulk_threshold=self.bulk_threshold)
+        except InvalidDicom as exc:
+            reason = [f"not a readable DICOM file: {exc}"]
+            return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=reason), None
+        outcome = StoreOutcome(
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+        )
+        rejection = validate(parsed, url_study=url_study, version=version)
+        if rejection is not None:
+            outcome.failure_reason = rejection.reason
+            outcome.messages = rejection.messages
+            return outcome, None
+        self.store.write_staged(key, METADATA, orjson.dumps(parsed.dataset))
+        return outcome, parsed
