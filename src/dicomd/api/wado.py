@@ -111,51 +111,55 @@ async def retrieve(request: Request) -> Response:
             headers={"content-length": str(store.size(inst.object_key))},
         )
     boundary = new_boundary()
+    headers = [
+        part_header(boundary, f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}", first=i == 0)
+        for i, inst in enumerate(instances)
+    ]
+    tail = closing(boundary)
+    # the length is known up front (sizes are in the index): no chunked encoding for clients to undo
+    length = sum(map(len, headers)) + sum(inst.file_size for inst in instances) + len(tail)
     return StreamingResponse(
-        _multipart_instances(store, instances, boundary),
+        _multipart_instances(store, instances, headers, tail),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        headers={"content-length": str(length)},
     )
 
 
 async def _multipart_instances(
-    store: LocalObjectStore, instances: list[StoredInstance], boundary: str
+    store: LocalObjectStore, instances: list[StoredInstance], headers: list[bytes], tail: bytes
 ) -> AsyncIterator[bytes]:
     """The multipart body, in chunks of about _CHUNK bytes assembled off the event loop.
 
     Small instances are packed together so that a study of thousands of small files costs a few
     large writes instead of two per instance; large files are streamed in pieces (bounded memory).
     """
-    pending: list[StoredInstance] = []
+    pending: list[int] = []
     pending_bytes = 0
-    first = True
 
-    def pack(batch: list[StoredInstance], first: bool) -> bytes:
+    def pack(batch: list[int]) -> bytes:
         out = bytearray()
-        for i, inst in enumerate(batch):
-            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}"
-            out += part_header(boundary, ctype, first=first and i == 0)
-            out += store.read(inst.object_key)
+        for i in batch:
+            out += headers[i]
+            out += store.read(instances[i].object_key)
         return bytes(out)
 
-    for inst in instances:
+    for i, inst in enumerate(instances):
         if inst.file_size >= _CHUNK:
             if pending:
-                yield await asyncio.to_thread(pack, pending, first)
-                first, pending, pending_bytes = False, [], 0
-            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}"
-            yield part_header(boundary, ctype, first=first)
-            first = False
+                yield await asyncio.to_thread(pack, pending)
+                pending, pending_bytes = [], 0
+            yield headers[i]
             async for chunk in _file_chunks(store, inst):
                 yield chunk
             continue
-        pending.append(inst)
+        pending.append(i)
         pending_bytes += inst.file_size
         if pending_bytes >= _CHUNK:
-            yield await asyncio.to_thread(pack, pending, first)
-            first, pending, pending_bytes = False, [], 0
+            yield await asyncio.to_thread(pack, pending)
+            pending, pending_bytes = [], 0
     if pending:
-        yield await asyncio.to_thread(pack, pending, first)
-    yield closing(boundary)
+        yield await asyncio.to_thread(pack, pending)
+    yield tail
 
 
 async def _file_chunks(store: LocalObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
