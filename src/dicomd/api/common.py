@@ -38,8 +38,15 @@ def api_version(request: Request) -> int:
 def base_url(request: Request) -> str:
     """Versioned base URL, e.g. http://host:8080/v2 - what RetrieveURL and BulkDataURI start with."""
     configured = request.app.state.settings.base_url
-    root = configured or f"{request.url.scheme}://{request.url.netloc}"
-    return f"{root}/v{api_version(request)}"
+    if configured:
+        return f"{configured}/v{api_version(request)}"
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    if ":" not in netloc.rsplit("]", 1)[-1] and server and server[1] not in (80, 443):
+        # some clients (dicomweb-client) send "Host: name" without the port they connected to;
+        # behind a reverse proxy, set base_url instead
+        netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}/v{api_version(request)}"
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
