@@ -76,7 +76,12 @@ class GroupCommitter:
                 self.store.discard_staged(key)
             raise
         stored = [k for k, r in zip(keys, results, strict=True) if r.status in ("created", "replaced")]
-        self.store.publish(stored)
+        try:
+            self.store.publish(stored)
+        except OSError:
+            # committed and durable in staging: readers fall back to the staged files and the next
+            # start-up moves them into place, so the stores still succeeded
+            log.exception("moving %d committed objects into place failed", len(stored))
         for key, result in zip(keys, results, strict=True):
             if result.status not in ("created", "replaced"):
                 self.store.discard_staged(key)
