@@ -73,3 +73,48 @@ def serve(config_file: str | None, **flags: object) -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="data directory")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file")
+@click.option("--index-url", help="index database URL")
+@click.option("--duplicate-policy", type=click.Choice(["reject", "overwrite"]), help="stored instances")
+@click.option("--processes", type=int, default=0, help="parser processes (default: one per core)")
+def import_command(paths: tuple[Path, ...], config_file: str | None, processes: int, **flags: object) -> None:
+    """Import DICOM files or directories (recursively) without HTTP; safe while the server runs."""
+    import time
+
+    from dicomd.app import prepare
+    from dicomd.index.store import Index
+    from dicomd.ingest.bulk_import import import_files
+    from dicomd.storage.local import LocalObjectStore
+
+    try:
+        settings = load_settings(config_file=config_file, flags=flags)
+    except ConfigError as exc:
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
+    prepare(settings)
+    index = Index(settings.effective_index_url)
+    started = time.monotonic()
+    try:
+        report = import_files(
+            paths,
+            index,
+            LocalObjectStore(settings.effective_storage_path),
+            processes=processes or settings.effective_workers,
+            bulk_threshold=settings.bulk_threshold,
+            overwrite=settings.duplicate_policy == "overwrite",
+        )
+    finally:
+        index.close()
+    seconds = time.monotonic() - started
+    for source, reason in sorted(report.failed.items()):
+        click.echo(f"failed: {source}: {reason}", err=True)
+    click.echo(
+        f"stored {report.stored}, already stored {report.already_stored}, failed {len(report.failed)} "
+        f"in {seconds:.1f} s ({report.stored / max(seconds, 1e-9):.0f} instances/s)"
+    )
+    sys.exit(1 if report.failed else 0)
