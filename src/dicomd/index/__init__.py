@@ -8,6 +8,7 @@ from dicomd.index.store import (
     ChangeEntry,
     Index,
     NewInstance,
+    PreparedInstance,
     StoredInstance,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "Filter",
     "Index",
     "NewInstance",
+    "PreparedInstance",
     "QidoQuery",
     "QueryError",
     "StoredInstance",

@@ -127,14 +127,17 @@ _ODD_GROUP = frozenset("13579BDFbdf")
 _LONG_VRS = frozenset({"SQ", "LT", "ST", "UT", "UC", "UR", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 
 
-def keep_element(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
-    """The element as stored in an attrs column, or None to leave it out.
+def keep_tag(tag: str) -> bool:
+    """Whether an attribute can be kept in an attrs column at all: private attributes and group
+    lengths are left out (not queryable, they only bloat 1M rows)."""
+    return not (len(tag) != 8 or tag[3] in _ODD_GROUP or tag.endswith("0000"))
 
-    Left out: private attributes and group lengths (not queryable, they only bloat 1M rows),
-    binary values, and elements whose JSON exceeds MAX_ELEMENT_JSON.
+
+def keep_value(element: dict[str, Any]) -> dict[str, Any] | None:
+    """The element of a kept tag as stored in an attrs column, or None to leave it out.
+
+    Left out: binary values, and elements whose JSON exceeds MAX_ELEMENT_JSON.
     """
-    if len(tag) != 8 or tag[3] in _ODD_GROUP or tag.endswith("0000"):
-        return None
     values = element.get("Value")
     if values is None:
         # no value, or a binary one (BulkDataURI / InlineBinary): keep only the empty element
@@ -148,3 +151,8 @@ def keep_element(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
     if (vr in _LONG_VRS or len(values) > 16) and len(orjson.dumps(element)) > MAX_ELEMENT_JSON:
         return None
     return element
+
+
+def keep_element(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+    """The element as stored in an attrs column, or None to leave it out (keep_tag, keep_value)."""
+    return keep_value(element) if keep_tag(tag) else None

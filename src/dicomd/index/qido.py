@@ -7,6 +7,7 @@ Limits: `limit` defaults to 100 and may be at most 1000 (Azure allows 200; we ca
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -136,6 +137,7 @@ def keyword_of(tag: str) -> str:
         return tag
 
 
+@functools.lru_cache(maxsize=4096)
 def vr_of(tag: str) -> str:
     """Dictionary VR of a tag ("UN" when unknown or ambiguous like "US or SS")."""
     try:

@@ -12,10 +12,11 @@ layer group-commits many stores per transaction, so one writer at a time is not 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
+    Table,
     bindparam,
     create_engine,
     delete,
@@ -41,11 +44,13 @@ from sqlalchemy.engine import make_url
 
 from dicomd.dicom.model import JsonDataset, ParsedInstance
 from dicomd.index import schema as _schema
+from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
 from dicomd.index.normalize import (
     first_int,
     first_str,
-    keep_element,
+    keep_tag,
+    keep_value,
     norm_date,
     norm_time,
     pn_norm,
@@ -86,6 +91,20 @@ class NewInstance:
 
 
 @dataclass(slots=True)
+class PreparedInstance:
+    """A NewInstance with its index row values computed by Index.prepare (pure CPU, no database).
+
+    add_instances runs inside the writer lock, which serialises all worker processes; preparing
+    beforehand (e.g. in the ingest parse thread) keeps that CPU work out of the lock.
+    """
+
+    item: NewInstance
+    study: dict[str, Any]  # study row columns (attrs JSON included), without keys/counts/timestamps
+    series: dict[str, Any]
+    instance: dict[str, Any]
+
+
+@dataclass(slots=True)
 class AddResult:
     """Outcome for one NewInstance.
 
@@ -101,6 +120,13 @@ class AddResult:
 
 @dataclass(slots=True)
 class StoredInstance:
+    """An indexed instance as retrieve/metadata/frames/bulk data need it.
+
+    The frame and bulk data byte ranges are kept as their stored JSON and decoded on first access
+    of `frames` / `bulk`: metadata and retrieve of large studies never need them (`has_bulk` tells
+    whether there is bulk data without decoding).
+    """
+
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -109,9 +135,30 @@ class StoredInstance:
     object_key: str
     file_size: int
     number_of_frames: int
-    frames: list[list[tuple[int, int]]]
-    bulk: dict[str, tuple[int, int]]
+    frames_json: str
+    bulk_json: str
     instance_number: int | None
+    _frames: list[list[tuple[int, int]]] | None = field(default=None, init=False, repr=False, compare=False)
+    _bulk: dict[str, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def frames(self) -> list[list[tuple[int, int]]]:
+        """Byte ranges of each frame's data in the file (encapsulated: one or more fragments)."""
+        if self._frames is None:
+            self._frames = _parse_frames(self.frames_json)
+        return self._frames
+
+    @property
+    def bulk(self) -> dict[str, tuple[int, int]]:
+        """Byte range of each bulk data element by its path ("7FE00010", "00540016/0/00181072")."""
+        if self._bulk is None:
+            self._bulk = _parse_bulk(self.bulk_json) if self.bulk_json != "{}" else {}
+        return self._bulk
+
+    @property
+    def has_bulk(self) -> bool:
+        """Whether the instance has bulk data (BulkDataURIs in its metadata), without decoding."""
+        return self.bulk_json != "{}"
 
 
 @dataclass(slots=True)
@@ -141,18 +188,34 @@ def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+_ALL_LEVELS = 3  # SpecificCharacterSet: copied to every level
+
+
+@functools.lru_cache(maxsize=16384)
+def _tag_place(tag: str) -> int:
+    """Where a top-level attribute goes: 0 study, 1 series, 2 instance, _ALL_LEVELS, -1 nowhere."""
+    if not keep_tag(tag):
+        return -1
+    if tag == SPECIFIC_CHARACTER_SET:
+        return _ALL_LEVELS
+    return ("study", "series", "instance").index(level_of(tag))
+
+
 def _split_levels(ds: JsonDataset) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    levels: dict[str, dict[str, Any]] = {"study": {}, "series": {}, "instance": {}}
+    levels: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = ({}, {}, {})
     for tag, element in ds.items():
-        kept = keep_element(tag, element)
+        place = _tag_place(tag)
+        if place < 0:
+            continue
+        kept = keep_value(element)
         if kept is None:
             continue
-        if tag == SPECIFIC_CHARACTER_SET:
-            for attrs in levels.values():
+        if place == _ALL_LEVELS:
+            for attrs in levels:
                 attrs[tag] = kept
-            continue
-        levels[level_of(tag)][tag] = kept
-    return levels["study"], levels["series"], levels["instance"]
+        else:
+            levels[place][tag] = kept
+    return levels
 
 
 def _dumps(obj: Any) -> str:
@@ -214,6 +277,18 @@ def _instance_values(item: NewInstance, attrs: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def prepare_instance(item: NewInstance) -> PreparedInstance:
+    """Index.prepare: level split, attrs JSON and normalised column values of one instance."""
+    p = item.parsed
+    study_attrs, series_attrs, instance_attrs = _split_levels(p.dataset)
+    return PreparedInstance(
+        item,
+        _study_values(p.dataset, study_attrs),
+        _series_values(p.dataset, series_attrs),
+        _instance_values(item, instance_attrs),
+    )
+
+
 _LOOKUP_INSTANCES = (
     select(
         instance.c.instance_key,
@@ -236,6 +311,20 @@ _LOOKUP_INSTANCES = (
 )
 
 
+_STUDY_KEY = "study_key"
+_SERIES_KEY = "series_key"
+_LOOKUPS: dict[str, Callable[[], Select[Any]]] = {
+    _STUDY_KEY: lambda: select(study.c.study_key).where(
+        study.c.partition_key == bindparam("pk"), study.c.study_instance_uid == bindparam("uid")
+    ),
+    _SERIES_KEY: lambda: select(series.c.series_key).where(
+        series.c.partition_key == bindparam("pk"),
+        series.c.study_key == bindparam("study_key"),
+        series.c.series_instance_uid == bindparam("uid"),
+    ),
+}
+
+
 @dataclass(slots=True)
 class _Known:
     """A SOP instance already in the index or added earlier in the same batch."""
@@ -252,6 +341,7 @@ class _Known:
 @dataclass(slots=True)
 class _Batch:
     conn: Connection
+    statements: CompiledStatements
     now: int
     studies: dict[tuple[int, str], int] = field(default_factory=dict)
     series: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -264,10 +354,11 @@ class _Batch:
     changes: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
-    def prefetch(self, items: list[NewInstance]) -> None:
+    def prefetch(self, items: list[PreparedInstance]) -> None:
         """Load the already indexed SOP instances of a batch with one query per partition chunk."""
         wanted: dict[int, set[str]] = {}
-        for item in items:
+        for prepared in items:
+            item = prepared.item
             wanted.setdefault(item.partition_key, set()).add(item.parsed.sop_instance_uid)
         for pk, sops in wanted.items():
             ordered = sorted(sops)
@@ -289,24 +380,20 @@ class _Batch:
     def _study_key(self, pk: int, uid: str, values: dict[str, Any]) -> int:
         key = self.studies.get((pk, uid))
         if key is None:
-            key = self.conn.execute(
-                select(study.c.study_key).where(
-                    study.c.partition_key == pk, study.c.study_instance_uid == uid
-                )
-            ).scalar()
+            key = self._scalar(_STUDY_KEY, {"pk": pk, "uid": uid})
             if key is None:
-                res = self.conn.execute(
-                    insert(study).values(
-                        partition_key=pk,
-                        study_instance_uid=uid,
-                        created_at=self.now,
-                        updated_at=self.now,
-                        num_series=0,
-                        num_instances=0,
+                key = self._insert_key(
+                    study,
+                    {
+                        "partition_key": pk,
+                        "study_instance_uid": uid,
+                        "created_at": self.now,
+                        "updated_at": self.now,
+                        "num_series": 0,
+                        "num_instances": 0,
                         **values,
-                    )
+                    },
                 )
-                key = int(res.inserted_primary_key[0])  # type: ignore[index]
             self.studies[(pk, uid)] = key
         self.study_updates[key] = values
         return key
@@ -314,26 +401,20 @@ class _Batch:
     def _series_key(self, pk: int, study_key: int, uid: str, values: dict[str, Any]) -> int:
         key = self.series.get((study_key, uid))
         if key is None:
-            key = self.conn.execute(
-                select(series.c.series_key).where(
-                    series.c.partition_key == pk,
-                    series.c.study_key == study_key,
-                    series.c.series_instance_uid == uid,
-                )
-            ).scalar()
+            key = self._scalar(_SERIES_KEY, {"pk": pk, "study_key": study_key, "uid": uid})
             if key is None:
-                res = self.conn.execute(
-                    insert(series).values(
-                        partition_key=pk,
-                        study_key=study_key,
-                        series_instance_uid=uid,
-                        created_at=self.now,
-                        updated_at=self.now,
-                        num_instances=0,
+                key = self._insert_key(
+                    series,
+                    {
+                        "partition_key": pk,
+                        "study_key": study_key,
+                        "series_instance_uid": uid,
+                        "created_at": self.now,
+                        "updated_at": self.now,
+                        "num_instances": 0,
                         **values,
-                    )
+                    },
                 )
-                key = int(res.inserted_primary_key[0])  # type: ignore[index]
                 self.study_delta.setdefault(study_key, [0, 0])[0] += 1
             self.series[(study_key, uid)] = key
         self.series_updates[key] = values
@@ -353,7 +434,8 @@ class _Batch:
             }
         )
 
-    def add(self, item: NewInstance, overwrite: bool) -> AddResult:
+    def add(self, prepared: PreparedInstance, overwrite: bool) -> AddResult:
+        item = prepared.item
         p = item.parsed
         pk = item.partition_key
         known = self.known.get((pk, p.sop_instance_uid))
@@ -362,21 +444,16 @@ class _Batch:
                 return AddResult("conflict")
             if not overwrite:
                 return AddResult("exists")
-        study_attrs, series_attrs, instance_attrs = _split_levels(p.dataset)
-        study_key = self._study_key(pk, p.study_instance_uid, _study_values(p.dataset, study_attrs))
-        series_key = self._series_key(
-            pk, study_key, p.series_instance_uid, _series_values(p.dataset, series_attrs)
-        )
-        values = _instance_values(item, instance_attrs)
-        values["updated_at"] = self.now
+        study_key = self._study_key(pk, p.study_instance_uid, prepared.study)
+        series_key = self._series_key(pk, study_key, p.series_instance_uid, prepared.series)
+        values = {**prepared.instance, "updated_at": self.now}
         if known is not None:
             old_key = known.object_key
             if known.pending is not None:
                 known.pending.update(values)
             else:
-                self.conn.execute(
-                    update(instance).where(instance.c.instance_key == known.instance_key).values(**values)
-                )
+                assert known.instance_key is not None
+                self._update(instance, known.instance_key, {}, prepared.instance)
             known.object_key = item.object_key
             self.deleted.append(old_key)
             self._change(item, "Update")
@@ -399,40 +476,117 @@ class _Batch:
         return AddResult("created")
 
     def flush(self) -> None:
-        conn = self.conn
         if self.inserts:
-            conn.execute(insert(instance), self.inserts)
+            _insert_many(self.conn, self.statements, instance, self.inserts)
         for key in self.study_updates.keys() | self.study_delta.keys():
             d_series, d_instances = self.study_delta.get(key, (0, 0))
-            conn.execute(
-                update(study)
-                .where(study.c.study_key == key)
-                .values(
-                    num_series=study.c.num_series + d_series,
-                    num_instances=study.c.num_instances + d_instances,
-                    updated_at=self.now,
-                    **self.study_updates.get(key, {}),
-                )
+            self._update(
+                study,
+                key,
+                {"num_series": d_series, "num_instances": d_instances},
+                self.study_updates.get(key, {}),
             )
         for key in self.series_updates.keys() | self.series_delta.keys():
-            conn.execute(
-                update(series)
-                .where(series.c.series_key == key)
+            self._update(
+                series,
+                key,
+                {"num_instances": self.series_delta.get(key, 0)},
+                self.series_updates.get(key, {}),
+            )
+        _enqueue_deleted(self.conn, self.statements, self.deleted, self.now)
+        if self.changes:
+            _insert_many(self.conn, self.statements, changefeed, self.changes)
+
+    def _scalar(self, name: str, values: dict[str, Any]) -> Any:
+        sql = self.statements.get(name, _LOOKUPS[name])
+        return self.conn.exec_driver_sql(sql.sql, sql.params(values)).scalar()
+
+    def _insert_key(self, table: Table, row: dict[str, Any]) -> int:
+        """INSERT one row; returns its generated primary key."""
+        columns = tuple(row)
+        key_column = table.primary_key.columns.values()[0]
+        sql = self.statements.get(
+            ("insert_returning", table.name, columns),
+            lambda: insert(table).returning(key_column),
+            insert_columns=columns,
+        )
+        return int(self.conn.exec_driver_sql(sql.sql, sql.params(row)).scalar_one())
+
+    def _update(self, table: Table, key: int, deltas: dict[str, int], values: dict[str, Any]) -> None:
+        """UPDATE one row by primary key: add `deltas` to counters, set updated_at and `values`."""
+        key_column = table.primary_key.columns.values()[0]
+        shape = ("update", table.name, tuple(deltas), tuple(values))
+
+        def build() -> Any:
+            return (
+                update(table)
+                .where(key_column == bindparam("key"))
                 .values(
-                    num_instances=series.c.num_instances + self.series_delta.get(key, 0),
-                    updated_at=self.now,
-                    **self.series_updates.get(key, {}),
+                    {
+                        **{c: table.c[c] + bindparam("d_" + c) for c in deltas},
+                        "updated_at": bindparam("now"),
+                        **{c: bindparam("v_" + c) for c in values},
+                    }
                 )
             )
-        _enqueue_deleted(conn, self.deleted, self.now)
-        if self.changes:
-            conn.execute(insert(changefeed), self.changes)
+
+        sql = self.statements.get(shape, build)
+        params: dict[str, Any] = {"key": key, "now": self.now}
+        params.update({"d_" + c: n for c, n in deltas.items()})
+        params.update({"v_" + c: v for c, v in values.items()})
+        self.conn.exec_driver_sql(sql.sql, sql.params(params))
 
 
-def _enqueue_deleted(conn: Connection, keys: list[str], now: int) -> None:
+def _insert_many(
+    conn: Connection, statements: CompiledStatements, table: Table, rows: list[dict[str, Any]]
+) -> None:
+    """INSERT rows that all have the same columns, as one executemany of precompiled SQL."""
+    columns = tuple(rows[0])
+    sql = statements.get(("insert", table.name, columns), lambda: insert(table), insert_columns=columns)
+    conn.exec_driver_sql(sql.sql, [sql.params(row) for row in rows])
+
+
+def _find_select(by_series: bool, by_instance: bool) -> Select[Any]:
+    i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
+    stmt = (
+        select(
+            se_t.c.series_instance_uid,
+            i_t.c.sop_instance_uid,
+            i_t.c.sop_class_uid,
+            i_t.c.transfer_syntax_uid,
+            i_t.c.object_key,
+            i_t.c.file_size,
+            i_t.c.number_of_frames,
+            i_t.c.frames,
+            i_t.c.bulk,
+            i_t.c.instance_number,
+        )
+        .select_from(
+            st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
+                i_t, i_t.c.series_key == se_t.c.series_key
+            )
+        )
+        .where(st_t.c.partition_key == bindparam("pk"), st_t.c.study_instance_uid == bindparam("study"))
+        .order_by(
+            se_t.c.series_number.asc().nulls_last(),
+            se_t.c.series_instance_uid,
+            i_t.c.instance_number.asc().nulls_last(),
+            i_t.c.sop_instance_uid,
+        )
+    )
+    if by_series:
+        stmt = stmt.where(se_t.c.series_instance_uid == bindparam("series"))
+    if by_instance:
+        stmt = stmt.where(i_t.c.sop_instance_uid == bindparam("instance"))
+    return stmt
+
+
+def _enqueue_deleted(conn: Connection, statements: CompiledStatements, keys: list[str], now: int) -> None:
     if keys:
-        conn.execute(
-            insert(deleted_object),
+        _insert_many(
+            conn,
+            statements,
+            deleted_object,
             [{"object_key": k, "enqueued_at": now, "attempts": 0, "next_attempt_at": now} for k in keys],
         )
 
@@ -464,6 +618,7 @@ class Index:
             event.listen(self.engine, "begin", _sqlite_on_begin)
         else:
             self.engine = create_engine(self.url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+        self._statements = CompiledStatements(self.engine.dialect)  # SQL of the hot paths
         self._migrate_lock = threading.Lock()
         self._writer_thread_lock = threading.Lock()
         self._writer_lock_fd: int | None = None
@@ -553,6 +708,31 @@ class Index:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def _fetch(self, sql: str, params: Any) -> list[Any]:
+        """Rows of one read-only statement, compiled beforehand for this dialect (DBAPI paramstyle).
+
+        Runs on the pooled DBAPI connection without SQLAlchemy's per-statement machinery and
+        outside an explicit transaction: one statement reads one consistent snapshot anyway, and
+        PostgreSQL is spared the BEGIN and ROLLBACK round trips. Used by the hot read paths.
+        """
+        fairy = self.engine.raw_connection()
+        try:
+            dbapi_conn: Any = fairy.driver_connection
+            if not self._is_sqlite:
+                dbapi_conn.autocommit = True  # psycopg: no implicit BEGIN
+            try:
+                cur = dbapi_conn.cursor()
+                try:
+                    cur.execute(sql, params)
+                    return cur.fetchall()  # type: ignore[no-any-return]
+                finally:
+                    cur.close()
+            finally:
+                if not self._is_sqlite:
+                    dbapi_conn.autocommit = False
+        finally:
+            fairy.close()
+
     # -- partitions -------------------------------------------------------------------------
 
     def partitions(self) -> list[tuple[int, str]]:
@@ -592,18 +772,34 @@ class Index:
 
     # -- store ------------------------------------------------------------------------------
 
-    def add_instances(self, items: list[NewInstance], *, overwrite: bool) -> list[AddResult]:
-        """Index a batch of stored instances in one transaction; results in the order of `items`."""
-        for item in items:
-            p = item.parsed
+    @staticmethod
+    def prepare(item: NewInstance) -> PreparedInstance:
+        """Compute the index rows of an instance: pure CPU, no database, any thread.
+
+        Call it where the instance is parsed and pass the result to add_instances, so that the
+        work is not done while add_instances holds the writer lock.
+        """
+        return prepare_instance(item)
+
+    def add_instances(
+        self, items: Sequence[NewInstance | PreparedInstance], *, overwrite: bool
+    ) -> list[AddResult]:
+        """Index a batch of stored instances in one transaction; results in the order of `items`.
+
+        Items may be prepared already (Index.prepare); the others are prepared before the writer
+        lock is taken.
+        """
+        for entry in items:
+            p = entry.item.parsed if isinstance(entry, PreparedInstance) else entry.parsed
             if not (p.study_instance_uid and p.series_instance_uid and p.sop_instance_uid):
                 raise ValueError("study, series and SOP instance UIDs are required")
         if not items:
             return []
+        prepared = [e if isinstance(e, PreparedInstance) else prepare_instance(e) for e in items]
         with self._write() as conn:
-            batch = _Batch(conn, _now_ms())
-            batch.prefetch(items)
-            results = [batch.add(item, overwrite) for item in items]
+            batch = _Batch(conn, self._statements, _now_ms())
+            batch.prefetch(prepared)
+            results = [batch.add(entry, overwrite) for entry in prepared]
             batch.flush()
         return results
 
@@ -612,55 +808,18 @@ class Index:
     def find_instances(
         self, partition_key: int, study: str, series: str | None = None, instance: str | None = None
     ) -> list[StoredInstance]:
-        """Instances of a study/series/instance, ordered by series number, then instance number."""
-        i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
-        stmt = (
-            select(
-                se_t.c.series_instance_uid,
-                i_t.c.sop_instance_uid,
-                i_t.c.sop_class_uid,
-                i_t.c.transfer_syntax_uid,
-                i_t.c.object_key,
-                i_t.c.file_size,
-                i_t.c.number_of_frames,
-                i_t.c.frames,
-                i_t.c.bulk,
-                i_t.c.instance_number,
-            )
-            .select_from(
-                st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
-                    i_t, i_t.c.series_key == se_t.c.series_key
-                )
-            )
-            .where(st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study)
-            .order_by(
-                se_t.c.series_number.asc().nulls_last(),
-                se_t.c.series_instance_uid,
-                i_t.c.instance_number.asc().nulls_last(),
-                i_t.c.sop_instance_uid,
-            )
+        """Instances of a study/series/instance, ordered by series number, then instance number.
+
+        Frames and bulk data byte ranges are decoded on first use (see StoredInstance).
+        """
+        by_series, by_instance = series is not None, instance is not None
+        sql = self._statements.get(
+            ("find_instances", by_series, by_instance), lambda: _find_select(by_series, by_instance)
         )
-        if series is not None:
-            stmt = stmt.where(se_t.c.series_instance_uid == series)
-        if instance is not None:
-            stmt = stmt.where(i_t.c.sop_instance_uid == instance)
-        with self._read() as conn:
-            rows = conn.execute(stmt).all()
+        values = {"pk": partition_key, "study": study, "series": series, "instance": instance}
         return [
-            StoredInstance(
-                study,
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _parse_frames(r[7]),
-                _parse_bulk(r[8]) if r[8] != "{}" else {},
-                r[9],
-            )
-            for r in rows
+            StoredInstance(study, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+            for r in self._fetch(sql.sql, sql.params(values))
         ]
 
     def has_object(self, object_key: str) -> bool:
@@ -740,7 +899,7 @@ class Index:
                 )
             )
             conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
-            _enqueue_deleted(conn, [r.object_key for r in rows], now)
+            _enqueue_deleted(conn, self._statements, [r.object_key for r in rows], now)
             conn.execute(
                 insert(changefeed),
                 [
@@ -792,8 +951,7 @@ class Index:
 
     def search(self, q: QidoQuery) -> list[dict[str, Any]]:
         """QIDO results as DICOM JSON datasets (RetrieveURL is added by the web layer)."""
-        with self._read() as conn:
-            return run_search(conn, q)
+        return run_search(self._statements, self._fetch, q)
 
     # -- change feed ------------------------------------------------------------------------
 
@@ -941,5 +1099,6 @@ __all__ = [
     "ChangeEntry",
     "Index",
     "NewInstance",
+    "PreparedInstance",
     "StoredInstance",
 ]
