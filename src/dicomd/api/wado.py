@@ -191,7 +191,7 @@ def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], bas
     parts = []
     for inst in instances:
         blob = store.read(inst.object_key, METADATA)
-        if inst.bulk:
+        if inst.has_bulk:
             # stored BulkDataURIs are relative to the instance URL; make them absolute for this request
             prefix = instance_url(
                 base, inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid

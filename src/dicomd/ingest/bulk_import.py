@@ -8,6 +8,7 @@ directory: writers of the two queue on the index's writer lock and object keys n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
-from dicomd.dicom.model import InvalidDicom, ParsedInstance
+from dicomd.dicom.model import InvalidDicom
 from dicomd.dicom.parser import parse_file
-from dicomd.index.store import Index, NewInstance
+from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.validate import validate
 from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
 
@@ -41,8 +42,9 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _stage_one(args: tuple[str, str, str, int]) -> tuple[str, str, ParsedInstance | None, str]:
-    """In a pool process: copy the file into staging, parse it, stage its metadata."""
+def _stage_one(args: tuple[str, str, str, int]) -> tuple[str, str, PreparedInstance | None, str]:
+    """In a pool process: copy the file into staging, parse it, stage its metadata, compute its
+    index rows. Only the rows travel back (the parsed data set is large to pickle)."""
     source, staging, key, bulk_threshold = args
     target = os.path.join(staging, f"{key}.{DICOM}")
     try:
@@ -53,9 +55,11 @@ def _stage_one(args: tuple[str, str, str, int]) -> tuple[str, str, ParsedInstanc
             raise InvalidDicom("; ".join(rejection.messages))
         with open(os.path.join(staging, f"{key}.{METADATA}"), "wb") as f:
             f.write(orjson.dumps(parsed.dataset))
+        prepared = Index.prepare(NewInstance(1, parsed, key, parsed.file_length))
     except (InvalidDicom, OSError) as exc:
         return source, key, None, str(exc)
-    return source, key, parsed, ""
+    prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
+    return source, key, prepared, ""
 
 
 def import_files(
@@ -71,19 +75,20 @@ def import_files(
     report = ImportReport()
     staging = str(store.staging)
     jobs = ((str(p), staging, new_key(), bulk_threshold) for p in iter_files(paths))
-    pending: list[tuple[str, NewInstance]] = []
+    pending: list[tuple[str, PreparedInstance]] = []
 
     def commit() -> None:
-        items = [item for _, item in pending]
-        store.sync(item.object_key for item in items)
+        items = [prepared for _, prepared in pending]
+        keys = [prepared.item.object_key for prepared in items]
+        store.sync(keys)
         results = index.add_instances(items, overwrite=overwrite)
         stored = ("created", "replaced")
-        store.publish(item.object_key for item, r in zip(items, results, strict=True) if r.status in stored)
-        for (source, item), result in zip(pending, results, strict=True):
+        store.publish(key for key, r in zip(keys, results, strict=True) if r.status in stored)
+        for (source, prepared), result in zip(pending, results, strict=True):
             if result.status in stored:
                 report.stored += 1
             else:
-                store.discard_staged(item.object_key)
+                store.discard_staged(prepared.item.object_key)
                 if result.status == "exists":
                     report.already_stored += 1
                 else:
@@ -91,12 +96,12 @@ def import_files(
         pending.clear()
 
     with ProcessPoolExecutor(max_workers=processes) as pool:
-        for source, key, parsed, error in pool.map(_stage_one, jobs, chunksize=16):
-            if parsed is None:
+        for source, key, prepared, error in pool.map(_stage_one, jobs, chunksize=16):
+            if prepared is None:
                 store.discard_staged(key)
                 report.failed[source] = error
                 continue
-            pending.append((source, NewInstance(1, parsed, key, parsed.file_length)))
+            pending.append((source, prepared))
             if len(pending) >= batch:
                 commit()
         if pending:

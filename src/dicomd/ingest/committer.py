@@ -13,7 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from dicomd.index.store import AddResult, Index, NewInstance
+from dicomd.index.store import AddResult, Index, PreparedInstance
 from dicomd.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Pending:
-    item: NewInstance
+    item: PreparedInstance
     future: asyncio.Future[AddResult]
 
 
@@ -43,7 +43,7 @@ class GroupCommitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, item: NewInstance) -> AddResult:
+    async def submit(self, item: PreparedInstance) -> AddResult:
         """Wait until the instance is durably stored (or rejected). Raises if the commit failed."""
         future: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(item, future))
@@ -66,8 +66,8 @@ class GroupCommitter:
                 if not pending.future.done():
                     pending.future.set_result(result)
 
-    def _commit(self, items: list[NewInstance]) -> list[AddResult]:
-        keys = [item.object_key for item in items]
+    def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
+        keys = [prepared.item.object_key for prepared in items]
         self.store.sync(keys)
         try:
             results = self.index.add_instances(items, overwrite=self.overwrite)

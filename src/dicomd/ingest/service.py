@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from dicomd.dicom.model import InvalidDicom, ParsedInstance
+from dicomd.dicom.model import InvalidDicom
 from dicomd.dicom.parser import parse_file
-from dicomd.index.store import Index, NewInstance
+from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.validate import (
     ALREADY_EXISTS,
@@ -66,15 +66,13 @@ class IngestService:
     async def _store_staged(
         self, key: str, url_study: str | None, version: int, partition: int
     ) -> StoreOutcome:
-        outcome, parsed = await asyncio.to_thread(self._prepare, key, url_study, version)
-        if parsed is None:
+        outcome, prepared = await asyncio.to_thread(self._prepare, key, url_study, version, partition)
+        if prepared is None:
             self.store.discard_staged(key)
             return outcome
-        new = NewInstance(
-            partition_key=partition, parsed=parsed, object_key=key, file_size=parsed.file_length
-        )
+        parsed = prepared.item.parsed
         try:
-            result = await self.committer.submit(new)
+            result = await self.committer.submit(prepared)
         except Exception as exc:
             outcome.failure_reason = PROCESSING_FAILURE
             outcome.messages = [f"the index could not be updated: {type(exc).__name__}"]
@@ -91,11 +89,12 @@ class IngestService:
         return outcome
 
     def _prepare(
-        self, key: str, url_study: str | None, version: int
-    ) -> tuple[StoreOutcome, ParsedInstance | None]:
-        """CPU and file work of one instance, in one thread hop: parse, validate, stage the metadata.
+        self, key: str, url_study: str | None, version: int, partition: int
+    ) -> tuple[StoreOutcome, PreparedInstance | None]:
+        """CPU and file work of one instance, in one thread hop: parse, validate, stage the metadata,
+        compute the index rows (so the group commit only runs SQL).
 
-        Returns the parsed instance, or None (with the failure in the outcome) when it must not be stored.
+        Returns the prepared instance, or None (with the failure in the outcome) when it must not be stored.
         """
         try:
             parsed = parse_file(self.store.staged_path(key, DICOM), bulk_threshold=self.bulk_threshold)
@@ -114,4 +113,7 @@ class IngestService:
             outcome.messages = rejection.messages
             return outcome, None
         self.store.write_staged(key, METADATA, orjson.dumps(parsed.dataset))
-        return outcome, parsed
+        new = NewInstance(
+            partition_key=partition, parsed=parsed, object_key=key, file_size=parsed.file_length
+        )
+        return outcome, Index.prepare(new)
