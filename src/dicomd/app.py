@@ -71,8 +71,11 @@ def dicomweb_routes() -> list[BaseRoute]:
     ]
 
 
+_VERSIONS_HEADER = (b"api-supported-versions", SUPPORTED_VERSIONS_HEADER.encode())
+
+
 class VersionHeaders:
-    """Adds api-supported-versions to every response and rejects unknown versions with 404."""
+    """Adds api-supported-versions to every response (unknown versions are refused by _check_version)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -87,7 +90,7 @@ class VersionHeaders:
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"],
-                    (b"api-supported-versions", SUPPORTED_VERSIONS_HEADER.encode()),
+                    _VERSIONS_HEADER,
                 ]
             await send(message)
 
