@@ -53,8 +53,12 @@ def _stage_one(args: tuple[str, str, str, int]) -> tuple[str, str, PreparedInsta
         rejection = validate(parsed, url_study=None, version=2)
         if rejection is not None:
             raise InvalidDicom("; ".join(rejection.messages))
+        with open(target, "rb") as f:
+            os.fdatasync(f.fileno())
         with open(os.path.join(staging, f"{key}.{METADATA}"), "wb") as f:
             f.write(orjson.dumps(parsed.dataset))
+            f.flush()
+            os.fdatasync(f.fileno())
         prepared = Index.prepare(NewInstance(1, parsed, key, parsed.file_length))
     except (InvalidDicom, OSError) as exc:
         return source, key, None, str(exc)
@@ -80,7 +84,7 @@ def import_files(
     def commit() -> None:
         items = [prepared for _, prepared in pending]
         keys = [prepared.item.object_key for prepared in items]
-        store.sync(keys)
+        store.sync()
         results = index.add_instances(items, overwrite=overwrite)
         stored = ("created", "replaced")
         store.publish(key for key, r in zip(keys, results, strict=True) if r.status in stored)

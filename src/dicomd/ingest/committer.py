@@ -68,7 +68,7 @@ class GroupCommitter:
 
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
         keys = [prepared.item.object_key for prepared in items]
-        self.store.sync(keys)
+        self.store.sync()
         try:
             results = self.index.add_instances(items, overwrite=self.overwrite)
         except Exception:

@@ -97,6 +97,7 @@ class IngestService:
         Returns the prepared instance, or None (with the failure in the outcome) when it must not be stored.
         """
         try:
+            self.store.flush_staged(key, DICOM)
             parsed = parse_file(self.store.staged_path(key, DICOM), bulk_threshold=self.bulk_threshold)
         except InvalidDicom as exc:
             reason = [f"not a readable DICOM file: {exc}"]
