@@ -138,7 +138,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         app.state.settings = settings
         app.state.index = index
         app.state.store = store
-        app.state.ingest = IngestService(index, store, committer, bulk_threshold=settings.bulk_threshold)
+        app.state.ingest = IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
         app.state.cleanup = cleanup
         committer.start()
         cleanup.start()

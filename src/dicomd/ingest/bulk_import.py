@@ -8,7 +8,6 @@ directory: writers of the two queue on the index's writer lock and object keys n
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -16,12 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
-from dicomd.dicom.model import InvalidDicom
-from dicomd.dicom.parser import parse_file
-from dicomd.index.store import Index, NewInstance, PreparedInstance
-from dicomd.ingest.validate import validate
+from dicomd.index.store import Index, PreparedInstance
+from dicomd.ingest.prepare import PrepareJob, prepare_staged
 from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
 
 
@@ -42,28 +37,15 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _stage_one(args: tuple[str, str, str, int]) -> tuple[str, str, PreparedInstance | None, str]:
-    """In a pool process: copy the file into staging, parse it, stage its metadata, compute its
-    index rows. Only the rows travel back (the parsed data set is large to pickle)."""
-    source, staging, key, bulk_threshold = args
-    target = os.path.join(staging, f"{key}.{DICOM}")
+def _stage_one(args: tuple[str, PrepareJob]) -> tuple[str, str, PreparedInstance | None, str]:
+    """In a pool process: copy the file into staging, then prepare it as STOW does."""
+    source, job = args
     try:
-        shutil.copyfile(source, target)
-        parsed = parse_file(target, bulk_threshold=bulk_threshold)
-        rejection = validate(parsed, url_study=None, version=2)
-        if rejection is not None:
-            raise InvalidDicom("; ".join(rejection.messages))
-        with open(target, "rb") as f:
-            os.fdatasync(f.fileno())
-        with open(os.path.join(staging, f"{key}.{METADATA}"), "wb") as f:
-            f.write(orjson.dumps(parsed.dataset))
-            f.flush()
-            os.fdatasync(f.fileno())
-        prepared = Index.prepare(NewInstance(1, parsed, key, parsed.file_length))
-    except (InvalidDicom, OSError) as exc:
-        return source, key, None, str(exc)
-    prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
-    return source, key, prepared, ""
+        shutil.copyfile(source, job.staged_dicom)
+        outcome, prepared = prepare_staged(job)
+    except OSError as exc:
+        return source, job.key, None, str(exc)
+    return source, job.key, prepared, "; ".join(outcome.messages)
 
 
 def import_files(
@@ -77,8 +59,13 @@ def import_files(
     overwrite: bool = False,
 ) -> ImportReport:
     report = ImportReport()
-    staging = str(store.staging)
-    jobs = ((str(p), staging, new_key(), bulk_threshold) for p in iter_files(paths))
+
+    def job(path: Path) -> tuple[str, PrepareJob]:
+        key = new_key()
+        dicom, metadata = store.staged_path(key, DICOM), store.staged_path(key, METADATA)
+        return str(path), PrepareJob(str(dicom), str(metadata), key, None, 2, 1, bulk_threshold)
+
+    jobs = (job(path) for path in iter_files(paths))
     pending: list[tuple[str, PreparedInstance]] = []
 
     def commit() -> None:

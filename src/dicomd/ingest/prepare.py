@@ -1,0 +1,79 @@
+"""The CPU-heavy part of storing one instance, shared by STOW (in a thread of the web worker) and
+`dicomd import` (in a pool of processes): everything but the index commit.
+
+(Measured: a process pool for STOW cost more in IPC than it saved in GIL contention, so STOW keeps threads.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import orjson
+
+from dicomd.dicom.model import InvalidDicom
+from dicomd.dicom.parser import parse_file
+from dicomd.index.store import Index, NewInstance, PreparedInstance
+from dicomd.ingest.validate import PROCESSING_FAILURE, validate
+
+
+@dataclass(slots=True)
+class StoreOutcome:
+    """What the STOW response says about one part."""
+
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    failure_reason: int | None = None
+    warning_reason: int | None = None
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> bool:
+        return self.failure_reason is None
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareJob:
+    staged_dicom: str  # the staged file (already complete)
+    staged_metadata: str  # where the metadata JSON goes
+    key: str
+    url_study: str | None
+    version: int
+    partition_key: int
+    bulk_threshold: int
+
+
+def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | None]:
+    """Flush the staged file, parse and validate it, stage its metadata (flushed), compute its index rows.
+
+    Returns the prepared instance, or None (with the failure in the outcome) when it must not be stored.
+    The prepared instance carries no data set: the index rows hold what the commit needs.
+    """
+    try:
+        with open(job.staged_dicom, "rb") as f:
+            os.fdatasync(f.fileno())
+        parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
+    except InvalidDicom as exc:
+        reason = [f"not a readable DICOM file: {exc}"]
+        return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=reason), None
+    outcome = StoreOutcome(
+        sop_class_uid=parsed.sop_class_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+    )
+    rejection = validate(parsed, url_study=job.url_study, version=job.version)
+    if rejection is not None:
+        outcome.failure_reason = rejection.reason
+        outcome.messages = rejection.messages
+        return outcome, None
+    with open(job.staged_metadata, "wb") as f:
+        f.write(orjson.dumps(parsed.dataset))
+        f.flush()
+        os.fdatasync(f.fileno())
+    prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))
+    prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
+    return outcome, prepared
