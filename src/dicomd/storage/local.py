@@ -6,7 +6,9 @@ so that a 2xx is durable and nothing is ever orphaned:
 1. ``stage``: incoming bytes go to ``staging/<key>.<suffix>`` (no fsync yet);
 2. each staged file is flushed (fdatasync) as soon as it is complete, in the parse threads; ``sync`` then
    makes the names of a whole batch durable with one fsync of the staging directory;
-3. the index commits, then ``publish`` renames the staged files to ``objects/ab/cd/<key>.<suffix>``.
+3. the index commits, then ``publish`` renames the staged files to ``objects/abc/<key>.<suffix>``
+   (one level of 4,096 directories: each new directory costs an inode allocation, and ext4 indexes
+   large directories well).
 
 After a crash, ``recover`` finishes step 3 for keys the index knows and deletes the rest.
 """
@@ -42,7 +44,7 @@ class LocalObjectStore:
 
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, key: str, suffix: str = DICOM) -> Path:
-        return self.objects / key[:2] / key[2:4] / f"{key}.{suffix}"
+        return self.objects / key[:3] / f"{key}.{suffix}"
 
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
         return self.staging / f"{key}.{suffix}"
@@ -102,7 +104,7 @@ class LocalObjectStore:
         # string paths: pathlib costs more than the read itself for small objects
         name = f"{key}.{suffix}"
         try:
-            return open(f"{self._objects_str}/{key[:2]}/{key[2:4]}/{name}", "rb")
+            return open(f"{self._objects_str}/{key[:3]}/{name}", "rb")
         except FileNotFoundError:
             # committed but not yet renamed into place by the committer
             return open(f"{self._staging_str}/{name}", "rb")
