@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from dicomd.index.store import AddResult, Index, PreparedInstance
@@ -68,13 +69,16 @@ class GroupCommitter:
 
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
         keys = [prepared.item.object_key for prepared in items]
+        started = time.perf_counter()
         self.store.sync()
+        synced = time.perf_counter()
         try:
             results = self.index.add_instances(items, overwrite=self.overwrite)
         except Exception:
             for key in keys:
                 self.store.discard_staged(key)
             raise
+        committed = time.perf_counter()
         stored = [k for k, r in zip(keys, results, strict=True) if r.status in ("created", "replaced")]
         try:
             self.store.publish(stored)
@@ -85,4 +89,12 @@ class GroupCommitter:
         for key, result in zip(keys, results, strict=True):
             if result.status not in ("created", "replaced"):
                 self.store.discard_staged(key)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "group commit of %d: sync %.1f ms, index %.1f ms, total %.1f ms",
+                len(items),
+                (synced - started) * 1e3,
+                (committed - synced) * 1e3,
+                (time.perf_counter() - started) * 1e3,
+            )
         return results
