@@ -44,8 +44,6 @@ def main() -> None:
 )
 @click.option("--log-level", help="critical, error, warning, info or debug")
 def serve(config_file: str | None, **flags: object) -> None:
-    import uvicorn
-
     from dicomd import logs
     from dicomd.app import SETTINGS_ENV, prepare
 
@@ -62,17 +60,19 @@ def serve(config_file: str | None, **flags: object) -> None:
         f"({settings.effective_workers} workers, data in {settings.data_dir.resolve()})",
         err=True,
     )
-    uvicorn.run(
-        "dicomd.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.effective_workers,
-        log_config=log_config,
-        access_log=False,  # request lines carry UIDs and patient names in query strings (PHI)
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
+    from dicomd.server import serve as run_workers
+
+    try:
+        run_workers(
+            settings.host,
+            settings.port,
+            settings.effective_workers,
+            log_config,
+            {SETTINGS_ENV: settings.to_json()},
+        )
+    except OSError as exc:
+        click.echo(f"dicomd: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
+        sys.exit(1)
 
 
 @main.command("import")
