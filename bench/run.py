@@ -1,0 +1,888 @@
+"""The one benchmark command: dicomd vs Orthanc, same corpus, same client, one run.
+
+  .venv/bin/python -m bench.run --quick     # CI subset, < 2 minutes, reports figures, never fails on noise
+  .venv/bin/python -m bench.run --full      # 50k corpus, STOW matrix, all lines (~15-25 min)
+  .venv/bin/python -m bench.run --scale     # dicomd QIDO/metadata latency at 10k, 100k, 1M instances
+  .venv/bin/python -m bench.run --memory    # 2 GB instance: STOW + retrieve, peak RSS per server process
+
+Results: bench/results/<date>-<mode>.md (+ .json), latest summary copied into bench/README.md.
+See bench/README.md for what each line means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import servers, sysinfo
+from bench.client import ACCEPT_DICOM, ACCEPT_JSON, Pool, percentile
+from bench.corpus import Corpus, CorpusSpec, template
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration per mode
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    mode: str
+    count: int  # main ct128 corpus
+    large: int  # ct512 instances (studies of 2 series x 10)
+    big_study: bool  # one 1,000-instance study (metadata latency target)
+    matrix: list[tuple[int, int]]  # STOW (batch, concurrency) cells
+    cell_max: int  # instances per STOW cell at most
+    cell_secs: float
+    dur: float  # seconds per read line
+    read_conc: int = 8
+    client_procs: int = 1
+    mixed_conc: int = 8
+    bulk_batch: int = 50
+    bulk_conc: int = 4
+
+
+MODES: dict[str, Config] = {
+    "quick": Config(
+        mode="quick",
+        count=2000,
+        large=40,
+        big_study=False,
+        matrix=[(1, 1), (10, 4), (50, 16)],
+        cell_max=400,
+        cell_secs=2,
+        dur=2.0,
+    ),
+    "full": Config(
+        mode="full",
+        count=50_000,
+        large=400,
+        big_study=True,
+        matrix=[(b, c) for b in (1, 10, 50) for c in (1, 4, 16)],
+        cell_max=3000,
+        cell_secs=10,
+        dur=10,
+        client_procs=2,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    key: str
+    title: str
+    unit: str  # unit of `value`
+    value: float
+    mb_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    srv_cpu: float = 0.0  # % of one core (200 = both cores of a 2-core machine)
+    cli_cpu: float = 0.0
+    cli_us: float = 0.0  # client CPU microseconds per request
+    ops: int = 0
+    errors: int = 0
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, srv: servers.Server, pool: Pool, cfg: Config) -> None:
+        self.srv, self.pool, self.cfg = srv, pool, cfg
+        self.lines: dict[str, Line] = {}
+        self.base = {"host": srv.host, "port": srv.port, "root": srv.root}
+
+    def run(self, job: dict[str, Any], procs: int = 1) -> tuple[dict[str, Any], float]:
+        pids = self.srv.pids()
+        c0 = {p: servers.cpu_seconds([p]) for p in pids}
+        res = self.pool.run({**self.base, **job}, procs)
+        c1 = {p: servers.cpu_seconds([p]) for p in pids}
+        # server CPU over the client's measured window (the 0.3 s start delay is idle time)
+        w = max(res["wall"], 1e-9)
+        res["srv_cpu_by_pid"] = {str(p): round(100 * (c1[p] - c0[p]) / w) for p in pids}
+        return res, 100 * sum(c1[p] - c0[p] for p in pids) / w
+
+    def add(
+        self, key: str, title: str, res: dict[str, Any], srv_cpu: float, unit: str = "req/s", note: str = ""
+    ) -> Line:
+        lat = [x for v in res["lat"].values() for x in v]
+        wall = res["wall"]
+        value = res["instances"] / wall if unit == "inst/s" else res["ops"] / wall
+        mb = (res["sent"] + res["recv"]) / wall / 1e6
+        nreq = res["ops"] + res["errors"]
+        line = Line(
+            key=key,
+            title=title,
+            unit=unit,
+            value=value,
+            mb_s=mb,
+            p50_ms=percentile(lat, 50) * 1000,
+            p99_ms=percentile(lat, 99) * 1000,
+            srv_cpu=srv_cpu,
+            cli_cpu=100 * res["cpu"] / wall,
+            cli_us=1e6 * res["cpu"] / max(1, nreq),
+            ops=res["ops"],
+            errors=res["errors"],
+            note=note,
+        )
+        if res["errors"]:
+            line.extra["err_sample"] = res["err_sample"]
+            line.extra["status"] = res["status"]
+            log(f"  ! {key}: {res['errors']} errors, e.g. {res['err_sample'][:2]}")
+        if len(res.get("srv_cpu_by_pid", {})) > 1:  # e.g. dicomd master + workers: is the load balanced?
+            line.extra["srv_cpu_by_pid"] = res["srv_cpu_by_pid"]
+        if len(res["lat"]) > 1:
+            line.extra["p50_by_op"] = {k: round(percentile(v, 50) * 1000, 2) for k, v in res["lat"].items()}
+        self.lines[key] = line
+        log(
+            f"  {key:<22} {value:9.1f} {unit:<6} {mb:8.1f} MB/s  p50 {line.p50_ms:7.1f} ms  "
+            f"p99 {line.p99_ms:7.1f} ms  srv {srv_cpu:4.0f}%  cli {line.cli_cpu:3.0f}% "
+            f"({line.cli_us:.0f} us/req)"
+        )
+        return line
+
+    # ---- phases ----
+
+    def stow(
+        self,
+        key: str,
+        title: str,
+        spec: CorpusSpec,
+        start: int,
+        stop: int,
+        batch: int,
+        conc: int,
+        secs: float | None = None,
+    ) -> int:
+        job = {
+            "kind": "stow",
+            "concurrency": conc,
+            "corpus": spec.as_dict(),
+            "start": start,
+            "stop": stop,
+            "batch": batch,
+        }
+        if secs:
+            job["duration"] = secs
+        res, cpu = self.run(job)
+        self.add(key, title, res, cpu, unit="inst/s")
+        return int(res["cursor"])
+
+    def get(
+        self,
+        key: str,
+        title: str,
+        paths: list[str],
+        accept: str,
+        conc: int,
+        dur: float,
+        keep_body: bool = False,
+        procs: int = 1,
+        max_ops: int = 0,
+        note: str = "",
+    ) -> Line:
+        job = {"kind": "get", "concurrency": conc, "paths": paths, "accept": accept, "keep_body": keep_body}
+        warm = {**job, "duration": min(1.0, dur / 3), "max_ops": max(1, max_ops // 4) if max_ops else 0}
+        self.pool.run({**self.base, **warm}, procs)
+        res, cpu = self.run({**job, "duration": dur, "max_ops": max_ops}, procs)
+        return self.add(key, title, res, cpu, note=note)
+
+
+def http_json(url: str, accept: str = ACCEPT_JSON) -> Any:
+    req = urllib.request.Request(url, headers={"Accept": accept, "Accept-Encoding": "identity"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        body = r.read()
+    return json.loads(body) if body.strip() else []
+
+
+def qido_paths(c: Corpus, n: int, upto: int | None = None) -> dict[str, list[str]]:
+    q = c.query_params(n, upto=upto)
+    enc = {k: [urllib.parse.quote(p, safe="=*-^") for p in v] for k, v in q.items()}
+    return {k: [f"/studies?{p}&limit=100" for p in v] for k, v in enc.items()}
+
+
+def bench_server(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str, Line], dict[str, Any]]:
+    b = Bench(srv, pool, cfg)
+    info: dict[str, Any] = {}
+    main = CorpusSpec(name="main", size="ct128", count=cfg.count)
+    large = CorpusSpec(name="large", size="ct512", count=cfg.large, series_per_study=2, per_series=10)
+    big = CorpusSpec(name="big", size="ct128", count=1000, series_per_study=4, per_series=250, seed=2)
+    writes = CorpusSpec(name="mixed-writes", size="ct128", count=1_000_000, seed=3)
+    mc = Corpus(main)
+    inst_mb = len(template("ct128").data) / 1e6
+
+    # 1. STOW matrix on an empty server: each cell stores fresh instances of the main corpus
+    log(f"{srv.name}: STOW matrix")
+    cursor = 0
+    for batch, conc in cfg.matrix:
+        n = min(cfg.cell_max, max(batch * conc * 4, cfg.cell_max if batch > 1 else cfg.cell_max // 2))
+        stop = min(cfg.count, cursor + n)
+        cursor = b.stow(
+            f"stow_b{batch}_c{conc}",
+            f"STOW ct128 ({inst_mb * 1000:.0f} KB), batch {batch}, {conc} conn",
+            main,
+            cursor,
+            stop,
+            batch,
+            conc,
+            cfg.cell_secs,
+        )
+    # 2. the rest of the corpus
+    t0 = time.perf_counter()
+    if cursor < cfg.count:
+        log(f"{srv.name}: loading instances {cursor}..{cfg.count}")
+        b.stow(
+            "stow_load",
+            f"STOW load to {cfg.count} ct128, batch {cfg.bulk_batch}, {cfg.bulk_conc} conn",
+            main,
+            cursor,
+            cfg.count,
+            cfg.bulk_batch,
+            cfg.bulk_conc,
+        )
+    info["load_seconds"] = time.perf_counter() - t0
+    b.stow(
+        "stow_ct512",
+        f"STOW ct512 ({len(template('ct512').data) / 1e3:.0f} KB), batch 4, 4 conn",
+        large,
+        0,
+        cfg.large,
+        4,
+        4,
+    )
+    if cfg.big_study:
+        b.stow("stow_big", "STOW 1,000-instance study, batch 50, 4 conn", big, 0, 1000, 50, 4)
+
+    # 3. sanity: the same queries must select the same rows on both servers
+    qp = qido_paths(mc, 200)
+    info["qido_rows"] = {}
+    for k, paths in qp.items():
+        rows = [len(http_json(srv.base + p)) for p in paths[:20]]
+        info["qido_rows"][k] = sum(rows) / len(rows)
+    st0 = mc.study(0)
+    info["study_meta_instances"] = len(http_json(f"{srv.base}/studies/{st0.uid}/metadata"))
+    log(f"{srv.name}: rows per query {info['qido_rows']}, study metadata {info['study_meta_instances']} inst")
+
+    # 4. QIDO
+    log(f"{srv.name}: QIDO")
+    procs = cfg.client_procs
+    titles = {
+        "pid": "QIDO studies by PatientID",
+        "name": "QIDO studies by PatientName prefix*",
+        "date": "QIDO studies by StudyDate 30-day range",
+    }
+    for k, paths in qp.items():
+        b.get(f"qido_{k}", titles[k], paths, ACCEPT_JSON, cfg.read_conc, cfg.dur, True, procs)
+
+    # 5. metadata
+    log(f"{srv.name}: metadata")
+    n_st = main.n_studies
+    studies = [mc.study(s).uid for s in range(0, n_st, max(1, n_st // 200))]
+    b.get(
+        "meta_study",
+        f"Study metadata ({main.per_study} instances)",
+        [f"/studies/{u}/metadata" for u in studies],
+        ACCEPT_JSON,
+        4,
+        cfg.dur,
+        True,
+        procs,
+    )
+    series = [
+        f"/studies/{mc.study(s).uid}/series/{mc.series_uid(s, se)}/metadata"
+        for s in range(0, n_st, max(1, n_st // 100))
+        for se in range(main.series_per_study)
+    ]
+    b.get(
+        "meta_series",
+        f"Series metadata ({main.per_series} instances)",
+        series,
+        ACCEPT_JSON,
+        4,
+        cfg.dur,
+        True,
+        procs,
+    )
+    if cfg.big_study:
+        bc = Corpus(big)
+        b.get(
+            "meta_big",
+            "Study metadata, 1,000 instances (1 conn: latency)",
+            [f"/studies/{bc.study(0).uid}/metadata"],
+            ACCEPT_JSON,
+            1,
+            cfg.dur,
+            True,
+        )
+
+    # 6. retrieve
+    log(f"{srv.name}: retrieve")
+    b.get(
+        "wado_study",
+        f"Study retrieve ct128 ({main.per_study} inst, {main.per_study * inst_mb:.1f} MB)",
+        [f"/studies/{u}" for u in studies],
+        ACCEPT_DICOM,
+        4,
+        cfg.dur,
+    )
+    lc = Corpus(large)
+    lst = [f"/studies/{lc.study(s).uid}" for s in range(large.n_studies)]
+    b.get(
+        "wado_study_512",
+        f"Study retrieve ct512 ({large.per_study} inst, "
+        f"{large.per_study * len(template('ct512').data) / 1e6:.1f} MB)",
+        lst,
+        ACCEPT_DICOM,
+        2,
+        cfg.dur,
+    )
+    for key in ("wado_study", "wado_study_512"):
+        ln = b.lines[key]
+        ln.unit, ln.value = "MB/s", ln.mb_s or 0.0
+
+    # 7. mixed: 80% reads, 20% single-instance writes
+    log(f"{srv.name}: mixed")
+    job = {
+        "kind": "mixed",
+        "concurrency": cfg.mixed_conc,
+        "corpus": writes.as_dict(),
+        "start": 0,
+        "stop": writes.count,
+        "batch": 1,
+        "duration": cfg.dur,
+        "keep_body": True,
+        "weights": {"qido": 0.4, "series_meta": 0.2, "series_get": 0.2, "stow": 0.2},
+        "paths_by_label": {
+            "qido": qp["pid"],
+            "series_meta": series,
+            "series_get": [p.removesuffix("/metadata") for p in series],
+        },
+        "accept_by_label": {"qido": ACCEPT_JSON, "series_meta": ACCEPT_JSON, "series_get": ACCEPT_DICOM},
+    }
+    res, cpu = b.run(job)
+    b.add("mixed", "Mixed: 40% QIDO, 20% series metadata, 20% series retrieve, 20% STOW x1", res, cpu)
+    info["disk_bytes"] = srv.data_bytes()
+    return b.lines, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Scale and memory runs
+# --------------------------------------------------------------------------------------------------
+
+
+def bench_scale(
+    srv: servers.Server, pool: Pool, sizes: list[int], size: str, dur: float, load: str = "stow"
+) -> dict[str, Line]:
+    spec = CorpusSpec(name="scale", size=size, count=max(sizes), seed=5)
+    c = Corpus(spec)
+    b = Bench(srv, pool, MODES["quick"])
+    loaded = 0
+    for n in sizes:
+        log(f"{srv.name}: scale: loading to {n}")
+        t0 = time.perf_counter()
+        if load == "import":
+            bulk_import(srv, spec, loaded, n)
+        else:
+            b.stow(f"load_{n}", f"STOW load {loaded}..{n}", spec, loaded, n, 50, 4)
+        loaded = n
+        log(f"  loaded in {time.perf_counter() - t0:.0f}s")
+        qp = qido_paths(c, 300, upto=n)
+        n_st = max(1, n // spec.per_study)
+        studies = [f"/studies/{c.study(s).uid}/metadata" for s in range(0, n_st, max(1, n_st // 300))]
+        for k, paths in qp.items():
+            b.get(f"{n}_qido_{k}_c1", f"{n:,}: QIDO {k}, 1 conn", paths, ACCEPT_JSON, 1, dur, True)
+            b.get(f"{n}_qido_{k}_c8", f"{n:,}: QIDO {k}, 8 conn", paths, ACCEPT_JSON, 8, dur, True)
+        b.get(
+            f"{n}_meta_c1",
+            f"{n:,}: study metadata ({spec.per_study} inst), 1 conn",
+            studies,
+            ACCEPT_JSON,
+            1,
+            dur,
+            True,
+        )
+    return b.lines
+
+
+def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) -> None:
+    """Hook for a direct bulk-load path (e.g. a future `dicomd import DIR`); not wired yet."""
+    raise NotImplementedError("bulk import: use --scale-load stow until `dicomd import` exists")
+
+
+def _stream_big_instance(frames: int, rows: int = 512, cols: int = 512) -> tuple[list[bytes], int, str]:
+    """A multi-frame 16-bit instance of `frames` frames: header bytes + element header + frame chunks."""
+    import io
+
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import UID
+
+    from bench.corpus import build_template
+
+    ds = build_template("ct512")
+    ds.NumberOfFrames = frames
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.77.1")
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.77.2"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.77.3"
+    ds.PatientID, ds.PatientName = "BIG2GB", "BIG^INSTANCE"
+    frame = ds.PixelData
+    del ds.PixelData
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    head = buf.getvalue()
+    n = len(frame) * frames
+    elem = b"\xe0\x7f\x10\x00OW\x00\x00" + n.to_bytes(4, "little")
+    return [head, elem, frame], len(head) + len(elem) + n, ds.StudyInstanceUID
+
+
+def bench_memory(srv: servers.Server, gib: float) -> dict[str, Line]:
+    """Store then retrieve one ~gib GiB instance; report per-process peak RSS (VmHWM)."""
+    import asyncio
+
+    from bench.client import BOUNDARY, STOW_CT, HttpConn, HttpError
+
+    frames = max(1, int(gib * (1 << 30) / (512 * 512 * 2)))
+    parts, size, study = _stream_big_instance(frames)
+    head, elem, frame = parts
+    lines: dict[str, Line] = {}
+    rss0 = servers.rss_mb(srv.pids(), "VmRSS")
+
+    def body() -> Any:
+        yield b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + head + elem
+        for _ in range(frames):
+            yield frame
+        yield b"\r\n--" + BOUNDARY + b"--\r\n"
+
+    blen = len(b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n") + size
+    blen += len(b"\r\n--" + BOUNDARY + b"--\r\n")
+
+    async def go() -> tuple[float, int, float, int]:
+        c = HttpConn(srv.host, srv.port)
+        t0 = time.perf_counter()
+        r = await c.request(
+            "POST",
+            srv.root + "/studies",
+            f"Content-Type: {STOW_CT}\r\nAccept: application/dicom+json\r\n".encode(),
+            body(),
+            blen,
+            keep_body=True,
+        )
+        t1 = time.perf_counter()
+        st1 = r.status
+        if st1 >= 300:
+            log(f"  ! big STOW -> {st1} {r.body[:300]!r}")
+        r2 = await c.request(
+            "GET", f"{srv.root}/studies/{study}", f"Accept: {ACCEPT_DICOM}\r\n".encode(), keep_body=False
+        )
+        t2 = time.perf_counter()
+        c.close()
+        return t1 - t0, st1, t2 - t1, r2.status if r2.nbytes >= size else -r2.nbytes
+
+    log(f"{srv.name}: memory: {size / 2**30:.2f} GiB instance")
+    title = f"Peak RSS per process, STOW + retrieve of one {size / 2**30:.2f} GiB instance"
+    try:
+        stow_s, st1, get_s, st2 = asyncio.run(go())
+    except HttpError as e:
+        peak = servers.rss_mb(srv.pids(), "VmHWM")
+        worst = max(peak.values()) if peak else float("nan")
+        note = f"failed: {e} (peak RSS so far {worst:.0f} MB)"
+        log(f"  ! {note}")
+        return {"mem_2g": Line(key="mem_2g", title=title, unit="MB", value=float("nan"), errors=1, note=note)}
+    peak = servers.rss_mb(srv.pids(), "VmHWM")
+    worst = max(peak.values()) if peak else 0.0
+    note = f"STOW {st1} in {stow_s:.1f}s, retrieve {st2} in {get_s:.1f}s; RSS before " + ", ".join(
+        f"{v:.0f}" for v in rss0.values()
+    )
+    lines["mem_2g"] = Line(
+        key="mem_2g",
+        title=title,
+        unit="MB",
+        value=worst,
+        mb_s=2 * size / (stow_s + get_s) / 1e6,
+        note=note,
+        extra={"per_process_peak_mb": {str(k): round(v) for k, v in peak.items()}},
+    )
+    log(f"  peak RSS per process {peak} ({note})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    if x is None or x != x:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _bound(ln: Line, cores: int) -> str:
+    if ln.unit == "MB":
+        return "-"
+    total = ln.srv_cpu + ln.cli_cpu
+    if ln.errors and not ln.ops:
+        return "errors"
+    by_pid: dict[str, float] = ln.extra.get("srv_cpu_by_pid", {})
+    worst = max(by_pid.values(), default=0.0)
+    if ln.srv_cpu >= 85 * cores:
+        return "server CPU"
+    if total >= 90 * cores:
+        return "CPU (server+client)"
+    if len(by_pid) > 1 and worst >= 85 and worst >= 0.8 * ln.srv_cpu:
+        return "1 worker saturated, others idle"
+    if 85 <= ln.srv_cpu <= 115:
+        return "~1 core busy (serialized?)"
+    if ln.key.startswith("stow"):
+        return "latency/fsync?"
+    return "latency"
+
+
+def report(
+    mode: str, results: dict[str, dict[str, Line]], infos: dict[str, dict[str, Any]], meta: dict[str, Any]
+) -> str:
+    cores = os.cpu_count() or 1
+    names = list(results)
+    out = [f"# dicomd benchmark, {mode} mode: {meta['date']}", ""]
+    out += ["| machine | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
+    out += [
+        f"| fsync rate (create+write 39 KB+fsync) | {meta['fsync_per_s']:,.0f} files/s |",
+        f"| loopback, 1 TCP stream (Python) | {meta['loopback_mb_s']:,.0f} MB/s |",
+    ]
+    out += [f"| {n} | {meta['versions'].get(n, '?')} |" for n in names]
+    out += [f"| client | {meta['client']} |"]
+    cal = meta.get("client_ceiling")
+    if cal:
+        out.append(
+            f"| client ceiling, 1 process vs null server | {cal['small_req_s']:,.0f} req/s at "
+            f"{cal['small_us_req']:.0f} us CPU/req (300 B answers); {cal['large_mb_s']:,.0f} MB/s "
+            f"at {cal['large_us_req'] / 10:.0f} us CPU/MB (10 MB answers) |"
+        )
+    out.append("")
+    if meta.get("notes"):
+        out += [f"- {n}" for n in meta["notes"]] + [""]
+    all_keys: list[str] = []
+    for n in names:
+        all_keys += [k for k in results[n] if k not in all_keys]
+    has_both = "dicomd" in results and "orthanc" in results
+    hdr = ["test", "unit", *names]
+    if has_both:
+        hdr.append("dicomd/Orthanc")
+    hdr += [f"p50 / p99 ms ({n})" for n in names]
+    hdr += [f"srv / cli CPU % ({n})" for n in names]
+    hdr += ["client us/req", "bound (guess)"]
+    out += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for k in all_keys:
+        ls = {n: results[n].get(k) for n in names}
+        first = next(x for x in ls.values() if x is not None)
+        row = [first.title, first.unit]
+        for n in names:
+            x = ls[n]
+            cell = "-" if x is None else _f(x.value)
+            if x is not None and x.unit == "inst/s" and x.mb_s:
+                cell += f" ({_f(x.mb_s)} MB/s)"
+            if x is not None and x.errors:
+                cell += f" [{x.errors} err]"
+            row.append(cell)
+        if has_both:
+            d, o = ls.get("dicomd"), ls.get("orthanc")
+            ratio = "-"
+            if d and o and o.value and math.isfinite(o.value) and math.isfinite(d.value):
+                ratio = f"**{d.value / o.value:.2g}x**"
+            if d and d.unit == "MB":
+                ratio += " (lower is better)"
+            row.append(ratio)
+        row += ["-" if ls[n] is None else f"{_f(ls[n].p50_ms)} / {_f(ls[n].p99_ms)}" for n in names]  # type: ignore[union-attr]
+        row += ["-" if ls[n] is None else f"{ls[n].srv_cpu:.0f} / {ls[n].cli_cpu:.0f}" for n in names]  # type: ignore[union-attr]
+        row.append(" / ".join(f"{ls[n].cli_us:.0f}" for n in names if ls[n] is not None))  # type: ignore[union-attr]
+        row.append(" / ".join(_bound(ls[n], cores) for n in names if ls[n] is not None))  # type: ignore[arg-type]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    if mode == "scale":
+        out += scale_pivot(results)
+    for n in names:
+        inf = infos.get(n, {})
+        if inf:
+            out.append(f"- {n}: " + ", ".join(f"{k}={_fmt_info(v)}" for k, v in inf.items()))
+    notes = [(n, ln) for n in names for ln in results[n].values() if ln.note or ln.extra.get("err_sample")]
+    for n, ln in notes:
+        out.append(f"- {n} {ln.key}: {ln.note} {ln.extra.get('err_sample', '')}".rstrip())
+    out.append("")
+    return "\n".join(out)
+
+
+def scale_pivot(results: dict[str, dict[str, Line]]) -> list[str]:
+    """Scale run: one row per corpus size, p50 latency (1 conn) and req/s (8 conn) per query."""
+    out = []
+    cols = [("qido_pid", "QIDO PatientID"), ("qido_name", "QIDO name*"), ("qido_date", "QIDO date range")]
+    for n, lines in results.items():
+        sizes = sorted({int(k.split("_", 1)[0]) for k in lines if k.split("_", 1)[0].isdigit()})
+        if not sizes:
+            continue
+        hdr = ["instances"] + [f"{t} p50 ms (1 conn) / req/s (8 conn)" for _, t in cols]
+        hdr.append("study metadata p50 / p99 ms")
+        out += [f"How the cost grows ({n}):", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        for size in sizes:
+            row = [f"{size:,}"]
+            for key, _ in cols:
+                a, b = lines.get(f"{size}_{key}_c1"), lines.get(f"{size}_{key}_c8")
+                row.append(f"{_f(a.p50_ms, 2) if a else '-'} / {_f(b.value) if b else '-'}")
+            m = lines.get(f"{size}_meta_c1")
+            row.append(f"{_f(m.p50_ms, 2)} / {_f(m.p99_ms, 2)}" if m else "-")
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return out
+
+
+def _fmt_info(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt_info(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, int) and v > 10**6:
+        return f"{v / 1e6:.0f} MB"
+    return str(v)
+
+
+def write_report(mode: str, text: str, raw: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    path = RESULTS / f"{stamp}-{mode}.md"
+    path.write_text(text)
+    (RESULTS / f"{stamp}-{mode}.json").write_text(json.dumps(raw, indent=1, default=str))
+    update_readme(mode, text, path)
+    return path
+
+
+def update_readme(mode: str, text: str, path: Path) -> None:
+    """Copy a report into bench/README.md between its mode's markers."""
+    if README.exists():
+        s = README.read_text()
+        a, z = f"<!-- latest:{mode}:start -->", f"<!-- latest:{mode}:end -->"
+        if a in s and z in s:
+            body = text.split("\n", 1)[1]
+            new = f"{a}\nFrom `{path.relative_to(BENCH.parent)}`:\n{body}\n{z}"
+            s = re.sub(re.escape(a) + ".*?" + re.escape(z), lambda _m: new, s, flags=re.S)
+            README.write_text(s)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def calibrate_client(pool: Pool, secs: float = 1.0) -> dict[str, float]:
+    """The client against a null server: its own ceiling (req/s, CPU us/req, MB/s) in one process."""
+    import subprocess
+
+    out: dict[str, float] = {}
+    for size, conc, label in ((300, 8, "small"), (10_000_000, 2, "large")):
+        port = servers.free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.nullserver", str(port), str(size)], cwd=BENCH.parent
+        )
+        try:
+            for _ in range(50):
+                with contextlib.suppress(OSError):
+                    socket_ok = __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2)
+                    socket_ok.close()
+                    break
+                time.sleep(0.1)
+            job = {
+                "host": "127.0.0.1",
+                "port": port,
+                "root": "",
+                "kind": "get",
+                "concurrency": conc,
+                "paths": ["/studies?PatientID=X&limit=100"],
+                "accept": ACCEPT_JSON,
+                "duration": secs,
+                "keep_body": size < 1_000_000,
+            }
+            r = pool.run(job, 1)
+            out[f"{label}_req_s"] = r["ops"] / r["wall"]
+            out[f"{label}_us_req"] = 1e6 * r["cpu"] / max(1, r["ops"])
+            out[f"{label}_mb_s"] = r["recv"] / r["wall"] / 1e6
+        finally:
+            proc.terminate()
+            proc.wait()
+    return out
+
+
+def dicomd_ready() -> bool:
+    return servers.dicomd_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    g.add_argument("--full", action="store_const", dest="mode", const="full")
+    g.add_argument("--scale", action="store_const", dest="mode", const="scale")
+    g.add_argument("--memory", action="store_const", dest="mode", const="memory")
+    ap.add_argument("--servers", default="dicomd,orthanc", help="comma list (default: both)")
+    ap.add_argument("--count", type=int, help="override the main corpus size")
+    ap.add_argument("--dur", type=float, help="override seconds per read line")
+    ap.add_argument("--client-procs", type=int, help="client processes for read lines")
+    ap.add_argument("--workers", type=int, help="dicomd --workers (default: dicomd's default)")
+    ap.add_argument("--scale-sizes", default="10000,100000,1000000")
+    ap.add_argument(
+        "--scale-size",
+        default="tiny",
+        choices=["tiny", "ct128", "ct512"],
+        help="instance size for the scale corpus (same header; tiny keeps 1M at ~5 GB)",
+    )
+    ap.add_argument(
+        "--scale-orthanc", action="store_true", help="also run Orthanc in --scale (first size only)"
+    )
+    ap.add_argument("--scale-load", default="stow", choices=["stow", "import"])
+    ap.add_argument("--memory-gib", type=float, default=2.0)
+    ap.add_argument("--no-memory", action="store_true", help="skip the 2 GiB instance in --full")
+    ap.add_argument("--workdir", default=None, help="where server data dirs go (default: bench/work)")
+    ap.add_argument("--keep", action="store_true", help="keep server data dirs")
+    ap.add_argument("--render", metavar="JSON", help="only re-render the .md of a results .json")
+    a = ap.parse_args(argv)
+    if a.render:
+        d = json.loads(Path(a.render).read_text())
+        res = {n: {k: Line(**v) for k, v in r.items()} for n, r in d["results"].items()}
+        mode = Path(a.render).stem.split("-")[-1]
+        text = report(mode, res, d["infos"], d["meta"])
+        md = Path(a.render).resolve().with_suffix(".md")
+        md.write_text(text)
+        update_readme(mode, text, md)
+        print(text)
+        return 0
+    mode = a.mode or "quick"
+    workdir = a.workdir or str(BENCH / "work")
+    os.makedirs(workdir, exist_ok=True)
+
+    wanted = [s.strip() for s in a.servers.split(",") if s.strip()]
+    notes: list[str] = []
+    if "dicomd" in wanted and not dicomd_ready():
+        notes.append(f"dicomd not run: {servers.DICOMD_BIN} does not exist yet")
+        wanted.remove("dicomd")
+        log(notes[-1])
+    if mode == "scale" and "orthanc" in wanted and not a.scale_orthanc:
+        wanted.remove("orthanc")
+    if not wanted:
+        log("nothing to run")
+        return 1
+
+    log("measuring machine ceilings (fsync, loopback)")
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": sysinfo.machine(workdir),
+        "fsync_per_s": sysinfo.fsync_rate(workdir),
+        "loopback_mb_s": sysinfo.loopback_mb_s(),
+        "versions": {},
+        "notes": notes,
+    }
+    cfg = MODES.get(mode, MODES["quick"])
+    if a.count:
+        cfg.count = a.count
+    if a.dur:
+        cfg.dur = a.dur
+    if a.client_procs:
+        cfg.client_procs = a.client_procs
+    meta["client"] = (
+        f"bench.client (raw HTTP/1.1 on asyncio+uvloop), separate process(es); read lines "
+        f"{cfg.client_procs} process(es) x {cfg.read_conc} conn; Accept-Encoding: identity"
+    )
+    pool = Pool(max(2, cfg.client_procs))
+    log("calibrating the client against a null server")
+    cal = calibrate_client(pool)
+    meta["client_ceiling"] = cal
+    log(f"  client ceiling: {cal}")
+    results: dict[str, dict[str, Line]] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    stopped: list[servers.Server] = []
+    try:
+        for name in wanted:
+            log(f"starting {name}")
+            try:
+                if name == "dicomd":
+                    srv = servers.start_dicomd(workdir, a.workers)
+                else:
+                    srv = servers.start_orthanc(workdir)
+            except Exception as e:  # a server that does not start is reported, not fatal
+                first = str(e).strip().splitlines()
+                notes.append(
+                    f"{name} not run: did not start "
+                    f"({first[0] if first else e}; {first[-1] if first else ''})"
+                )
+                log(notes[-1])
+                continue
+            srv.keep = a.keep
+            meta["versions"][name] = srv.version
+            try:
+                if mode in ("quick", "full"):
+                    results[name], infos[name] = bench_server(srv, pool, cfg)
+                elif mode == "scale":
+                    sizes = [int(x) for x in a.scale_sizes.split(",")]
+                    if name == "orthanc":
+                        sizes = sizes[:1]
+                    results[name] = bench_scale(srv, pool, sizes, a.scale_size, a.dur or 3.0, a.scale_load)
+                elif mode == "memory":
+                    results[name] = bench_memory(srv, a.memory_gib)
+                if mode == "full" and not a.no_memory:  # on a fresh server: VmHWM is a lifetime peak
+                    srv.stop()
+                    srv = (
+                        servers.start_dicomd(workdir, a.workers)
+                        if name == "dicomd"
+                        else servers.start_orthanc(workdir)
+                    )
+                    srv.keep = a.keep
+                    try:
+                        results[name].update(bench_memory(srv, a.memory_gib))
+                    except Exception as e:  # reported, the rest of the run stands
+                        notes.append(f"{name}: memory line failed: {type(e).__name__}: {e}")
+                        log(notes[-1])
+                if srv.proc and srv.proc.poll() is not None:
+                    notes.append(f"{name} exited during the run (code {srv.proc.returncode})")
+            finally:
+                srv.stop(cleanup=False)  # data dirs go after the report (1M files take minutes)
+                stopped.append(srv)
+    finally:
+        pool.close()
+    text = report(mode, results, infos, meta)
+    raw = {
+        "meta": meta,
+        "infos": infos,
+        "results": {n: {k: asdict(v) for k, v in r.items()} for n, r in results.items()},
+    }
+    path = write_report(mode, text, raw)
+    print(text)
+    log(f"written {path}")
+    for srv in stopped:
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
