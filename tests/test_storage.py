@@ -18,7 +18,7 @@ def test_stage_sync_publish_read(tmp_path: Path) -> None:
     store.write_staged(key, METADATA, b"{}")
     # readable while committed but not yet published (a reader may race the rename)
     assert store.read(key) == b"dicom-bytes"
-    store.sync()
+    store.sync([key])
     store.publish([key])
     assert not any(store.staging.iterdir())
     assert store.path(key).read_bytes() == b"dicom-bytes"

@@ -71,7 +71,7 @@ def import_files(
     def commit() -> None:
         items = [prepared for _, prepared in pending]
         keys = [prepared.item.object_key for prepared in items]
-        store.sync()
+        store.sync(keys)
         results = index.add_instances(items, overwrite=overwrite)
         stored = ("created", "replaced")
         store.publish(key for key, r in zip(keys, results, strict=True) if r.status in stored)

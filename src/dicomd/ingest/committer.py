@@ -70,7 +70,7 @@ class GroupCommitter:
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
         keys = [prepared.item.object_key for prepared in items]
         started = time.perf_counter()
-        self.store.sync()
+        self.store.sync(keys)
         synced = time.perf_counter()
         try:
             results = self.index.add_instances(items, overwrite=self.overwrite)

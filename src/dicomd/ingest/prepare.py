@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 import orjson
@@ -47,14 +46,13 @@ class PrepareJob:
 
 
 def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | None]:
-    """Flush the staged file, parse and validate it, stage its metadata (flushed), compute its index rows.
+    """Parse and validate the staged file, stage its metadata, compute its index rows (the group commit
+    makes the staged files durable, a batch at a time).
 
     Returns the prepared instance, or None (with the failure in the outcome) when it must not be stored.
     The prepared instance carries no data set: the index rows hold what the commit needs.
     """
     try:
-        with open(job.staged_dicom, "rb") as f:
-            os.fdatasync(f.fileno())
         parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
     except InvalidDicom as exc:
         reason = [f"not a readable DICOM file: {exc}"]
@@ -72,8 +70,6 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         return outcome, None
     with open(job.staged_metadata, "wb") as f:
         f.write(orjson.dumps(parsed.dataset))
-        f.flush()
-        os.fdatasync(f.fileno())
     prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))
     prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
     return outcome, prepared
