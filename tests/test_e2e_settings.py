@@ -1,0 +1,55 @@
+"""Behaviour that depends on the API version or on settings: PatientID rules, size limit, base_url."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import Server, start_server, stop_server
+from test_e2e_common import FAILED_SOP_SEQUENCE, FAILURE_REASON, make_instance, stow, value
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"DICOMD_MAX_REQUEST_BYTES": "200000", "DICOMD_BASE_URL": "https://pacs.example.org/dicomweb"}
+    srv = start_server(tmp_path_factory.mktemp("limited") / "data", workers=1, env=env)
+    yield srv
+    stop_server(srv)
+
+
+def test_empty_patient_id_is_accepted_by_v2_and_rejected_by_v1(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        body, headers = _body(make_instance(patient_id=""))
+        r2 = c.post("/v2/studies", content=body, headers=headers)
+        assert r2.status_code == 200, r2.text
+        r1 = c.post("/v1/studies", content=_body(make_instance(patient_id=""))[0], headers=headers)
+        assert r1.status_code == 409
+        failed = r1.json()[FAILED_SOP_SEQUENCE]["Value"][0]
+        assert value(failed, FAILURE_REASON) == 0xA900
+        assert "PatientID" in str(failed["00741048"])
+
+
+def _body(instance: bytes) -> tuple[bytes, dict[str, str]]:
+    from dicom_factory import multipart
+
+    body, content_type = multipart([instance])
+    return body, {"Content-Type": content_type}
+
+
+def test_request_larger_than_the_limit_is_413_and_leaves_nothing(limited: Server) -> None:
+    big = make_instance(rows=256, columns=256)  # ~131 KB of pixels
+    with httpx.Client(base_url=limited.v2, timeout=30) as c:
+        r = stow(c, [big, big])
+        assert r.status_code == 413 and "limit" in r.json()["message"]
+        staging = Path(limited.data_dir) / "objects" / "staging"
+        assert not any(staging.iterdir())
+        assert c.get("/instances", params={"PatientID": "PAT-1"}).json() == []
+
+
+def test_base_url_setting_is_used_for_retrieve_urls(limited: Server) -> None:
+    with httpx.Client(base_url=limited.v2, timeout=30) as c:
+        r = stow(c, [make_instance()])
+        assert r.status_code == 200
+        assert value(r.json(), "00081190").startswith("https://pacs.example.org/dicomweb/v2/studies/")
