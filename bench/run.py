@@ -428,8 +428,25 @@ def bench_scale(
 
 
 def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) -> None:
-    """Hook for a direct bulk-load path (e.g. a future `dicomd import DIR`); not wired yet."""
-    raise NotImplementedError("bulk import: use --scale-load stow until `dicomd import` exists")
+    """Load instances [start, stop) with `dicomd import` into the running server's data dir (no HTTP)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if srv.name != "dicomd":
+        raise RuntimeError("--scale-load import works for dicomd only")
+    corpus = Corpus(spec)
+    batch = 50_000  # written and imported in slices: bounded temp space
+    for first in range(start, stop, batch):
+        tmp = tempfile.mkdtemp(prefix="import-", dir=srv.workdir)
+        try:
+            for i in range(first, min(stop, first + batch)):
+                with open(os.path.join(tmp, f"{i}.dcm"), "wb") as f:
+                    f.write(corpus.instance(i))
+            data_dir = os.path.join(srv.workdir, "data")
+            subprocess.run([str(servers.DICOMD_BIN), "import", "--data-dir", data_dir, tmp], check=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _stream_big_instance(frames: int, rows: int = 512, cols: int = 512) -> tuple[list[bytes], int, str]:
