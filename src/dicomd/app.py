@@ -24,6 +24,7 @@ from dicomd.jobs.cleanup import CleanupJob
 from dicomd.storage.local import LocalObjectStore
 
 SETTINGS_ENV = "DICOMD_SETTINGS_JSON"
+METADATA_CACHE_BYTES = 64 * 1024 * 1024  # per worker
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         app.state.store = store
         app.state.ingest = IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
         app.state.cleanup = cleanup
+        app.state.metadata_cache = wado.MetadataCache(METADATA_CACHE_BYTES)
         committer.start()
         cleanup.start()
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -182,9 +183,40 @@ async def metadata(request: Request) -> Response:
     if _not_modified(request, etag):
         return Response(status_code=304, headers={"etag": etag})
     base = base_url(request)
-    store = _store(request)
-    body = await asyncio.to_thread(_metadata_body, store, instances, base)
+    cache: MetadataCache = request.app.state.metadata_cache
+    body = cache.get((etag, base))
+    if body is None:
+        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
+        cache.put((etag, base), body)
     return raw_json_response(body, headers={"etag": etag})
+
+
+class MetadataCache:
+    """Assembled metadata responses of one worker, least recently used first out, bounded in bytes.
+
+    Keyed by ETag (which names every stored version in the response, so a changed study never hits a
+    stale entry) and base URL (BulkDataURIs are absolute). Viewers fetch the same study's metadata again
+    and again; this turns those requests into one index query."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: tuple[str, str]) -> bytes | None:
+        body = self._entries.get(key)
+        if body is not None:
+            self._entries.move_to_end(key)
+        return body
+
+    def put(self, key: tuple[str, str], body: bytes) -> None:
+        if len(body) > self.max_bytes // 4 or key in self._entries:
+            return
+        self._entries[key] = body
+        self._size += len(body)
+        while self._size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._size -= len(old)
 
 
 def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], base: str) -> bytes:
