@@ -26,6 +26,14 @@ TOML keys are the setting names below, at top level or under [dicomd].
 """
 
 
+def _settings_or_exit(config_file: str | None, flags: dict[str, object]) -> Settings:
+    try:
+        return load_settings(config_file=config_file, flags=flags)
+    except ConfigError as exc:
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="dicomd")
 def main() -> None:
@@ -47,11 +55,7 @@ def serve(config_file: str | None, **flags: object) -> None:
     from dicomd import logs
     from dicomd.app import SETTINGS_ENV, prepare
 
-    try:
-        settings = load_settings(config_file=config_file, flags=flags)
-    except ConfigError as exc:
-        click.echo(f"dicomd: configuration error: {exc}", err=True)
-        sys.exit(2)
+    settings = _settings_or_exit(config_file, flags)
     log_config = logs.configure(settings.log_level)
     prepare(settings)
     os.environ[SETTINGS_ENV] = settings.to_json()
@@ -91,11 +95,7 @@ def import_command(paths: tuple[Path, ...], config_file: str | None, processes: 
     from dicomd.ingest.bulk_import import import_files
     from dicomd.storage.local import LocalObjectStore
 
-    try:
-        settings = load_settings(config_file=config_file, flags=flags)
-    except ConfigError as exc:
-        click.echo(f"dicomd: configuration error: {exc}", err=True)
-        sys.exit(2)
+    settings = _settings_or_exit(config_file, flags)
     prepare(settings)
     index = Index(settings.effective_index_url)
     started = time.monotonic()

@@ -57,16 +57,29 @@ def raw_json_response(body: bytes, status: int = 200, headers: dict[str, str] | 
     return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
-def require_json_accept(request: Request) -> None:
+def require_json_accept(request: Request, what: str = "this resource") -> None:
     if not accept_header_allows(parse_accept(request.headers.get("accept")), DICOM_JSON):
-        raise ApiError(406, "this resource is only available as application/dicom+json")
+        raise ApiError(406, f"{what} is only available as application/dicom+json")
 
 
-def uid_param(request: Request, name: str) -> str:
-    value: str = request.path_params[name]
-    if not is_valid_uid(value):
+def uid_param(request: Request, name: str) -> str | None:
+    """The validated UID path parameter `name`, or None when the route has none."""
+    value: str | None = request.path_params.get(name)
+    if value is not None and not is_valid_uid(value):
         raise ApiError(400, f"'{value}' is not a valid UID for {name}")
     return value
+
+
+def uid_scope(request: Request) -> tuple[str, str | None, str | None]:
+    """(study, series, instance) of a study-rooted route."""
+    study = uid_param(request, "study")
+    assert study is not None, "route without {study}"
+    return study, uid_param(request, "series"), uid_param(request, "instance")
+
+
+def not_found(series: str | None, instance: str | None) -> ApiError:
+    what = "instance" if instance else "series" if series else "study"
+    return ApiError(404, f"the requested {what} does not exist")
 
 
 def study_url(base: str, study: str) -> str:

@@ -8,18 +8,15 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomd.api.common import ApiError, uid_param
+from dicomd.api.common import not_found, uid_scope
 from dicomd.index.store import Index
 
 
 async def delete(request: Request) -> Response:
-    study = uid_param(request, "study")
-    series = uid_param(request, "series") if "series" in request.path_params else None
-    instance = uid_param(request, "instance") if "instance" in request.path_params else None
+    study, series, instance = uid_scope(request)
     index: Index = request.app.state.index
     deleted = await asyncio.to_thread(index.delete, 1, study, series, instance)
     if deleted == 0:
-        what = "instance" if instance else "series" if series else "study"
-        raise ApiError(404, f"the requested {what} does not exist")
+        raise not_found(series, instance)
     request.app.state.cleanup.wake()
     return Response(status_code=204)

@@ -28,8 +28,7 @@ _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
 def _search(level: str):  # type: ignore[no-untyped-def]
     async def handler(request: Request) -> Response:
         require_json_accept(request)
-        study = uid_param(request, "study") if "study" in request.path_params else None
-        series = uid_param(request, "series") if "series" in request.path_params else None
+        study, series = uid_param(request, "study"), uid_param(request, "series")
         try:
             query = parse_qido(
                 level,  # type: ignore[arg-type]

@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd.api.common import (
-    DICOM_JSON,
     ApiError,
     api_version,
     base_url,
     instance_url,
     json_response,
+    require_json_accept,
     study_url,
     ui,
     uid_param,
@@ -27,7 +27,6 @@ from dicomd.api.common import (
     us,
 )
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
-from dicomd.http.negotiation import accept_header_allows, parse_accept
 from dicomd.ingest.service import IngestService, StoreOutcome
 from dicomd.ingest.validate import PROCESSING_FAILURE
 from dicomd.storage.local import DICOM, new_key
@@ -42,10 +41,8 @@ class _TooLarge(Exception):
 
 async def store(request: Request) -> Response:
     version = api_version(request)
-    url_study = uid_param(request, "study") if "study" in request.path_params else None
-    accept = parse_accept(request.headers.get("accept"))
-    if not (accept_header_allows(accept, DICOM_JSON)):
-        raise ApiError(406, "STOW-RS responses are available as application/dicom+json only")
+    url_study = uid_param(request, "study")
+    require_json_accept(request, "the STOW-RS response")
     content_type = request.headers.get("content-type")
     if not content_type:
         raise ApiError(415, 'Content-Type is required: multipart/related; type="application/dicom"')
@@ -69,13 +66,9 @@ async def store(request: Request) -> Response:
     async def receive(body: AsyncIterator[bytes]) -> str:
         key = new_key()
         path = ingest.store.staged_path(key, DICOM)
-        total = 0
         try:
-            with open(path, "wb") as f:
+            with open(path, "wb") as f:  # the size limit is enforced on the whole request by _limited
                 async for chunk in body:
-                    total += len(chunk)
-                    if total > limit:
-                        raise _TooLarge
                     f.write(chunk)
         except BaseException:
             ingest.store.discard_staged(key)

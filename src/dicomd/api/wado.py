@@ -14,10 +14,18 @@ from collections.abc import AsyncIterator, Iterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomd.api.common import DICOM_JSON, ApiError, base_url, instance_url, raw_json_response, uid_param
+from dicomd.api.common import (
+    ApiError,
+    base_url,
+    instance_url,
+    not_found,
+    raw_json_response,
+    require_json_accept,
+    uid_scope,
+)
 from dicomd.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
 from dicomd.http.multipart import closing, new_boundary, part_header
-from dicomd.http.negotiation import Offer, accept_header_allows, negotiate, parse_accept
+from dicomd.http.negotiation import Offer, negotiate, parse_accept
 from dicomd.index.store import Index, StoredInstance
 from dicomd.storage.local import METADATA, LocalObjectStore
 
@@ -52,13 +60,10 @@ def _store(request: Request) -> LocalObjectStore:
 
 
 async def _find(request: Request) -> list[StoredInstance]:
-    study = uid_param(request, "study")
-    series = uid_param(request, "series") if "series" in request.path_params else None
-    instance = uid_param(request, "instance") if "instance" in request.path_params else None
+    study, series, instance = uid_scope(request)
     found = await asyncio.to_thread(_index(request).find_instances, 1, study, series, instance)
     if not found:
-        what = "instance" if instance else "series" if series else "study"
-        raise ApiError(404, f"the requested {what} does not exist")
+        raise not_found(series, instance)
     return found
 
 
@@ -176,8 +181,7 @@ async def _file_chunks(store: LocalObjectStore, inst: StoredInstance) -> AsyncIt
 
 
 async def metadata(request: Request) -> Response:
-    if not accept_header_allows(parse_accept(request.headers.get("accept")), DICOM_JSON):
-        raise ApiError(406, "metadata is available as application/dicom+json only")
+    require_json_accept(request, "metadata")
     instances = await _find(request)
     etag = _etag(instances, "metadata")
     if _not_modified(request, etag):
@@ -275,12 +279,10 @@ async def bulkdata(request: Request) -> Response:
     if encapsulated and inst.frames:
         # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
         media = choice.part_type or "application/octet-stream"
-        return _range_parts(
-            request.app.state.store, inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}"
-        )
+        return _range_parts(_store(request), inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}")
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
     return _range_parts(
-        request.app.state.store,
+        _store(request),
         inst.object_key,
         [[byte_range]],
         f"application/octet-stream; transfer-syntax={syntax}",
@@ -320,9 +322,7 @@ async def frames(request: Request) -> Response:
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
     media = choice.part_type or "application/octet-stream"
     pieces = [inst.frames[n - 1] for n in numbers]
-    return _range_parts(
-        request.app.state.store, inst.object_key, pieces, f"{media}; transfer-syntax={syntax}"
-    )
+    return _range_parts(_store(request), inst.object_key, pieces, f"{media}; transfer-syntax={syntax}")
 
 
 async def not_offered(request: Request) -> Response:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomd.index.store import Index, PreparedInstance
+from dicomd.ingest.committer import STORED, commit_batch
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
 from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
 
@@ -69,21 +70,14 @@ def import_files(
     pending: list[tuple[str, PreparedInstance]] = []
 
     def commit() -> None:
-        items = [prepared for _, prepared in pending]
-        keys = [prepared.item.object_key for prepared in items]
-        store.sync(keys)
-        results = index.add_instances(items, overwrite=overwrite)
-        stored = ("created", "replaced")
-        store.publish(key for key, r in zip(keys, results, strict=True) if r.status in stored)
-        for (source, prepared), result in zip(pending, results, strict=True):
-            if result.status in stored:
+        results = commit_batch(index, store, [prepared for _, prepared in pending], overwrite=overwrite)
+        for (source, _), result in zip(pending, results, strict=True):
+            if result.status in STORED:
                 report.stored += 1
+            elif result.status == "exists":
+                report.already_stored += 1
             else:
-                store.discard_staged(prepared.item.object_key)
-                if result.status == "exists":
-                    report.already_stored += 1
-                else:
-                    report.failed[source] = "the SOP Instance UID is stored under another study or series"
+                report.failed[source] = "the SOP Instance UID is stored under another study or series"
         pending.clear()
 
     with ProcessPoolExecutor(max_workers=processes) as pool:

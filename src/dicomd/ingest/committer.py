@@ -68,33 +68,35 @@ class GroupCommitter:
                     pending.future.set_result(result)
 
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
-        keys = [prepared.item.object_key for prepared in items]
         started = time.perf_counter()
-        self.store.sync(keys)
-        synced = time.perf_counter()
-        try:
-            results = self.index.add_instances(items, overwrite=self.overwrite)
-        except Exception:
-            for key in keys:
-                self.store.discard_staged(key)
-            raise
-        committed = time.perf_counter()
-        stored = [k for k, r in zip(keys, results, strict=True) if r.status in ("created", "replaced")]
-        try:
-            self.store.publish(stored)
-        except OSError:
-            # committed and durable in staging: readers fall back to the staged files and the next
-            # start-up moves them into place, so the stores still succeeded
-            log.exception("moving %d committed objects into place failed", len(stored))
-        for key, result in zip(keys, results, strict=True):
-            if result.status not in ("created", "replaced"):
-                self.store.discard_staged(key)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "group commit of %d: sync %.1f ms, index %.1f ms, total %.1f ms",
-                len(items),
-                (synced - started) * 1e3,
-                (committed - synced) * 1e3,
-                (time.perf_counter() - started) * 1e3,
-            )
+        results = commit_batch(self.index, self.store, items, overwrite=self.overwrite)
+        log.debug("group commit of %d in %.1f ms", len(items), (time.perf_counter() - started) * 1e3)
         return results
+
+
+STORED = ("created", "replaced")
+
+
+def commit_batch(
+    index: Index, store: LocalObjectStore, items: list[PreparedInstance], *, overwrite: bool
+) -> list[AddResult]:
+    """Make a batch of staged instances durable and indexed: one sync, one index transaction, then
+    publish the stored objects and drop the staged files of the others (shared by STOW and import)."""
+    keys = [prepared.item.object_key for prepared in items]
+    store.sync(keys)
+    try:
+        results = index.add_instances(items, overwrite=overwrite)
+    except Exception:
+        for key in keys:
+            store.discard_staged(key)
+        raise
+    try:
+        store.publish(k for k, r in zip(keys, results, strict=True) if r.status in STORED)
+    except OSError:
+        # committed and durable in staging: readers fall back to the staged files and the next
+        # start-up moves them into place, so the stores still succeeded
+        log.exception("moving committed objects into place failed")
+    for key, result in zip(keys, results, strict=True):
+        if result.status not in STORED:
+            store.discard_staged(key)
+    return results
