@@ -114,7 +114,7 @@ async def retrieve(request: Request) -> Response:
         return StreamingResponse(
             _file_chunks(store, inst),
             media_type=f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
-            headers={"content-length": str(store.size(inst.object_key))},
+            headers={"content-length": str(inst.file_size)},  # known from the index: no stat
         )
     boundary = new_boundary()
     headers = [

@@ -80,13 +80,12 @@ class LocalObjectStore:
         ``recover`` completes it after a crash because the index already names the key."""
         for key in keys:
             for suffix in SUFFIXES:
-                staged = self.staged_path(key, suffix)
-                if staged.exists():
-                    target = self.path(key, suffix)
-                    if target.parent not in self._made_dirs:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        self._made_dirs.add(target.parent)
-                    os.replace(staged, target)
+                target = self.path(key, suffix)
+                if target.parent not in self._made_dirs:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._made_dirs.add(target.parent)
+                with contextlib.suppress(FileNotFoundError):  # e.g. already moved by recover
+                    os.replace(self.staged_path(key, suffix), target)
 
     def discard_staged(self, key: str) -> None:
         for suffix in SUFFIXES:
