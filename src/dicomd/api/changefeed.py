@@ -16,7 +16,8 @@ from starlette.responses import Response
 
 from dicomd.api.common import ApiError, api_version
 from dicomd.index.store import ChangeEntry, Index
-from dicomd.storage.local import METADATA, LocalObjectStore
+from dicomd.ingest.metadata import read_metadata
+from dicomd.storage.local import LocalObjectStore
 
 _V1_LIMIT = (10, 100)  # (default, maximum)
 _V2_LIMIT = (100, 200)
@@ -86,7 +87,8 @@ async def changefeed(request: Request) -> Response:
         index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
     )
     store: LocalObjectStore = request.app.state.store
-    body = await asyncio.to_thread(_render, entries, store, include)
+    threshold = request.app.state.settings.bulk_threshold
+    body = await asyncio.to_thread(_render, entries, store, include, threshold)
     return Response(body, media_type="application/json")
 
 
@@ -98,11 +100,14 @@ async def latest(request: Request) -> Response:
     store: LocalObjectStore = request.app.state.store
     if entry is None:
         return Response(b"{}", media_type="application/json")
-    body = await asyncio.to_thread(_render, [entry], store, include)
+    threshold = request.app.state.settings.bulk_threshold
+    body = await asyncio.to_thread(_render, [entry], store, include, threshold)
     return Response(body[1:-1], media_type="application/json")
 
 
-def _render(entries: list[ChangeEntry], store: LocalObjectStore, include_metadata: bool) -> bytes:
+def _render(
+    entries: list[ChangeEntry], store: LocalObjectStore, include_metadata: bool, bulk_threshold: int
+) -> bytes:
     out: list[dict[str, Any]] = []
     for e in entries:
         item: dict[str, Any] = {
@@ -117,7 +122,7 @@ def _render(entries: list[ChangeEntry], store: LocalObjectStore, include_metadat
         }
         if include_metadata and e.state == "Current" and e.object_key:
             try:
-                item["Metadata"] = orjson.Fragment(store.read(e.object_key, METADATA))
+                item["Metadata"] = orjson.Fragment(read_metadata(store, e.object_key, bulk_threshold))
             except FileNotFoundError:  # deleted between the query and this read
                 item["State"] = "deleted"
         out.append(item)

@@ -27,7 +27,8 @@ from dicomd.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
 from dicomd.http.multipart import closing, new_boundary, part_header
 from dicomd.http.negotiation import Offer, negotiate, parse_accept
 from dicomd.index.store import Index, StoredInstance
-from dicomd.storage.local import METADATA, LocalObjectStore
+from dicomd.ingest.metadata import read_metadata
+from dicomd.storage.local import LocalObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
 _CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about this size
@@ -190,7 +191,8 @@ async def metadata(request: Request) -> Response:
     cache: MetadataCache = request.app.state.metadata_cache
     body = cache.get((etag, base))
     if body is None:
-        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
+        threshold = request.app.state.settings.bulk_threshold
+        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base, threshold)
         cache.put((etag, base), body)
     return raw_json_response(body, headers={"etag": etag})
 
@@ -223,10 +225,12 @@ class MetadataCache:
             self._size -= len(old)
 
 
-def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], base: str) -> bytes:
+def _metadata_body(
+    store: LocalObjectStore, instances: list[StoredInstance], base: str, bulk_threshold: int
+) -> bytes:
     parts = []
     for inst in instances:
-        blob = store.read(inst.object_key, METADATA)
+        blob = read_metadata(store, inst.object_key, bulk_threshold)
         if inst.has_bulk:
             # stored BulkDataURIs are relative to the instance URL; make them absolute for this request
             prefix = instance_url(

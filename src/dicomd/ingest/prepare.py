@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import orjson
-
 from dicomd.dicom.model import InvalidDicom
 from dicomd.dicom.parser import parse_file
 from dicomd.index.store import Index, NewInstance, PreparedInstance
+from dicomd.ingest.metadata import encode
 from dicomd.ingest.validate import PROCESSING_FAILURE, validate
 
 
@@ -69,7 +68,7 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         outcome.messages = rejection.messages
         return outcome, None
     with open(job.staged_metadata, "wb") as f:
-        f.write(orjson.dumps(parsed.dataset))
+        f.write(encode(parsed.dataset))
     prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))
     prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
     return outcome, prepared

@@ -1,0 +1,73 @@
+"""Metadata objects are derived data: a missing or cut-short one is rebuilt from the DICOM file on read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import Server
+from test_e2e_common import make_instance, new_uid, stow
+
+from dicomd.ingest.metadata import encode, is_complete
+
+
+def _metadata_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "objects" / "objects").glob("*/*.json"))
+
+
+def _relative_bulk_uris(body: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    # the stored objects carry BulkDataURIs relative to the instance URL; responses make them absolute
+    text = orjson.dumps(body).decode()
+    return orjson.loads(text.replace(base, "BASE"))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_metadata_is_rebuilt_from_the_dicom_file(fresh_server: Server, damage: str) -> None:
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    with httpx.Client(base_url=fresh_server.v2, timeout=30) as client:
+        assert stow(client, [make_instance(study=study, series=series, sop=sop)]).status_code == 200
+        (path,) = _metadata_files(fresh_server.data_dir)
+        intact = path.read_bytes()
+        assert is_complete(intact)
+        if damage == "truncated":
+            path.write_bytes(intact[: len(intact) // 2])
+        elif damage == "empty":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+
+        r = client.get(f"/studies/{study}/metadata", headers={"Accept": "application/dicom+json"})
+        assert r.status_code == 200, r.text
+        prefix = f"{fresh_server.v2}/studies/{study}/series/{series}/instances/{sop}/"
+        expected = orjson.loads(intact)
+        for element in expected.values():
+            if "BulkDataURI" in element:
+                element["BulkDataURI"] = prefix + element["BulkDataURI"]
+        assert r.json() == [expected]
+        # and put back in place, complete, for the next reader
+        assert path.read_bytes() == intact
+
+
+def test_change_feed_metadata_is_rebuilt_too(fresh_server: Server) -> None:
+    sop = new_uid()
+    with httpx.Client(base_url=fresh_server.v2, timeout=30) as client:
+        assert stow(client, [make_instance(sop=sop)]).status_code == 200
+        (path,) = _metadata_files(fresh_server.data_dir)
+        intact = path.read_bytes()
+        path.write_bytes(intact[:-1])  # only the end marker lost: still incomplete
+        feed = client.get("/changefeed", params={"includeMetadata": "true"}).json()
+        assert [e["SopInstanceUid"] for e in feed] == [sop]
+        assert feed[0]["Metadata"] == orjson.loads(intact)
+        assert path.read_bytes() == intact
+
+
+def test_encoded_metadata_ends_with_the_marker_only() -> None:
+    # a newline inside a value is escaped by the JSON encoder, so the marker is unambiguous
+    blob = encode({"00081030": {"vr": "LO", "Value": ["line one\nline two}\n"]}})
+    assert is_complete(blob)
+    assert blob.count(b"\n") == 1
+    assert not is_complete(blob[:-1])
+    assert not is_complete(blob[: blob.index(b"}") + 1])
