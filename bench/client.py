@@ -35,6 +35,8 @@ BOUNDARY = b"dicomdbenchboundary7d3f"
 STOW_CT = f'multipart/related; type="application/dicom"; boundary={BOUNDARY.decode()}'
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_JSON = "application/dicom+json"
+# frames in their stored transfer syntax (Explicit VR LE here): both servers answer without transcoding
+ACCEPT_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
 
 class HttpError(Exception):

@@ -17,9 +17,11 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import re
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import servers, sysinfo
-from bench.client import ACCEPT_DICOM, ACCEPT_JSON, Pool, percentile
+from bench.client import ACCEPT_DICOM, ACCEPT_FRAME, ACCEPT_JSON, STOW_CT, Pool, multipart, percentile
 from bench.corpus import Corpus, CorpusSpec, template
 
 BENCH = Path(__file__).resolve().parent
@@ -224,6 +226,121 @@ def qido_paths(c: Corpus, n: int, upto: int | None = None) -> dict[str, list[str
     return {k: [f"/studies?{p}&limit=100" for p in v] for k, v in enc.items()}
 
 
+def http_get(url: str, accept: str) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of one GET, errors included."""
+    req = urllib.request.Request(url, headers={"Accept": accept, "Accept-Encoding": "identity"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def multipart_payloads(body: bytes, content_type: str) -> list[bytes]:
+    """The part payloads of a multipart/related body (for checking a few answers, not for timing)."""
+    m = re.search(r'boundary="?([^";\s]+)"?', content_type)
+    if not m:
+        raise ValueError(f"no boundary in Content-Type {content_type!r}")
+    out = []
+    for seg in (b"\r\n" + body).split(b"\r\n--" + m.group(1).encode())[1:]:
+        if seg.startswith(b"--"):
+            break
+        out.append(seg.partition(b"\r\n\r\n")[2])
+    return out
+
+
+def stow_one(srv: servers.Server, data: bytes) -> None:
+    chunks, _ = multipart([data])
+    req = urllib.request.Request(
+        srv.base + "/studies",
+        data=b"".join(chunks),
+        method="POST",
+        headers={"Content-Type": STOW_CT, "Accept": ACCEPT_JSON, "Accept-Encoding": "identity"},
+    )
+    with urllib.request.urlopen(req, timeout=600) as r:
+        r.read()
+
+
+def frame_path(c: Corpus, i: int, frame: int) -> str:
+    s, se, _ = c.locate(i)
+    return f"/studies/{c.study(s).uid}/series/{c.series_uid(s, se)}/instances/{c.sop_uid(i)}/frames/{frame}"
+
+
+def check_frame(srv: servers.Server, path: str, expected: bytes) -> str:
+    """'' when the server answers 200 with exactly `expected` as its one part, else what differs."""
+    st, ct, body = http_get(srv.base + path, ACCEPT_FRAME)
+    if st != 200:
+        return f"{path} -> {st}: {body[:200]!r}"
+    parts = multipart_payloads(body, ct)
+    if [len(p) for p in parts] != [len(expected)] or parts[0] != expected:
+        return (
+            f"{path} -> 200 with parts of {[len(p) for p in parts]} bytes ({ct}), "
+            f"expected one part of {len(expected)} bytes equal to the stored frame"
+        )
+    return ""
+
+
+def frame_lines(
+    b: Bench, key: str, title: str, paths: list[str], checks: list[tuple[str, bytes]], procs: int
+) -> None:
+    """Check a few frames byte for byte, then time the paths over 1 connection and over 8."""
+    errs = [e for p, x in checks if (e := check_frame(b.srv, p, x))]
+    if errs:
+        note = f"not timed: {errs[0]}"
+        log(f"  ! {key}: {note}")
+        b.lines[key] = Line(key=key, title=title, unit="req/s", value=float("nan"), errors=1, note=note)
+        return
+    b.get(f"{key}_c1", f"{title}, 1 conn", paths, ACCEPT_FRAME, 1, b.cfg.dur)
+    b.get(
+        f"{key}_c8",
+        f"{title}, {b.cfg.read_conc} conn",
+        paths,
+        ACCEPT_FRAME,
+        b.cfg.read_conc,
+        b.cfg.dur,
+        procs=procs,
+    )
+
+
+def bench_frames(b: Bench, mc: Corpus, info: dict[str, Any]) -> None:
+    """Single frames: frame 1 of random ct128 instances, then random frames of one multi-frame instance."""
+    srv, cfg = b.srv, b.cfg
+    log(f"{srv.name}: frames")
+    picks = random.Random(11).sample(range(mc.spec.count), min(300, mc.spec.count))
+    px = pixel_data(mc.instance(picks[0]))
+    frame_lines(
+        b,
+        "frame",
+        f"Frame retrieve ct128 (frame 1 of a random instance, {len(px) / 1e3:.0f} KB)",
+        [frame_path(mc, i, 1) for i in picks],
+        [(frame_path(mc, i, 1), px) for i in picks[:3]],
+        cfg.client_procs,
+    )
+    n = MULTIFRAME_FRAMES
+    parts, _, study = _stream_big_instance(n, root=MULTIFRAME_ROOT, distinct=True)
+    frames = parts[2:]
+    stow_one(srv, b"".join(parts))
+    base = f"/studies/{study}/series/{MULTIFRAME_ROOT}.3/instances/{MULTIFRAME_ROOT}.1/frames/"
+    order = random.Random(12).sample(range(1, n + 1), n)
+    frame_lines(
+        b,
+        "frame_mf",
+        f"Frame retrieve, {n}-frame 512x512 instance (random frame, {len(frames[0]) / 1e3:.0f} KB)",
+        [f"{base}{k}" for k in order],
+        [(f"{base}{k}", frames[k - 1]) for k in (1, n // 2, n)],
+        cfg.client_procs,
+    )
+    info["frame_bytes"] = {"ct128": len(px), "multiframe": len(frames[0])}
+
+
+def pixel_data(instance: bytes) -> bytes:
+    import io
+
+    import pydicom
+
+    return bytes(pydicom.dcmread(io.BytesIO(instance)).PixelData)
+
+
 def bench_server(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str, Line], dict[str, Any]]:
     b = Bench(srv, pool, cfg)
     info: dict[str, Any] = {}
@@ -363,7 +480,10 @@ def bench_server(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
         ln = b.lines[key]
         ln.unit, ln.value = "MB/s", ln.mb_s or 0.0
 
-    # 7. mixed: 80% reads, 20% single-instance writes
+    # 7. single frames
+    bench_frames(b, mc, info)
+
+    # 8. mixed: 80% reads, 20% single-instance writes
     log(f"{srv.name}: mixed")
     job = {
         "kind": "mixed",
@@ -394,7 +514,13 @@ def bench_server(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
 
 
 def bench_scale(
-    srv: servers.Server, pool: Pool, sizes: list[int], size: str, dur: float, load: str = "stow"
+    srv: servers.Server,
+    pool: Pool,
+    sizes: list[int],
+    size: str,
+    dur: float,
+    load: str = "stow",
+    info: dict[str, Any] | None = None,
 ) -> dict[str, Line]:
     spec = CorpusSpec(name="scale", size=size, count=max(sizes), seed=5)
     c = Corpus(spec)
@@ -408,7 +534,10 @@ def bench_scale(
         else:
             b.stow(f"load_{n}", f"STOW load {loaded}..{n}", spec, loaded, n, 50, 4)
         loaded = n
-        log(f"  loaded in {time.perf_counter() - t0:.0f}s")
+        secs = time.perf_counter() - t0
+        if info is not None:
+            info.setdefault(f"load_s ({load})", {})[f"{n:,}"] = round(secs, 1)
+        log(f"  loaded in {secs:.0f}s")
         qp = qido_paths(c, 300, upto=n)
         n_st = max(1, n // spec.per_study)
         studies = [f"/studies/{c.study(s).uid}/metadata" for s in range(0, n_st, max(1, n_st // 300))]
@@ -443,14 +572,38 @@ def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) ->
             for i in range(first, min(stop, first + batch)):
                 with open(os.path.join(tmp, f"{i}.dcm"), "wb") as f:
                     f.write(corpus.instance(i))
-            data_dir = os.path.join(srv.workdir, "data")
-            subprocess.run([str(servers.DICOMD_BIN), "import", "--data-dir", data_dir, tmp], check=True)
+            cmd = [str(servers.DICOMD_BIN), "import", "--data-dir", os.path.join(srv.workdir, "data")]
+            if srv.index_url:  # same index as the running server
+                cmd += ["--index-url", srv.index_url]
+            subprocess.run([*cmd, tmp], check=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _stream_big_instance(frames: int, rows: int = 512, cols: int = 512) -> tuple[list[bytes], int, str]:
-    """A multi-frame 16-bit instance of `frames` frames: header bytes + element header + frame chunks."""
+MULTIFRAME_FRAMES = 50
+MULTIFRAME_ROOT = "1.2.826.0.1.3680043.8.498.78"  # SOP = root.1, study = root.2, series = root.3
+
+
+def index_bytes(srv: servers.Server, schema: servers.PgSchema | None) -> int:
+    """Size of dicomd's index: the PostgreSQL schema, or the SQLite file (+ WAL) in the data dir."""
+    if schema is not None:
+        return schema.size_bytes()
+    data = Path(srv.workdir) / "data"
+    return sum(p.stat().st_size for p in data.glob("index.db*") if p.is_file())
+
+
+def _stream_big_instance(
+    frames: int,
+    rows: int = 512,
+    cols: int = 512,
+    root: str = "1.2.826.0.1.3680043.8.498.77",
+    distinct: bool = False,
+) -> tuple[list[bytes], int, str]:
+    """A multi-frame 16-bit instance of `frames` frames: header bytes + element header + frame chunks.
+
+    One frame chunk, repeated `frames` times by the caller; with `distinct`, one chunk per frame, frame
+    k's first 4 bytes set to k (so a check can tell frames apart).
+    """
     import io
 
     from pydicom.filewriter import dcmwrite
@@ -460,9 +613,9 @@ def _stream_big_instance(frames: int, rows: int = 512, cols: int = 512) -> tuple
 
     ds = build_template("ct512")
     ds.NumberOfFrames = frames
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.77.1")
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.77.2"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.77.3"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"{root}.1")
+    ds.StudyInstanceUID = f"{root}.2"
+    ds.SeriesInstanceUID = f"{root}.3"
     ds.PatientID, ds.PatientName = "BIG2GB", "BIG^INSTANCE"
     frame = ds.PixelData
     del ds.PixelData
@@ -471,18 +624,19 @@ def _stream_big_instance(frames: int, rows: int = 512, cols: int = 512) -> tuple
     head = buf.getvalue()
     n = len(frame) * frames
     elem = b"\xe0\x7f\x10\x00OW\x00\x00" + n.to_bytes(4, "little")
-    return [head, elem, frame], len(head) + len(elem) + n, ds.StudyInstanceUID
+    chunks = [k.to_bytes(4, "little") + frame[4:] for k in range(1, frames + 1)] if distinct else [frame]
+    return [head, elem, *chunks], len(head) + len(elem) + n, ds.StudyInstanceUID
 
 
 def bench_memory(srv: servers.Server, gib: float) -> dict[str, Line]:
     """Store then retrieve one ~gib GiB instance; report per-process peak RSS (VmHWM)."""
     import asyncio
 
-    from bench.client import BOUNDARY, STOW_CT, HttpConn, HttpError
+    from bench.client import BOUNDARY, HttpConn, HttpError
 
     frames = max(1, int(gib * (1 << 30) / (512 * 512 * 2)))
     parts, size, study = _stream_big_instance(frames)
-    head, elem, frame = parts
+    head, elem, frame = parts[:3]
     lines: dict[str, Line] = {}
     rss0 = servers.rss_mb(srv.pids(), "VmRSS")
 
@@ -641,7 +795,7 @@ def report(
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     if mode == "scale":
-        out += scale_pivot(results)
+        out += scale_pivot(results, infos)
     for n in names:
         inf = infos.get(n, {})
         if inf:
@@ -653,27 +807,26 @@ def report(
     return "\n".join(out)
 
 
-def scale_pivot(results: dict[str, dict[str, Line]]) -> list[str]:
-    """Scale run: one row per corpus size, p50 latency (1 conn) and req/s (8 conn) per query."""
-    out = []
+def scale_pivot(results: dict[str, dict[str, Line]], infos: dict[str, dict[str, Any]]) -> list[str]:
+    """Scale run: one row per (server and index, corpus size): p50 latency (1 conn) and req/s (8 conn)."""
     cols = [("qido_pid", "QIDO PatientID"), ("qido_name", "QIDO name*"), ("qido_date", "QIDO date range")]
+    hdr = ["server (index)", "instances"] + [f"{t} p50 ms (1 conn) / req/s (8 conn)" for _, t in cols]
+    hdr.append("study metadata p50 / p99 ms")
+    rows = []
     for n, lines in results.items():
-        sizes = sorted({int(k.split("_", 1)[0]) for k in lines if k.split("_", 1)[0].isdigit()})
-        if not sizes:
-            continue
-        hdr = ["instances"] + [f"{t} p50 ms (1 conn) / req/s (8 conn)" for _, t in cols]
-        hdr.append("study metadata p50 / p99 ms")
-        out += [f"How the cost grows ({n}):", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-        for size in sizes:
-            row = [f"{size:,}"]
+        idx = infos.get(n, {}).get("index")
+        who = f"{n} ({idx})" if idx else n
+        for size in sorted({int(k.split("_", 1)[0]) for k in lines if k.split("_", 1)[0].isdigit()}):
+            row = [who, f"{size:,}"]
             for key, _ in cols:
                 a, b = lines.get(f"{size}_{key}_c1"), lines.get(f"{size}_{key}_c8")
                 row.append(f"{_f(a.p50_ms, 2) if a else '-'} / {_f(b.value) if b else '-'}")
             m = lines.get(f"{size}_meta_c1")
             row.append(f"{_f(m.p50_ms, 2)} / {_f(m.p99_ms, 2)}" if m else "-")
-            out.append("| " + " | ".join(row) + " |")
-        out.append("")
-    return out
+            rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return ["How the cost grows:", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr), *rows, ""]
 
 
 def _fmt_info(v: Any) -> str:
@@ -778,6 +931,17 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-orthanc", action="store_true", help="also run Orthanc in --scale (first size only)"
     )
     ap.add_argument("--scale-load", default="stow", choices=["stow", "import"])
+    ap.add_argument(
+        "--scale-index",
+        default="sqlite",
+        help="comma list of dicomd index backends for --scale, each a dicomd run: sqlite,postgresql",
+    )
+    ap.add_argument(
+        "--pg-url",
+        default=os.environ.get("DICOMD_BENCH_POSTGRES_URL", servers.PG_DEFAULT_URL),
+        help="PostgreSQL server for --scale-index postgresql (a fresh schema per run; env "
+        f"DICOMD_BENCH_POSTGRES_URL; default {servers.PG_DEFAULT_URL})",
+    )
     ap.add_argument("--memory-gib", type=float, default=2.0)
     ap.add_argument("--no-memory", action="store_true", help="skip the 2 GiB instance in --full")
     ap.add_argument("--workdir", default=None, help="where server data dirs go (default: bench/work)")
@@ -806,7 +970,16 @@ def main(argv: list[str] | None = None) -> int:
         log(notes[-1])
     if mode == "scale" and "orthanc" in wanted and not a.scale_orthanc:
         wanted.remove("orthanc")
-    if not wanted:
+    backends = [x.strip() for x in a.scale_index.split(",") if x.strip()] if mode == "scale" else ["sqlite"]
+    if not backends or any(x not in ("sqlite", "postgresql") for x in backends):
+        ap.error(f"--scale-index takes sqlite and/or postgresql, not {a.scale_index!r}")
+    # (label in the report, server, dicomd index backend); dicomd on SQLite keeps the plain label
+    runs = [
+        (name if b == "sqlite" else f"{name}-pg", name, b)
+        for name in wanted
+        for b in (backends if name == "dicomd" else ["sqlite"])
+    ]
+    if not runs:
         log("nothing to run")
         return 1
 
@@ -838,34 +1011,52 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Line]] = {}
     infos: dict[str, dict[str, Any]] = {}
     stopped: list[servers.Server] = []
+    schemas: list[servers.PgSchema] = []
     try:
-        for name in wanted:
-            log(f"starting {name}")
+        for label, name, backend in runs:
+            log(f"starting {label}")
+            schema: servers.PgSchema | None = None
             try:
-                if name == "dicomd":
+                if name == "dicomd" and backend == "postgresql":
+                    schema = servers.PgSchema(a.pg_url)
+                    schemas.append(schema)
+                    srv = servers.start_dicomd(workdir, a.workers, index_url=schema.url)
+                    srv.helper_pids = schema.backend_pids
+                elif name == "dicomd":
                     srv = servers.start_dicomd(workdir, a.workers)
                 else:
                     srv = servers.start_orthanc(workdir)
             except Exception as e:  # a server that does not start is reported, not fatal
                 first = str(e).strip().splitlines()
                 notes.append(
-                    f"{name} not run: did not start "
+                    f"{label} not run: did not start "
                     f"({first[0] if first else e}; {first[-1] if first else ''})"
                 )
                 log(notes[-1])
                 continue
             srv.keep = a.keep
-            meta["versions"][name] = srv.version
+            meta["versions"][label] = srv.version
+            if mode == "scale" and name == "dicomd":
+                meta["versions"][label] += (
+                    f"; index PostgreSQL {schema.server_version} ({schema.shown})"
+                    if schema
+                    else "; index SQLite (index.db in the data dir)"
+                )
             try:
                 if mode in ("quick", "full"):
-                    results[name], infos[name] = bench_server(srv, pool, cfg)
+                    results[label], infos[label] = bench_server(srv, pool, cfg)
                 elif mode == "scale":
                     sizes = [int(x) for x in a.scale_sizes.split(",")]
                     if name == "orthanc":
                         sizes = sizes[:1]
-                    results[name] = bench_scale(srv, pool, sizes, a.scale_size, a.dur or 3.0, a.scale_load)
+                    infos[label] = {"index": backend} if name == "dicomd" else {}
+                    results[label] = bench_scale(
+                        srv, pool, sizes, a.scale_size, a.dur or 3.0, a.scale_load, infos[label]
+                    )
+                    if name == "dicomd":
+                        infos[label]["index_bytes"] = index_bytes(srv, schema)
                 elif mode == "memory":
-                    results[name] = bench_memory(srv, a.memory_gib)
+                    results[label] = bench_memory(srv, a.memory_gib)
                 if mode == "full" and not a.no_memory:  # on a fresh server: VmHWM is a lifetime peak
                     srv.stop()
                     srv = (
@@ -875,28 +1066,36 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     srv.keep = a.keep
                     try:
-                        results[name].update(bench_memory(srv, a.memory_gib))
+                        results[label].update(bench_memory(srv, a.memory_gib))
                     except Exception as e:  # reported, the rest of the run stands
-                        notes.append(f"{name}: memory line failed: {type(e).__name__}: {e}")
+                        notes.append(f"{label}: memory line failed: {type(e).__name__}: {e}")
                         log(notes[-1])
                 if srv.proc and srv.proc.poll() is not None:
-                    notes.append(f"{name} exited during the run (code {srv.proc.returncode})")
+                    notes.append(f"{label} exited during the run (code {srv.proc.returncode})")
             finally:
-                srv.stop(cleanup=False)  # data dirs go after the report (1M files take minutes)
+                # data dirs go after the report (1M files take minutes), except a scale run's when
+                # another run follows (two 1M data dirs would need ~50 GB)
+                srv.stop(cleanup=mode == "scale" and (label, name, backend) != runs[-1])
                 stopped.append(srv)
+        text = report(mode, results, infos, meta)
+        raw = {
+            "meta": meta,
+            "infos": infos,
+            "results": {n: {k: asdict(v) for k, v in r.items()} for n, r in results.items()},
+        }
+        path = write_report(mode, text, raw)
+        print(text)
+        log(f"written {path}")
     finally:
         pool.close()
-    text = report(mode, results, infos, meta)
-    raw = {
-        "meta": meta,
-        "infos": infos,
-        "results": {n: {k: asdict(v) for k, v in r.items()} for n, r in results.items()},
-    }
-    path = write_report(mode, text, raw)
-    print(text)
-    log(f"written {path}")
-    for srv in stopped:
-        srv.stop()
+        for srv in stopped:
+            srv.stop()
+        for sc in schemas:
+            if a.keep:
+                log(f"kept PostgreSQL schema {sc.schema} (--keep)")
+            else:
+                with contextlib.suppress(Exception):
+                    sc.drop()
     return 0
 
 

@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,13 +90,17 @@ class Server:
     version: str = ""
     notes: list[str] = field(default_factory=list)
     keep: bool = False
+    index_url: str = ""  # dicomd: --index-url given to serve and import ("" = SQLite in the data dir)
+    helper_pids: Callable[[], list[int]] | None = None  # e.g. the PostgreSQL backends serving dicomd
 
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}{self.root}"
 
     def pids(self) -> list[int]:
-        return descendants(self.proc.pid) if self.proc else []
+        """The server's processes (+ its helpers': their CPU is the server's cost too)."""
+        own = descendants(self.proc.pid) if self.proc else []
+        return own + (self.helper_pids() if self.helper_pids else [])
 
     def data_bytes(self) -> int:
         total = 0
@@ -210,7 +216,10 @@ def dicomd_version() -> str:
 
 
 def start_dicomd(
-    workroot: str | None = None, workers: int | None = None, extra: list[str] | None = None
+    workroot: str | None = None,
+    workers: int | None = None,
+    extra: list[str] | None = None,
+    index_url: str = "",
 ) -> Server:
     if not dicomd_available():
         raise RuntimeError(f"{DICOMD_BIN} not found")
@@ -220,18 +229,85 @@ def start_dicomd(
     cmd += ["--port", str(port)]
     if workers:
         cmd += ["--workers", str(workers)]
+    if index_url:
+        cmd += ["--index-url", index_url]
     cmd += extra or []
     log = os.path.join(wd, "dicomd.log")
     os.makedirs(os.path.join(wd, "data"), exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=wd)
-    srv = Server("dicomd", "127.0.0.1", port, "/v2", wd, proc, dicomd_version())
+    srv = Server("dicomd", "127.0.0.1", port, "/v2", wd, proc, dicomd_version(), index_url=index_url)
     try:
         _wait(f"http://127.0.0.1:{port}/health/check", proc, log, timeout=90)
     except Exception:
         srv.stop()
         raise
     return srv
+
+
+# ---- PostgreSQL index -----------------------------------------------------------------------------
+
+PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+class PgSchema:
+    """A fresh schema on a PostgreSQL server for one dicomd run, so that runs never see each other's data.
+
+    `url` is the server's URL with the schema first on the search_path (what dicomd is given as its
+    index_url); `drop()` removes the schema and everything in it.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.pool import NullPool
+
+        self.schema = "dicomd_bench_" + uuid.uuid4().hex[:12]
+        self.engine = create_engine(base_url, poolclass=NullPool)
+        with self.engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            show = {k: str(conn.execute(text(f"SHOW {k}")).scalar()) for k in self.SETTINGS}
+        self.server_version = show.pop("server_version").split()[0]
+        # application_name tags dicomd's connections, so that their backends' CPU can be counted
+        url = make_url(base_url).update_query_dict(
+            {"options": f"-csearch_path={self.schema}", "application_name": self.schema}
+        )
+        self.url = url.render_as_string(hide_password=False)
+        self.shown = (
+            f"{make_url(base_url).render_as_string(hide_password=True)}, schema {self.schema}, "
+            + ", ".join(f"{k} {v}" for k, v in show.items())
+        )
+
+    SETTINGS = ("server_version", "shared_buffers", "synchronous_commit", "fsync")
+
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL backends of dicomd's connections (same machine: their CPU is read from /proc)."""
+        from sqlalchemy import text
+
+        q = text("SELECT pid FROM pg_stat_activity WHERE application_name = :s")
+        try:
+            with self.engine.connect() as conn:
+                return [int(p) for p in conn.execute(q, {"s": self.schema}).scalars()]
+        except Exception:  # accounting only: never fails a run
+            return []
+
+    def size_bytes(self) -> int:
+        """Tables + indexes + TOAST of the schema."""
+        from sqlalchemy import text
+
+        q = text(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relkind = 'r'"
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(q, {"s": self.schema}).scalar() or 0)
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        with self.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+        self.engine.dispose()
 
 
 # ---- process accounting --------------------------------------------------------------------------
