@@ -66,6 +66,37 @@ def query_words(value: str) -> list[str]:
     return [w for w in _WORD_SPLIT.split(fold(value)) if w]
 
 
+# Person name search keys (the study_name_key table, see search.py). Keys longer than this are
+# stored truncated, and a query key is truncated the same way before it is compared.
+MAX_NAME_KEY = 64
+
+
+def name_keys(norm: str | None, words: str | None) -> tuple[set[str], set[str]]:
+    """Search keys of a person name from its stored column forms (pn_norm, pn_words).
+
+    Groups: each component group exactly as it appears between the '=' of the norm column; words:
+    each word as it appears between the spaces of the words column; both cut to MAX_NAME_KEY.
+    Whatever `LIKE '%=PREFIX...'` matches on the norm column (or `LIKE '% PREFIX%'` on the words
+    column) has a group (a word) key starting with PREFIX[:MAX_NAME_KEY].
+    """
+    groups = {g[:MAX_NAME_KEY] for g in (norm or "").split("=") if g}
+    word_keys = {w[:MAX_NAME_KEY] for w in (words or "").split(" ") if w}
+    return groups, word_keys
+
+
+def key_successor(prefix: str) -> str | None:
+    """The least string greater than every string that starts with `prefix`, in code point order
+    (UTF-8 byte order: SQLite's BINARY and PostgreSQL's "C" collation); None when there is none."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code <= 0x10FFFF:
+            chars[-1] = chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)  # surrogates are not text
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
 def norm_date(value: str) -> str:
     """DA as YYYYMMDD (old ACR-NEMA "YYYY.MM.DD" tolerated)."""
     return value.strip().replace(".", "").replace("-", "")

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -70,6 +71,25 @@ study = Table(
     Index("ix_study_study_date", "partition_key", "study_date"),
     Index("ix_study_accession_number", "partition_key", "accession_number"),
     Index("ix_study_patient_birth_date", "partition_key", "patient_birth_date"),
+)
+
+# Person name search keys: one row per distinct folded component group and per folded word of a
+# study's PatientName and ReferringPhysicianName (normalize.name_keys), written with the study row.
+# A name wildcard with a literal prefix becomes a key range here (search.py). Byte order on both
+# databases: SQLite compares TEXT as UTF-8 bytes; PostgreSQL needs the "C" collation for that.
+NAME_PATIENT_GROUP, NAME_PATIENT_WORD, NAME_REFERRING_GROUP, NAME_REFERRING_WORD = 1, 2, 3, 4
+NameKey = String().with_variant(String(collation="C"), "postgresql")
+
+study_name_key = Table(
+    "study_name_key",
+    metadata,
+    Column("partition_key", Integer, nullable=False),
+    Column("field", Integer, nullable=False),
+    Column("name_key", NameKey, nullable=False),
+    Column("study_key", Key, ForeignKey("study.study_key"), nullable=False),
+    PrimaryKeyConstraint("partition_key", "field", "name_key", "study_key", name="pk_study_name_key"),
+    Index("ix_study_name_key_study", "study_key"),
+    sqlite_with_rowid=False,  # the primary key is the table: a key range reads only that b-tree
 )
 
 series = Table(

@@ -51,6 +51,7 @@ from dicomd.index.normalize import (
     first_str,
     keep_tag,
     keep_value,
+    name_keys,
     norm_date,
     norm_time,
     pn_norm,
@@ -59,12 +60,17 @@ from dicomd.index.normalize import (
 from dicomd.index.qido import QidoQuery
 from dicomd.index.schema import (
     DEFAULT_PARTITION_KEY,
+    NAME_PATIENT_GROUP,
+    NAME_PATIENT_WORD,
+    NAME_REFERRING_GROUP,
+    NAME_REFERRING_WORD,
     changefeed,
     deleted_object,
     instance,
     partition,
     series,
     study,
+    study_name_key,
 )
 from dicomd.index.search import run_search
 
@@ -353,6 +359,8 @@ class _Batch:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    study_partitions: dict[int, int] = field(default_factory=dict)  # study key -> partition key
+    new_studies: set[int] = field(default_factory=set)  # inserted by this batch: no name keys yet
 
     def prefetch(self, items: list[PreparedInstance]) -> None:
         """Load the already indexed SOP instances of a batch with one query per partition chunk."""
@@ -394,7 +402,9 @@ class _Batch:
                         **values,
                     },
                 )
+                self.new_studies.add(key)
             self.studies[(pk, uid)] = key
+            self.study_partitions[key] = pk
         self.study_updates[key] = values
         return key
 
@@ -486,6 +496,7 @@ class _Batch:
                 {"num_series": d_series, "num_instances": d_instances},
                 self.study_updates.get(key, {}),
             )
+        self._sync_name_keys()
         for key in self.series_updates.keys() | self.series_delta.keys():
             self._update(
                 series,
@@ -496,6 +507,37 @@ class _Batch:
         _enqueue_deleted(self.conn, self.statements, self.deleted, self.now)
         if self.changes:
             _insert_many(self.conn, self.statements, changefeed, self.changes)
+
+    def _sync_name_keys(self) -> None:
+        """Make the study_name_key rows of the studies written by this batch match their new names.
+
+        Studies that existed before the batch are compared with their stored keys (one query per
+        500 studies); usually nothing changed and nothing is written.
+        """
+        wanted: dict[int, set[tuple[int, str]]] = {
+            key: _study_name_keys(values) for key, values in self.study_updates.items()
+        }
+        current: dict[int, set[tuple[int, str]]] = {}
+        existing = sorted(k for k in wanted if k not in self.new_studies)
+        for start in range(0, len(existing), 500):
+            rows = self.conn.execute(_SELECT_NAME_KEYS, {"keys": existing[start : start + 500]}).all()
+            for study_key, name_field, name_key in rows:
+                current.setdefault(study_key, set()).add((name_field, name_key))
+        removed: list[dict[str, Any]] = []
+        added: list[dict[str, Any]] = []
+        for key, keys in wanted.items():
+            pk = self.study_partitions[key]
+            old = current.get(key, set())
+            for target, diff in ((removed, old - keys), (added, keys - old)):
+                target += [
+                    {"partition_key": pk, "field": f, "name_key": v, "study_key": key}
+                    for f, v in sorted(diff)
+                ]
+        if removed:
+            sql = self.statements.get("delete_name_key", _delete_name_key)
+            self.conn.exec_driver_sql(sql.sql, [sql.params(r) for r in removed])
+        if added:
+            _insert_many(self.conn, self.statements, study_name_key, added)
 
     def _scalar(self, name: str, values: dict[str, Any]) -> Any:
         sql = self.statements.get(name, _LOOKUPS[name])
@@ -535,6 +577,34 @@ class _Batch:
         params.update({"d_" + c: n for c, n in deltas.items()})
         params.update({"v_" + c: v for c, v in values.items()})
         self.conn.exec_driver_sql(sql.sql, sql.params(params))
+
+
+_SELECT_NAME_KEYS = select(
+    study_name_key.c.study_key, study_name_key.c.field, study_name_key.c.name_key
+).where(study_name_key.c.study_key.in_(bindparam("keys", expanding=True)))
+
+
+def _delete_name_key() -> Any:
+    nk = study_name_key.c
+    return delete(study_name_key).where(
+        nk.partition_key == bindparam("partition_key"),
+        nk.field == bindparam("field"),
+        nk.name_key == bindparam("name_key"),
+        nk.study_key == bindparam("study_key"),
+    )
+
+
+def _study_name_keys(values: dict[str, Any]) -> set[tuple[int, str]]:
+    """(field, key) rows of study_name_key for a study's column values (see normalize.name_keys)."""
+    keys: set[tuple[int, str]] = set()
+    for (group_field, word_field), column in (
+        ((NAME_PATIENT_GROUP, NAME_PATIENT_WORD), "patient_name"),
+        ((NAME_REFERRING_GROUP, NAME_REFERRING_WORD), "referring_physician_name"),
+    ):
+        groups, words = name_keys(values.get(column + "_norm"), values.get(column + "_words"))
+        keys.update((group_field, g) for g in groups)
+        keys.update((word_field, w) for w in words)
+    return keys
 
 
 def _insert_many(
@@ -898,6 +968,8 @@ class Index:
                     updated_at=now,
                 )
             )
+            emptied = select(st_t.c.study_key).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0)
+            conn.execute(delete(study_name_key).where(study_name_key.c.study_key.in_(emptied)))
             conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
             _enqueue_deleted(conn, self._statements, [r.object_key for r in rows], now)
             conn.execute(
@@ -1038,7 +1110,13 @@ class Index:
 # partition). Without statistics SQLite picks any index starting with partition_key for "partition_key
 # = 1 ORDER BY key LIMIT 100" and sorts the whole table; with them it walks the primary key and stops
 # after 100 rows, and prefers the selective indexes (patient_id, uids...). optimize() replaces them.
-_SEED_ROWS = {"study": 20_000, "series": 100_000, "instance": 1_000_000, "changefeed": 1_200_000}
+_SEED_ROWS = {
+    "study": 20_000,
+    "series": 100_000,
+    "instance": 1_000_000,
+    "changefeed": 1_200_000,
+    "study_name_key": 140_000,
+}
 _SEED_DISTINCT = {  # distinct values per column; columns not listed are (nearly) unique
     "partition_key": 1,
     "study_key": 20_000,
@@ -1050,14 +1128,16 @@ _SEED_DISTINCT = {  # distinct values per column; columns not listed are (nearly
     "performed_procedure_step_start_date": 5_000,
     "instance_number": 1_000,
     "timestamp": 100_000,
+    "field": 4,
+    "name_key": 20_000,
 }
 
 
 def _seed_sqlite_stats(conn: Connection) -> None:
     conn.exec_driver_sql('ANALYZE "partition"')  # creates sqlite_stat1 if missing (tiny table)
-    if conn.exec_driver_sql("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'instance'").scalar():
-        return  # real or seeded statistics exist already
     for table, rows in _SEED_ROWS.items():
+        if conn.exec_driver_sql("SELECT count(*) FROM sqlite_stat1 WHERE tbl = ?", (table,)).scalar():
+            continue  # real or seeded statistics exist already (a table added later gets its own)
         for index_row in conn.exec_driver_sql(f"PRAGMA index_list('{table}')").all():
             name = index_row[1]
             columns = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info('{name}')").all()]
