@@ -12,8 +12,20 @@ the returned page only. Person name matching works on the folded columns (see no
   exact     *_norm LIKE '%=DOE^JOHN=%'   (any of the alphabetic/ideographic/phonetic groups)
   wildcard  *_norm LIKE '%=DOE%=%'        (a '*' may in rare cases span two groups: documented gap)
   fuzzy     *_words LIKE '% JO%' AND ...  (every query word prefixes some name word)
-Person name searches cannot use a B-tree index (leading '%'); they scan the partition's study rows,
-which are far fewer than instances. UID, ID, date and modality filters use indexes.
+The LIKE on a person name cannot use a B-tree index (leading '%'), so a name filter also narrows the
+candidate studies through the study_name_key table (one row per folded component group and per
+folded word of each study's names): a wildcard's literal prefix becomes a key range
+  study_key IN (SELECT study_key FROM study_name_key
+                WHERE partition_key = ? AND field = ? AND name_key >= 'DOE' AND name_key < 'DOF')
+(an exact name: key = group; fuzzy: the longest query word as a range of word keys), and the LIKE
+above stays the exact condition. Only a pattern without a literal prefix ('*SMITH', '?OE') scans the
+partition's study rows. UID, ID, date and modality filters use indexes.
+
+The page is chosen on keys alone (ORDER BY key LIMIT/OFFSET in a subquery) and only its rows are
+joined back for their attrs, so an index range that matches many rows sorts integers, not rows. On
+SQLite, which has no statistics on value ranges, a range on an indexed date column is first counted
+up to a bound (a covering-index probe): a wide range is kept off its index (unary +), so that the scan
+in key order stops after `limit` rows instead of reading and sorting every match.
 """
 
 from __future__ import annotations
@@ -28,18 +40,22 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Integer,
+    LargeBinary,
     Select,
     Table,
     bindparam,
+    cast,
     exists,
     func,
     literal_column,
     select,
 )
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import Level
-from dicomd.index.normalize import fold, pn_groups, pn_norm, query_words
+from dicomd.index.normalize import MAX_NAME_KEY, fold, key_successor, pn_groups, pn_norm, query_words
 from dicomd.index.qido import (
     TAG_SERIES_UID,
     TAG_SOP_UID,
@@ -48,7 +64,16 @@ from dicomd.index.qido import (
     QidoQuery,
     vr_of,
 )
-from dicomd.index.schema import instance, series, study
+from dicomd.index.schema import (
+    NAME_PATIENT_GROUP,
+    NAME_PATIENT_WORD,
+    NAME_REFERRING_GROUP,
+    NAME_REFERRING_WORD,
+    instance,
+    series,
+    study,
+    study_name_key,
+)
 
 TAG_CHARSET = "00080005"
 TAG_AVAILABILITY = "00080056"
@@ -110,6 +135,22 @@ _PN_WORDS_COLUMN = {
     "patient_name_norm": "patient_name_words",
     "referring_physician_name_norm": "referring_physician_name_words",
 }
+# study_name_key fields (group keys, word keys) of each person name column
+_PN_KEY_FIELDS = {
+    "patient_name_norm": (NAME_PATIENT_GROUP, NAME_PATIENT_WORD),
+    "referring_physician_name_norm": (NAME_REFERRING_GROUP, NAME_REFERRING_WORD),
+}
+# range filters that an index (partition_key, column) can serve: probed on SQLite (see run_search)
+_PROBED_RANGES: frozenset[tuple[Level, str]] = frozenset(
+    {
+        ("study", "study_date"),
+        ("study", "patient_birth_date"),
+        ("series", "performed_procedure_step_start_date"),
+    }
+)
+# a range matching at least this many times (limit + offset) rows is searched in key order instead
+PROBE_FACTOR = 20
+PROBE_MAX = 100_000
 
 
 def _escape_like(text: str) -> str:
@@ -122,7 +163,9 @@ def _wildcard_to_like(text: str) -> str:
 
 # -- filters as terms: the SQL structure (shape) apart from the bound values -----------------------
 
-Op = Literal["=", ">=", "<=", "like", "in"]
+# "name=": (partition key, field, key) and "name^": (partition key, field, low, high) narrow a person
+# name filter through study_name_key; "+>=" / "+<=" are range bounds kept off the column's index
+Op = Literal["=", ">=", "<=", "+>=", "+<=", "like", "in", "name=", "name^"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,29 +174,59 @@ class Term:
 
     op: Op
     column: str  # column of the filter's level table (ModalitiesInStudy: of the study's series)
-    values: tuple[Any, ...]  # one value; several for "in"
+    values: tuple[Any, ...]  # one value; several for "in" and the "name" ops
 
 
-def _pn_terms(f: Filter, fuzzy: bool) -> list[Term]:
+def _literal_prefix(pattern: str) -> str:
+    """The part of a wildcard pattern before its first '*' or '?'."""
+    for i, ch in enumerate(pattern):
+        if ch in "*?":
+            return pattern[:i]
+    return pattern
+
+
+def _name_key_term(column: str, partition_key: int, field: int, prefix: str) -> list[Term]:
+    """The study_name_key range of keys starting with `prefix` (none: no narrowing possible)."""
+    low = prefix[:MAX_NAME_KEY]
+    high = key_successor(low) if low else None
+    if high is None:
+        return []
+    return [Term("name^", column, (partition_key, field, low, high))]
+
+
+def _pn_terms(f: Filter, fuzzy: bool, partition_key: int) -> list[Term]:
     value = f.values[0]
+    group_field, word_field = _PN_KEY_FIELDS[f.column]
     if fuzzy:
         words = query_words(value.replace("*", " ").replace("?", " "))
         words_col = _PN_WORDS_COLUMN[f.column]
-        return [Term("like", words_col, ("% " + _escape_like(w) + "%",)) for w in words]
+        terms = [Term("like", words_col, ("% " + _escape_like(w) + "%",)) for w in words]
+        if not words:
+            return terms
+        # every query word prefixes some word of the name: the longest narrows best
+        longest = max(words, key=len)
+        return _name_key_term(f.column, partition_key, word_field, longest) + terms
     if f.match == "wildcard":
         groups = [g for g in (fold(x).strip() for x in value.split("=")) if g]
         if len(groups) > 1:
             pattern = "=" + "=".join(_wildcard_to_like(g) for g in groups) + "="
         else:
             pattern = "%=" + _wildcard_to_like(groups[0]) + "=%"
-        return [Term("like", f.column, (pattern,))]
-    if "=" in value.strip("="):
-        # several component groups given: the whole name must match
-        return [Term("=", f.column, (pn_norm(value),))]
+        # each '=' of the pattern is a group boundary of the name, so every group's literal prefix
+        # starts some group of a matching name
+        prefix = max((_literal_prefix(g) for g in groups), key=len)
+        return [
+            *_name_key_term(f.column, partition_key, group_field, prefix),
+            Term("like", f.column, (pattern,)),
+        ]
     groups = pn_groups(value)
     if not groups:
-        return []
-    return [Term("like", f.column, ("%=" + _escape_like(groups[0]) + "=%",))]
+        return [Term("=", f.column, ("",))] if "=" in value.strip("=") else []
+    narrow = Term("name=", f.column, (partition_key, group_field, groups[0][:MAX_NAME_KEY]))
+    if "=" in value.strip("="):
+        # several component groups given: the whole name must match
+        return [narrow, Term("=", f.column, (pn_norm(value),))]
+    return [narrow, Term("like", f.column, ("%=" + _escape_like(groups[0]) + "=%",))]
 
 
 def _value_terms(column: str, f: Filter) -> list[Term]:
@@ -176,12 +249,12 @@ def _value_terms(column: str, f: Filter) -> list[Term]:
     return [Term("=", column, (f.values[0],))]
 
 
-def filter_terms(f: Filter, fuzzy: bool) -> list[Term]:
+def filter_terms(f: Filter, fuzzy: bool, partition_key: int) -> list[Term]:
     """The comparisons a filter stands for (none: it matches everything)."""
     if f.match == "universal":
         return []
     if f.kind == "pn":
-        return _pn_terms(f, fuzzy)
+        return _pn_terms(f, fuzzy, partition_key)
     return _value_terms(f.column, f)
 
 
@@ -204,39 +277,60 @@ class Shape:
     modalities: bool  # compute ModalitiesInStudy per result row
 
 
-def bind(q: QidoQuery, modalities: bool) -> tuple[Shape, list[Any]]:
-    """The shape of a query and its parameter values in p0, p1... order."""
+def bind(
+    q: QidoQuery, modalities: bool, terms: Sequence[tuple[Filter, list[Term]]] | None = None
+) -> tuple[Shape, list[Any]]:
+    """The shape of a query and its parameter values in p0, p1... order.
+
+    terms: the filters' terms when already computed (filter_terms), e.g. with some ranges kept off
+    their index.
+    """
     values: list[Any] = [q.partition_key]
     if q.study_uid is not None:
         values += [q.partition_key, q.study_uid]
     series_scope = q.series_uid is not None and q.level == "instance"
     if series_scope:
         values.append(q.series_uid)
+    if terms is None:
+        terms = [(f, filter_terms(f, q.fuzzy, q.partition_key)) for f in q.filters]
     filters: list[FilterShape] = []
-    for f in q.filters:
-        terms = filter_terms(f, q.fuzzy)
-        if not terms:
+    for f, f_terms in terms:
+        if not f_terms:
             continue
         filters.append(
-            (f.level, f.kind == "modalities", tuple((t.op, t.column, len(t.values)) for t in terms))
+            (f.level, f.kind == "modalities", tuple((t.op, t.column, len(t.values)) for t in f_terms))
         )
-        for t in terms:
+        for t in f_terms:
             values += t.values
     values += [q.limit, q.offset]
     return Shape(q.level, q.study_uid is not None, series_scope, tuple(filters), modalities), values
 
 
-def _term_condition(column: Any, op: Op, params: list[BindParameter[Any]]) -> ColumnElement[bool]:
+def _term_condition(table: Any, column: str, op: Op, params: list[BindParameter[Any]]) -> ColumnElement[bool]:
+    if op in ("name=", "name^"):
+        # the candidate studies from the name keys (uncorrelated: evaluated once per query)
+        nk = study_name_key
+        where = [nk.c.partition_key == params[0], nk.c.field == params[1]]
+        if op == "name=":
+            where.append(nk.c.name_key == params[2])
+        else:
+            where += [nk.c.name_key >= params[2], nk.c.name_key < params[3]]
+        return table.c.study_key.in_(select(nk.c.study_key).where(*where))  # type: ignore[no-any-return]
+    col = table.c[column]
     if op == "in":
-        return column.in_(params)  # type: ignore[no-any-return]
+        return col.in_(params)  # type: ignore[no-any-return]
     (param,) = params
     if op == "like":
-        return column.like(param, escape=_ESCAPE)  # type: ignore[no-any-return]
+        return col.like(param, escape=_ESCAPE)  # type: ignore[no-any-return]
+    if op in ("+>=", "+<="):
+        # SQLite: a unary + keeps the comparison off the column's indexes
+        col = UnaryExpression(col, operator=operators.custom_op("+"), type_=col.type)
+        return (col >= param) if op == "+>=" else (col <= param)  # type: ignore[no-any-return]
     if op == ">=":
-        return column >= param  # type: ignore[no-any-return]
+        return col >= param  # type: ignore[no-any-return]
     if op == "<=":
-        return column <= param  # type: ignore[no-any-return]
-    return column == param  # type: ignore[no-any-return]
+        return col <= param  # type: ignore[no-any-return]
+    return col == param  # type: ignore[no-any-return]
 
 
 # result columns, by position: study columns always, series columns for series/instance searches,
@@ -246,39 +340,25 @@ COL_SERIES_KEY, COL_SERIES_ATTRS, COL_SERIES_INSTANCES = 4, 5, 6
 COL_INSTANCE_ATTRS = 8  # 7 is the instance key
 
 
+def _attrs(table: Table, label: str, dialect: str) -> Any:
+    # SQLite: the JSON as bytes (orjson parses them directly; no str decode and re-encode)
+    if dialect == "sqlite":
+        return cast(table.c.attrs, LargeBinary).label(label)
+    return table.c.attrs.label(label)
+
+
 def build_select(shape: Shape, dialect: str) -> Select[Any]:
-    """The statement of a query shape, with bound parameters p0, p1... (see Shape)."""
+    """The statement of a query shape, with bound parameters p0, p1... (see Shape).
+
+    The page is selected on keys only (a subquery); its rows are then joined for their columns.
+    """
     numbers = count()
 
     def param(type_: Any = None) -> BindParameter[Any]:
         return bindparam(f"p{next(numbers)}", type_=type_)
 
-    cols: list[Any] = [
-        study.c.study_key,
-        study.c.attrs.label("study_attrs"),
-        study.c.num_series,
-        study.c.num_instances.label("study_num_instances"),
-    ]
     conds: list[ColumnElement[bool]] = []
-    if shape.level == "study":
-        from_: Any = study
-        key = "study_key"
-    elif shape.level == "series":
-        from_ = series.join(study, series.c.study_key == study.c.study_key)
-        key = "series_key"
-    else:
-        from_ = instance.join(series, instance.c.series_key == series.c.series_key).join(
-            study, instance.c.study_key == study.c.study_key
-        )
-        key = "instance_key"
-    if shape.level in ("series", "instance"):
-        cols += [
-            series.c.series_key,
-            series.c.attrs.label("series_attrs"),
-            series.c.num_instances.label("series_num_instances"),
-        ]
-    if shape.level == "instance":
-        cols += [instance.c.instance_key, instance.c.attrs.label("instance_attrs")]
+    key = {"study": "study_key", "series": "series_key", "instance": "instance_key"}[shape.level]
     level_table = _TABLES[shape.level]
     conds.append(level_table.c.partition_key == param())
     if shape.study_scope:
@@ -287,38 +367,112 @@ def build_select(shape: Shape, dialect: str) -> Select[Any]:
         conds.append(series.c.series_instance_uid == param())
     for level, on_modalities, terms in shape.filters:
         table = series.alias("mis") if on_modalities else _TABLES[level]
-        parts = [_term_condition(table.c[column], op, [param() for _ in range(n)]) for op, column, n in terms]
+        parts = [_term_condition(table, column, op, [param() for _ in range(n)]) for op, column, n in terms]
         if on_modalities:
             # ModalitiesInStudy: some series of the study matches
             conds.append(
                 exists(
                     select(literal_column("1"))
                     .select_from(table)
-                    .where(table.c.study_key == study.c.study_key, *parts)
+                    .where(table.c.study_key == level_table.c.study_key, *parts)
                 )
             )
         else:
             conds += parts
+    # the page joins only the tables its conditions use (every instance has its series and study)
+    levels_used = {level for level, on_modalities, _ in shape.filters if not on_modalities}
+    from_: Any = level_table
+    if shape.level == "instance" and (shape.series_scope or "series" in levels_used):
+        from_ = from_.join(series, instance.c.series_key == series.c.series_key)
+    if shape.level != "study" and (shape.study_scope or "study" in levels_used):
+        from_ = from_.join(study, level_table.c.study_key == study.c.study_key)
     page = (
-        select(*cols)
+        select(level_table.c[key])
         .select_from(from_)
         .where(*conds)
         .order_by(level_table.c[key])
         .limit(param(Integer()))
         .offset(param(Integer()))
+        .subquery("page")
     )
-    if not shape.modalities:
-        return page
-    # the distinct modalities of each result row's study, computed for the rows of the page only
-    rows = page.subquery("page")
-    ms = series.alias("ms")
-    aggregate = func.json_group_array if dialect == "sqlite" else func.array_agg
-    modalities = (
-        select(aggregate(ms.c.modality.distinct()))
-        .where(ms.c.study_key == rows.c.study_key, ms.c.modality.is_not(None))
-        .scalar_subquery()
+    cols: list[Any] = [
+        study.c.study_key,
+        _attrs(study, "study_attrs", dialect),
+        study.c.num_series,
+        study.c.num_instances.label("study_num_instances"),
+    ]
+    rows: Any = page.join(level_table, level_table.c[key] == page.c[key])
+    if shape.level in ("series", "instance"):
+        cols += [
+            series.c.series_key,
+            _attrs(series, "series_attrs", dialect),
+            series.c.num_instances.label("series_num_instances"),
+        ]
+    if shape.level == "instance":
+        cols += [instance.c.instance_key, _attrs(instance, "instance_attrs", dialect)]
+        rows = rows.join(series, series.c.series_key == instance.c.series_key)
+    if shape.level != "study":
+        rows = rows.join(study, study.c.study_key == level_table.c.study_key)
+    if shape.modalities:
+        # the distinct modalities of each result row's study, computed for the rows of the page only
+        ms = series.alias("ms")
+        aggregate = func.json_group_array if dialect == "sqlite" else func.array_agg
+        cols.append(
+            select(aggregate(ms.c.modality.distinct()))
+            .where(ms.c.study_key == study.c.study_key, ms.c.modality.is_not(None))
+            .scalar_subquery()
+            .label("modalities")
+        )
+    return select(*cols).select_from(rows).order_by(page.c[key])
+
+
+def _probe_select(table_name: str, column: str, low: bool, high: bool) -> Select[Any]:
+    """Counts the rows of a range on an indexed column, up to a bound: p0 partition key, [p1 low],
+    [p high], p limit, p offset (0: SQLAlchemy's SQLite dialect adds an OFFSET to every LIMIT).
+    Reads the covering index (partition_key, column) only."""
+    numbers = count()
+    table = {"study": study, "series": series}[table_name]
+    col = table.c[column]
+    conds = [table.c.partition_key == bindparam(f"p{next(numbers)}")]
+    if low:
+        conds.append(col >= bindparam(f"p{next(numbers)}"))
+    if high:
+        conds.append(col <= bindparam(f"p{next(numbers)}"))
+    matches: Select[Any] = (
+        select(literal_column("1"))
+        .select_from(table)
+        .where(*conds)
+        .limit(bindparam(f"p{next(numbers)}", type_=Integer()))
+        .offset(bindparam(f"p{next(numbers)}", type_=Integer()))
     )
-    return select(*rows.c, modalities.label("modalities")).order_by(rows.c[key])
+    return select(func.count()).select_from(matches.subquery())
+
+
+def _off_index_if_wide(
+    statements: CompiledStatements, fetch: Fetch, q: QidoQuery, f: Filter, terms: list[Term]
+) -> list[Term]:
+    """SQLite: the terms of a range filter, kept off the column's index when the range is wide.
+
+    SQLite knows how many rows an index holds, not how many fall in a range of values, and picks
+    the index for any range. A wide range then reads (and sorts) every match where a scan in key
+    order would stop after limit + offset rows. The probe counts the matches up to
+    PROBE_FACTOR x (limit + offset): below that, the index path reads fewer rows than the scan
+    would (at most that many index entries); above it, the scan reads at most 1/PROBE_FACTOR of
+    the table before it has filled the page.
+    """
+    if f.match != "range" or (f.level, f.column) not in _PROBED_RANGES or not terms:
+        return terms
+    low, high = f.values
+    sql = statements.get(
+        ("qido_probe", f.level, f.column, bool(low), bool(high)),
+        lambda: _probe_select(f.level, f.column, bool(low), bool(high)),
+    )
+    bound = min(PROBE_MAX, PROBE_FACTOR * (q.limit + q.offset))
+    values = [q.partition_key, *(v for v in (low, high) if v), bound, 0]
+    found = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))[0][0]
+    if found < bound:
+        return terms
+    return [Term("+>=" if t.op == ">=" else "+<=", t.column, t.values) for t in terms]
 
 
 def requested_tags(q: QidoQuery) -> set[str]:
@@ -355,7 +509,10 @@ Fetch = Callable[[str, Any], Sequence[Sequence[Any]]]
 def run_search(statements: CompiledStatements, fetch: Fetch, q: QidoQuery) -> list[dict[str, Any]]:
     """Run a QIDO query: `fetch(sql, params)` executes one statement and returns its rows."""
     wanted = None if q.include_all else requested_tags(q)
-    shape, values = bind(q, modalities=wanted is None or TAG_MODALITIES in wanted)
+    terms = [(f, filter_terms(f, q.fuzzy, q.partition_key)) for f in q.filters]
+    if statements.dialect_name == "sqlite":
+        terms = [(f, _off_index_if_wide(statements, fetch, q, f, t)) for f, t in terms]
+    shape, values = bind(q, wanted is None or TAG_MODALITIES in wanted, terms)
     sql = statements.get(("qido", shape), lambda: build_select(shape, statements.dialect_name))
     rows = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))
     if not rows:
