@@ -27,6 +27,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    BindParameter,
     Connection,
     Engine,
     Select,
@@ -295,28 +296,6 @@ def prepare_instance(item: NewInstance) -> PreparedInstance:
     )
 
 
-_LOOKUP_INSTANCES = (
-    select(
-        instance.c.instance_key,
-        instance.c.sop_instance_uid,
-        instance.c.object_key,
-        instance.c.study_key,
-        instance.c.series_key,
-        study.c.study_instance_uid,
-        series.c.series_instance_uid,
-    )
-    .select_from(
-        instance.join(series, instance.c.series_key == series.c.series_key).join(
-            study, instance.c.study_key == study.c.study_key
-        )
-    )
-    .where(
-        instance.c.partition_key == bindparam("pk"),
-        instance.c.sop_instance_uid.in_(bindparam("sops", expanding=True)),
-    )
-)
-
-
 _STUDY_KEY = "study_key"
 _SERIES_KEY = "series_key"
 _LOOKUPS: dict[str, Callable[[], Select[Any]]] = {
@@ -346,7 +325,11 @@ class _Known:
 
 @dataclass(slots=True)
 class _Batch:
-    conn: Connection
+    """One group commit's writes, run on the transaction's DBAPI cursor with precompiled SQL: for a
+    single-instance commit SQLAlchemy's per-statement execution cost more than the SQL (measured:
+    0.45 of 0.8 ms of CPU)."""
+
+    cur: Any  # DBAPI cursor of the write transaction
     statements: CompiledStatements
     now: int
     studies: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -370,19 +353,13 @@ class _Batch:
             wanted.setdefault(item.partition_key, set()).add(item.parsed.sop_instance_uid)
         for pk, sops in wanted.items():
             ordered = sorted(sops)
-            for start in range(0, len(ordered), 500):
-                rows = self.conn.execute(
-                    _LOOKUP_INSTANCES, {"pk": pk, "sops": ordered[start : start + 500]}
-                ).all()
-                for row in rows:
-                    self.known[(pk, row.sop_instance_uid)] = _Known(
-                        row.study_instance_uid,
-                        row.series_instance_uid,
-                        row.object_key,
-                        row.instance_key,
-                        None,
-                        row.study_key,
-                        row.series_key,
+            for start in range(0, len(ordered), _IN_CHUNK):
+                rows = _select_in(
+                    self.cur, self.statements, "lookup_instances", ordered[start : start + _IN_CHUNK], pk=pk
+                )
+                for instance_key, sop_uid, object_key, study_key, series_key, study_uid, series_uid in rows:
+                    self.known[(pk, sop_uid)] = _Known(
+                        study_uid, series_uid, object_key, instance_key, None, study_key, series_key
                     )
 
     def _study_key(self, pk: int, uid: str, values: dict[str, Any]) -> int:
@@ -487,7 +464,7 @@ class _Batch:
 
     def flush(self) -> None:
         if self.inserts:
-            _insert_many(self.conn, self.statements, instance, self.inserts)
+            _insert_many(self.cur, self.statements, instance, self.inserts)
         for key in self.study_updates.keys() | self.study_delta.keys():
             d_series, d_instances = self.study_delta.get(key, (0, 0))
             self._update(
@@ -504,9 +481,9 @@ class _Batch:
                 {"num_instances": self.series_delta.get(key, 0)},
                 self.series_updates.get(key, {}),
             )
-        _enqueue_deleted(self.conn, self.statements, self.deleted, self.now)
+        _enqueue_deleted(self.cur, self.statements, self.deleted, self.now)
         if self.changes:
-            _insert_many(self.conn, self.statements, changefeed, self.changes)
+            _insert_many(self.cur, self.statements, changefeed, self.changes)
 
     def _sync_name_keys(self) -> None:
         """Make the study_name_key rows of the studies written by this batch match their new names.
@@ -519,8 +496,8 @@ class _Batch:
         }
         current: dict[int, set[tuple[int, str]]] = {}
         existing = sorted(k for k in wanted if k not in self.new_studies)
-        for start in range(0, len(existing), 500):
-            rows = self.conn.execute(_SELECT_NAME_KEYS, {"keys": existing[start : start + 500]}).all()
+        for start in range(0, len(existing), _IN_CHUNK):
+            rows = _select_in(self.cur, self.statements, "name_keys", existing[start : start + _IN_CHUNK])
             for study_key, name_field, name_key in rows:
                 current.setdefault(study_key, set()).add((name_field, name_key))
         removed: list[dict[str, Any]] = []
@@ -535,13 +512,15 @@ class _Batch:
                 ]
         if removed:
             sql = self.statements.get("delete_name_key", _delete_name_key)
-            self.conn.exec_driver_sql(sql.sql, [sql.params(r) for r in removed])
+            self.cur.executemany(sql.sql, [sql.params(r) for r in removed])
         if added:
-            _insert_many(self.conn, self.statements, study_name_key, added)
+            _insert_many(self.cur, self.statements, study_name_key, added)
 
     def _scalar(self, name: str, values: dict[str, Any]) -> Any:
         sql = self.statements.get(name, _LOOKUPS[name])
-        return self.conn.exec_driver_sql(sql.sql, sql.params(values)).scalar()
+        self.cur.execute(sql.sql, sql.params(values))
+        row = self.cur.fetchone()
+        return None if row is None else row[0]
 
     def _insert_key(self, table: Table, row: dict[str, Any]) -> int:
         """INSERT one row; returns its generated primary key."""
@@ -552,7 +531,8 @@ class _Batch:
             lambda: insert(table).returning(key_column),
             insert_columns=columns,
         )
-        return int(self.conn.exec_driver_sql(sql.sql, sql.params(row)).scalar_one())
+        self.cur.execute(sql.sql, sql.params(row))
+        return int(self.cur.fetchone()[0])
 
     def _update(self, table: Table, key: int, deltas: dict[str, int], values: dict[str, Any]) -> None:
         """UPDATE one row by primary key: add `deltas` to counters, set updated_at and `values`."""
@@ -576,12 +556,56 @@ class _Batch:
         params: dict[str, Any] = {"key": key, "now": self.now}
         params.update({"d_" + c: n for c, n in deltas.items()})
         params.update({"v_" + c: v for c, v in values.items()})
-        self.conn.exec_driver_sql(sql.sql, sql.params(params))
+        self.cur.execute(sql.sql, sql.params(params))
 
 
-_SELECT_NAME_KEYS = select(
-    study_name_key.c.study_key, study_name_key.c.field, study_name_key.c.name_key
-).where(study_name_key.c.study_key.in_(bindparam("keys", expanding=True)))
+# IN lists of the write path: chunks of at most _IN_CHUNK values, padded (by repeating the last one) to
+# a power of two, so that a few compiled statements serve every length
+_IN_CHUNK = 512
+
+
+def _select_in(cur: Any, statements: CompiledStatements, name: str, values: list[Any], **fixed: Any) -> Any:
+    """Rows of the statement `name` of _IN_SELECTS for the values of its IN list."""
+    size = 1 << (len(values) - 1).bit_length()
+    sql = statements.get((name, size), lambda: _IN_SELECTS[name](size))
+    params = {f"in{i}": values[min(i, len(values) - 1)] for i in range(size)}
+    cur.execute(sql.sql, sql.params({**params, **fixed}))
+    return cur.fetchall()
+
+
+def _in_params(size: int) -> list[BindParameter[Any]]:
+    return [bindparam(f"in{i}") for i in range(size)]
+
+
+def _lookup_instances(size: int) -> Select[Any]:
+    return (
+        select(
+            instance.c.instance_key,
+            instance.c.sop_instance_uid,
+            instance.c.object_key,
+            instance.c.study_key,
+            instance.c.series_key,
+            study.c.study_instance_uid,
+            series.c.series_instance_uid,
+        )
+        .select_from(
+            instance.join(series, instance.c.series_key == series.c.series_key).join(
+                study, instance.c.study_key == study.c.study_key
+            )
+        )
+        .where(instance.c.partition_key == bindparam("pk"), instance.c.sop_instance_uid.in_(_in_params(size)))
+    )
+
+
+def _select_name_keys(size: int) -> Select[Any]:
+    nk = study_name_key.c
+    return select(nk.study_key, nk.field, nk.name_key).where(nk.study_key.in_(_in_params(size)))
+
+
+_IN_SELECTS: dict[str, Callable[[int], Select[Any]]] = {
+    "lookup_instances": _lookup_instances,
+    "name_keys": _select_name_keys,
+}
 
 
 def _delete_name_key() -> Any:
@@ -607,13 +631,12 @@ def _study_name_keys(values: dict[str, Any]) -> set[tuple[int, str]]:
     return keys
 
 
-def _insert_many(
-    conn: Connection, statements: CompiledStatements, table: Table, rows: list[dict[str, Any]]
-) -> None:
-    """INSERT rows that all have the same columns, as one executemany of precompiled SQL."""
+def _insert_many(cur: Any, statements: CompiledStatements, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows that all have the same columns, as one executemany of precompiled SQL on a DBAPI
+    cursor."""
     columns = tuple(rows[0])
     sql = statements.get(("insert", table.name, columns), lambda: insert(table), insert_columns=columns)
-    conn.exec_driver_sql(sql.sql, [sql.params(row) for row in rows])
+    cur.executemany(sql.sql, [sql.params(row) for row in rows])
 
 
 def _find_select(by_series: bool, by_instance: bool) -> Select[Any]:
@@ -651,10 +674,20 @@ def _find_select(by_series: bool, by_instance: bool) -> Select[Any]:
     return stmt
 
 
-def _enqueue_deleted(conn: Connection, statements: CompiledStatements, keys: list[str], now: int) -> None:
+@contextmanager
+def _cursor(conn: Connection) -> Iterator[Any]:
+    """A DBAPI cursor on the connection's current transaction."""
+    cur = conn.connection.cursor()
+    try:
+        yield cur
+    finally:
+        cur.close()
+
+
+def _enqueue_deleted(cur: Any, statements: CompiledStatements, keys: list[str], now: int) -> None:
     if keys:
         _insert_many(
-            conn,
+            cur,
             statements,
             deleted_object,
             [{"object_key": k, "enqueued_at": now, "attempts": 0, "next_attempt_at": now} for k in keys],
@@ -866,8 +899,8 @@ class Index:
         if not items:
             return []
         prepared = [e if isinstance(e, PreparedInstance) else prepare_instance(e) for e in items]
-        with self._write() as conn:
-            batch = _Batch(conn, self._statements, _now_ms())
+        with self._write() as conn, _cursor(conn) as cur:
+            batch = _Batch(cur, self._statements, _now_ms())
             batch.prefetch(prepared)
             results = [batch.add(entry, overwrite) for entry in prepared]
             batch.flush()
@@ -971,7 +1004,8 @@ class Index:
             emptied = select(st_t.c.study_key).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0)
             conn.execute(delete(study_name_key).where(study_name_key.c.study_key.in_(emptied)))
             conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
-            _enqueue_deleted(conn, self._statements, [r.object_key for r in rows], now)
+            with _cursor(conn) as cur:
+                _enqueue_deleted(cur, self._statements, [r.object_key for r in rows], now)
             conn.execute(
                 insert(changefeed),
                 [
