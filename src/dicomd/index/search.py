@@ -140,7 +140,7 @@ _PN_KEY_FIELDS = {
     "patient_name_norm": (NAME_PATIENT_GROUP, NAME_PATIENT_WORD),
     "referring_physician_name_norm": (NAME_REFERRING_GROUP, NAME_REFERRING_WORD),
 }
-# range filters that an index (partition_key, column) can serve: probed on SQLite (see run_search)
+# range filters that an index (partition_key, column) can serve: probed on SQLite (_off_index_if_wide)
 _PROBED_RANGES: frozenset[tuple[Level, str]] = frozenset(
     {
         ("study", "study_date"),
