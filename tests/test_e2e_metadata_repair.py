@@ -47,8 +47,9 @@ def test_metadata_is_rebuilt_from_the_dicom_file(fresh_server: Server, damage: s
             if "BulkDataURI" in element:
                 element["BulkDataURI"] = prefix + element["BulkDataURI"]
         assert r.json() == [expected]
-        # and put back in place, complete, for the next reader
+        # and put back in place, complete, for the next reader; operators see it happened
         assert path.read_bytes() == intact
+        assert "rebuilding metadata object" in fresh_server.log_path.read_text()
 
 
 def test_change_feed_metadata_is_rebuilt_too(fresh_server: Server) -> None:
@@ -84,8 +85,9 @@ def test_objects_written_before_the_end_marker_are_kept_and_marked(fresh_server:
         before = path.stat().st_ino
         r = client.get(f"/studies/{study}/metadata", headers={"Accept": "application/dicom+json"})
         assert r.status_code == 200
-        assert path.read_bytes() == intact  # marked, not rebuilt: a new file with the same bytes
+        assert path.read_bytes() == intact  # marked (a new file with the same bytes), not rebuilt
         assert path.stat().st_ino != before
+        assert "rebuilding metadata object" not in fresh_server.log_path.read_text()
 
 
 def test_a_rebuilt_object_names_the_bulk_data_recorded_at_ingest(tmp_path: Path) -> None:
