@@ -459,9 +459,10 @@ def bench_server(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
             1,
             cfg.dur,
             True,
-            note=f"first request {cold_ms:.0f} ms (status {status})",
+            note=f"first request {cold_ms:.0f} ms" if status == 200 else f"first request: HTTP {status}",
         )
-        line.extra["cold_ms"] = round(cold_ms, 1)
+        if status == 200:
+            line.extra["cold_ms"] = round(cold_ms, 1)
 
     # 6. retrieve
     log(f"{srv.name}: retrieve")

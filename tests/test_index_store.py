@@ -400,3 +400,17 @@ def test_has_object(index: Index) -> None:
     assert index.has_object("k2") and not index.has_object("k1")
     index.delete(1, "1.2.3")
     assert not index.has_object("k2")
+
+
+def test_a_batch_larger_than_one_lookup_chunk(index: Index) -> None:
+    # 700 SOP instances: the lookup of already stored ones runs in two chunks (512, then 188 padded
+    # to 256 by repeating the last UID), whose answers must cover exactly the stored ones
+    parsed = [make_parsed(sop=f"1.2.3.1.{n}", instance_number=n) for n in range(700)]
+    assert add(index, *parsed[:600]) == ["created"] * 600
+    statuses = add(index, *parsed, overwrite=False)
+    assert statuses == ["exists"] * 600 + ["created"] * 100
+    replaced = index.add_instances([new(p) for p in parsed[550:650]], overwrite=True)
+    assert [r.status for r in replaced] == ["replaced"] * 100
+    assert len(index.find_instances(1, "1.2.3")) == 700
+    row = _study_row(index, "1.2.3")
+    assert (row.num_series, row.num_instances) == (1, 700)  # type: ignore[attr-defined]

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
+from dicomd.storage import local
 from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
 
 
@@ -42,3 +46,44 @@ def test_recover_publishes_committed_and_drops_orphans(tmp_path: Path) -> None:
     assert (published, removed) == (1, 1)
     assert store.read(committed) == committed.encode()
     assert not store.path(orphan).exists() and not any(store.staging.iterdir())
+
+
+def test_recover_removes_replacements_a_crash_left_in_staging(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    key = new_key()
+    store.write_staged(key, DICOM, b"dicom")
+    store.publish([key])
+    store.replace_object(key, METADATA, b"{}\n")
+    assert store.read(key, METADATA) == b"{}\n" and not any(store.staging.iterdir())
+    (store.staging / f"{new_key()}.tmp").write_bytes(b"{half")  # a crash while replacing
+    assert LocalObjectStore(tmp_path).recover(lambda k: True) == (0, 0)
+    assert not any(store.staging.iterdir())
+
+
+def test_replace_object_of_a_committed_instance_not_yet_moved_into_place(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    key = new_key()
+    store.write_staged(key, DICOM, b"dicom")
+    store.replace_object(key, METADATA, b"{}\n")
+    store.publish([key])
+    assert store.read(key, METADATA) == b"{}\n"
+
+
+def test_without_syncfs_only_dicom_files_are_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # metadata objects need no flush: they are rebuilt from the DICOM file when lost
+    store = LocalObjectStore(tmp_path)
+    keys = [new_key(), new_key()]
+    for key in keys:
+        store.write_staged(key, DICOM, b"dicom")
+        store.write_staged(key, METADATA, b"{}\n")
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local, "_syncfs", None)
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    store.sync(keys)
+    assert sorted(flushed) == sorted([str(store.staged_path(k, DICOM)) for k in keys] + [str(store.staging)])

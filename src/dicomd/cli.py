@@ -118,3 +118,27 @@ def import_command(paths: tuple[Path, ...], config_file: str | None, processes: 
         f"in {seconds:.1f} s ({report.stored / max(seconds, 1e-9):.0f} instances/s)"
     )
     sys.exit(1 if report.failed else 0)
+
+
+@main.command("optimize")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="data directory")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file")
+@click.option("--index-url", help="index database URL")
+def optimize_command(config_file: str | None, **flags: object) -> None:
+    """Refresh the index's query planner statistics from the stored data (after a large import, or
+    now and then, e.g. daily from cron); safe while the server runs. SQLite starts with statistics
+    estimated for a large archive; PostgreSQL's autovacuum keeps its own up to date."""
+    import time
+
+    from dicomd.app import prepare
+    from dicomd.index.store import Index
+
+    settings = _settings_or_exit(config_file, flags)
+    prepare(settings)
+    index = Index(settings.effective_index_url)
+    started = time.monotonic()
+    try:
+        index.optimize()
+    finally:
+        index.close()
+    click.echo(f"planner statistics refreshed in {time.monotonic() - started:.1f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -87,8 +88,7 @@ async def changefeed(request: Request) -> Response:
         index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
     )
     store: LocalObjectStore = request.app.state.store
-    threshold = request.app.state.settings.bulk_threshold
-    body = await asyncio.to_thread(_render, entries, store, include, threshold)
+    body = await asyncio.to_thread(_render, entries, store, index, include)
     return Response(body, media_type="application/json")
 
 
@@ -100,13 +100,12 @@ async def latest(request: Request) -> Response:
     store: LocalObjectStore = request.app.state.store
     if entry is None:
         return Response(b"{}", media_type="application/json")
-    threshold = request.app.state.settings.bulk_threshold
-    body = await asyncio.to_thread(_render, [entry], store, include, threshold)
+    body = await asyncio.to_thread(_render, [entry], store, index, include)
     return Response(body[1:-1], media_type="application/json")
 
 
 def _render(
-    entries: list[ChangeEntry], store: LocalObjectStore, include_metadata: bool, bulk_threshold: int
+    entries: list[ChangeEntry], store: LocalObjectStore, index: Index, include_metadata: bool
 ) -> bytes:
     out: list[dict[str, Any]] = []
     for e in entries:
@@ -122,8 +121,17 @@ def _render(
         }
         if include_metadata and e.state == "Current" and e.object_key:
             try:
-                item["Metadata"] = orjson.Fragment(read_metadata(store, e.object_key, bulk_threshold))
+                metadata = read_metadata(store, e.object_key, partial(_bulk_ranges, index, e))
+                item["Metadata"] = orjson.Fragment(metadata)
             except FileNotFoundError:  # deleted between the query and this read
                 item["State"] = "deleted"
         out.append(item)
     return orjson.dumps(out)
+
+
+def _bulk_ranges(index: Index, e: ChangeEntry) -> dict[str, tuple[int, int]]:
+    """The bulk data ranges recorded for the entry's instance (only asked to rebuild its metadata)."""
+    for inst in index.find_instances(e.partition_key, e.study_instance_uid, instance=e.sop_instance_uid):
+        if inst.object_key == e.object_key:
+            return inst.bulk
+    raise FileNotFoundError(e.object_key)  # replaced or deleted meanwhile

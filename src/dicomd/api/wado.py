@@ -1,6 +1,7 @@
 """WADO-RS (PS3.18 10.4): instances, metadata, bulkdata and frames, streamed from object storage.
 
-Metadata and frame/bulk byte ranges were computed once at ingest, so no retrieve re-parses a file.
+Metadata and frame/bulk byte ranges were computed once at ingest, so a retrieve does not re-parse the file
+(unless its metadata object was lost: ingest/metadata.py rebuilds it).
 Transcoding, rendered and thumbnail representations are not offered yet: those requests get 406.
 """
 
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -191,8 +193,7 @@ async def metadata(request: Request) -> Response:
     cache: MetadataCache = request.app.state.metadata_cache
     body = cache.get((etag, base))
     if body is None:
-        threshold = request.app.state.settings.bulk_threshold
-        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base, threshold)
+        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
         cache.put((etag, base), body)
     return raw_json_response(body, headers={"etag": etag})
 
@@ -225,12 +226,14 @@ class MetadataCache:
             self._size -= len(old)
 
 
-def _metadata_body(
-    store: LocalObjectStore, instances: list[StoredInstance], base: str, bulk_threshold: int
-) -> bytes:
+def _recorded_bulk(inst: StoredInstance) -> dict[str, tuple[int, int]]:
+    return inst.bulk
+
+
+def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], base: str) -> bytes:
     parts = []
     for inst in instances:
-        blob = read_metadata(store, inst.object_key, bulk_threshold)
+        blob = read_metadata(store, inst.object_key, partial(_recorded_bulk, inst))
         if inst.has_bulk:
             # stored BulkDataURIs are relative to the instance URL; make them absolute for this request
             prefix = instance_url(

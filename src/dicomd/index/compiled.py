@@ -5,7 +5,7 @@ cache-key generation, execution context): more than the SQL itself for the small
 WADO make, and a large part of a group commit, which runs inside the writer lock. The hot paths
 therefore build each statement shape once with named bound parameters, keep the compiled SQL text in
 one bounded cache per Index (CompiledStatements), and pass only the values per call, on the DBAPI
-cursor (reads outside a transaction, and the writes of a write transaction).
+cursor (reads outside a transaction, and the writes of a group commit).
 """
 
 from __future__ import annotations

@@ -1,24 +1,32 @@
 """Metadata objects: the DICOM JSON of an instance, derived from its DICOM file at ingest.
 
-Only the DICOM file is irreplaceable, so only it is made durable before a store is acknowledged; the
-metadata object is written without a flush and rebuilt from the DICOM file whenever a reader finds it
-missing or incomplete (after a crash, or if it was damaged). Each object ends with a newline, a byte
-compact JSON never contains elsewhere (orjson escapes control characters in strings), so a file cut short
-by a crash can always be told from a complete one.
+The DICOM file is the record; its metadata object can always be derived again. Each object ends with a
+newline, a byte compact JSON never contains elsewhere (orjson escapes control characters in strings), so
+an object cut short (a crash before the flush reached it) can be told from a complete one; readers
+rebuild a missing or cut-short object from the DICOM file and put it back. Objects written before the
+marker existed are checked once by parsing them, and get the marker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from dicomd.dicom.parser import parse_file
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
+from dicomd.dicom.parser import PIXEL_TAGS, parse_file
+from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
+
+log = logging.getLogger(__name__)
 
 _END = b"\n"
+# no threshold: every binary value inline but pixel data (which always goes to bulk data)
+_NO_THRESHOLD = 1 << 62
+
+BulkRanges = Mapping[str, tuple[int, int]]
 
 
 def encode(dataset: dict[str, Any]) -> bytes:
@@ -29,32 +37,60 @@ def is_complete(blob: bytes) -> bool:
     return blob.startswith(b"{") and blob.endswith(b"}" + _END)
 
 
-def read_metadata(store: LocalObjectStore, key: str, bulk_threshold: int) -> bytes:
-    """The instance's DICOM JSON object (without the end marker), rebuilt from its DICOM file when the
-    stored one is missing or incomplete. Raises FileNotFoundError when the instance itself is gone."""
+def read_metadata(store: LocalObjectStore, key: str, bulk: Callable[[], BulkRanges]) -> bytes:
+    """The instance's DICOM JSON object (without the end marker).
+
+    A missing or incomplete object is rebuilt from the DICOM file; `bulk` gives the bulk data ranges
+    the index recorded at ingest (asked only then), so that the rebuilt object names the same bulk data
+    whatever the bulk threshold is now. Raises FileNotFoundError when the instance itself is gone.
+    """
     try:
         blob = store.read(key, METADATA)
     except FileNotFoundError:
         blob = b""
     if is_complete(blob):
         return blob[:-1]
-    return rebuild(store, key, bulk_threshold)[:-1]
+    if _is_unmarked_object(blob):
+        _put(store, key, blob + _END)
+        return blob
+    log.warning("rebuilding metadata object %s from its DICOM file", key)  # random key: no PHI
+    return rebuild(store, key, bulk())[:-1]
 
 
-def rebuild(store: LocalObjectStore, key: str, bulk_threshold: int) -> bytes:
-    """Derive the metadata object again from the DICOM file and put it in place (atomically: concurrent
-    readers see the old file or the new one, never a partial one)."""
-    with store.open_object(key, DICOM) as f:
-        path = f.name
-        blob = encode(parse_file(path, bulk_threshold=bulk_threshold).dataset)
-    target = os.path.join(os.path.dirname(path), f"{key}.{METADATA}")
-    temporary = f"{target}.{new_key()}.tmp"
+def _is_unmarked_object(blob: bytes) -> bool:
+    """A whole object as written before the end marker existed. Parsing tells: no proper prefix of a
+    JSON object that ends with '}' is itself a JSON object."""
+    if not blob.startswith(b"{") or not blob.endswith(b"}"):
+        return False
     try:
-        with open(temporary, "wb") as out:
-            out.write(blob)
-        os.replace(temporary, target)
-    except OSError:
-        # read-only or full disk: serve the rebuilt object anyway, the next reader tries again
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        return isinstance(orjson.loads(blob), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def ingest_threshold(bulk: BulkRanges) -> int:
+    """A bulk threshold that splits the instance's binary values into inline and bulk data exactly as at
+    ingest: values longer than the threshold were bulk data, pixel data always."""
+    lengths = [length for path, (_, length) in bulk.items() if int(path[-8:], 16) not in PIXEL_TAGS]
+    return min(lengths) - 1 if lengths else _NO_THRESHOLD
+
+
+def rebuild(store: LocalObjectStore, key: str, bulk: BulkRanges) -> bytes:
+    """Derive the metadata object again from the DICOM file and put it in place."""
+    with store.open_object(key, DICOM) as f:
+        blob = encode(parse_file(f.name, bulk_threshold=ingest_threshold(bulk)).dataset)
+        _put(store, key, blob)
+        if os.fstat(f.fileno()).st_nlink == 0:
+            # the instance was deleted meanwhile: leave nothing of it behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(os.path.dirname(f.name), f"{key}.{METADATA}"))
     return blob
+
+
+def _put(store: LocalObjectStore, key: str, blob: bytes) -> None:
+    """Replace the metadata object atomically (readers see the old object or the new one). Best effort:
+    on a read-only or full disk the caller serves the object anyway and the next reader tries again."""
+    try:
+        store.replace_object(key, METADATA, blob)
+    except OSError:
+        log.warning("could not write metadata object %s", key, exc_info=True)

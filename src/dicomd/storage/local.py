@@ -29,6 +29,7 @@ from typing import BinaryIO
 DICOM = "dcm"
 METADATA = "json"
 SUFFIXES = (DICOM, METADATA)
+_TEMPORARY = ".tmp"  # a replacement being written (see replace_object)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -90,6 +91,23 @@ class LocalObjectStore:
                 with contextlib.suppress(FileNotFoundError):  # e.g. already moved by recover
                     os.replace(self.staged_path(key, suffix), target)
 
+    def replace_object(self, key: str, suffix: str, data: bytes) -> None:
+        """Replace one object of a stored instance atomically (readers see the old bytes or the new
+        ones), wherever it is now: in place, or still staged. The bytes are written to a temporary file
+        in staging first (``recover`` removes those a crash leaves behind), not flushed."""
+        target = self.path(key, suffix)
+        if not target.parent.joinpath(f"{key}.{DICOM}").exists():
+            target = self.staged_path(key, suffix)  # committed but not yet moved into place
+        temporary = self.staging / f"{new_key()}{_TEMPORARY}"
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            raise
+
     def discard_staged(self, key: str) -> None:
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
@@ -135,6 +153,8 @@ class LocalObjectStore:
     def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
         """Publish staged objects the index knows, delete the others. Run before workers start."""
         published = removed = 0
+        for temporary in self.staging.glob(f"*{_TEMPORARY}"):
+            temporary.unlink()
         keys = {p.name.split(".", 1)[0] for p in self.staging.iterdir()}
         for key in keys:
             if is_committed(key):
