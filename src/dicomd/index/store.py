@@ -298,8 +298,15 @@ def prepare_instance(item: NewInstance) -> PreparedInstance:
 
 _STUDY_KEY = "study_key"
 _SERIES_KEY = "series_key"
+# the study's name columns come along: its stored name keys derive from them (see _sync_name_keys)
+_NAME_COLUMNS = (
+    "patient_name_norm",
+    "patient_name_words",
+    "referring_physician_name_norm",
+    "referring_physician_name_words",
+)
 _LOOKUPS: dict[str, Callable[[], Select[Any]]] = {
-    _STUDY_KEY: lambda: select(study.c.study_key).where(
+    _STUDY_KEY: lambda: select(study.c.study_key, *(study.c[c] for c in _NAME_COLUMNS)).where(
         study.c.partition_key == bindparam("pk"), study.c.study_instance_uid == bindparam("uid")
     ),
     _SERIES_KEY: lambda: select(series.c.series_key).where(
@@ -343,7 +350,8 @@ class _Batch:
     changes: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     study_partitions: dict[int, int] = field(default_factory=dict)  # study key -> partition key
-    new_studies: set[int] = field(default_factory=set)  # inserted by this batch: no name keys yet
+    # name columns of each study as stored before this batch (none for a study the batch inserts)
+    stored_names: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def prefetch(self, items: list[PreparedInstance]) -> None:
         """Load the already indexed SOP instances of a batch with one query per partition chunk."""
@@ -354,9 +362,8 @@ class _Batch:
         for pk, sops in wanted.items():
             ordered = sorted(sops)
             for start in range(0, len(ordered), _IN_CHUNK):
-                rows = _select_in(
-                    self.cur, self.statements, "lookup_instances", ordered[start : start + _IN_CHUNK], pk=pk
-                )
+                chunk = ordered[start : start + _IN_CHUNK]
+                rows = _select_in(self.cur, self.statements, _lookup_instances, chunk, pk=pk)
                 for instance_key, sop_uid, object_key, study_key, series_key, study_uid, series_uid in rows:
                     self.known[(pk, sop_uid)] = _Known(
                         study_uid, series_uid, object_key, instance_key, None, study_key, series_key
@@ -365,8 +372,11 @@ class _Batch:
     def _study_key(self, pk: int, uid: str, values: dict[str, Any]) -> int:
         key = self.studies.get((pk, uid))
         if key is None:
-            key = self._scalar(_STUDY_KEY, {"pk": pk, "uid": uid})
-            if key is None:
+            row = self._row(_STUDY_KEY, {"pk": pk, "uid": uid})
+            if row is not None:
+                key = row[0]
+                self.stored_names[key] = dict(zip(_NAME_COLUMNS, row[1:], strict=True))
+            else:
                 key = self._insert_key(
                     study,
                     {
@@ -379,7 +389,7 @@ class _Batch:
                         **values,
                     },
                 )
-                self.new_studies.add(key)
+                self.stored_names[key] = {}
             self.studies[(pk, uid)] = key
             self.study_partitions[key] = pk
         self.study_updates[key] = values
@@ -388,8 +398,10 @@ class _Batch:
     def _series_key(self, pk: int, study_key: int, uid: str, values: dict[str, Any]) -> int:
         key = self.series.get((study_key, uid))
         if key is None:
-            key = self._scalar(_SERIES_KEY, {"pk": pk, "study_key": study_key, "uid": uid})
-            if key is None:
+            row = self._row(_SERIES_KEY, {"pk": pk, "study_key": study_key, "uid": uid})
+            if row is not None:
+                key = row[0]
+            else:
                 key = self._insert_key(
                     series,
                     {
@@ -488,23 +500,14 @@ class _Batch:
     def _sync_name_keys(self) -> None:
         """Make the study_name_key rows of the studies written by this batch match their new names.
 
-        Studies that existed before the batch are compared with their stored keys (one query per
-        500 studies); usually nothing changed and nothing is written.
+        The stored keys derive from the stored name columns (read with the study key), so only the
+        keys of a name that changed are written, without reading the key table.
         """
-        wanted: dict[int, set[tuple[int, str]]] = {
-            key: _study_name_keys(values) for key, values in self.study_updates.items()
-        }
-        current: dict[int, set[tuple[int, str]]] = {}
-        existing = sorted(k for k in wanted if k not in self.new_studies)
-        for start in range(0, len(existing), _IN_CHUNK):
-            rows = _select_in(self.cur, self.statements, "name_keys", existing[start : start + _IN_CHUNK])
-            for study_key, name_field, name_key in rows:
-                current.setdefault(study_key, set()).add((name_field, name_key))
         removed: list[dict[str, Any]] = []
         added: list[dict[str, Any]] = []
-        for key, keys in wanted.items():
+        for key, values in self.study_updates.items():
             pk = self.study_partitions[key]
-            old = current.get(key, set())
+            keys, old = _study_name_keys(values), _study_name_keys(self.stored_names[key])
             for target, diff in ((removed, old - keys), (added, keys - old)):
                 target += [
                     {"partition_key": pk, "field": f, "name_key": v, "study_key": key}
@@ -516,11 +519,10 @@ class _Batch:
         if added:
             _insert_many(self.cur, self.statements, study_name_key, added)
 
-    def _scalar(self, name: str, values: dict[str, Any]) -> Any:
+    def _row(self, name: str, values: dict[str, Any]) -> Any:
         sql = self.statements.get(name, _LOOKUPS[name])
         self.cur.execute(sql.sql, sql.params(values))
-        row = self.cur.fetchone()
-        return None if row is None else row[0]
+        return self.cur.fetchone()
 
     def _insert_key(self, table: Table, row: dict[str, Any]) -> int:
         """INSERT one row; returns its generated primary key."""
@@ -559,15 +561,27 @@ class _Batch:
         self.cur.execute(sql.sql, sql.params(params))
 
 
+# every instance row with its series and study rows
+_STUDY_SERIES_INSTANCE = study.join(series, series.c.study_key == study.c.study_key).join(
+    instance, instance.c.series_key == series.c.series_key
+)
+
+
 # IN lists of the write path: chunks of at most _IN_CHUNK values, padded (by repeating the last one) to
 # a power of two, so that a few compiled statements serve every length
 _IN_CHUNK = 512
 
 
-def _select_in(cur: Any, statements: CompiledStatements, name: str, values: list[Any], **fixed: Any) -> Any:
-    """Rows of the statement `name` of _IN_SELECTS for the values of its IN list."""
+def _select_in(
+    cur: Any,
+    statements: CompiledStatements,
+    build: Callable[[int], Select[Any]],
+    values: list[Any],
+    **fixed: Any,
+) -> Any:
+    """Rows of the statement `build(size)`, whose IN list has `size` parameters, for these values."""
     size = 1 << (len(values) - 1).bit_length()
-    sql = statements.get((name, size), lambda: _IN_SELECTS[name](size))
+    sql = statements.get((build.__name__, size), lambda: build(size))
     params = {f"in{i}": values[min(i, len(values) - 1)] for i in range(size)}
     cur.execute(sql.sql, sql.params({**params, **fixed}))
     return cur.fetchall()
@@ -588,24 +602,9 @@ def _lookup_instances(size: int) -> Select[Any]:
             study.c.study_instance_uid,
             series.c.series_instance_uid,
         )
-        .select_from(
-            instance.join(series, instance.c.series_key == series.c.series_key).join(
-                study, instance.c.study_key == study.c.study_key
-            )
-        )
+        .select_from(_STUDY_SERIES_INSTANCE)
         .where(instance.c.partition_key == bindparam("pk"), instance.c.sop_instance_uid.in_(_in_params(size)))
     )
-
-
-def _select_name_keys(size: int) -> Select[Any]:
-    nk = study_name_key.c
-    return select(nk.study_key, nk.field, nk.name_key).where(nk.study_key.in_(_in_params(size)))
-
-
-_IN_SELECTS: dict[str, Callable[[int], Select[Any]]] = {
-    "lookup_instances": _lookup_instances,
-    "name_keys": _select_name_keys,
-}
 
 
 def _delete_name_key() -> Any:
@@ -654,11 +653,7 @@ def _find_select(by_series: bool, by_instance: bool) -> Select[Any]:
             i_t.c.bulk,
             i_t.c.instance_number,
         )
-        .select_from(
-            st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
-                i_t, i_t.c.series_key == se_t.c.series_key
-            )
-        )
+        .select_from(_STUDY_SERIES_INSTANCE)
         .where(st_t.c.partition_key == bindparam("pk"), st_t.c.study_instance_uid == bindparam("study"))
         .order_by(
             se_t.c.series_number.asc().nulls_last(),
@@ -951,11 +946,7 @@ class Index:
                 i_t.c.object_key,
                 se_t.c.series_instance_uid,
             )
-            .select_from(
-                st_t.join(se_t, se_t.c.study_key == st_t.c.study_key).join(
-                    i_t, i_t.c.series_key == se_t.c.series_key
-                )
-            )
+            .select_from(_STUDY_SERIES_INSTANCE)
             .where(st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study)
             .order_by(i_t.c.instance_key)
         )
