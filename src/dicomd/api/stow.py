@@ -33,6 +33,9 @@ from dicomd.storage.local import DICOM, new_key
 
 # Parts parsed at once per request: enough to overlap receiving, parsing and committing.
 _PARALLEL_PARTS = 16
+# Parts up to this size are also kept in memory while they are written, and parsed from there (saves
+# re-opening and mapping the staged file); larger ones are parsed from the file.
+_PARSE_IN_MEMORY = 4 << 20
 
 
 class _TooLarge(Exception):
@@ -57,30 +60,39 @@ async def store(request: Request) -> Response:
     failed_parts: list[StoreOutcome] = []
     gate = asyncio.Semaphore(_PARALLEL_PARTS)
 
-    async def finish(key: str) -> StoreOutcome:
+    async def finish(staged: tuple[str, bytes | None]) -> StoreOutcome:
         try:
-            return await ingest.store_staged(key, url_study=url_study, version=version)
+            return await ingest.store_staged(staged[0], url_study=url_study, version=version, data=staged[1])
         finally:
             gate.release()
 
-    async def receive(body: AsyncIterator[bytes]) -> str:
+    async def receive(body: AsyncIterator[bytes]) -> tuple[str, bytes | None]:
+        """Stage one part; return its key and, when small enough, its bytes."""
         key = new_key()
-        path = ingest.store.staged_path(key, DICOM)
+        kept: list[bytes] | None = []
+        size = 0
         try:
-            with open(path, "wb") as f:  # the size limit is enforced on the whole request by _limited
+            # the size limit is enforced on the whole request by _limited
+            with open(ingest.store.staged_file(key, DICOM), "wb") as f:
                 async for chunk in body:
                     f.write(chunk)
+                    if kept is not None:
+                        size += len(chunk)
+                        if size <= _PARSE_IN_MEMORY:
+                            kept.append(chunk)
+                        else:
+                            kept = None
         except BaseException:
             ingest.store.discard_staged(key)
             raise
-        return key
+        return key, (None if kept is None else b"".join(kept))
 
     chunks = _limited(request.stream(), limit)
     try:
         if media_type == "application/dicom":
             await gate.acquire()
-            key = await receive(chunks)
-            outcomes.append(asyncio.create_task(finish(key)))
+            staged = await receive(chunks)
+            outcomes.append(asyncio.create_task(finish(staged)))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -104,7 +116,7 @@ async def store(request: Request) -> Response:
                         continue
                     await gate.acquire()
                     try:
-                        key = await receive(part.stream())
+                        staged = await receive(part.stream())
                     except MultipartError as exc:
                         gate.release()
                         failed_parts.append(
@@ -113,7 +125,7 @@ async def store(request: Request) -> Response:
                             )
                         )
                         continue
-                    outcomes.append(asyncio.create_task(finish(key)))
+                    outcomes.append(asyncio.create_task(finish(staged)))
             except MultipartError as exc:
                 if not outcomes and not failed_parts:
                     raise ApiError(400, f"malformed multipart body: {exc}") from None

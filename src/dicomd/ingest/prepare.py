@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from dicomd.dicom.model import InvalidDicom
-from dicomd.dicom.parser import parse_file
+from dicomd.dicom.parser import parse_bytes, parse_file
 from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.metadata import encode
 from dicomd.ingest.validate import PROCESSING_FAILURE, validate
@@ -42,6 +42,7 @@ class PrepareJob:
     version: int
     partition_key: int
     bulk_threshold: int
+    data: bytes | None = None  # the staged file's bytes, when the caller still holds them
 
 
 def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | None]:
@@ -52,7 +53,10 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
     The prepared instance carries no data set: the index rows hold what the commit needs.
     """
     try:
-        parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
+        if job.data is None:
+            parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
+        else:
+            parsed = parse_bytes(job.data, bulk_threshold=job.bulk_threshold)
     except InvalidDicom as exc:
         reason = [f"not a readable DICOM file: {exc}"]
         return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=reason), None

@@ -25,11 +25,18 @@ class IngestService:
         self.bulk_threshold = bulk_threshold
 
     async def store_staged(
-        self, key: str, *, url_study: str | None, version: int, partition_key: int = 1
+        self,
+        key: str,
+        *,
+        url_study: str | None,
+        version: int,
+        partition_key: int = 1,
+        data: bytes | None = None,
     ) -> StoreOutcome:
-        """The part's bytes are at the staged path of ``key``; decide its fate. Never raises."""
+        """The part's bytes are at the staged path of ``key`` (and in ``data`` when the caller kept
+        them); decide its fate. Never raises."""
         try:
-            return await self._store_staged(key, url_study, version, partition_key)
+            return await self._store_staged(key, url_study, version, partition_key, data)
         except Exception as exc:  # an unexpected fault fails this instance, never the request
             log.exception("storing an instance failed")
             self.store.discard_staged(key)
@@ -38,16 +45,17 @@ class IngestService:
             )
 
     async def _store_staged(
-        self, key: str, url_study: str | None, version: int, partition: int
+        self, key: str, url_study: str | None, version: int, partition: int, data: bytes | None
     ) -> StoreOutcome:
         job = PrepareJob(
-            str(self.store.staged_path(key, DICOM)),
-            str(self.store.staged_path(key, METADATA)),
+            self.store.staged_file(key, DICOM),
+            self.store.staged_file(key, METADATA),
             key,
             url_study,
             version,
             partition,
             self.bulk_threshold,
+            data,
         )
         outcome, prepared = await asyncio.to_thread(prepare_staged, job)
         if prepared is None:

@@ -49,7 +49,7 @@ class LocalObjectStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         self._objects_str = str(self.objects)
         self._staging_str = str(self.staging)
-        self._made_dirs: set[Path] = set()  # fan-out directories known to exist (saves a syscall per object)
+        self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
 
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, key: str, suffix: str = DICOM) -> Path:
@@ -57,6 +57,11 @@ class LocalObjectStore:
 
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
         return self.staging / f"{key}.{suffix}"
+
+    def staged_file(self, key: str, suffix: str = DICOM) -> str:
+        """``staged_path`` as a string, for the per-instance hot paths (pathlib costs more than the
+        syscall it names)."""
+        return f"{self._staging_str}/{key}.{suffix}"
 
     # ---- writes --------------------------------------------------------------------------------
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
@@ -75,7 +80,7 @@ class LocalObjectStore:
             finally:
                 os.close(fd)
         for key in keys:
-            with contextlib.suppress(FileNotFoundError), open(self.staged_path(key, DICOM), "rb") as f:
+            with contextlib.suppress(FileNotFoundError), open(self.staged_file(key), "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(self.staging)
 
@@ -83,13 +88,14 @@ class LocalObjectStore:
         """Move committed objects into place. Durability of the rename is not needed for a 2xx:
         ``recover`` completes it after a crash because the index already names the key."""
         for key in keys:
+            fan_out = f"{self._objects_str}/{key[:3]}"
+            if fan_out not in self._made_dirs:
+                os.makedirs(fan_out, exist_ok=True)
+                self._made_dirs.add(fan_out)
             for suffix in SUFFIXES:
-                target = self.path(key, suffix)
-                if target.parent not in self._made_dirs:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._made_dirs.add(target.parent)
+                name = f"{key}.{suffix}"
                 with contextlib.suppress(FileNotFoundError):  # e.g. already moved by recover
-                    os.replace(self.staged_path(key, suffix), target)
+                    os.replace(f"{self._staging_str}/{name}", f"{fan_out}/{name}")
 
     def replace_object(self, key: str, suffix: str, data: bytes) -> None:
         """Replace one object of a stored instance atomically (readers see the old bytes or the new
