@@ -96,6 +96,37 @@ def test_multipart_with_many_parts_returns_referenced_sop_sequence(
         assert data[128:] == parts[i][128:]
 
 
+def test_small_and_large_parts_in_one_request_store_the_same_way(client: httpx.Client) -> None:
+    """Parts up to 4 MiB are parsed from the bytes received, larger ones from the staged file: both
+    routes give the same stored file, metadata and pixel data."""
+    study, series = new_uid(), new_uid()
+    small = make_instance(study=study, series=series, rows=16, columns=16)
+    large = make_instance(study=study, series=series, rows=1024, columns=1024, frames=3)  # 6 MiB
+    assert len(large) > 4 << 20 > len(small)
+    r = stow(client, [small, large])
+    assert r.status_code == 200, r.text
+    urls = [value(item, RETRIEVE_URL) for item in referenced_items(r.json())]
+    assert len(urls) == 2
+    for url, sent, frames in zip(urls, [small, large], [1, 3], strict=True):
+        got = httpx.get(url, headers={"Accept": DICOM_ANY}, timeout=30)
+        [(_, data)] = parse_multipart(got)
+        assert data == sent
+        meta = httpx.get(f"{url}/metadata", headers={"Accept": "application/dicom+json"}, timeout=30)
+        assert meta.status_code == 200
+        [dataset] = meta.json()
+        assert value(dataset, "0020000D") == study
+        assert "BulkDataURI" in dataset["7FE00010"]
+        frame = httpx.get(
+            f"{url}/frames/{frames}",
+            headers={"Accept": "multipart/related; type=application/octet-stream"},
+            timeout=30,
+        )
+        assert frame.status_code == 200
+        [(_, pixels)] = parse_multipart(frame)
+        rows = value(dataset, "00280010")
+        assert len(pixels) == rows * rows * 2
+
+
 def test_single_application_dicom_body(client: httpx.Client, server: Server) -> None:
     study, sop = new_uid(), new_uid()
     data = make_instance(study=study, sop=sop, patient_id=unique_id())
