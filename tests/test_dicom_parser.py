@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicomd.dicom import parser as parser_module
 from dicomd.dicom.model import InvalidDicom, ParsedInstance
 from dicomd.dicom.parser import parse_bytes, parse_file
 
@@ -31,6 +32,16 @@ UNRESOLVED_VRS = {"OB or OW", "US or SS or OW", "US or OW"}
 # its sequence's length
 EXPECTED_INVALID = {"MR_truncated.dcm", "DICOMDIR-nooffset"}
 DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+@pytest.fixture(autouse=True, params=["fast", "python"])
+def parser_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the C fast path (when built) and with the pure Python loop alone."""
+    if request.param == "python":
+        monkeypatch.setattr(parser_module, "_SCAN", None)
+    elif parser_module._SCAN is None:
+        pytest.skip("built without the C fast path")
+    return str(request.param)
 
 
 def _is_part10(path: Path) -> bool:

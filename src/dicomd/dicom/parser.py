@@ -98,6 +98,17 @@ _LUT_DATA = 0x00283006
 # Waveform Bits Allocated
 _TRACKED = frozenset((0x00080005, 0x00280103, 0x00280100, 0x00283002, 0x54001004))
 
+# The C fast path for runs of simple explicit VR little endian elements (see _fastscan.c), when the
+# package was built with it; the Python loop below stays the reference and handles everything else.
+_Scan = Callable[[Any, int, int, dict[str, Any], bool], int]
+try:
+    from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
+
+    _fastscan.set_stop_tags(sorted(_TRACKED | {_CHARSET_TAG}))
+    _SCAN: _Scan | None = _fastscan.scan
+except ImportError:  # built without a C compiler: pure Python, same results
+    _SCAN = None
+
 
 def _dict_vr(tag: int) -> str | None:
     """Public dictionary VR including repeating groups (60xx etc.), None if unknown."""
@@ -379,7 +390,12 @@ class _Parser:
         if top or not implicit:  # items of an implicit VR sequence stay implicit
             implicit = self.detect_implicit(pos, end, implicit, top)
             ctx.implicit = implicit
+        scan = _SCAN if self.little and not implicit else None
         while pos < end:
+            if scan is not None:
+                pos = scan(buf, pos, end, ds, ctx.charset.ascii_ok)
+                if pos >= end:
+                    break
             if pos + 8 > end:
                 raise InvalidDicom(f"truncated element header at offset {pos}")
             if implicit:

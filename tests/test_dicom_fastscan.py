@@ -1,0 +1,168 @@
+"""The parser's C fast path (dicomd/dicom/_fastscan.c) against its pure Python loop, the reference:
+the same data set, warnings and byte ranges on every bundled file, on fuzzed files and on value edge
+cases; and the whole parser suite also runs without the fast path (tests/test_dicom_parser.py)."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_dicom_parser import FILES, FUZZ_FILES, _ids
+
+from dicomd.dicom import parser
+from dicomd.dicom.model import InvalidDicom
+
+pytestmark = pytest.mark.skipif(parser._SCAN is None, reason="built without the C fast path")
+
+DATA = FILES[0].parents[1]
+
+
+def _outcome(data: bytes, scan: Any) -> Any:
+    saved = parser._SCAN
+    parser._SCAN = scan
+    try:
+        p = parser.parse_bytes(data, bulk_threshold=64)
+    except InvalidDicom as exc:
+        return ("invalid", str(exc))
+    finally:
+        parser._SCAN = saved
+    return (p.dataset, p.warnings, p.bulk, p.frames, p.transfer_syntax_uid, p.sop_instance_uid)
+
+
+def _same(data: bytes) -> None:
+    fast, slow = _outcome(data, parser._SCAN), _outcome(data, None)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids)
+def test_bundled_file_same_with_and_without_fast_path(path: Path) -> None:
+    _same(path.read_bytes())
+
+
+@pytest.mark.parametrize("name", FUZZ_FILES)
+def test_fuzzed_files_same_with_and_without_fast_path(name: str) -> None:
+    data = (DATA / "test_files" / name).read_bytes()
+    rng = random.Random("fast" + name)
+    for _ in range(150):
+        b = bytearray(data[: rng.randrange(132, len(data) + 1)] if rng.random() < 0.2 else data)
+        for _ in range(rng.choice((1, 2, 8))):
+            pos = rng.randrange(min(len(b), 132 + 2000)) if rng.random() < 0.8 else rng.randrange(len(b))
+            b[pos] = rng.randrange(256)
+        _same(bytes(b))
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def _file(*elements: bytes, charset: bytes | None = None) -> bytes:
+    meta_body = _element(0x00020010, "UI", b"1.2.840.10008.1.2.1\0")
+    meta = _element(0x00020000, "UL", struct.pack("<L", len(meta_body))) + meta_body
+    body = b""
+    if charset is not None:
+        body += _element(0x00080005, "CS", charset)
+    body += _element(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.7\0")
+    body += _element(0x00080018, "UI", b"1.2.3.4\0")
+    return b"\0" * 128 + b"DICM" + meta + body + b"".join(elements)
+
+
+# value edge cases per VR: padding, blanks, separators, bad numbers, non-ASCII, escapes, overlong UIDs
+_CASES: dict[str, list[bytes]] = {
+    "CS": [b"", b" ", b"A ", b"A\\B", b"A\\\\B ", b"\\", b"A\0", b"\xc4\xd6", b"A\x1bB ", b" A "],
+    "DA": [b"20240102", b"2024010 ", b"20240102\\20240103"],
+    "TM": [b"101112.5 ", b"10\0\0"],
+    "AS": [b"045Y"],
+    "DT": [b"20240102101112.000000+0100 "],
+    "AE": [b"", b"  ", b" AE1 ", b"AE1\\ AE2 ", b"A\tB\x1c ", b"\0AE\0", b"\\"],
+    "UI": [
+        b"",
+        b"\0",
+        b"1.2.3\0",
+        b"1.2.3 ",
+        b"1.2\\3.4",
+        b"1.2\\\\3",
+        b"1.a.3",
+        b"1.2 3",
+        b"1" * 64,
+        b"1" * 66,
+    ],
+    "IS": [
+        b"12",
+        b" 12 ",
+        b"12\0",
+        b"-5\\+6",
+        b"1\\ \\3",
+        b"  ",
+        b"1.0",
+        b"1e3",
+        b"x",
+        b"1_0",
+        b"\\",
+        b"99999999",
+    ],
+    "DS": [
+        b"1.5",
+        b" 1.5 ",
+        b"1.5\0",
+        b"1\\2.5\\-3e2",
+        b"1\\ \\3",
+        b" ",
+        b"inf",
+        b"nan",
+        b"1e999",
+        b"1.5\t\0",
+        b"x",
+    ],
+    "LO": [b"", b" ", b"Text ", b"A\\B \\\0", b"\xe9t\xe9", b"esc\x1b$B", b"\\"],
+    "SH": [b"Short\0", b"  \\  "],
+    "ST": [b"Some text\\with backslash  ", b"  ", b"\0\0"],
+    "LT": [b"Line 1\r\nLine 2 "],
+    "US": [b"", b"\x01\x00", b"\x01\x00\x02\x00", b"\xff\xff"],
+    "SS": [b"\xff\xff", b"\x00\x80"],
+    "UL": [b"\xff\xff\xff\xff", b"\x01\x00\x00"],
+    "SL": [b"\x00\x00\x00\x80"],
+    "FL": [b"\x00\x00\xc0\x3f", b"\x00\x00\x80\x7f"],
+    "FD": [b"\x00\x00\x00\x00\x00\x00\xf8\x3f", b"\x00" * 16],
+}
+
+
+def _edge_cases() -> Iterator[tuple[str, bytes]]:
+    for vr, values in _CASES.items():
+        for v in values:
+            yield vr, v + (b" " if len(v) % 2 and vr not in ("US", "SS", "UL", "SL", "FL", "FD") else b"")
+
+
+@pytest.mark.parametrize("charset", [None, b"ISO_IR 100", b"ISO 2022 IR 87", b"ISO_IR 192"])
+def test_value_edge_cases_same_with_and_without_fast_path(charset: bytes | None) -> None:
+    for vr, value in _edge_cases():
+        for tag in (0x00181030, 0x00091010, 0x00091011, 0x00280100):  # public, private, creator, tracked
+            _same(_file(_element(tag, vr, value), charset=charset))
+
+
+def test_fast_path_converts_a_typical_header() -> None:
+    data = _file(
+        _element(0x00080060, "CS", b"CT"),
+        _element(0x00180050, "DS", b"1.25"),
+        _element(0x00200013, "IS", b"7 "),
+        _element(0x00280010, "US", b"\x00\x02"),
+        _element(0x00200032, "DS", b"-1\\2.5\\3 "),
+    )
+    dataset = parser.parse_bytes(data).dataset
+    assert dataset["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    assert dataset["00180050"] == {"vr": "DS", "Value": [1.25]}
+    assert dataset["00200013"] == {"vr": "IS", "Value": [7]}
+    assert dataset["00280010"] == {"vr": "US", "Value": [512]}
+    assert dataset["00200032"] == {"vr": "DS", "Value": [-1.0, 2.5, 3.0]}
+    _same(data)
+
+
+def test_range_outside_the_buffer_is_refused() -> None:
+    assert parser._SCAN is not None
+    with pytest.raises(ValueError):
+        parser._SCAN(b"\0" * 16, 0, 32, {}, True)
+    with pytest.raises(ValueError):
+        parser._SCAN(b"\0" * 16, 12, 8, {}, True)
