@@ -32,6 +32,36 @@ static PyObject *str_vr, *str_value;
 static uint32_t stop_tags[MAX_STOP_TAGS];
 static int n_stop_tags = 0;
 
+/* Data set keys ("GGGGEEEE") by tag, made once: a bounded open-addressing table, never evicted (past
+ * three quarters full, further keys are made per use). The strings keep their hash, so inserting
+ * them into data sets does not hash again. */
+#define KEY_SLOTS 8192
+static uint32_t key_tags[KEY_SLOTS];
+static PyObject *key_strings[KEY_SLOTS];
+static int n_keys = 0;
+
+static PyObject *make_key(uint32_t tag) {
+    static const char hex[] = "0123456789ABCDEF";
+    char text[8];
+    for (int i = 7; i >= 0; i--, tag >>= 4) text[i] = hex[tag & 0xF];
+    return PyUnicode_DecodeASCII(text, 8, NULL);
+}
+
+static PyObject *key_for(uint32_t tag) { /* a new reference */
+    uint32_t slot = (tag * 2654435761u) & (KEY_SLOTS - 1);
+    while (key_strings[slot] != NULL) {
+        if (key_tags[slot] == tag) return Py_NewRef(key_strings[slot]);
+        slot = (slot + 1) & (KEY_SLOTS - 1);
+    }
+    PyObject *key = make_key(tag);
+    if (key && n_keys < KEY_SLOTS * 3 / 4) {
+        key_tags[slot] = tag;
+        key_strings[slot] = Py_NewRef(key);
+        n_keys++;
+    }
+    return key;
+}
+
 static int vr_index(unsigned char a, unsigned char b) {
     for (int i = 0; i < N_VRS; i++) {
         if (VR_NAMES[i][0] == a && VR_NAMES[i][1] == b) return i;
@@ -233,9 +263,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             break;
         }
         PyObject *element = PyDict_New();
-        char keybuf[9];
-        snprintf(keybuf, sizeof keybuf, "%08X", (unsigned int)tag);
-        PyObject *key = PyUnicode_FromStringAndSize(keybuf, 8);
+        PyObject *key = key_for(tag);
         int failed = !element || !key || PyDict_SetItem(element, str_vr, vr_strings[vi]) < 0 ||
                      (value != Py_None && PyDict_SetItem(element, str_value, value) < 0) ||
                      PyDict_SetItem(ds, key, element) < 0;
@@ -270,7 +298,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fastscan(void) {
     for (int i = 0; i < N_VRS; i++) {
