@@ -46,13 +46,15 @@ def _open_connections(server: Server, n: int) -> list[socket.socket]:
     return conns
 
 
-def _connections_per_process(server: Server) -> Counter[int]:
-    """Established connections to the server's port held by each of its processes."""
+def _connections_per_process(server: Server, conns: list[socket.socket]) -> Counter[int]:
+    """How many of the connections ``conns`` each of the server's processes holds."""
     port = _port(server)
+    clients = {conn.getsockname()[1] for conn in conns}
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+        local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+        if local == port and remote in clients:
             inodes.add(fields[9])
     held: Counter[int] = Counter()
     for pid in _children(server.process.pid):
@@ -62,6 +64,19 @@ def _connections_per_process(server: Server) -> Counter[int]:
             continue
         held[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
     return +held  # processes holding none (e.g. the resource tracker) left out
+
+
+def _workers(server: Server) -> list[int]:
+    """The worker processes (spawned by multiprocessing; not its resource tracker)."""
+    found = []
+    for pid in _children(server.process.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(pid)
+    return found
 
 
 def _wait_for(condition: object, timeout: float = 10) -> None:
@@ -76,9 +91,9 @@ def _wait_for(condition: object, timeout: float = 10) -> None:
 def test_connections_of_one_client_are_spread_evenly(two_workers: Server) -> None:
     conns = _open_connections(two_workers, 4)
     try:
-        assert sorted(_connections_per_process(two_workers).values()) == [2, 2]
+        assert sorted(_connections_per_process(two_workers, conns).values()) == [2, 2]
         conns += _open_connections(two_workers, 2)
-        assert sorted(_connections_per_process(two_workers).values()) == [3, 3]
+        assert sorted(_connections_per_process(two_workers, conns).values()) == [3, 3]
     finally:
         for conn in conns:
             conn.close()
@@ -86,19 +101,26 @@ def test_connections_of_one_client_are_spread_evenly(two_workers: Server) -> Non
 
 def test_a_restarted_worker_takes_its_share(two_workers: Server) -> None:
     conns = _open_connections(two_workers, 2)
-    held = _connections_per_process(two_workers)
+    held = _connections_per_process(two_workers, conns)
     for conn in conns:
         conn.close()
     victim = next(iter(held))
     os.kill(victim, signal.SIGKILL)
-    _wait_for(
-        lambda: (
-            victim not in _children(two_workers.process.pid) and len(_children(two_workers.process.pid)) >= 2
-        )
-    )
-    conns = _open_connections(two_workers, 4)  # each is answered: none went to the dead worker
+    _wait_for(lambda: victim not in _workers(two_workers) and len(_workers(two_workers)) == 2)
+    # until the new worker's application has started, connections go to the other one: all answered
+    deadline = time.monotonic() + 30
+    while True:
+        conns = _open_connections(two_workers, 2)
+        both = len(_connections_per_process(two_workers, conns)) == 2
+        for conn in conns:
+            conn.close()
+        if both:
+            break
+        assert time.monotonic() < deadline, "the restarted worker never took a connection"
+        time.sleep(0.1)
+    conns = _open_connections(two_workers, 4)
     try:
-        counts = _connections_per_process(two_workers)
+        counts = _connections_per_process(two_workers, conns)
         assert victim not in counts
         assert sorted(counts.values()) == [2, 2]
     finally:

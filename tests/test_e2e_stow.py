@@ -123,8 +123,8 @@ def test_small_and_large_parts_in_one_request_store_the_same_way(client: httpx.C
         )
         assert frame.status_code == 200
         [(_, pixels)] = parse_multipart(frame)
-        rows = value(dataset, "00280010")
-        assert len(pixels) == rows * rows * 2
+        size = value(dataset, "00280010") * value(dataset, "00280011") * 2
+        assert pixels == pydicom.dcmread(io.BytesIO(sent)).PixelData[(frames - 1) * size : frames * size]
 
 
 def test_single_application_dicom_body(client: httpx.Client, server: Server) -> None:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import logging.config
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ APP = "dicomd.app:app_from_environment"
 # committer then wait less behind parsing threads (measured: about 10% more STOW throughput).
 _SWITCH_INTERVAL = 0.001
 _FDS_PER_MESSAGE = 64
+_READY = b"r"  # a worker's word on its channel: its application has started
 
 
 def _uvicorn_config(log_config: dict[str, Any]) -> Any:
@@ -64,17 +66,25 @@ def _exit_with_parent() -> None:
 
 
 def _handed_server(config: Any, channel: socket.socket) -> Any:
-    """A uvicorn server that listens on nothing and serves the connections arriving on ``channel``."""
+    """A uvicorn server that listens on nothing and serves the connections arriving on ``channel``.
+
+    Once its application has started it writes one byte to ``channel``: only then does the supervisor
+    hand it connections. Each connection arrives as one byte carrying its descriptor (SCM_RIGHTS).
+    """
     import uvicorn
 
     class HandedServer(uvicorn.Server):
+        _connecting: set[asyncio.Task[None]]
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            self._connecting = set()
             await super().startup(sockets=[])  # lifespan, no listener of its own
             if self.should_exit:
                 return
             loop = asyncio.get_running_loop()
             channel.setblocking(False)
             loop.add_reader(channel.fileno(), self._receive, loop)
+            channel.send(_READY)
 
         def _protocol(self) -> asyncio.Protocol:
             # what uvicorn's own startup builds per connection
@@ -86,12 +96,14 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
 
         def _receive(self, loop: asyncio.AbstractEventLoop) -> None:
             try:
-                # one byte per connection, carrying its descriptor
-                message, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_MESSAGE)
-            except BlockingIOError:
+                message, fds, flags, _ = socket.recv_fds(channel, 1, _FDS_PER_MESSAGE)
+            except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                message, fds = b"", []
+            except OSError as exc:
+                log.error("connection channel failed (%s); this worker stops", exc)
+                message, fds, flags = b"", [], 0
+            if flags & socket.MSG_CTRUNC:  # e.g. out of file descriptors: the kernel dropped one
+                log.warning("a connection was lost in hand-over (descriptor limit?)")
             if not message:  # the supervisor is gone
                 loop.remove_reader(channel.fileno())
                 self.should_exit = True
@@ -99,7 +111,9 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 conn.setblocking(False)
-                loop.create_task(self._connect(loop, conn))
+                task = loop.create_task(self._connect(loop, conn))
+                self._connecting.add(task)
+                task.add_done_callback(self._connecting.discard)
 
         async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
             try:
@@ -110,14 +124,20 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(channel.fileno())
+            # connections handed over but not yet taken: close them, their clients retry elsewhere
+            with contextlib.suppress(OSError):
+                while True:
+                    message, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_MESSAGE)
+                    for fd in fds:
+                        os.close(fd)
+                    if not message:
+                        break
             await super().shutdown(sockets)
 
     return HandedServer(config)
 
 
 def _worker(channel: socket.socket, log_config: dict[str, Any], environ: dict[str, str]) -> None:
-    import os
-
     _exit_with_parent()
     sys.setswitchinterval(_SWITCH_INTERVAL)
     os.environ.update(environ)  # settings travel in the environment (spawned process)
@@ -126,21 +146,27 @@ def _worker(channel: socket.socket, log_config: dict[str, Any], environ: dict[st
 
 
 class _Dispatcher:
-    """Accepts connections on the listening socket and hands each to the next live worker."""
+    """Accepts connections on the listening socket and hands each to the next ready worker.
+
+    A worker is ready once it has said so on its channel (its application started). Channels are
+    non-blocking: a worker whose channel is full (stuck) is passed over; when no worker can take a
+    connection, the dispatcher waits (new connections queue in the listen backlog meanwhile).
+    """
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
-        self.channels: list[socket.socket | None] = []
-        self._lock = threading.Lock()
+        self.channels: list[socket.socket | None] = []  # ready workers' channels, by worker index
+        self._changed = threading.Condition()
         self._turn = itertools.count()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     def set_channel(self, index: int, channel: socket.socket | None) -> None:
-        with self._lock:
+        with self._changed:
             while len(self.channels) <= index:
                 self.channels.append(None)
             old, self.channels[index] = self.channels[index], channel
-        if old is not None:
+            self._changed.notify_all()
+        if old is not None and old is not channel:
             old.close()
 
     def start(self) -> None:
@@ -161,18 +187,22 @@ class _Dispatcher:
                 self._hand(conn)
 
     def _hand(self, conn: socket.socket) -> None:
-        with self._lock:
-            channels = list(self.channels)
-        for _ in range(len(channels)):
-            channel = channels[next(self._turn) % len(channels)]
-            if channel is None:
-                continue
-            try:
-                socket.send_fds(channel, [b"c"], [conn.fileno()])
-                return
-            except OSError:  # that worker is gone or restarting: the next one
-                continue
-        log.warning("no worker to take a connection; closing it")
+        while self.listener.fileno() != -1:
+            with self._changed:
+                channels = list(self.channels)
+            for _ in range(len(channels)):
+                channel = channels[next(self._turn) % len(channels)]
+                if channel is None:
+                    continue
+                try:
+                    socket.send_fds(channel, [b"c"], [conn.fileno()])
+                    return
+                except BlockingIOError:  # that worker is not keeping up: the next one
+                    continue
+                except OSError:  # that worker is gone: the supervisor restarts it
+                    continue
+            with self._changed:  # nobody could take it: wait for a worker to become ready
+                self._changed.wait(0.05)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -195,13 +225,32 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
     context = multiprocessing.get_context("spawn")
     stopping = False
 
+    pending: dict[int, socket.socket] = {}  # channels of workers still starting
+
     def start(index: int) -> BaseProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = context.Process(target=_worker, args=(theirs, log_config, environ), daemon=False)
         process.start()
         theirs.close()
-        dispatcher.set_channel(index, ours)
+        ours.setblocking(False)
+        if index in pending:  # its predecessor died before it was ready
+            pending.pop(index).close()
+        pending[index] = ours
         return process
+
+    def admit_ready() -> None:
+        for index, channel in list(pending.items()):
+            try:
+                said = channel.recv(1)
+            except BlockingIOError:
+                continue
+            except OSError:
+                said = b""
+            del pending[index]
+            if said == _READY:
+                dispatcher.set_channel(index, channel)
+            else:  # exited before it was ready: the loop below restarts it
+                channel.close()
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -214,7 +263,8 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
     log.info("started %d worker processes", workers)
     try:
         while not stopping:
-            time.sleep(0.2)
+            time.sleep(0.05 if pending else 0.2)
+            admit_ready()
             for i, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
                     log.warning("worker %s exited with %s; restarting it", process.pid, process.exitcode)

@@ -27,15 +27,16 @@ from dicomd.api.common import (
     us,
 )
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
-from dicomd.ingest.service import IngestService, StoreOutcome
+from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
 from dicomd.ingest.validate import PROCESSING_FAILURE
 from dicomd.storage.local import DICOM, new_key
 
 # Parts parsed at once per request: enough to overlap receiving, parsing and committing.
 _PARALLEL_PARTS = 16
 # Parts up to this size are also kept in memory while they are written, and parsed from there (saves
-# re-opening and mapping the staged file); larger ones are parsed from the file.
-_PARSE_IN_MEMORY = 4 << 20
+# re-opening and mapping the staged file; at most _PARALLEL_PARTS of them per request, until parsed);
+# larger ones are parsed from the file.
+_PARSE_IN_MEMORY = 1 << 20
 
 
 class _TooLarge(Exception):
@@ -60,14 +61,14 @@ async def store(request: Request) -> Response:
     failed_parts: list[StoreOutcome] = []
     gate = asyncio.Semaphore(_PARALLEL_PARTS)
 
-    async def finish(staged: tuple[str, bytes | None]) -> StoreOutcome:
+    async def finish(part: StagedPart) -> StoreOutcome:
         try:
-            return await ingest.store_staged(staged[0], url_study=url_study, version=version, data=staged[1])
+            return await ingest.store_staged(part, url_study=url_study, version=version)
         finally:
             gate.release()
 
-    async def receive(body: AsyncIterator[bytes]) -> tuple[str, bytes | None]:
-        """Stage one part; return its key and, when small enough, its bytes."""
+    async def receive(body: AsyncIterator[bytes]) -> StagedPart:
+        """Stage one part: its key and, when small enough, its bytes."""
         key = new_key()
         kept: list[bytes] | None = []
         size = 0
@@ -85,14 +86,13 @@ async def store(request: Request) -> Response:
         except BaseException:
             ingest.store.discard_staged(key)
             raise
-        return key, (None if kept is None else b"".join(kept))
+        return StagedPart(key, None if kept is None else b"".join(kept))
 
     chunks = _limited(request.stream(), limit)
     try:
         if media_type == "application/dicom":
             await gate.acquire()
-            staged = await receive(chunks)
-            outcomes.append(asyncio.create_task(finish(staged)))
+            outcomes.append(asyncio.create_task(finish(await receive(chunks))))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -126,6 +126,7 @@ async def store(request: Request) -> Response:
                         )
                         continue
                     outcomes.append(asyncio.create_task(finish(staged)))
+                    del staged
             except MultipartError as exc:
                 if not outcomes and not failed_parts:
                     raise ApiError(400, f"malformed multipart body: {exc}") from None

@@ -33,9 +33,12 @@ static uint32_t stop_tags[MAX_STOP_TAGS];
 static int n_stop_tags = 0;
 
 /* Data set keys ("GGGGEEEE") by tag, made once: a bounded open-addressing table, never evicted (past
- * three quarters full, further keys are made per use). The strings keep their hash, so inserting
- * them into data sets does not hash again. */
+ * three quarters full, or after a few probes, keys are made per use, so hostile files full of odd
+ * tags cannot slow it down). The strings keep their hash, so inserting them into data sets does not
+ * hash again. */
 #define KEY_SLOTS 8192
+#define KEY_SHIFT 19 /* 32 - log2(KEY_SLOTS): the high bits of the multiplicative hash */
+#define KEY_PROBES 8
 static uint32_t key_tags[KEY_SLOTS];
 static PyObject *key_strings[KEY_SLOTS];
 static int n_keys = 0;
@@ -48,9 +51,11 @@ static PyObject *make_key(uint32_t tag) {
 }
 
 static PyObject *key_for(uint32_t tag) { /* a new reference */
-    uint32_t slot = (tag * 2654435761u) & (KEY_SLOTS - 1);
+    uint32_t slot = (uint32_t)(tag * 2654435761u) >> KEY_SHIFT;
+    int probes = 0;
     while (key_strings[slot] != NULL) {
         if (key_tags[slot] == tag) return Py_NewRef(key_strings[slot]);
+        if (++probes == KEY_PROBES) return make_key(tag);
         slot = (slot + 1) & (KEY_SLOTS - 1);
     }
     PyObject *key = make_key(tag);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, prepare_staged
@@ -18,6 +19,14 @@ from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class StagedPart:
+    """A received part: its staged file's key and, when small enough to keep, its bytes."""
+
+    key: str
+    data: bytes | None = None
+
+
 class IngestService:
     def __init__(self, store: LocalObjectStore, committer: GroupCommitter, *, bulk_threshold: int) -> None:
         self.store = store
@@ -25,28 +34,23 @@ class IngestService:
         self.bulk_threshold = bulk_threshold
 
     async def store_staged(
-        self,
-        key: str,
-        *,
-        url_study: str | None,
-        version: int,
-        partition_key: int = 1,
-        data: bytes | None = None,
+        self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1
     ) -> StoreOutcome:
-        """The part's bytes are at the staged path of ``key`` (and in ``data`` when the caller kept
-        them); decide its fate. Never raises."""
+        """The part's bytes are at the staged path of ``part.key`` (and in ``part.data`` when the caller
+        kept them: the service drops them once parsed); decide its fate. Never raises."""
         try:
-            return await self._store_staged(key, url_study, version, partition_key, data)
+            return await self._store_staged(part, url_study, version, partition_key)
         except Exception as exc:  # an unexpected fault fails this instance, never the request
             log.exception("storing an instance failed")
-            self.store.discard_staged(key)
+            self.store.discard_staged(part.key)
             return StoreOutcome(
                 failure_reason=PROCESSING_FAILURE, messages=[f"internal error: {type(exc).__name__}"]
             )
 
     async def _store_staged(
-        self, key: str, url_study: str | None, version: int, partition: int, data: bytes | None
+        self, part: StagedPart, url_study: str | None, version: int, partition: int
     ) -> StoreOutcome:
+        key = part.key
         job = PrepareJob(
             self.store.staged_file(key, DICOM),
             self.store.staged_file(key, METADATA),
@@ -55,9 +59,11 @@ class IngestService:
             version,
             partition,
             self.bulk_threshold,
-            data,
+            part.data,
         )
+        part.data = None  # the bytes live no longer than the parse, not until the commit
         outcome, prepared = await asyncio.to_thread(prepare_staged, job)
+        del job
         if prepared is None:
             self.store.discard_staged(key)
             return outcome
