@@ -20,8 +20,24 @@ from test_e2e_robustness import _children
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[Server]:
     srv = start_server(tmp_path / "data", workers=2)
+    _wait_until_both_workers_serve(srv)
     yield srv
     stop_server(srv)
+
+
+def _wait_until_both_workers_serve(server: Server) -> None:
+    """The server answers once one worker is up; until the other one's application has started, every
+    connection goes to the first (all of them answered)."""
+    deadline = time.monotonic() + 30
+    while True:
+        conns = _open_connections(server, 2)
+        both = len(_connections_per_process(server, conns)) == 2
+        for conn in conns:
+            conn.close()
+        if both:
+            return
+        assert time.monotonic() < deadline, "the second worker never took a connection"
+        time.sleep(0.1)
 
 
 def _port(server: Server) -> int:
@@ -107,17 +123,7 @@ def test_a_restarted_worker_takes_its_share(two_workers: Server) -> None:
     victim = next(iter(held))
     os.kill(victim, signal.SIGKILL)
     _wait_for(lambda: victim not in _workers(two_workers) and len(_workers(two_workers)) == 2)
-    # until the new worker's application has started, connections go to the other one: all answered
-    deadline = time.monotonic() + 30
-    while True:
-        conns = _open_connections(two_workers, 2)
-        both = len(_connections_per_process(two_workers, conns)) == 2
-        for conn in conns:
-            conn.close()
-        if both:
-            break
-        assert time.monotonic() < deadline, "the restarted worker never took a connection"
-        time.sleep(0.1)
+    _wait_until_both_workers_serve(two_workers)
     conns = _open_connections(two_workers, 4)
     try:
         counts = _connections_per_process(two_workers, conns)
