@@ -1,7 +1,8 @@
-"""The CPU-heavy part of storing one instance, shared by STOW (in a thread of the web worker) and
-`dicomd import` (in a pool of processes): everything but the index commit.
+"""The CPU-heavy part of storing one instance, shared by STOW (on the web worker's event loop for small
+parts, in a thread for the others) and `dicomd import` (in a pool of processes): everything but the index
+commit.
 
-(Measured: a process pool for STOW cost more in IPC than it saved in GIL contention, so STOW keeps threads.)
+(Measured: a process pool for STOW cost more in IPC than it saved in GIL contention.)
 """
 
 from __future__ import annotations
