@@ -737,3 +737,19 @@ def test_ambiguous_vrs_implicit_like_pydicom() -> None:
     assert p.dataset["00283010"]["Value"][0]["00283006"] == {"vr": "US", "Value": [7]}
     assert p.dataset["00283010"]["Value"][1]["00283006"]["vr"] == "OW"
     assert p.dataset["60003000"]["vr"] == "OW"
+
+
+def _meta_transfer_syntax(path: Path) -> str | None:
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.get("TransferSyntaxUID"))
+    except Exception:  # files pydicom cannot read: not deflated ones (all of those are readable)
+        return None
+
+
+def test_may_be_deflated_finds_every_deflated_file() -> None:
+    """STOW prepares small parts on the event loop unless they may inflate: no deflated file may slip."""
+    deflated = [p for p in FILES if _meta_transfer_syntax(p) == DEFLATED]
+    assert deflated
+    for path in deflated:
+        assert parser_module.may_be_deflated(path.read_bytes()), path
+    assert not parser_module.may_be_deflated((DATA / "test_files" / "CT_small.dcm").read_bytes())

@@ -58,7 +58,7 @@ from .charset import (
 )
 from .model import ByteRange, InvalidDicom, JsonDataset, JsonElement, ParsedInstance
 
-__all__ = ["MAX_INFLATED", "parse_bytes", "parse_file"]
+__all__ = ["MAX_INFLATED", "may_be_deflated", "parse_bytes", "parse_file"]
 
 # Deflated data sets are inflated in memory; refuse anything bigger (zip bombs).
 MAX_INFLATED = 512 * 1024 * 1024
@@ -75,6 +75,7 @@ PIXEL_TAGS = _PIXEL_TAGS  # always bulk data, whatever the threshold
 _CHARSET_TAG = 0x00080005
 
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+_DEFLATED_TS_BYTES = _DEFLATED_TS.encode()
 _IMPLICIT_TS = "1.2.840.10008.1.2"
 _EXPLICIT_LE_TS = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE_TS = "1.2.840.10008.1.2.2"
@@ -1115,6 +1116,13 @@ def _first_str(ds: JsonDataset, key: str) -> str:
         return ""
     v = el.get("Value")
     return v[0] if v and isinstance(v[0], str) else ""
+
+
+def may_be_deflated(data: bytes) -> bool:
+    """Whether a Part 10 file may be in the Deflated transfer syntax, whose data set is inflated in
+    memory (up to MAX_INFLATED): a look before parsing (a byte search, microseconds for a small file)
+    that may say yes wrongly, never no wrongly (a file the parser would inflate names the UID)."""
+    return _DEFLATED_TS_BYTES in data
 
 
 def parse_bytes(data: bytes | memoryview, *, bulk_threshold: int = 1024) -> ParsedInstance:
