@@ -756,7 +756,7 @@ def report(
     out += ["| machine | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
     out += [
-        f"| fsync rate (create+write 39 KB+fsync) | {meta['fsync_per_s']:,.0f} files/s |",
+        f"| fsync rate (create+write 39 KB+fsync, after the servers) | {meta['fsync_per_s']:,.0f} files/s |",
         f"| loopback, 1 TCP stream (Python) | {meta['loopback_mb_s']:,.0f} MB/s |",
     ]
     out += [f"| {n} | {meta['versions'].get(n, '?')} |" for n in names]

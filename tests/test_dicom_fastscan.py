@@ -221,3 +221,15 @@ def test_scan_leaves_what_needs_python_to_python(element: bytes, text_ok: bool) 
     ds: dict[str, Any] = {}
     assert parser._SCAN(buf, 0, len(buf), ds, text_ok) == len(head)
     assert list(ds) == ["00080060"]
+
+
+def test_the_built_extension_is_not_older_than_its_source() -> None:
+    """An edited _fastscan.c takes effect only after `pip install -e .` rebuilds it: a stale build would
+    make every test here test the old code."""
+    from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
+
+    built = Path(_fastscan.__file__)
+    source = built.with_name("_fastscan.c")
+    if not source.exists():
+        pytest.skip("not an editable install: no source beside the extension")
+    assert built.stat().st_mtime >= source.stat().st_mtime, "rebuild it: .venv/bin/pip install -e ."

@@ -32,8 +32,11 @@ APP = "dicomd.app:app_from_environment"
 # Python threads hand over the GIL after this long (default 5 ms): the event loop and the group
 # committer then wait less behind parsing threads (measured: about 10% more STOW throughput).
 _SWITCH_INTERVAL = 0.001
-_FDS_PER_MESSAGE = 64
 _READY = b"r"  # a worker's word on its channel: its application has started
+_CONNECTION = b"c"  # the supervisor's byte on a channel, carrying one connection's descriptor
+# Send buffer of the supervisor's end of a channel: room for about ten handed-over connections. A
+# worker that has not taken those in yet (busy or stuck) is passed over for new ones.
+_CHANNEL_SNDBUF = 4 << 10  # the kernel doubles it: about 10 connections
 
 
 def _uvicorn_config(log_config: dict[str, Any]) -> Any:
@@ -96,7 +99,7 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
 
         def _receive(self, loop: asyncio.AbstractEventLoop) -> None:
             try:
-                message, fds, flags, _ = socket.recv_fds(channel, 1, _FDS_PER_MESSAGE)
+                message, fds, flags, _ = socket.recv_fds(channel, 1, 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -127,7 +130,7 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
             # connections handed over but not yet taken: close them, their clients retry elsewhere
             with contextlib.suppress(OSError):
                 while True:
-                    message, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_MESSAGE)
+                    message, fds, _, _ = socket.recv_fds(channel, 1, 1)
                     for fd in fds:
                         os.close(fd)
                     if not message:
@@ -149,8 +152,9 @@ class _Dispatcher:
     """Accepts connections on the listening socket and hands each to the next ready worker.
 
     A worker is ready once it has said so on its channel (its application started). Channels are
-    non-blocking: a worker whose channel is full (stuck) is passed over; when no worker can take a
-    connection, the dispatcher waits (new connections queue in the listen backlog meanwhile).
+    non-blocking with a small send buffer: a worker that has not yet taken in the few connections
+    already handed to it is passed over; when no worker can take a connection, the dispatcher waits
+    (new connections queue in the listen backlog meanwhile).
     """
 
     def __init__(self, listener: socket.socket) -> None:
@@ -195,7 +199,7 @@ class _Dispatcher:
                 if channel is None:
                     continue
                 try:
-                    socket.send_fds(channel, [b"c"], [conn.fileno()])
+                    socket.send_fds(channel, [_CONNECTION], [conn.fileno()])
                     return
                 except BlockingIOError:  # that worker is not keeping up: the next one
                     continue
@@ -229,6 +233,7 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
 
     def start(index: int) -> BaseProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _CHANNEL_SNDBUF)
         process = context.Process(target=_worker, args=(theirs, log_config, environ), daemon=False)
         process.start()
         theirs.close()

@@ -27,16 +27,12 @@ from dicomd.api.common import (
     us,
 )
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
-from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
+from dicomd.ingest.service import PREPARE_ON_LOOP_BYTES, IngestService, StagedPart, StoreOutcome
 from dicomd.ingest.validate import PROCESSING_FAILURE
 from dicomd.storage.local import DICOM, new_key
 
 # Parts parsed at once per request: enough to overlap receiving, parsing and committing.
 _PARALLEL_PARTS = 16
-# Parts up to this size are also kept in memory while they are written, and parsed from there (saves
-# re-opening and mapping the staged file; at most _PARALLEL_PARTS of them per request, until parsed);
-# larger ones are parsed from the file.
-_PARSE_IN_MEMORY = 1 << 20
 
 
 class _TooLarge(Exception):
@@ -68,7 +64,7 @@ async def store(request: Request) -> Response:
             gate.release()
 
     async def receive(body: AsyncIterator[bytes]) -> StagedPart:
-        """Stage one part: its key and, when small enough, its bytes."""
+        """Stage one part: its key and, when small enough to be prepared on the event loop, its bytes."""
         key = new_key()
         kept: list[bytes] | None = []
         size = 0
@@ -79,7 +75,7 @@ async def store(request: Request) -> Response:
                     f.write(chunk)
                     if kept is not None:
                         size += len(chunk)
-                        if size <= _PARSE_IN_MEMORY:
+                        if size <= PREPARE_ON_LOOP_BYTES:  # kept for IngestService to prepare at once
                             kept.append(chunk)
                         else:
                             kept = None

@@ -3,7 +3,8 @@
  *
  * scan(buf, pos, end, ds, text_ok) starts at offset `pos`, adds each simple element to the dict `ds`
  * exactly as parser._Parser.read_dataset would, and returns the offset of the first element it does not
- * handle (or `end`). The Python parser handles that element and calls scan again, so everything that is
+ * handle (or `end`, or an offset with fewer than 8 bytes left before `end`: a truncated header is the
+ * Python parser's to report). The Python parser handles that element and calls scan again, so everything that is
  * not simple (sequences, items, binary and long-header VRs, UN, person names, non-ASCII text, private
  * creators, tracked attributes, invalid values that need a warning, truncated elements) keeps its one
  * implementation in Python. The Python converters stay the reference: tests compare both paths.

@@ -20,12 +20,18 @@ from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
 
 log = logging.getLogger(__name__)
 
-# Parts held in memory up to this size are prepared on the event loop: with the parser's C fast path a
-# 39 KB CT costs ~0.2 ms there, less than the hand-off to a thread and back (measured: +20% STOW
-# throughput, batches and single instances alike). Bigger ones go to a thread, so a part with a huge
-# header (an RT structure set, say) cannot hold up the worker's other connections for long; so do
-# deflated ones, which inflate in memory (a small part may inflate to MAX_INFLATED).
-_PARSE_ON_LOOP = 256 << 10
+# Parts up to this size are kept in memory as they are received and prepared (parse, validate, metadata,
+# index rows) on the event loop: with the parser's C fast path a 39 KB CT costs ~0.2 ms there, less than
+# the hand-off to a thread and back (measured: +20-30% STOW). The limit bounds how long one part can hold
+# up the worker's other connections (a crafted 256 KiB header took ~0.1 s) and the bytes kept per
+# request. Bigger parts, and any that may be deflated (a small part may inflate to 512 MiB), are
+# prepared in a thread from the staged file.
+PREPARE_ON_LOOP_BYTES = 64 << 10
+
+
+def prepare_on_loop(data: bytes | None) -> bool:
+    """Whether a part whose bytes the caller kept is prepared on the event loop (else in a thread)."""
+    return data is not None and len(data) <= PREPARE_ON_LOOP_BYTES and not may_be_deflated(data)
 
 
 @dataclass(slots=True)
@@ -71,7 +77,7 @@ class IngestService:
             part.data,
         )
         part.data = None  # the bytes live no longer than the parse, not until the commit
-        if job.data is not None and len(job.data) <= _PARSE_ON_LOOP and not may_be_deflated(job.data):
+        if prepare_on_loop(job.data):
             outcome, prepared = prepare_staged(job)
         else:
             outcome, prepared = await asyncio.to_thread(prepare_staged, job)

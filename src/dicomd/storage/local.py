@@ -53,7 +53,11 @@ class LocalObjectStore:
 
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, key: str, suffix: str = DICOM) -> Path:
-        return self.objects / key[:3] / f"{key}.{suffix}"
+        return Path(self._fan_out(key)) / f"{key}.{suffix}"
+
+    def _fan_out(self, key: str) -> str:
+        """The directory of a key's objects: objects/<first 3 characters of the key>."""
+        return f"{self._objects_str}/{key[:3]}"
 
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
         return self.staging / f"{key}.{suffix}"
@@ -88,7 +92,7 @@ class LocalObjectStore:
         """Move committed objects into place. Durability of the rename is not needed for a 2xx:
         ``recover`` completes it after a crash because the index already names the key."""
         for key in keys:
-            fan_out = f"{self._objects_str}/{key[:3]}"
+            fan_out = self._fan_out(key)
             if fan_out not in self._made_dirs:
                 os.makedirs(fan_out, exist_ok=True)
                 self._made_dirs.add(fan_out)
@@ -132,7 +136,7 @@ class LocalObjectStore:
         # string paths: pathlib costs more than the read itself for small objects
         name = f"{key}.{suffix}"
         try:
-            return open(f"{self._objects_str}/{key[:3]}/{name}", "rb")
+            return open(f"{self._fan_out(key)}/{name}", "rb")
         except FileNotFoundError:
             # committed but not yet renamed into place by the committer
             return open(f"{self._staging_str}/{name}", "rb")
