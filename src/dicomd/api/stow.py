@@ -27,9 +27,8 @@ from dicomd.api.common import (
     us,
 )
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
-from dicomd.ingest.service import PREPARE_ON_LOOP_BYTES, IngestService, StagedPart, StoreOutcome
+from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
 from dicomd.ingest.validate import PROCESSING_FAILURE
-from dicomd.storage.local import DICOM, new_key
 
 # Parts parsed at once per request: enough to overlap receiving, parsing and committing.
 _PARALLEL_PARTS = 16
@@ -63,32 +62,11 @@ async def store(request: Request) -> Response:
         finally:
             gate.release()
 
-    async def receive(body: AsyncIterator[bytes]) -> StagedPart:
-        """Stage one part: its key and, when small enough to be prepared on the event loop, its bytes."""
-        key = new_key()
-        kept: list[bytes] | None = []
-        size = 0
-        try:
-            # the size limit is enforced on the whole request by _limited
-            with open(ingest.store.staged_file(key, DICOM), "wb") as f:
-                async for chunk in body:
-                    f.write(chunk)
-                    if kept is not None:
-                        size += len(chunk)
-                        if size <= PREPARE_ON_LOOP_BYTES:  # kept for IngestService to prepare at once
-                            kept.append(chunk)
-                        else:
-                            kept = None
-        except BaseException:
-            ingest.store.discard_staged(key)
-            raise
-        return StagedPart(key, None if kept is None else b"".join(kept))
-
     chunks = _limited(request.stream(), limit)
     try:
         if media_type == "application/dicom":
             await gate.acquire()
-            outcomes.append(asyncio.create_task(finish(await receive(chunks))))
+            outcomes.append(asyncio.create_task(finish(await ingest.stage(chunks))))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -112,7 +90,7 @@ async def store(request: Request) -> Response:
                         continue
                     await gate.acquire()
                     try:
-                        staged = await receive(part.stream())
+                        staged = await ingest.stage(part.stream())
                     except MultipartError as exc:
                         gate.release()
                         failed_parts.append(
@@ -122,7 +100,6 @@ async def store(request: Request) -> Response:
                         )
                         continue
                     outcomes.append(asyncio.create_task(finish(staged)))
-                    del staged
             except MultipartError as exc:
                 if not outcomes and not failed_parts:
                     raise ApiError(400, f"malformed multipart body: {exc}") from None

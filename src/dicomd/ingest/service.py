@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
@@ -16,7 +17,7 @@ from dicomd.ingest.validate import (
     PROCESSING_FAILURE,
     VALIDATION_FAILURE,
 )
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
+from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ PREPARE_ON_LOOP_BYTES = 64 << 10
 
 
 def prepare_on_loop(data: bytes | None) -> bool:
-    """Whether a part whose bytes the caller kept is prepared on the event loop (else in a thread)."""
+    """Whether a part whose bytes ``stage`` kept is prepared on the event loop (else in a thread)."""
     return data is not None and len(data) <= PREPARE_ON_LOOP_BYTES and not may_be_deflated(data)
 
 
@@ -47,6 +48,27 @@ class IngestService:
         self.store = store
         self.committer = committer
         self.bulk_threshold = bulk_threshold
+
+    async def stage(self, body: AsyncIterator[bytes]) -> StagedPart:
+        """Write a received part to a new staged file, keeping its bytes too when small enough to be
+        prepared on the event loop. The caller bounds the size of the whole request."""
+        key = new_key()
+        kept: list[bytes] | None = []
+        size = 0
+        try:
+            with open(self.store.staged_file(key, DICOM), "wb") as f:
+                async for chunk in body:
+                    f.write(chunk)
+                    if kept is not None:
+                        size += len(chunk)
+                        if size <= PREPARE_ON_LOOP_BYTES:
+                            kept.append(chunk)
+                        else:
+                            kept = None
+        except BaseException:
+            self.store.discard_staged(key)
+            raise
+        return StagedPart(key, None if kept is None else b"".join(kept))
 
     async def store_staged(
         self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1

@@ -60,7 +60,7 @@ class LocalObjectStore:
         return f"{self._objects_str}/{key[:3]}"
 
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
-        return self.staging / f"{key}.{suffix}"
+        return Path(self.staged_file(key, suffix))
 
     def staged_file(self, key: str, suffix: str = DICOM) -> str:
         """``staged_path`` as a string, for the per-instance hot paths (pathlib costs more than the
