@@ -1,9 +1,11 @@
 """The parser's C fast path (dicomd/dicom/_fastscan.c) against its pure Python loop, the reference:
 the same data set, warnings and byte ranges on every bundled file, on fuzzed files and on value edge
-cases; and the whole parser suite also runs without the fast path (tests/test_dicom_parser.py)."""
+cases; and the whole parser suite also runs without the fast path (tests/test_dicom_parser.py).
+Person names, private creators and binary values: tests/test_dicom_fastscan_more.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import struct
@@ -16,33 +18,62 @@ import pytest
 from test_dicom_parser import FILES, FUZZ_FILES, _ids
 
 from dicomd.dicom import parser
-from dicomd.dicom.model import InvalidDicom
+from dicomd.dicom.model import ByteRange, InvalidDicom
 
 if parser._SCAN is None and os.environ.get("DICOMD_REQUIRE_FASTSCAN"):
     # CI builds where a compiler is known to be present: a silently skipped extension is a failure
     raise RuntimeError("dicomd.dicom._fastscan was not built (DICOMD_REQUIRE_FASTSCAN is set)")
-pytestmark = pytest.mark.skipif(parser._SCAN is None, reason="built without the C fast path")
+# Skipped only when there is no extension at all: a stale one (which parser.py ignores) fails the tests.
+BUILT = importlib.util.find_spec("dicomd.dicom._fastscan") is not None
+pytestmark = pytest.mark.skipif(not BUILT, reason="built without the C fast path")
 
 DATA = FILES[0].parents[1]
 
 
-def _outcome(data: bytes, scan: Any) -> Any:
+def _outcome(data: bytes, scan: Any, threshold: int = 64) -> Any:
     saved = parser._SCAN
     parser._SCAN = scan
     try:
-        p = parser.parse_bytes(data, bulk_threshold=64)
+        p = parser.parse_bytes(data, bulk_threshold=threshold)
     except InvalidDicom as exc:
         return ("invalid", str(exc))
     finally:
         parser._SCAN = saved
-    return (p.dataset, p.warnings, p.bulk, p.frames, p.transfer_syntax_uid, p.sop_instance_uid)
+    # the bulk ranges in insertion order too (they follow the data set's order)
+    return (p.dataset, p.warnings, list(p.bulk.items()), p.frames, p.transfer_syntax_uid, p.sop_instance_uid)
 
 
-def _same(data: bytes) -> None:
-    fast, slow = _outcome(data, parser._SCAN), _outcome(data, None)
+_STALE = "the extension is stale (parser.py ignores it): .venv/bin/pip install -e ."
+
+
+def _same(data: bytes, scan: Any = None, threshold: int = 64) -> None:
+    scan = scan or parser._SCAN
+    assert scan is not None, _STALE
+    fast, slow = _outcome(data, scan, threshold), _outcome(data, None, threshold)
     assert fast == slow
-    if fast[0] != "invalid":  # also the JSON types: 7 == 7.0 in Python, not in the JSON
+    if fast[0] != "invalid":  # also the JSON types (7 == 7.0 in Python, not in the JSON) and key order
         assert orjson.dumps(fast[0]) == orjson.dumps(slow[0])
+
+
+def _scan(
+    buf: bytes,
+    pos: int,
+    end: int,
+    ds: dict[str, Any],
+    text_ok: bool = True,
+    creators: dict[int, str] | None = None,
+    prefix: str = "",
+    bulk: dict[str, ByteRange] | None = None,
+    threshold: int = 64,
+    inline_bulk: bool = False,
+) -> int:
+    """The C scan called directly, with the parser's arguments (creators, bulk ctx) defaulted."""
+    assert parser._SCAN is not None, _STALE
+    creators = {} if creators is None else creators
+    bulk = {} if bulk is None else bulk
+    return parser._SCAN(
+        buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange)
+    )
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids)
@@ -134,6 +165,28 @@ _CASES: dict[str, list[bytes]] = {
     "SL": [b"\x00\x00\x00\x80"],
     "FL": [b"\x00\x00\xc0\x3f", b"\x00\x00\x80\x7f"],
     "FD": [b"\x00\x00\x00\x00\x00\x00\xf8\x3f", b"\x00" * 16],
+    "PN": [
+        b"",
+        b" ",
+        b"\0",
+        b"Doe^John",
+        b"Doe^John \0",
+        b"Doe ^John \\Roe^Jane  ",
+        b"A\\\\B",
+        b"\\",
+        b" \\ ",
+        b"=",
+        b"A==",
+        b"=B",
+        b"==C",
+        b"A=B=C",
+        b"A=B=C=D",
+        b"A===D",
+        b"A=\\=B\\\0",
+        b"A \0B ",
+        b"M\xfcller^Hans",
+        b"Yamada=\x1b$B;3ED\x1b(B",
+    ],
 }
 
 
@@ -168,34 +221,40 @@ def test_fast_path_converts_a_typical_header() -> None:
 
 
 def test_range_outside_the_buffer_is_refused() -> None:
-    assert parser._SCAN is not None
     with pytest.raises(ValueError):
-        parser._SCAN(b"\0" * 16, 0, 32, {}, True)
+        _scan(b"\0" * 16, 0, 32, {})
     with pytest.raises(ValueError):
-        parser._SCAN(b"\0" * 16, 12, 8, {}, True)
+        _scan(b"\0" * 16, 12, 8, {})
 
 
 def test_scan_converts_simple_elements_and_stops_at_the_first_other_one() -> None:
-    assert parser._SCAN is not None
     simple = (
         _element(0x00080060, "CS", b"MR")
         + _element(0x00200013, "IS", b"12")
         + _element(0x00280010, "US", b"\x10\x00")
+        + _element(0x00100010, "PN", b"Doe^John")
     )
-    person = _element(0x00100010, "PN", b"Doe^John")
-    buf = simple + person + _element(0x00080070, "LO", b"ACME")
+    other = _long(0x00091010, "UN", b"ACME")
+    buf = simple + other + _element(0x00080070, "LO", b"ACME")
     ds: dict[str, Any] = {}
-    assert parser._SCAN(buf, 0, len(buf), ds, True) == len(simple)  # PN is the Python loop's
+    assert _scan(buf, 0, len(buf), ds) == len(simple)  # UN is the Python loop's
     assert orjson.dumps(ds) == orjson.dumps(
         {
             "00080060": {"vr": "CS", "Value": ["MR"]},
             "00200013": {"vr": "IS", "Value": [12]},
             "00280010": {"vr": "US", "Value": [16]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]},
         }
     )
-    after = len(simple) + len(person)
-    assert parser._SCAN(buf, after, len(buf), ds, True) == len(buf)
+    after = len(simple) + len(other)
+    assert _scan(buf, after, len(buf), ds) == len(buf)
     assert ds["00080070"] == {"vr": "LO", "Value": ["ACME"]}
+
+
+def _long(tag: int, vr: str, value: bytes, length: int | None = None) -> bytes:
+    """An element with the 12-byte header of OB, OW, UN, SQ... (length: to write another one)."""
+    n = len(value) if length is None else length
+    return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr.encode(), 0, n) + value
 
 
 @pytest.mark.parametrize(
@@ -203,29 +262,47 @@ def test_scan_converts_simple_elements_and_stops_at_the_first_other_one() -> Non
     [
         (_element(0x00080005, "CS", b"ISO_IR 100"), True),  # the character set: tracked by Python
         (_element(0x00280100, "US", b"\x10\x00"), True),  # Bits Allocated: tracked by Python
-        (_element(0x00090010, "LO", b"ACME 1.0"), True),  # a private creator
+        (_element(0x00090010, "SH", b"ACME 1.0"), True),  # a private creator that is not LO
+        (_element(0x00090010, "LO", b"ACM\xc9"), True),  # a private creator that is not ASCII
+        (_element(0x00090010, "LO", b"ACME"), False),  # ... or under a character set that is not ASCII
+        (_long(0x000900FF, "OB", b"AC"), True),  # ... or binary
         (_element(0x00080070, "LO", b"ACME"), False),  # text under a character set that is not ASCII
+        (_element(0x00100010, "PN", b"Doe"), False),  # a name under a character set that is not ASCII
         (_element(0x00080070, "LO", b"\xc4CME"), True),  # non-ASCII text
+        (_element(0x00100010, "PN", b"M\xfcller"), True),  # a non-ASCII name
+        (_element(0x00100010, "PN", b"Yamada=\x1b$B;3ED\x1b(B"), True),  # a name with escapes
         (_element(0x00080016, "UI", b"1.2.x"), True),  # an invalid UID: Python warns and drops it
         (_element(0x00200032, "DS", b"1\\nan\\3 "), True),  # a non-finite number
         (_element(0x00280030, "US", b"\x01\x00\x02\x00"), True),  # two numbers
-        (_element(0x00080070, "UN", b"ACME"), True),  # UN: Python looks up the real VR
+        (_long(0x00080070, "UN", b"ACME"), True),  # UN: Python looks up the real VR
+        (_long(0x00081111, "SQ", b""), True),  # a sequence
+        (_long(0x7FE00010, "OW", b"\0\0"), True),  # Pixel Data: always bulk, frames
+        (_long(0x7FE00001, "OV", b"\0" * 8), True),  # Extended Offset Table: frames
+        (_long(0x7FE00008, "OF", b"\0" * 4), True),  # Float Pixel Data
+        (_long(0x60023000, "OW", b"\0\0"), True),  # Overlay Data (ambiguous in implicit VR)
+        (_long(0x00283006, "OW", b"\0\0"), True),  # LUT Data (ambiguous in implicit VR)
+        (_long(0x54001010, "OW", b"\0\0"), True),  # Waveform Data (ambiguous in implicit VR)
+        (_long(0x00420011, "OB", b"", 0xFFFFFFFF), True),  # undefined length
+        (_long(0x00420011, "OB", b"ABCD", 6), True),  # runs past the end
+        (_long(0x00420011, "OB", b"")[:10], True),  # a truncated header
         (_element(0x00080070, "LO", b"ACME")[:-2], True),  # runs past the end
         (b"\xfe\xff\x00\xe0\x00\x00\x00\x00", True),  # an item tag
     ],
 )
 def test_scan_leaves_what_needs_python_to_python(element: bytes, text_ok: bool) -> None:
-    assert parser._SCAN is not None
     head = _element(0x00080060, "CS", b"MR")
     buf = head + element
     ds: dict[str, Any] = {}
-    assert parser._SCAN(buf, 0, len(buf), ds, text_ok) == len(head)
+    creators: dict[int, str] = {}
+    bulk: dict[str, ByteRange] = {}
+    assert _scan(buf, 0, len(buf), ds, text_ok, creators, bulk=bulk, threshold=0) == len(head)
     assert list(ds) == ["00080060"]
+    assert not creators and not bulk
 
 
 def test_the_built_extension_is_not_older_than_its_source() -> None:
     """An edited _fastscan.c takes effect only after `pip install -e .` rebuilds it: a stale build would
-    make every test here test the old code."""
+    make every test here test the old code (parser.py also ignores a build of an older scan API)."""
     from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
 
     built = Path(_fastscan.__file__)

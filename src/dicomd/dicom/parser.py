@@ -101,13 +101,16 @@ _TRACKED = frozenset((0x00080005, 0x00280103, 0x00280100, 0x00283002, 0x54001004
 
 # The C fast path for runs of simple explicit VR little endian elements (see _fastscan.c), when the
 # package was built with it; the Python loop below stays the reference and handles everything else.
-_Scan = Callable[[Any, int, int, dict[str, Any], bool], int]
+# scan(buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange)) -> pos
+_Scan = Callable[[Any, int, int, dict[str, Any], bool, dict[int, str], str, tuple[Any, ...]], int]
 try:
     from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
 
+    if getattr(_fastscan, "API", 1) != 2:  # built from an older _fastscan.c: pip install -e . rebuilds it
+        raise ImportError("dicomd.dicom._fastscan is a stale build")
     _fastscan.set_stop_tags(sorted(_TRACKED | {_CHARSET_TAG}))
     _SCAN: _Scan | None = _fastscan.scan
-except ImportError:  # built without a C compiler: pure Python, same results
+except ImportError:  # built without a C compiler (or a stale build): pure Python, same results
     _SCAN = None
 
 
@@ -132,6 +135,13 @@ def _dict_vr(tag: int) -> str | None:
     if len(_VR_CACHE) < _CACHE_LIMIT:
         _VR_CACHE[tag] = vr
     return vr
+
+
+def _record_creator(ctx: _Ctx, tag: int, value: list[Any] | None) -> None:
+    """Remember a private creator (odd group, element 0x0010-0x00FF) of a single text value: the
+    implicit VRs of its block's elements (and explicit UN) are looked up by it, like pydicom does."""
+    if value and len(value) == 1 and isinstance(value[0], str):
+        ctx.creators[tag & 0xFFFF00FF] = value[0]  # (group << 16) | block
 
 
 def _key(tag: int) -> str:
@@ -355,6 +365,7 @@ class _Parser:
         self.u_expl, self.u_impl, self.u_l, self.u_h, self.u_single = _UNPACKERS[e]
         self.warnings: list[str] = []
         self.bulk: dict[str, ByteRange] = {}
+        self.scan_bulk = (self.bulk, bulk_threshold, inline_bulk, ByteRange)  # what _SCAN needs of binary()
         self.fixups: list[_Fixup] = []
         self.depth = 0
         # top-level pixel data: (tag, value offset, value length, fragments or None if native)
@@ -394,7 +405,7 @@ class _Parser:
         scan = _SCAN if self.little and not implicit else None
         while pos < end:
             if scan is not None:
-                pos = scan(buf, pos, end, ds, ctx.charset.ascii_ok)
+                pos = scan(buf, pos, end, ds, ctx.charset.ascii_ok, ctx.creators, prefix, self.scan_bulk)
                 if pos >= end:
                     break
             if pos + 8 > end:
@@ -470,6 +481,8 @@ class _Parser:
                     ds[key] = {"vr": vr}
                 if tag == _CHARSET_TAG:
                     self.track(tag, value, ctx)
+                elif group & 1 and 0x0010 <= elem < 0x0100:
+                    _record_creator(ctx, tag, value)
             elif kind == _K_NUM and length == _NUMBER_SIZE[vr]:
                 # single numeric value: the overwhelmingly common case
                 value = [self.u_single[vr](buf, vpos)[0]]
@@ -480,17 +493,17 @@ class _Parser:
                 raw = buf[vpos:vend]
                 if raw.isascii() and 27 not in raw:
                     key = _KEY_CACHE.get(tag) or _key(tag)
+                    values: list[Any] | None
                     if vr in _TEXT_SINGLE:
                         text = raw.decode("ascii").rstrip("\0 ")
-                        ds[key] = {"vr": vr, "Value": [text]} if text else {"vr": vr}
+                        values = [text] if text else None
                     else:
                         values = [v.rstrip("\0 ") for v in raw.decode("ascii").split("\\")]
                         if len(values) == 1 and not values[0]:
-                            ds[key] = {"vr": vr}
-                        else:
-                            ds[key] = {"vr": vr, "Value": values}
-                            if group & 1 and 0x0010 <= elem < 0x0100 and len(values) == 1:
-                                ctx.creators[(tag & 0xFFFF0000) | elem] = values[0]
+                            values = None
+                    ds[key] = {"vr": vr} if values is None else {"vr": vr, "Value": values}
+                    if group & 1 and 0x0010 <= elem < 0x0100:
+                        _record_creator(ctx, tag, values)
                 else:
                     self.element(tag, vr, vpos, length, ctx, ds, prefix, top)
             elif kind == _K_SQ:
@@ -693,9 +706,8 @@ class _Parser:
         ds[key] = {"vr": vr} if value is None else {"vr": vr, "Value": value}
         if tag in _TRACKED:
             self.track(tag, value, ctx)
-        elif (tag >> 16) & 1 and 0x0010 <= (tag & 0xFFFF) < 0x0100 and value and len(value) == 1:
-            # private creator, needed to look up the VR of its block's elements in implicit VR
-            ctx.creators[(tag & 0xFFFF0000) | (tag & 0xFF)] = value[0]
+        elif (tag >> 16) & 1 and 0x0010 <= (tag & 0xFFFF) < 0x0100:
+            _record_creator(ctx, tag, value)
 
     def track(self, tag: int, value: list[Any] | None, ctx: _Ctx) -> None:
         """Remember the attributes later elements depend on (charset, ambiguous VR resolution)."""
