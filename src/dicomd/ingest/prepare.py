@@ -15,6 +15,7 @@ from dicomd.dicom.parser import parse_bytes, parse_file
 from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.metadata import encode
 from dicomd.ingest.validate import PROCESSING_FAILURE, validate
+from dicomd.storage.local import write_file
 
 
 @dataclass(slots=True)
@@ -72,8 +73,7 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         outcome.failure_reason = rejection.reason
         outcome.messages = rejection.messages
         return outcome, None
-    with open(job.staged_metadata, "wb") as f:
-        f.write(encode(parsed.dataset))
+    write_file(job.staged_metadata, encode(parsed.dataset))
     prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))
     prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
     return outcome, prepared

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from dicomd.ingest.validate import (
     PROCESSING_FAILURE,
     VALIDATION_FAILURE,
 )
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
+from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, create_file, new_key, write_all
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,21 @@ class IngestService:
         key = new_key()
         kept: list[bytes] | None = []
         size = 0
+        fd = create_file(self.store.staged_file(key, DICOM))
         try:
-            with open(self.store.staged_file(key, DICOM), "wb") as f:
-                async for chunk in body:
-                    f.write(chunk)
-                    if kept is not None:
-                        size += len(chunk)
-                        if size <= PREPARE_ON_LOOP_BYTES:
-                            kept.append(chunk)
-                        else:
-                            kept = None
+            async for chunk in body:
+                write_all(fd, chunk)
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= PREPARE_ON_LOOP_BYTES:
+                        kept.append(chunk)
+                    else:
+                        kept = None
         except BaseException:
+            os.close(fd)
             self.store.discard_staged(key)
             raise
+        os.close(fd)
         return StagedPart(key, None if kept is None else b"".join(kept))
 
     async def store_staged(

@@ -40,6 +40,34 @@ def new_key() -> str:
     return secrets.token_hex(16)
 
 
+# Hot-path file writes use the raw descriptor: Python's buffered open() adds an fstat, an ioctl, an
+# lseek and two objects per file, which matter at thousands of files per second.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written (a regular file may take fewer at once, e.g. near ENOSPC)."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Create (or truncate) ``path`` and write ``data`` to it, unflushed."""
+    fd = os.open(path, _NEW_FILE, 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def create_file(path: str) -> int:
+    """Create (or truncate) ``path`` for writing: the caller writes with write_all and closes the fd."""
+    return os.open(path, _NEW_FILE, 0o644)
+
+
 class LocalObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -69,8 +97,7 @@ class LocalObjectStore:
 
     # ---- writes --------------------------------------------------------------------------------
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
-        with open(self.staged_path(key, suffix), "wb") as f:
-            f.write(data)
+        write_file(self.staged_file(key, suffix), data)
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make the staged files of a batch durable: one syncfs for the whole batch where the kernel has
