@@ -36,7 +36,9 @@ def _clean_group(group: str) -> str:
 def pn_string(value: Any) -> str:
     """The PN value of a DICOM JSON element value as a PS3.5 string "Alphabetic=Ideographic=Phonetic"."""
     if isinstance(value, dict):
-        groups = [str(value.get(k) or "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+        # spelled out, no comprehension: ingest calls this for the names of every instance
+        get = value.get
+        groups = [str(get("Alphabetic") or ""), str(get("Ideographic") or ""), str(get("Phonetic") or "")]
     else:
         groups = str(value or "").split("=")
     return "=".join(groups).rstrip("=")
@@ -47,19 +49,43 @@ def pn_groups(pn: str) -> list[str]:
     return [g for g in (_clean_group(fold(x)) for x in pn.split("=")) if g]
 
 
+# pn_norm/pn_words results by name. Ingest computes them for every instance, and a name repeats
+# across all the instances of a study, while folding (Unicode normalisation) and splitting cost
+# microseconds. Bounded in entries and key length: when full the cache starts over, so hostile
+# input with many distinct names only costs the recomputation.
+_PN_CACHE_SIZE = 4096
+_PN_CACHE_MAX_KEY = 256
+_PN_NORM_CACHE: dict[str, str] = {}
+_PN_WORDS_CACHE: dict[str, str] = {}
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> str:
+    if len(key) <= _PN_CACHE_MAX_KEY:
+        if len(cache) >= _PN_CACHE_SIZE:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
 def pn_norm(pn: str) -> str:
     """Exact-match column form: each folded component group wrapped in '=': "=DOE^JOHN=山田^太郎=".
 
     Wrapping lets one LIKE '%=VALUE=%' match any of the alphabetic/ideographic/phonetic groups.
     """
+    cached = _PN_NORM_CACHE.get(pn)
+    if cached is not None:
+        return cached
     groups = pn_groups(pn)
-    return "=" + "=".join(groups) + "=" if groups else ""
+    return _remember(_PN_NORM_CACHE, pn, "=" + "=".join(groups) + "=" if groups else "")
 
 
 def pn_words(pn: str) -> str:
     """Fuzzy-match column form: folded words with a space on both sides: " DOE JOHN 山田 太郎 "."""
+    cached = _PN_WORDS_CACHE.get(pn)
+    if cached is not None:
+        return cached
     words = [w for w in _WORD_SPLIT.split(fold(pn)) if w]
-    return " " + " ".join(words) + " " if words else ""
+    return _remember(_PN_WORDS_CACHE, pn, " " + " ".join(words) + " " if words else "")
 
 
 def query_words(value: str) -> list[str]:
@@ -119,10 +145,16 @@ def first_value(element: dict[str, Any] | None) -> Any:
 
 
 def first_str(element: dict[str, Any] | None) -> str | None:
-    v = first_value(element)
+    # first_value inlined: ingest calls this a dozen times per instance
+    if not element:
+        return None
+    values = element.get("Value")
+    if not values:
+        return None
+    v = values[0]
     if v is None:
         return None
-    if element is not None and element.get("vr") == "PN":
+    if element.get("vr") == "PN":
         return pn_string(v) or None
     return str(v).strip() or None
 
@@ -142,6 +174,8 @@ def _strip_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
     if "BulkDataURI" in element or "InlineBinary" in element:
         return None
     if element.get("vr") == "SQ" and element.get("Value"):
+        if _is_plain_sequence(element):
+            return element  # equal to the copy below: no need to build it
         items = []
         for item in element["Value"]:
             if isinstance(item, dict):
@@ -153,9 +187,31 @@ def _strip_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
     return element
 
 
+def _is_plain_sequence(element: dict[str, Any]) -> bool:
+    """Whether _strip_bulk returns a sequence element as it is or as an equal copy with the same
+    JSON: no binary value at any depth, and the element is {"vr": .., "Value": [..]} already (a
+    list, no other key, "vr" first), its nested sequences too. Most sequences are, and checking is
+    cheaper than copying. False is always safe (the copy is made)."""
+    if "BulkDataURI" in element or "InlineBinary" in element:
+        return False
+    values = element.get("Value")
+    if len(element) != 2 or next(iter(element)) != "vr" or type(values) is not list:
+        return False
+    for item in values:
+        if isinstance(item, dict):
+            for e in item.values():
+                if "BulkDataURI" in e or "InlineBinary" in e:
+                    return False
+                if e.get("vr") == "SQ" and e.get("Value") and not _is_plain_sequence(e):
+                    return False
+    return True
+
+
 _ODD_GROUP = frozenset("13579BDFbdf")
-# VRs whose values can be long; only these (and long value lists) are measured against the limit
-_LONG_VRS = frozenset({"SQ", "LT", "ST", "UT", "UC", "UR", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+# VRs whose values can be long; only these (and lists of more than MAX_UNMEASURED_VALUES values)
+# are measured against MAX_ELEMENT_JSON
+LONG_VRS = frozenset({"SQ", "LT", "ST", "UT", "UC", "UR", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+MAX_UNMEASURED_VALUES = 16
 
 
 def keep_tag(tag: str) -> bool:
@@ -168,18 +224,21 @@ def keep_value(element: dict[str, Any]) -> dict[str, Any] | None:
     """The element of a kept tag as stored in an attrs column, or None to leave it out.
 
     Left out: binary values, and elements whose JSON exceeds MAX_ELEMENT_JSON.
+    An element with a "Value" whose VR is not in LONG_VRS (SQ is) and that has at most
+    MAX_UNMEASURED_VALUES values is returned as it is (store._split_levels relies on this).
     """
     values = element.get("Value")
     if values is None:
         # no value, or a binary one (BulkDataURI / InlineBinary): keep only the empty element
         return None if len(element) > 1 else element
     vr = element.get("vr")
-    if vr == "SQ":
+    if vr == "SQ" and not _is_plain_sequence(element):
         cleaned = _strip_bulk(element)
         if cleaned is None:
             return None
         element = cleaned
-    if (vr in _LONG_VRS or len(values) > 16) and len(orjson.dumps(element)) > MAX_ELEMENT_JSON:
+    measure = vr in LONG_VRS or len(values) > MAX_UNMEASURED_VALUES
+    if measure and len(orjson.dumps(element)) > MAX_ELEMENT_JSON:
         return None
     return element
 

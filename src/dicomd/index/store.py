@@ -12,7 +12,6 @@ layer group-commits many stores per transaction, so one writer at a time is not 
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import threading
 import time
@@ -48,6 +47,8 @@ from dicomd.index import schema as _schema
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
 from dicomd.index.normalize import (
+    LONG_VRS,
+    MAX_UNMEASURED_VALUES,
     first_int,
     first_str,
     keep_tag,
@@ -197,31 +198,54 @@ def _from_ms(ms: int) -> datetime:
 
 _ALL_LEVELS = 3  # SpecificCharacterSet: copied to every level
 
+# _tag_place results by tag. A plain dict rather than functools.lru_cache: _split_levels looks up
+# every element of every stored instance, and an inline dict.get is several times cheaper than a
+# call through lru_cache. Bounded: when full it starts over, so that files with many distinct
+# (e.g. private) tags cost recomputation instead of memory.
+_PLACE_CACHE_SIZE = 16384
+_PLACES: dict[str, int] = {}
 
-@functools.lru_cache(maxsize=16384)
+
 def _tag_place(tag: str) -> int:
     """Where a top-level attribute goes: 0 study, 1 series, 2 instance, _ALL_LEVELS, -1 nowhere."""
-    if not keep_tag(tag):
-        return -1
-    if tag == SPECIFIC_CHARACTER_SET:
-        return _ALL_LEVELS
-    return ("study", "series", "instance").index(level_of(tag))
+    place = _PLACES.get(tag)
+    if place is None:
+        if not keep_tag(tag):
+            place = -1
+        elif tag == SPECIFIC_CHARACTER_SET:
+            place = _ALL_LEVELS
+        else:
+            place = ("study", "series", "instance").index(level_of(tag))
+        if len(_PLACES) >= _PLACE_CACHE_SIZE:
+            _PLACES.clear()
+        _PLACES[tag] = place
+    return place
 
 
 def _split_levels(ds: JsonDataset) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     levels: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = ({}, {}, {})
+    places = _PLACES
     for tag, element in ds.items():
-        place = _tag_place(tag)
+        # this loop runs for every element of every stored instance: the common cases are inline
+        try:
+            place = places[tag]
+        except KeyError:
+            place = _tag_place(tag)
         if place < 0:
             continue
-        kept = keep_value(element)
-        if kept is None:
-            continue
+        # keep_value returns most elements as they are (a value, not a sequence nor a VR that can
+        # be long, few values); only the others need it
+        values = element.get("Value")
+        if values is None or element.get("vr") in LONG_VRS or len(values) > MAX_UNMEASURED_VALUES:
+            kept = keep_value(element)
+            if kept is None:
+                continue
+            element = kept
         if place == _ALL_LEVELS:
             for attrs in levels:
-                attrs[tag] = kept
+                attrs[tag] = element
         else:
-            levels[place][tag] = kept
+            levels[place][tag] = element
     return levels
 
 
