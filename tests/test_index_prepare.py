@@ -539,3 +539,23 @@ def test_person_name_forms_interleaved() -> None:
         for name in (other, *_NAMES):
             assert normalize.pn_norm(name) == _reference_pn_norm(name)
             assert normalize.pn_words(name) == _reference_pn_words(name)
+
+
+def test_a_deep_sequence_chain_ending_in_a_binary_value_is_walked_once_per_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    depth = 40
+    element: dict[str, Any] = {"vr": "SQ", "Value": [{"00189999": {"vr": "OB", "InlineBinary": "AAAA"}}]}
+    for _ in range(depth):
+        element = {"vr": "SQ", "Value": [{"00400275": element, "00100020": {"vr": "LO", "Value": ["x"]}}]}
+    calls = 0
+    real = normalize._is_plain_sequence
+
+    def counting(e: dict[str, Any]) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(e)
+
+    monkeypatch.setattr(normalize, "_is_plain_sequence", counting)
+    assert normalize.keep_value(element) == _reference_keep_value(element)
+    assert calls <= depth + 2  # was about depth^2 / 2: every level checked its whole subtree again

@@ -87,3 +87,32 @@ def test_without_syncfs_only_dicom_files_are_flushed(tmp_path: Path, monkeypatch
     monkeypatch.setattr(local.os, "fsync", fsync)
     store.sync(keys)
     assert sorted(flushed) == sorted([str(store.staged_path(k, DICOM)) for k in keys] + [str(store.staging)])
+
+
+def test_write_all_finishes_a_partial_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+    calls: list[int] = []
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:  # a file system taking 1000 bytes at a time
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:1000]))
+
+    monkeypatch.setattr(local.os, "write", short_write)
+    data = os.urandom(4500)
+    local.write_file(str(tmp_path / "f"), data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert calls == [4500, 3500, 2500, 1500, 500]
+
+
+def test_new_files_follow_the_umask_like_open(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        local.write_file(str(tmp_path / "raw"), b"x")
+        with open(tmp_path / "buffered", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "raw").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "raw").stat().st_mode == (tmp_path / "buffered").stat().st_mode
+    local.write_file(str(tmp_path / "raw"), b"yz")  # an existing file is truncated
+    assert (tmp_path / "raw").read_bytes() == b"yz"

@@ -170,12 +170,13 @@ def first_int(element: dict[str, Any] | None) -> int | None:
 
 
 def _strip_bulk(element: dict[str, Any]) -> dict[str, Any] | None:
-    """Element without binary values (BulkDataURI/InlineBinary), also inside sequence items."""
+    """Element without binary values (BulkDataURI/InlineBinary), also inside sequence items.
+
+    keep_value checks plainness (_is_plain_sequence) once, at the top, before calling this; checking
+    again at every level would walk each subtree once per level above it."""
     if "BulkDataURI" in element or "InlineBinary" in element:
         return None
     if element.get("vr") == "SQ" and element.get("Value"):
-        if _is_plain_sequence(element):
-            return element  # equal to the copy below: no need to build it
         items = []
         for item in element["Value"]:
             if isinstance(item, dict):

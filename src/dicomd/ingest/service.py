@@ -58,19 +58,20 @@ class IngestService:
         size = 0
         fd = create_file(self.store.staged_file(key, DICOM))
         try:
-            async for chunk in body:
-                write_all(fd, chunk)
-                if kept is not None:
-                    size += len(chunk)
-                    if size <= PREPARE_ON_LOOP_BYTES:
-                        kept.append(chunk)
-                    else:
-                        kept = None
+            try:
+                async for chunk in body:
+                    write_all(fd, chunk)
+                    if kept is not None:
+                        size += len(chunk)
+                        if size <= PREPARE_ON_LOOP_BYTES:
+                            kept.append(chunk)
+                        else:
+                            kept = None
+            finally:
+                os.close(fd)  # may fail too (say, a quota on a network file system): the part fails
         except BaseException:
-            os.close(fd)
             self.store.discard_staged(key)
             raise
-        os.close(fd)
         return StagedPart(key, None if kept is None else b"".join(kept))
 
     async def store_staged(

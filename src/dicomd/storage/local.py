@@ -43,6 +43,7 @@ def new_key() -> str:
 # Hot-path file writes use the raw descriptor: Python's buffered open() adds an fstat, an ioctl, an
 # lseek and two objects per file, which matter at thousands of files per second.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_MODE = 0o666  # as open() does: the umask decides
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -56,7 +57,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 def write_file(path: str, data: bytes) -> None:
     """Create (or truncate) ``path`` and write ``data`` to it, unflushed."""
-    fd = os.open(path, _NEW_FILE, 0o644)
+    fd = os.open(path, _NEW_FILE, _MODE)
     try:
         write_all(fd, data)
     finally:
@@ -65,7 +66,7 @@ def write_file(path: str, data: bytes) -> None:
 
 def create_file(path: str) -> int:
     """Create (or truncate) ``path`` for writing: the caller writes with write_all and closes the fd."""
-    return os.open(path, _NEW_FILE, 0o644)
+    return os.open(path, _NEW_FILE, _MODE)
 
 
 class LocalObjectStore:
