@@ -30,8 +30,13 @@ from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
 from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
 from dicomd.ingest.validate import PROCESSING_FAILURE
 
-# Parts parsed at once per request: enough to overlap receiving, parsing and committing.
+# Parts received and being prepared at once per request: enough to overlap receiving and parsing.
 _PARALLEL_PARTS = 16
+# Parts prepared and waiting for their group commit, per request. A part leaves the first limit once
+# prepared, so the worker goes on receiving and parsing while a commit flushes the disk (holding both
+# until the commit left the event loop idle for most of each flush); this one bounds the index rows a
+# request holds meanwhile.
+_PENDING_PARTS = 256
 
 
 class _TooLarge(Exception):
@@ -55,17 +60,30 @@ async def store(request: Request) -> Response:
     outcomes: list[asyncio.Task[StoreOutcome]] = []
     failed_parts: list[StoreOutcome] = []
     gate = asyncio.Semaphore(_PARALLEL_PARTS)
+    pending = asyncio.Semaphore(_PENDING_PARTS)
+
+    async def admit() -> None:
+        await pending.acquire()
+        await gate.acquire()
+
+    def refuse() -> None:
+        gate.release()
+        pending.release()
 
     async def finish(part: StagedPart) -> StoreOutcome:
         try:
-            return await ingest.store_staged(part, url_study=url_study, version=version)
+            try:
+                outcome, prepared = await ingest.prepare(part, url_study=url_study, version=version)
+            finally:
+                gate.release()
+            return outcome if prepared is None else await ingest.commit(outcome, prepared)
         finally:
-            gate.release()
+            pending.release()
 
     chunks = _limited(request.stream(), limit)
     try:
         if media_type == "application/dicom":
-            await gate.acquire()
+            await admit()
             outcomes.append(asyncio.create_task(finish(await ingest.stage(chunks))))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
@@ -88,11 +106,11 @@ async def store(request: Request) -> Response:
                             )
                         )
                         continue
-                    await gate.acquire()
+                    await admit()
                     try:
                         staged = await ingest.stage(part.stream())
                     except MultipartError as exc:
-                        gate.release()
+                        refuse()
                         failed_parts.append(
                             StoreOutcome(
                                 failure_reason=PROCESSING_FAILURE, messages=[f"malformed part: {exc}"]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
+from dicomd.index.store import PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, prepare_staged
 from dicomd.ingest.validate import (
@@ -79,18 +80,30 @@ class IngestService:
     ) -> StoreOutcome:
         """The part's bytes are at the staged path of ``part.key`` (and in ``part.data`` when the caller
         kept them: the service drops them once parsed); decide its fate. Never raises."""
+        outcome, prepared = await self.prepare(
+            part, url_study=url_study, version=version, partition_key=partition_key
+        )
+        return outcome if prepared is None else await self.commit(outcome, prepared)
+
+    async def prepare(
+        self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1
+    ) -> tuple[StoreOutcome, PreparedInstance | None]:
+        """First half of store_staged: parse and validate the part, stage its metadata and compute its
+        index rows. Without a prepared instance (the outcome says why) the staged files are gone.
+        Never raises."""
         try:
-            return await self._store_staged(part, url_study, version, partition_key)
+            return await self._prepare(part, url_study, version, partition_key)
         except Exception as exc:  # an unexpected fault fails this instance, never the request
-            log.exception("storing an instance failed")
+            log.exception("preparing an instance failed")
             self.store.discard_staged(part.key)
-            return StoreOutcome(
+            failed = StoreOutcome(
                 failure_reason=PROCESSING_FAILURE, messages=[f"internal error: {type(exc).__name__}"]
             )
+            return failed, None
 
-    async def _store_staged(
+    async def _prepare(
         self, part: StagedPart, url_study: str | None, version: int, partition: int
-    ) -> StoreOutcome:
+    ) -> tuple[StoreOutcome, PreparedInstance | None]:
         key = part.key
         job = PrepareJob(
             self.store.staged_file(key, DICOM),
@@ -107,10 +120,13 @@ class IngestService:
             outcome, prepared = prepare_staged(job)
         else:
             outcome, prepared = await asyncio.to_thread(prepare_staged, job)
-        del job
         if prepared is None:
             self.store.discard_staged(key)
-            return outcome
+        return outcome, prepared
+
+    async def commit(self, outcome: StoreOutcome, prepared: PreparedInstance) -> StoreOutcome:
+        """Second half of store_staged: wait for the group commit of a prepared instance (the
+        committer drops the staged files of those it does not store). Never raises."""
         try:
             result = await self.committer.submit(prepared)
         except Exception as exc:
