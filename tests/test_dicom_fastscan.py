@@ -1,7 +1,8 @@
 """The parser's C fast path (dicomd/dicom/_fastscan.c) against its pure Python loop, the reference:
 the same data set, warnings and byte ranges on every bundled file, on fuzzed files and on value edge
 cases; and the whole parser suite also runs without the fast path (tests/test_dicom_parser.py).
-Person names, private creators and binary values: tests/test_dicom_fastscan_more.py."""
+Person names, private creators and binary values: tests/test_dicom_fastscan_more.py; sequences:
+tests/test_dicom_fastscan_seq.py."""
 
 from __future__ import annotations
 
@@ -66,13 +67,14 @@ def _scan(
     bulk: dict[str, ByteRange] | None = None,
     threshold: int = 64,
     inline_bulk: bool = False,
+    levels: int = 64,
 ) -> int:
-    """The C scan called directly, with the parser's arguments (creators, bulk ctx) defaulted."""
+    """The C scan called directly, with the parser's arguments (creators, bulk ctx, levels) defaulted."""
     assert parser._SCAN is not None, _STALE
     creators = {} if creators is None else creators
     bulk = {} if bulk is None else bulk
     return parser._SCAN(
-        buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange)
+        buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange), levels
     )
 
 
@@ -251,6 +253,11 @@ def test_scan_converts_simple_elements_and_stops_at_the_first_other_one() -> Non
     assert ds["00080070"] == {"vr": "LO", "Value": ["ACME"]}
 
 
+# an item header (its length follows) and an element with an implicit VR header (a UI of 0 bytes)
+_ITEM_HEAD = b"\xfe\xff\x00\xe0"
+_IMPLICIT_UI = b"\x08\x00\x18\x00\x00\x00\x00\x00"
+
+
 def _long(tag: int, vr: str, value: bytes, length: int | None = None) -> bytes:
     """An element with the 12-byte header of OB, OW, UN, SQ... (length: to write another one)."""
     n = len(value) if length is None else length
@@ -275,7 +282,8 @@ def _long(tag: int, vr: str, value: bytes, length: int | None = None) -> bytes:
         (_element(0x00200032, "DS", b"1\\nan\\3 "), True),  # a non-finite number
         (_element(0x00280030, "US", b"\x01\x00\x02\x00"), True),  # two numbers
         (_long(0x00080070, "UN", b"ACME"), True),  # UN: Python looks up the real VR
-        (_long(0x00081111, "SQ", b""), True),  # a sequence
+        # a sequence of an implicit VR item (sequences: tests/test_dicom_fastscan_seq.py)
+        (_long(0x00081111, "SQ", _ITEM_HEAD + b"\x08\x00\x00\x00" + _IMPLICIT_UI), True),
         (_long(0x7FE00010, "OW", b"\0\0"), True),  # Pixel Data: always bulk, frames
         (_long(0x7FE00001, "OV", b"\0" * 8), True),  # Extended Offset Table: frames
         (_long(0x7FE00008, "OF", b"\0" * 4), True),  # Float Pixel Data

@@ -1,14 +1,14 @@
 /* Fast path of dicomd.dicom.parser: converts runs of "simple" explicit VR little endian elements to
  * their DICOM JSON form in C.
  *
- * scan(buf, pos, end, ds, text_ok, creators, prefix, bulk_ctx) starts at offset `pos`, adds each simple
- * element to the dict `ds` exactly as parser._Parser.read_dataset would, and returns the offset of the
- * first element it does not handle (or `end`, or an offset with fewer than 8 bytes left before `end`: a
- * truncated header is the Python parser's to report). The Python parser handles that element and calls
- * scan again, so everything that is not simple (sequences, items, UN, non-ASCII text, tracked
- * attributes, pixel data and the other binary values with special rules, invalid values that need a
- * warning, truncated elements) keeps its one implementation in Python. The Python converters stay the
- * reference: tests compare both paths.
+ * scan(buf, pos, end, ds, text_ok, creators, prefix, bulk_ctx, levels) starts at offset `pos`, adds each
+ * simple element to the dict `ds` exactly as parser._Parser.read_dataset would, and returns the offset
+ * of the first element it does not handle (or `end`, or an offset with fewer than 8 bytes left before
+ * `end`: a truncated header is the Python parser's to report). The Python parser handles that element
+ * and calls scan again, so everything that is not simple (UN, non-ASCII text, tracked attributes, pixel
+ * data and the other binary values with special rules, invalid values that need a warning, truncated
+ * elements, items of implicit VR) keeps its one implementation in Python. The Python converters stay
+ * the reference: tests compare both paths.
  *
  * Simple:
  * - a short-header VR among AE AS CS DA DS DT IS LO SH ST LT TM UI (ASCII values only; LO SH ST LT
@@ -19,7 +19,19 @@
  * - OB OD OF OL OV OW with a defined length, except the tags _Parser.element and ambiguous treat
  *   specially: as _Parser.binary, InlineBinary or (recorded in the bulk dict) BulkDataURI.
  *   `prefix` is the data set's tag path prefix, bulk_ctx the parser's
- *   (bulk dict, bulk threshold, inline_bulk, ByteRange type).
+ *   (bulk dict, bulk threshold, inline_bulk, ByteRange type);
+ * - SQ, of defined or undefined length, when every item is simple as a whole, as _Parser.read_sequence
+ *   reads it: items of defined or undefined length (ended by an item delimiter of length 0), each an
+ *   explicit VR data set (its first element has letters where the VR is, as detect_implicit wants; an
+ *   empty item is explicit too) of simple elements only, nested sequences included; the sequence
+ *   delimiter (when undefined length) or the sequence's length ends it. `levels` is how many more
+ *   sequence levels the parser allows (_MAX_DEPTH - _Parser.depth): a sequence needs one.
+ *   A sequence is converted whole or not at all: the first thing in it that is not simple (an item of
+ *   implicit VR, any element above, the character set, a truncated or missing delimiter, a sequence
+ *   nested too deeply...) leaves the whole sequence to the Python parser, with nothing added to `ds` or
+ *   the bulk dict (bulk ranges found in a sequence are kept aside until it is complete).
+ *   Items get no `creators`: each item has its own _Ctx in Python, whose creators only decide the VRs of
+ *   UN and implicit VR elements of that item, which scan never converts, so nothing reads them.
  * Every read is bounds-checked against `end`, which the caller guarantees lies within the buffer.
  */
 #define PY_SSIZE_T_CLEAN
@@ -28,20 +40,24 @@
 #include <string.h>
 
 /* The version of scan's signature and behaviour parser.py expects: it ignores a stale build. */
-#define SCAN_API 2
+#define SCAN_API 3
+/* Nesting scan converts, whatever `levels` allows: a bound on its recursion (the parser allows 64). */
+#define MAX_LEVELS 128
 
 enum kind { K_NONE, K_MULTI, K_AE, K_UI, K_IS, K_DS, K_TEXT_MULTI, K_TEXT_SINGLE, K_PN, K_BINARY,
-            K_US, K_SS, K_UL, K_SL, K_FL, K_FD };
+            K_SQ, K_US, K_SS, K_UL, K_SL, K_FL, K_FD };
 
-#define N_VRS 26
+#define N_VRS 27
 #define VR_LO 7 /* the index of "LO": the one VR of private creators handled here */
+#define VR_SQ 26
 static const char *VR_NAMES[N_VRS] = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "ST",
                                       "LT", "TM", "UI", "US", "SS", "UL", "SL", "FL", "FD", "PN",
-                                      "OB", "OD", "OF", "OL", "OV", "OW"};
+                                      "OB", "OD", "OF", "OL", "OV", "OW", "SQ"};
 static const enum kind VR_KINDS[N_VRS] = {K_AE, K_MULTI, K_MULTI, K_MULTI, K_DS, K_MULTI, K_IS,
                                           K_TEXT_MULTI, K_TEXT_MULTI, K_TEXT_SINGLE, K_TEXT_SINGLE,
                                           K_MULTI, K_UI, K_US, K_SS, K_UL, K_SL, K_FL, K_FD, K_PN,
-                                          K_BINARY, K_BINARY, K_BINARY, K_BINARY, K_BINARY, K_BINARY};
+                                          K_BINARY, K_BINARY, K_BINARY, K_BINARY, K_BINARY, K_BINARY,
+                                          K_SQ};
 static signed char vr_table[26][26]; /* index in VR_NAMES by the two letters, -1 for other VRs */
 static PyObject *vr_strings[N_VRS];
 static PyObject *str_vr, *str_value, *str_alphabetic, *str_ideographic, *str_phonetic, *str_inline,
@@ -369,26 +385,55 @@ static int special_binary(uint32_t tag) {
            tag == 0x54001010;
 }
 
+/* One scan call: what every data set it reads shares. */
+struct scan {
+    const unsigned char *buf;
+    int text_ok;         /* the character set keeps ASCII as ASCII (items inherit it) */
+    struct bulk_ctx bc;
+    int in_sequence;     /* reading a sequence: bulk ranges go to `pending` */
+    PyObject *pending;   /* the bulk ranges of the outermost sequence being read (a dict made on first
+                            use), added to the bulk dict once the whole sequence is converted */
+};
+
+/* The tag path prefix of a data set ("" or "<seqtag>/<itemindex>/..."), made when first needed: only
+ * bulk data needs it. */
+struct path {
+    PyObject *prefix;    /* a new reference, NULL until made */
+    struct path *parent; /* the data set holding the item's sequence */
+    PyObject *key;       /* the sequence's key (borrowed) */
+    Py_ssize_t index;    /* the item's index in its sequence */
+};
+
+static PyObject *path_prefix(struct path *p) { /* borrowed */
+    if (!p->prefix) {
+        PyObject *parent = path_prefix(p->parent);
+        if (parent) p->prefix = PyUnicode_FromFormat("%U%U/%zd/", parent, p->key, p->index);
+    }
+    return p->prefix;
+}
+
 /* The element _Parser.binary returns for buf[vpos:vpos+length] (a new reference, NULL on error):
- * {"vr": vr} when empty, else InlineBinary, or BulkDataURI with the range recorded in the bulk dict
- * under prefix + key. */
-static PyObject *binary_element(PyObject *vr, PyObject *key, PyObject *prefix, const unsigned char *buf,
-                                Py_ssize_t vpos, Py_ssize_t length, const struct bulk_ctx *bc) {
+ * {"vr": vr} when empty, else InlineBinary, or BulkDataURI with the range recorded under prefix + key
+ * (in the bulk dict, or kept aside while in a sequence). */
+static PyObject *binary_element(struct scan *st, struct path *path, PyObject *vr, PyObject *key,
+                                Py_ssize_t vpos, Py_ssize_t length) {
     PyObject *element = PyDict_New();
     if (!element || PyDict_SetItem(element, str_vr, vr) < 0) { Py_XDECREF(element); return NULL; }
     if (length == 0) return element;
     int failed;
-    if (!bc->inline_bulk && (long long)length > bc->threshold) {
-        PyObject *path = PyUnicode_Concat(prefix, key);
-        PyObject *range = path ? PyObject_CallFunction(bc->byte_range, "nn", vpos, length) : NULL;
-        PyObject *uri = range ? PyUnicode_Concat(str_bulkdata, path) : NULL;
-        failed = !uri || PyDict_SetItem(bc->bulk, path, range) < 0 ||
-                 PyDict_SetItem(element, str_bulk_uri, uri) < 0;
-        Py_XDECREF(path);
+    if (!st->bc.inline_bulk && (long long)length > st->bc.threshold) {
+        if (st->in_sequence && !st->pending && !(st->pending = PyDict_New())) { Py_DECREF(element); return NULL; }
+        PyObject *target = st->in_sequence ? st->pending : st->bc.bulk;
+        PyObject *prefix = path_prefix(path);
+        PyObject *full = prefix ? PyUnicode_Concat(prefix, key) : NULL;
+        PyObject *range = full ? PyObject_CallFunction(st->bc.byte_range, "nn", vpos, length) : NULL;
+        PyObject *uri = range ? PyUnicode_Concat(str_bulkdata, full) : NULL;
+        failed = !uri || PyDict_SetItem(target, full, range) < 0 || PyDict_SetItem(element, str_bulk_uri, uri) < 0;
+        Py_XDECREF(full);
         Py_XDECREF(range);
         Py_XDECREF(uri);
     } else {
-        PyObject *text = base64_string(buf + vpos, length);
+        PyObject *text = base64_string(st->buf + vpos, length);
         failed = !text || PyDict_SetItem(element, str_inline, text) < 0;
         Py_XDECREF(text);
     }
@@ -396,33 +441,105 @@ static PyObject *binary_element(PyObject *vr, PyObject *key, PyObject *prefix, c
     return element;
 }
 
-static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "scan takes 8 arguments (buf, pos, end, ds, text_ok, creators, prefix, bulk_ctx)");
-        return NULL;
+#define ITEM 0xFFFEE000u
+#define ITEM_DELIM 0xFFFEE00Du
+#define SEQ_DELIM 0xFFFEE0DDu
+#define UNDEFINED 0xFFFFFFFFu
+
+static inline uint32_t tag_at(const unsigned char *p) {
+    return (uint32_t)(p[0] | p[1] << 8) << 16 | (uint32_t)(p[2] | p[3] << 8);
+}
+
+static inline int upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
+
+/* An item delimiter of length 0 at pos (within end): how an item of undefined length ends here. (The
+ * Python parser reads other lengths too, as an explicit VR header when they look like a VR.) */
+static int item_delimiter(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) {
+    return pos + 8 <= end && tag_at(buf + pos) == ITEM_DELIM && le32(buf + pos + 4) == 0;
+}
+
+static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyObject *ds,
+                           PyObject *creators, struct path *path, int levels);
+
+/* _Parser.read_sequence of an explicit VR sequence, value buf[pos:end] (end: the container's end when
+ * `delimited`), when scan_run converts every item whole: adds {"vr": "SQ", "Value": [items]} to ds.
+ * 1: done, *after is the offset after the sequence delimiter (when delimited); 0: left to the Python
+ * parser, nothing added to ds or the bulk dict; -1: an error (an exception is set). */
+static int sequence(struct scan *st, Py_ssize_t pos, Py_ssize_t end, int delimited, uint32_t tag,
+                    struct path *path, int levels, PyObject *ds, Py_ssize_t *after) {
+    if (levels < 1) return 0; /* nested too deeply: the Python parser raises */
+    const unsigned char *buf = st->buf;
+    int outermost = !st->in_sequence;
+    st->in_sequence = 1;
+    int result = -1;
+    PyObject *items = NULL, *element = NULL, *key = key_for(tag);
+    if (!key || !(items = PyList_New(0))) goto done;
+    for (;;) {
+        if (pos >= end && !delimited) break;
+        if (pos + 8 > end) { result = 0; goto done; } /* truncated */
+        uint32_t itag = tag_at(buf + pos), length = le32(buf + pos + 4);
+        if (itag == SEQ_DELIM) { /* its length is not looked at, as in Python */
+            pos += 8;
+            break;
+        }
+        if (itag != ITEM) { result = 0; goto done; }
+        Py_ssize_t start = pos + 8, iend = end;
+        int item_delimited = length == UNDEFINED;
+        if (!item_delimited) {
+            if ((uint64_t)length > (uint64_t)(end - start)) { result = 0; goto done; } /* overruns */
+            iend = start + length;
+        }
+        /* _Parser.detect_implicit: no letters where the VR would be is an implicit VR item, Python's
+         * (an item that is just its delimiter is empty either way). scan_run would stop at such a first
+         * element too: this says why. */
+        if (start + 6 <= iend && !(upper(buf[start + 4]) && upper(buf[start + 5])) &&
+            !(item_delimited && item_delimiter(buf, start, iend))) {
+            result = 0;
+            goto done;
+        }
+        PyObject *item = PyDict_New();
+        if (!item) goto done;
+        struct path item_path = {NULL, path, key, PyList_GET_SIZE(items)};
+        Py_ssize_t stop = scan_run(st, start, iend, item, NULL, &item_path, levels - 1);
+        Py_XDECREF(item_path.prefix);
+        int whole = item_delimited ? stop >= 0 && item_delimiter(buf, stop, iend) : stop == iend;
+        if (stop < 0 || !whole || PyList_Append(items, item) < 0) {
+            Py_DECREF(item);
+            if (stop >= 0 && !whole) result = 0; /* an element scan_run does not convert, or no delimiter */
+            goto done;
+        }
+        Py_DECREF(item);
+        pos = item_delimited ? stop + 8 : iend;
     }
-    PyObject *ds = args[3], *creators = args[5], *prefix = args[6];
-    if (!PyDict_Check(ds) || !PyDict_Check(creators) || !PyUnicode_Check(prefix)) {
-        PyErr_SetString(PyExc_TypeError, "scan: ds and creators must be dicts, prefix a str");
-        return NULL;
+    element = PyDict_New();
+    if (!element || PyDict_SetItem(element, str_vr, vr_strings[VR_SQ]) < 0 ||
+        PyDict_SetItem(element, str_value, items) < 0)
+        goto done;
+    if (outermost && st->pending) { /* the sequence is complete: its bulk ranges, in their order */
+        Py_ssize_t i = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(st->pending, &i, &k, &v))
+            if (PyDict_SetItem(st->bc.bulk, k, v) < 0) goto done;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
-    if (end == -1 && PyErr_Occurred()) return NULL;
-    int text_ok = PyObject_IsTrue(args[4]);
-    if (text_ok < 0) return NULL;
-    struct bulk_ctx bc;
-    if (parse_bulk_ctx(args[7], &bc) < 0) return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    if (pos < 0 || end > view.len || pos > end) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "scan: range outside the buffer");
-        return NULL;
+    if (PyDict_SetItem(ds, key, element) < 0) goto done;
+    *after = pos;
+    result = 1;
+done:
+    if (outermost) {
+        st->in_sequence = 0;
+        Py_CLEAR(st->pending);
     }
+    Py_XDECREF(element);
+    Py_XDECREF(items);
+    Py_XDECREF(key);
+    return result;
+}
+
+/* Converts simple elements of buf[pos:end] into ds; the offset of the first other one (see scan), or
+ * -1 on error. creators: the data set's private creators, NULL in items (see above). */
+static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyObject *ds,
+                           PyObject *creators, struct path *path, int levels) {
+    const unsigned char *buf = st->buf;
     while (pos + 8 <= end) {
         const unsigned char *h = buf + pos;
         uint32_t group = h[0] | h[1] << 8, elem = h[2] | h[3] << 8;
@@ -436,14 +553,30 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         enum kind kind = VR_KINDS[vi];
         int creator = (group & 1) && elem >= 0x0010 && elem < 0x0100;
         if (creator && vi != VR_LO) break; /* private creators of other VRs: the Python parser */
-        if ((kind == K_TEXT_MULTI || kind == K_TEXT_SINGLE || kind == K_PN) && !text_ok) break;
+        if ((kind == K_TEXT_MULTI || kind == K_TEXT_SINGLE || kind == K_PN) && !st->text_ok) break;
         Py_ssize_t vpos, length;
-        if (kind == K_BINARY) { /* 12-byte header: 2 reserved bytes, 32-bit length */
-            if (!bc.ok || special_binary(tag) || pos + 12 > end) break;
+        if (kind == K_BINARY || kind == K_SQ) { /* 12-byte header: 2 reserved bytes, 32-bit length */
+            if ((kind == K_BINARY && (!st->bc.ok || special_binary(tag))) || pos + 12 > end) break;
             uint32_t n = le32(h + 8);
             vpos = pos + 12;
-            if (n == 0xFFFFFFFFu || (uint64_t)n > (uint64_t)(end - vpos)) break; /* undefined, overrun */
+            if (kind == K_SQ && n == UNDEFINED) { /* up to the sequence delimiter */
+                Py_ssize_t after = 0;
+                int r = sequence(st, vpos, end, 1, tag, path, levels, ds, &after);
+                if (r < 0) return -1;
+                if (r == 0) break;
+                pos = after;
+                continue;
+            }
+            if (n == UNDEFINED || (uint64_t)n > (uint64_t)(end - vpos)) break; /* undefined, overrun */
             length = (Py_ssize_t)n;
+            if (kind == K_SQ) {
+                Py_ssize_t after = 0;
+                int r = sequence(st, vpos, vpos + length, 0, tag, path, levels, ds, &after);
+                if (r < 0) return -1;
+                if (r == 0) break;
+                pos = vpos + length; /* whatever a sequence delimiter in it says, as in Python */
+                continue;
+            }
         } else {
             length = h[6] | h[7] << 8;
             vpos = pos + 8;
@@ -468,7 +601,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         key = key_for(tag);
         if (!key) goto error;
         if (kind == K_BINARY) {
-            element = binary_element(vr_strings[vi], key, prefix, buf, vpos, length, &bc);
+            element = binary_element(st, path, vr_strings[vi], key, vpos, length);
             if (!element) goto error;
         } else {
             element = PyDict_New();
@@ -477,7 +610,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
                 goto error;
         }
         if (PyDict_SetItem(ds, key, element) < 0) goto error;
-        if (creator && value != Py_None && PyList_GET_SIZE(value) == 1) {
+        if (creator && creators && value != Py_None && PyList_GET_SIZE(value) == 1) {
             /* as parser._record_creator: the block's creator, for the VRs of its private elements */
             PyObject *block = PyLong_FromUnsignedLong(tag & 0xFFFF00FF);
             int failed = !block || PyDict_SetItem(creators, block, PyList_GET_ITEM(value, 0)) < 0;
@@ -493,11 +626,48 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_XDECREF(element);
         Py_XDECREF(key);
         Py_XDECREF(value);
-        PyBuffer_Release(&view);
+        return -1;
+    }
+    return pos;
+}
+
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "scan takes 9 arguments (buf, pos, end, ds, text_ok, creators, "
+                                         "prefix, bulk_ctx, levels)");
         return NULL;
     }
+    PyObject *ds = args[3], *creators = args[5], *prefix = args[6];
+    if (!PyDict_Check(ds) || !PyDict_Check(creators) || !PyUnicode_Check(prefix)) {
+        PyErr_SetString(PyExc_TypeError, "scan: ds and creators must be dicts, prefix a str");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred()) return NULL;
+    int overflow;
+    long long levels = PyLong_AsLongLongAndOverflow(args[8], &overflow);
+    if (levels == -1 && PyErr_Occurred()) return NULL;
+    if (overflow > 0 || levels > MAX_LEVELS) levels = MAX_LEVELS;
+    if (overflow < 0 || levels < 0) levels = 0;
+    struct scan st = {NULL, 0, {0}, 0, NULL};
+    st.text_ok = PyObject_IsTrue(args[4]);
+    if (st.text_ok < 0) return NULL;
+    if (parse_bulk_ctx(args[7], &st.bc) < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    st.buf = (const unsigned char *)view.buf;
+    if (pos < 0 || end > view.len || pos > end) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan: range outside the buffer");
+        return NULL;
+    }
+    struct path top = {Py_NewRef(prefix), NULL, NULL, 0};
+    pos = scan_run(&st, pos, end, ds, creators, &top, (int)levels);
+    Py_DECREF(top.prefix);
     PyBuffer_Release(&view);
-    return PyLong_FromSsize_t(pos);
+    return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
 }
 
 static PyObject *set_stop_tags(PyObject *self, PyObject *arg) {

@@ -101,12 +101,13 @@ _TRACKED = frozenset((0x00080005, 0x00280103, 0x00280100, 0x00283002, 0x54001004
 
 # The C fast path for runs of simple explicit VR little endian elements (see _fastscan.c), when the
 # package was built with it; the Python loop below stays the reference and handles everything else.
-# scan(buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange)) -> pos
-_Scan = Callable[[Any, int, int, dict[str, Any], bool, dict[int, str], str, tuple[Any, ...]], int]
+# scan(buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange),
+#      levels: sequence levels still allowed, _MAX_DEPTH - depth) -> pos
+_Scan = Callable[[Any, int, int, dict[str, Any], bool, dict[int, str], str, tuple[Any, ...], int], int]
 try:
     from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
 
-    if getattr(_fastscan, "API", 1) != 2:  # built from an older _fastscan.c: pip install -e . rebuilds it
+    if getattr(_fastscan, "API", 1) != 3:  # built from an older _fastscan.c: pip install -e . rebuilds it
         raise ImportError("dicomd.dicom._fastscan is a stale build")
     _fastscan.set_stop_tags(sorted(_TRACKED | {_CHARSET_TAG}))
     _SCAN: _Scan | None = _fastscan.scan
@@ -405,7 +406,17 @@ class _Parser:
         scan = _SCAN if self.little and not implicit else None
         while pos < end:
             if scan is not None:
-                pos = scan(buf, pos, end, ds, ctx.charset.ascii_ok, ctx.creators, prefix, self.scan_bulk)
+                pos = scan(
+                    buf,
+                    pos,
+                    end,
+                    ds,
+                    ctx.charset.ascii_ok,
+                    ctx.creators,
+                    prefix,
+                    self.scan_bulk,
+                    _MAX_DEPTH - self.depth,
+                )
                 if pos >= end:
                     break
             if pos + 8 > end:
