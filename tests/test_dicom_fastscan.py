@@ -68,14 +68,16 @@ def _scan(
     threshold: int = 64,
     inline_bulk: bool = False,
     levels: int = 64,
+    seq_state: list[int] | None = None,
 ) -> int:
-    """The C scan called directly, with the parser's arguments (creators, bulk ctx, levels) defaulted."""
+    """The C scan called directly, with the parser's arguments (creators, bulk ctx, levels, sequence
+    state) defaulted."""
     assert parser._SCAN is not None, _STALE
     creators = {} if creators is None else creators
     bulk = {} if bulk is None else bulk
-    return parser._SCAN(
-        buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange), levels
-    )
+    ctx = (bulk, threshold, inline_bulk, ByteRange)
+    state = [0] if seq_state is None else seq_state
+    return parser._SCAN(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, state)
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids)
