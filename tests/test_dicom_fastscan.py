@@ -56,6 +56,15 @@ def _same(data: bytes, scan: Any = None, threshold: int = 64) -> None:
         assert orjson.dumps(fast[0]) == orjson.dumps(slow[0])
 
 
+def _differs(data: bytes, scan: Any, threshold: int) -> bool:
+    """Whether a (deliberately wrong) scan fails the comparisons of _same on this file."""
+    try:
+        _same(data, scan, threshold)
+    except AssertionError:
+        return True
+    return False
+
+
 def _scan(
     buf: bytes,
     pos: int,

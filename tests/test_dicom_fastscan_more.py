@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from test_dicom_fastscan import BUILT, _element, _file, _long, _outcome, _same, _scan
+from test_dicom_fastscan import BUILT, _differs, _element, _file, _long, _outcome, _same, _scan
 from test_dicom_parser import FILES
 
 from dicomd.dicom import parser
@@ -469,14 +469,6 @@ _MUTANTS = [
     "empty binary as empty inline",
     "insertion order reversed",
 ]
-
-
-def _differs(data: bytes, scan: Callable[..., int], threshold: int) -> bool:
-    try:
-        _same(data, scan, threshold)
-    except AssertionError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("kind", _MUTANTS)
