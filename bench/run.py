@@ -66,11 +66,11 @@ class Config:
 MODES: dict[str, Config] = {
     "quick": Config(
         mode="quick",
-        count=2000,
+        count=4000,  # the cells take 2,500 (the last one two rounds of 16 x 50), the load the rest
         large=40,
         big_study=False,
         matrix=[(1, 1), (10, 4), (50, 16)],
-        cell_max=400,
+        cell_max=1000,
         cell_secs=2,
         dur=1.5,
     ),
