@@ -66,7 +66,7 @@ class Config:
 MODES: dict[str, Config] = {
     "quick": Config(
         mode="quick",
-        count=4000,  # the cells take 2,500 (the last one two rounds of 16 x 50), the load the rest
+        count=4000,  # the cells take 2,500 (500 + 1,000 + 1,000), the load the rest
         large=40,
         big_study=False,
         matrix=[(1, 1), (10, 4), (50, 16)],
