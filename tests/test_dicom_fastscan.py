@@ -77,7 +77,7 @@ def _scan(
     threshold: int = 64,
     inline_bulk: bool = False,
     levels: int = 64,
-    seq_state: list[int] | None = None,
+    given_back: set[int] | None = None,
 ) -> int:
     """The C scan called directly, with the parser's arguments (creators, bulk ctx, levels, sequence
     state) defaulted."""
@@ -85,8 +85,8 @@ def _scan(
     creators = {} if creators is None else creators
     bulk = {} if bulk is None else bulk
     ctx = (bulk, threshold, inline_bulk, ByteRange)
-    state = [0] if seq_state is None else seq_state
-    return parser._SCAN(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, state)
+    given = set() if given_back is None else given_back
+    return parser._SCAN(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, given)
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids)

@@ -418,7 +418,7 @@ def _mutant(kind: str) -> Callable[..., int]:
         prefix: str,
         ctx: Any,
         levels: int,
-        seq_state: list[int],
+        given_back: set[int],
     ) -> int:
         before = set(ds)
         if kind == "creators not recorded":
@@ -429,7 +429,7 @@ def _mutant(kind: str) -> Callable[..., int]:
             ctx = (ctx[0], ctx[1] + 1, *ctx[2:])
         elif kind == "inline_bulk ignored":
             ctx = (*ctx[:2], False, ctx[3])
-        after = real(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, seq_state)
+        after = real(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, given_back)
         new = [k for k in ds if k not in before]
         for key in new:
             element = ds[key]

@@ -277,10 +277,28 @@ def test_bundled_files_sequences_converted_by_scan() -> None:
         data = path.read_bytes()
         left += sum(vr == b"SQ" for _, vr in _stops(data))
         sequences += orjson.dumps(_outcome(data, None)[0]).count(b'"vr":"SQ"')
-    # 414 sequences, 80 left to Python: 30 with items holding a character set, AT, UT or several
-    # numbers, and the nested ones of those up to where scan gave up (scan_seq: not converted twice)
+    # 414 sequences, 30 left to Python (items with a character set, AT, UT or several numbers)
     assert sequences > 300
-    assert left < sequences / 4
+    assert left < sequences / 10
+
+
+def test_scan_records_the_sequences_it_gives_back_and_leaves_them_to_python() -> None:
+    given: set[int] = set()
+    chain = _nest(3, True, _CODE + _SUITE)  # the UN in the innermost item: all three given back
+    assert _scan(chain, 0, len(chain), {}, given_back=given) == 0
+    assert len(given) == 3 and 0 in given
+    body = _nest(2)
+    ds: dict[str, Any] = {}
+    assert _scan(body, 0, len(body), ds, given_back={0}) == 0 and ds == {}  # given back before
+    assert _scan(body, 0, len(body), ds, given_back={1}) == len(body) and ds  # another offset
+
+
+def test_sequences_beside_the_way_to_what_python_reads_are_still_converted() -> None:
+    """Inside a sequence given back, the sequences not holding the element that made scan give up (here
+    the first inner one) are scan's; those on the way to it are Python's, and not tried again."""
+    body = _sq(_T, _item(_sq(_T + 1, _item(_CODE)) + _sq(_T + 2, _item(_CODE + _SUITE))))
+    assert [tag for tag, _ in _stops(_file(body))] == [_T, _T + 2, 0x00091002]
+    _same(_file(body))
 
 
 def test_a_sequence_given_back_is_not_converted_again_at_every_level() -> None:
@@ -479,7 +497,7 @@ def test_errors_in_sequences_propagate_and_leave_nothing() -> None:
     ds: dict[str, Any] = {}
     bulk: dict[str, ByteRange] = {}
     with pytest.raises(_Boom):
-        parser._SCAN(buf, 0, len(buf), ds, True, {}, "", (bulk, 64, False, _boom), 64, [0])
+        parser._SCAN(buf, 0, len(buf), ds, True, {}, "", (bulk, 64, False, _boom), 64, set())
     assert list(ds) == ["00080060"] and not bulk
 
 
@@ -491,11 +509,11 @@ def test_sequences_leak_nothing() -> None:
     bails = [body for _, body in _bails()]
 
     def run() -> None:
-        scan(converted, 0, len(converted), {}, True, {}, prefix, ({}, 64, False, ByteRange), 64, [0])
+        scan(converted, 0, len(converted), {}, True, {}, prefix, ({}, 64, False, ByteRange), 64, set())
         for body in bails:
-            scan(body, 0, len(body), {}, True, {}, prefix, ({}, 64, False, ByteRange), 64, [0])
+            scan(body, 0, len(body), {}, True, {}, prefix, ({}, 64, False, ByteRange), 64, set())
         try:
-            scan(converted, 0, len(converted), {}, True, {}, prefix, ({}, 64, False, _boom), 64, [0])
+            scan(converted, 0, len(converted), {}, True, {}, prefix, ({}, 64, False, _boom), 64, set())
         except _Boom:
             pass
         else:
@@ -504,7 +522,7 @@ def test_sequences_leak_nothing() -> None:
     # the cached objects scan hands out (data set keys, VR strings) allocate nothing when leaked:
     # their reference counts tell
     sample: dict[str, Any] = {}
-    scan(converted, 0, len(converted), sample, True, {}, prefix, ({}, 64, False, ByteRange), 64, [0])
+    scan(converted, 0, len(converted), sample, True, {}, prefix, ({}, 64, False, ByteRange), 64, set())
     cached = [next(k for k, e in sample.items() if e["vr"] == "SQ"), sample[next(iter(sample))]["vr"]]
     refs = [sys.getrefcount(o) for o in (prefix, *cached)]
     assert _growth(run, 300) < 30_000
@@ -544,7 +562,7 @@ def _mutant(kind: str) -> Callable[..., int]:
         prefix: str,
         ctx: Any,
         levels: int,
-        seq_state: list[int],
+        given_back: set[int],
     ) -> int:
         before = set(ds)
         bulk_before = set(ctx[0])
@@ -552,7 +570,7 @@ def _mutant(kind: str) -> Callable[..., int]:
             levels += 1
         elif kind == "levels ignored":
             levels = 10**6
-        after = real(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, seq_state)
+        after = real(buf, pos, end, ds, text_ok, creators, prefix, ctx, levels, given_back)
         for key in [k for k in ds if k not in before and ds[k]["vr"] == "SQ"]:
             items = ds[key]["Value"]
             if kind == "items reversed":

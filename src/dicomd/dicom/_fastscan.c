@@ -1,7 +1,7 @@
 /* Fast path of dicomd.dicom.parser: converts runs of "simple" explicit VR little endian elements to
  * their DICOM JSON form in C.
  *
- * scan(buf, pos, end, ds, text_ok, creators, prefix, bulk_ctx, levels, seq_state) starts at offset `pos`,
+ * scan(buf, pos, end, ds, text_ok, creators, prefix, bulk_ctx, levels, given_back) starts at offset `pos`,
  * adds each
  * simple element to the dict `ds` exactly as parser._Parser.read_dataset would, and returns the offset
  * of the first element it does not handle (or `end`, or an offset with fewer than 8 bytes left before
@@ -31,11 +31,11 @@
  *   implicit VR, any element above, the character set, a truncated or missing delimiter, a sequence
  *   nested too deeply...) leaves the whole sequence to the Python parser, with nothing added to `ds` or
  *   the bulk dict (bulk ranges found in a sequence are kept aside until it is complete).
- *   seq_state is the parser's [offset]: scan leaves sequences starting before it to Python, and moves
- *   it to the furthest offset where it gave up on one. While the Python parser reads a sequence scan
- *   gave back, scan then leaves its nested sequences up to that point to Python too, instead of
- *   converting them again up to the same element once per level (a hostile 64-level chain cost 45x the
- *   Python parse); each byte is converted at most twice.
+ *   given_back is the parser's set of the offsets of sequence elements scan gave up on: every sequence
+ *   open when it gave up (the one holding the element it does not convert, and those around it). scan
+ *   leaves those to Python from then on: while the Python parser reads a sequence scan gave back, scan
+ *   converts the other sequences in it but not the nested ones on the way to that element again, once
+ *   per level (a hostile 64-level chain cost 45x the Python parse); each byte is converted at most twice.
  *   Items get no `creators`: each item has its own _Ctx in Python, whose creators only decide the VRs of
  *   UN and implicit VR elements of that item, which scan never converts, so nothing reads them.
  * Every read is bounds-checked against `end`, which the caller guarantees lies within the buffer.
@@ -46,7 +46,7 @@
 #include <string.h>
 
 /* The version of scan's signature and behaviour parser.py expects: it ignores a stale build. */
-#define SCAN_API 4
+#define SCAN_API 5
 /* Nesting scan converts, whatever `levels` allows: a bound on its recursion (the parser allows 64). */
 #define MAX_LEVELS 128
 
@@ -399,8 +399,7 @@ struct scan {
     int in_sequence;     /* reading a sequence: bulk ranges go to `pending` */
     PyObject *pending;   /* the bulk ranges of the outermost sequence being read (a dict made on first
                             use), added to the bulk dict once the whole sequence is converted */
-    Py_ssize_t seq_from; /* sequences starting before this offset are left to the Python parser */
-    Py_ssize_t failed;   /* the furthest offset where converting a sequence gave up (see scan) */
+    PyObject *given_back; /* the parser's set of the offsets of sequences given back to it (see scan) */
 };
 
 /* The tag path prefix of a data set ("" or "<seqtag>/<itemindex>/..."), made when first needed: only
@@ -469,18 +468,25 @@ static int item_delimiter(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t e
 static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyObject *ds,
                            PyObject *creators, struct path *path, int levels);
 
+/* Whether the sequence element at `pos` is in the parser's set of sequences given back (add: put it
+ * there): 1 yes, 0 no, -1 an error. */
+static int given_back(struct scan *st, Py_ssize_t pos, int add) {
+    if (!add && PySet_GET_SIZE(st->given_back) == 0) return 0; /* the common case: no lookup */
+    PyObject *offset = PyLong_FromSsize_t(pos);
+    if (!offset) return -1;
+    int r = add ? PySet_Add(st->given_back, offset) : PySet_Contains(st->given_back, offset);
+    Py_DECREF(offset);
+    return r;
+}
+
 /* _Parser.read_sequence of an explicit VR sequence, value buf[pos:end] (end: the container's end when
  * `delimited`), when scan_run converts every item whole: adds {"vr": "SQ", "Value": [items]} to ds.
  * 1: done, *after is the offset after the sequence delimiter (when delimited); 0: left to the Python
  * parser, nothing added to ds or the bulk dict; -1: an error (an exception is set). */
 static int sequence(struct scan *st, Py_ssize_t pos, Py_ssize_t end, int delimited, uint32_t tag,
                     struct path *path, int levels, PyObject *ds, Py_ssize_t *after) {
-/* left to the Python parser because of what is at offset `at` */
-#define GIVE_UP(at) do { if ((at) > st->failed) st->failed = (at); result = 0; goto done; } while (0)
-    if (levels < 1) { /* nested too deeply: the Python parser raises */
-        if (pos > st->failed) st->failed = pos;
-        return 0;
-    }
+#define GIVE_UP do { result = 0; goto done; } while (0) /* left to the Python parser */
+    if (levels < 1) return 0; /* nested too deeply: the Python parser raises */
     const unsigned char *buf = st->buf;
     int outermost = !st->in_sequence;
     st->in_sequence = 1;
@@ -489,17 +495,17 @@ static int sequence(struct scan *st, Py_ssize_t pos, Py_ssize_t end, int delimit
     if (!key || !(items = PyList_New(0))) goto done;
     for (;;) {
         if (pos >= end && !delimited) break;
-        if (pos + 8 > end) GIVE_UP(pos); /* truncated */
+        if (pos + 8 > end) GIVE_UP; /* truncated */
         uint32_t itag = tag_at(buf + pos), length = le32(buf + pos + 4);
         if (itag == SEQ_DELIM) { /* its length is not looked at, as in Python */
             pos += 8;
             break;
         }
-        if (itag != ITEM) GIVE_UP(pos);
+        if (itag != ITEM) GIVE_UP;
         Py_ssize_t start = pos + 8, iend = end;
         int item_delimited = length == UNDEFINED;
         if (!item_delimited) {
-            if ((uint64_t)length > (uint64_t)(end - start)) GIVE_UP(pos); /* overruns */
+            if ((uint64_t)length > (uint64_t)(end - start)) GIVE_UP; /* overruns */
             iend = start + length;
         }
         /* _Parser.detect_implicit: no letters where the VR would be is an implicit VR item, Python's
@@ -507,7 +513,7 @@ static int sequence(struct scan *st, Py_ssize_t pos, Py_ssize_t end, int delimit
          * element too: this says why. */
         if (start + 6 <= iend && !(upper(buf[start + 4]) && upper(buf[start + 5])) &&
             !(item_delimited && item_delimiter(buf, start, iend)))
-            GIVE_UP(start);
+            GIVE_UP;
         PyObject *item = PyDict_New();
         if (!item) goto done;
         struct path item_path = {NULL, path, key, PyList_GET_SIZE(items)};
@@ -516,7 +522,7 @@ static int sequence(struct scan *st, Py_ssize_t pos, Py_ssize_t end, int delimit
         int whole = item_delimited ? stop >= 0 && item_delimiter(buf, stop, iend) : stop == iend;
         if (stop < 0 || !whole || PyList_Append(items, item) < 0) {
             Py_DECREF(item);
-            if (stop >= 0 && !whole) GIVE_UP(stop); /* an element scan_run does not convert, or no delimiter */
+            if (stop >= 0 && !whole) GIVE_UP; /* an element scan_run does not convert, or no delimiter */
             goto done;
         }
         Py_DECREF(item);
@@ -571,11 +577,15 @@ static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyOb
             if ((kind == K_BINARY && (!st->bc.ok || special_binary(tag))) || pos + 12 > end) break;
             uint32_t n = le32(h + 8);
             vpos = pos + 12;
-            if (kind == K_SQ && pos < st->seq_from) break; /* inside one given up on: see scan */
+            if (kind == K_SQ) {
+                int known = given_back(st, pos, 0);
+                if (known < 0) return -1;
+                if (known) break; /* converting it failed before: see scan */
+            }
             if (kind == K_SQ && n == UNDEFINED) { /* up to the sequence delimiter */
                 Py_ssize_t after = 0;
                 int r = sequence(st, vpos, end, 1, tag, path, levels, ds, &after);
-                if (r < 0) return -1;
+                if (r < 0 || (r == 0 && given_back(st, pos, 1) < 0)) return -1;
                 if (r == 0) break;
                 pos = after;
                 continue;
@@ -585,7 +595,7 @@ static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyOb
             if (kind == K_SQ) {
                 Py_ssize_t after = 0;
                 int r = sequence(st, vpos, vpos + length, 0, tag, path, levels, ds, &after);
-                if (r < 0) return -1;
+                if (r < 0 || (r == 0 && given_back(st, pos, 1) < 0)) return -1;
                 if (r == 0) break;
                 pos = vpos + length; /* whatever a sequence delimiter in it says, as in Python */
                 continue;
@@ -647,12 +657,12 @@ static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyOb
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "scan takes 10 arguments (buf, pos, end, ds, text_ok, creators, "
-                                         "prefix, bulk_ctx, levels, seq_state)");
+                                         "prefix, bulk_ctx, levels, given_back)");
         return NULL;
     }
-    PyObject *seq_state = args[9];
-    if (!PyList_CheckExact(seq_state) || PyList_GET_SIZE(seq_state) != 1) {
-        PyErr_SetString(PyExc_TypeError, "scan: seq_state must be a list of one int");
+    PyObject *given = args[9];
+    if (!PySet_CheckExact(given)) {
+        PyErr_SetString(PyExc_TypeError, "scan: given_back must be a set");
         return NULL;
     }
     PyObject *ds = args[3], *creators = args[5], *prefix = args[6];
@@ -669,9 +679,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (levels == -1 && PyErr_Occurred()) return NULL;
     if (overflow > 0 || levels > MAX_LEVELS) levels = MAX_LEVELS;
     if (overflow < 0 || levels < 0) levels = 0;
-    Py_ssize_t seq_from = PyLong_AsSsize_t(PyList_GET_ITEM(seq_state, 0));
-    if (seq_from == -1 && PyErr_Occurred()) return NULL;
-    struct scan st = {NULL, 0, {0}, 0, NULL, seq_from, seq_from};
+    struct scan st = {NULL, 0, {0}, 0, NULL, given};
     st.text_ok = PyObject_IsTrue(args[4]);
     if (st.text_ok < 0) return NULL;
     if (parse_bulk_ctx(args[7], &st.bc) < 0) return NULL;
@@ -687,10 +695,6 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     pos = scan_run(&st, pos, end, ds, creators, &top, (int)levels);
     Py_DECREF(top.prefix);
     PyBuffer_Release(&view);
-    if (pos >= 0 && st.failed > seq_from) {
-        PyObject *failed = PyLong_FromSsize_t(st.failed);
-        if (!failed || PyList_SetItem(seq_state, 0, failed) < 0) return NULL; /* steals `failed` */
-    }
     return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
 }
 

@@ -102,14 +102,14 @@ _TRACKED = frozenset((0x00080005, 0x00280103, 0x00280100, 0x00283002, 0x54001004
 # The C fast path for runs of simple explicit VR little endian elements (see _fastscan.c), when the
 # package was built with it; the Python loop below stays the reference and handles everything else.
 # scan(buf, pos, end, ds, text_ok, creators, prefix, (bulk, threshold, inline_bulk, ByteRange),
-#      levels: sequence levels still allowed, _MAX_DEPTH - depth, seq_state: see _Parser.scan_seq) -> pos
+#      levels: sequence levels still allowed, _MAX_DEPTH - depth, given_back: see _Parser.scan_seq) -> pos
 _Scan = Callable[
-    [Any, int, int, dict[str, Any], bool, dict[int, str], str, tuple[Any, ...], int, list[int]], int
+    [Any, int, int, dict[str, Any], bool, dict[int, str], str, tuple[Any, ...], int, set[int]], int
 ]
 try:
     from dicomd.dicom import _fastscan  # type: ignore[attr-defined]
 
-    if getattr(_fastscan, "API", 1) != 4:  # built from an older _fastscan.c: pip install -e . rebuilds it
+    if getattr(_fastscan, "API", 1) != 5:  # built from an older _fastscan.c: pip install -e . rebuilds it
         raise ImportError("dicomd.dicom._fastscan is a stale build")
     _fastscan.set_stop_tags(sorted(_TRACKED | {_CHARSET_TAG}))
     _SCAN: _Scan | None = _fastscan.scan
@@ -369,10 +369,10 @@ class _Parser:
         self.warnings: list[str] = []
         self.bulk: dict[str, ByteRange] = {}
         self.scan_bulk = (self.bulk, bulk_threshold, inline_bulk, ByteRange)  # what _SCAN needs of binary()
-        # [offset]: _SCAN leaves sequences that start before it to this parser, and moves it to where it
-        # last gave up on one. So it does not convert the nested sequences of one it gave back again up
-        # to the same element (once per level: a hostile 64-level chain cost 45x the Python parse).
-        self.scan_seq = [0]
+        # offsets of the sequences _SCAN gave back (every one open where it gave up): it leaves them to
+        # this parser from then on, so it does not convert the nested ones of a sequence it gave back
+        # again up to the same element, once per level (a hostile 64-level chain cost 45x the Python parse)
+        self.scan_seq: set[int] = set()
         self.fixups: list[_Fixup] = []
         self.depth = 0
         # top-level pixel data: (tag, value offset, value length, fragments or None if native)
