@@ -121,9 +121,11 @@ static inline int is_space(unsigned char c) { /* str.isspace() for ASCII */
     return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
 }
 
-/* A list of the backslash-separated parts of v[0:n], each with `strip` applied:
- * 0 none, 1 rstrip("\0 "), 2 strip() (whitespace). */
-static PyObject *split_values(const char *v, Py_ssize_t n, int strip) {
+/* A list of `part` applied to each backslash-separated part of v[0:n] (with `arg`); NULL when a part
+ * gives NULL (with or without an exception, as `part` says). */
+typedef PyObject *(*part_fn)(const char *v, Py_ssize_t n, int arg);
+
+static PyObject *split_map(const char *v, Py_ssize_t n, part_fn part, int arg) {
     Py_ssize_t count = 1;
     for (Py_ssize_t i = 0; i < n; i++) count += v[i] == '\\';
     PyObject *list = PyList_New(count);
@@ -131,19 +133,28 @@ static PyObject *split_values(const char *v, Py_ssize_t n, int strip) {
     Py_ssize_t start = 0, k = 0;
     for (Py_ssize_t i = 0; i <= n; i++) {
         if (i < n && v[i] != '\\') continue;
-        Py_ssize_t a = start, b = i;
-        if (strip == 1) {
-            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\0')) b--;
-        } else if (strip == 2) {
-            while (a < b && is_space((unsigned char)v[a])) a++;
-            while (b > a && is_space((unsigned char)v[b - 1])) b--;
-        }
-        PyObject *s = PyUnicode_DecodeASCII(v + a, b - a, NULL);
-        if (!s) { Py_DECREF(list); return NULL; }
-        PyList_SET_ITEM(list, k++, s);
+        PyObject *x = part(v + start, i - start, arg);
+        if (!x) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, k++, x);
         start = i + 1;
     }
     return list;
+}
+
+/* One part as a str, with `strip` applied: 0 none, 1 rstrip("\0 "), 2 strip() (whitespace). */
+static PyObject *stripped_part(const char *v, Py_ssize_t n, int strip) {
+    Py_ssize_t a = 0, b = n;
+    if (strip == 1) {
+        while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\0')) b--;
+    } else if (strip == 2) {
+        while (a < b && is_space((unsigned char)v[a])) a++;
+        while (b > a && is_space((unsigned char)v[b - 1])) b--;
+    }
+    return PyUnicode_DecodeASCII(v + a, b - a, NULL);
+}
+
+static PyObject *split_values(const char *v, Py_ssize_t n, int strip) {
+    return split_map(v, n, stripped_part, strip);
 }
 
 /* Number from the ASCII text v[0:n] with Python's own int()/float() (same rules as the Python
@@ -277,8 +288,9 @@ static PyObject *binary_value(enum kind kind, const unsigned char *p, Py_ssize_t
 
 /* One person name (the part between backslashes) as _Parser.person_name makes it: its "=" groups
  * without the trailing empty ones, the first three as Alphabetic, Ideographic, Phonetic; Py_None when
- * no group is left. */
-static PyObject *person_name(const char *v, Py_ssize_t n) {
+ * no group is left. (A part_fn for split_map: `unused` is its argument.) */
+static PyObject *person_name(const char *v, Py_ssize_t n, int unused) {
+    (void)unused;
     Py_ssize_t starts[3], ends[3];
     int groups = 0; /* groups up to the last non-empty one */
     Py_ssize_t start = 0;
@@ -308,19 +320,8 @@ static PyObject *person_name(const char *v, Py_ssize_t n) {
 static PyObject *person_names(const char *v, Py_ssize_t n) {
     if (!plain_ascii(v, n)) return NULL;
     while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\0')) n--;
-    Py_ssize_t count = 1;
-    for (Py_ssize_t i = 0; i < n; i++) count += v[i] == '\\';
-    PyObject *list = PyList_New(count);
-    if (!list) return NULL;
-    Py_ssize_t start = 0, k = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        if (i < n && v[i] != '\\') continue;
-        PyObject *name = person_name(v + start, i - start);
-        if (!name) { Py_DECREF(list); return NULL; }
-        PyList_SET_ITEM(list, k++, name);
-        start = i + 1;
-    }
-    if (count == 1 && PyList_GET_ITEM(list, 0) == Py_None) {
+    PyObject *list = split_map(v, n, person_name, 0);
+    if (list && PyList_GET_SIZE(list) == 1 && PyList_GET_ITEM(list, 0) == Py_None) {
         Py_DECREF(list);
         Py_RETURN_NONE;
     }

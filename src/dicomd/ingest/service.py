@@ -75,22 +75,13 @@ class IngestService:
             raise
         return StagedPart(key, None if kept is None else b"".join(kept))
 
-    async def store_staged(
-        self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1
-    ) -> StoreOutcome:
-        """The part's bytes are at the staged path of ``part.key`` (and in ``part.data`` when the caller
-        kept them: the service drops them once parsed); decide its fate. Never raises."""
-        outcome, prepared = await self.prepare(
-            part, url_study=url_study, version=version, partition_key=partition_key
-        )
-        return outcome if prepared is None else await self.commit(outcome, prepared)
-
     async def prepare(
         self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1
     ) -> tuple[StoreOutcome, PreparedInstance | None]:
-        """First half of store_staged: parse and validate the part, stage its metadata and compute its
-        index rows. Without a prepared instance (the outcome says why) the staged files are gone.
-        Never raises."""
+        """The part's bytes are at the staged path of ``part.key`` (and in ``part.data`` when the caller
+        kept them: dropped once parsed). Parse and validate it, stage its metadata and compute its index
+        rows; then ``commit`` it. Without a prepared instance (the outcome says why) the staged files are
+        gone. Never raises."""
         try:
             return await self._prepare(part, url_study, version, partition_key)
         except Exception as exc:  # an unexpected fault fails this instance, never the request
@@ -125,8 +116,8 @@ class IngestService:
         return outcome, prepared
 
     async def commit(self, outcome: StoreOutcome, prepared: PreparedInstance) -> StoreOutcome:
-        """Second half of store_staged: wait for the group commit of a prepared instance (the
-        committer drops the staged files of those it does not store). Never raises."""
+        """Wait for the group commit of a prepared instance (the committer drops the staged files of
+        those it does not store). Never raises."""
         try:
             result = await self.committer.submit(prepared)
         except Exception as exc:

@@ -55,18 +55,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
             view = view[os.write(fd, view) :]
 
 
+def create_file(path: str) -> int:
+    """Create (or truncate) ``path`` for writing: the caller writes with write_all and closes the fd."""
+    return os.open(path, _NEW_FILE, _MODE)
+
+
 def write_file(path: str, data: bytes) -> None:
     """Create (or truncate) ``path`` and write ``data`` to it, unflushed."""
-    fd = os.open(path, _NEW_FILE, _MODE)
+    fd = create_file(path)
     try:
         write_all(fd, data)
     finally:
         os.close(fd)
-
-
-def create_file(path: str) -> int:
-    """Create (or truncate) ``path`` for writing: the caller writes with write_all and closes the fd."""
-    return os.open(path, _NEW_FILE, _MODE)
 
 
 class LocalObjectStore:
