@@ -35,6 +35,12 @@ class Settings:
     commit_batch: int = 256  # most instances in one group commit
     log_level: str = "info"
     base_url: str = ""  # "" = derive RetrieveURL/BulkDataURI from the request (set it behind a proxy)
+    header_timeout: int = 30  # seconds from a connection's (or request's) first byte to its last header
+    body_timeout: int = 60  # seconds a request body may go without delivering 1 KiB more
+    keep_alive_timeout: int = 15  # seconds an idle keep-alive connection is kept open
+    max_connections: int = 2048  # open client connections, all workers together
+    delete_grace_period: int = 3600  # seconds a deleted or replaced object is kept for readers in flight
+    cors_origins: str = ""  # comma-separated browser origins allowed to call the API ("*" = any)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     # ---- derived values -------------------------------------------------------------------------
@@ -78,12 +84,29 @@ SETTINGS_HELP: dict[str, str] = {
     "commit_batch": "most instances written to the index in one group commit",
     "log_level": "critical, error, warning, info or debug",
     "base_url": "public base URL (scheme://host[:port]) used in RetrieveURL / BulkDataURI behind a proxy",
+    "header_timeout": "seconds a client may take to send a request's headers (idle new connections too)",
+    "body_timeout": "seconds a request body may go without delivering at least 1 KiB more",
+    "keep_alive_timeout": "seconds an idle keep-alive connection stays open between requests",
+    "max_connections": "most open client connections (all workers); the longest-idle ones make room",
+    "delete_grace_period": "seconds deleted or replaced objects are kept before removal (readers in flight)",
+    "cors_origins": "comma-separated origins browsers may call the API from (e.g. an OHIF viewer); * = any",
 }
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-_INT_SETTINGS = ("port", "workers", "bulk_threshold", "max_request_bytes", "commit_batch")
+_INT_SETTINGS = (
+    "port",
+    "workers",
+    "bulk_threshold",
+    "max_request_bytes",
+    "commit_batch",
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "max_connections",
+    "delete_grace_period",
+)
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
@@ -102,6 +125,12 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{where}: must start with sqlite:/// or postgresql+psycopg://, got {value!r}")
     if name == "base_url" and value and not value.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
+    if name == "cors_origins":
+        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}: origins must be * or start with http:// or https://, got {origin!r}")
+        return ",".join(origins)
     return value.rstrip("/") if name == "base_url" else value
 
 
@@ -116,8 +145,12 @@ def _coerce_int(name: str, raw: Any, where: str) -> int:
         raise ConfigError(f"{where}: must be between 1 and 65535, got {value}")
     if name == "workers" and not 0 <= value <= 256:
         raise ConfigError(f"{where}: must be between 0 and 256, got {value}")
-    if name in ("bulk_threshold", "commit_batch", "max_request_bytes") and value < 1:
+    positive = ("bulk_threshold", "commit_batch", "max_request_bytes", "max_connections")
+    positive += ("header_timeout", "body_timeout", "keep_alive_timeout")
+    if name in positive and value < 1:
         raise ConfigError(f"{where}: must be positive, got {value}")
+    if name == "delete_grace_period" and value < 0:
+        raise ConfigError(f"{where}: must be zero or more, got {value}")
     return value
 
 
