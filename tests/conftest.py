@@ -22,6 +22,12 @@ TEST_FILES = PYDICOM_DATA / "test_files"
 CHARSET_FILES = PYDICOM_DATA / "charset_files"
 
 
+def staged_files(data_dir: Path) -> list[Path]:
+    """Files left in any staging area of the data dir's object store (lock files of live areas aside)."""
+    staging = data_dir / "objects" / "staging"
+    return [p for p in staging.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,11 +31,11 @@ pytestmark = pytest.mark.skipif(not BUILT, reason="built without the C fast path
 DATA = FILES[0].parents[1]
 
 
-def _outcome(data: bytes, scan: Any, threshold: int = 64) -> Any:
+def _outcome(data: bytes, scan: Any, threshold: int = 64, inline_deflated: bool = False) -> Any:
     saved = parser._SCAN
     parser._SCAN = scan
     try:
-        p = parser.parse_bytes(data, bulk_threshold=threshold)
+        p = parser.parse_bytes(data, bulk_threshold=threshold, inline_deflated=inline_deflated)
     except InvalidDicom as exc:
         return ("invalid", str(exc))
     finally:
@@ -47,19 +47,20 @@ def _outcome(data: bytes, scan: Any, threshold: int = 64) -> Any:
 _STALE = "the extension is stale (parser.py ignores it): .venv/bin/pip install -e ."
 
 
-def _same(data: bytes, scan: Any = None, threshold: int = 64) -> None:
+def _same(data: bytes, scan: Any = None, threshold: int = 64, inline_deflated: bool = False) -> None:
     scan = scan or parser._SCAN
     assert scan is not None, _STALE
-    fast, slow = _outcome(data, scan, threshold), _outcome(data, None, threshold)
+    fast = _outcome(data, scan, threshold, inline_deflated)
+    slow = _outcome(data, None, threshold, inline_deflated)
     assert fast == slow
     if fast[0] != "invalid":  # also the JSON types (7 == 7.0 in Python, not in the JSON) and key order
         assert orjson.dumps(fast[0]) == orjson.dumps(slow[0])
 
 
-def _differs(data: bytes, scan: Any, threshold: int) -> bool:
+def _differs(data: bytes, scan: Any, threshold: int, inline_deflated: bool = False) -> bool:
     """Whether a (deliberately wrong) scan fails the comparisons of _same on this file."""
     try:
-        _same(data, scan, threshold)
+        _same(data, scan, threshold, inline_deflated)
     except AssertionError:
         return True
     return False

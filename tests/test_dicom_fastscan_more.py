@@ -247,7 +247,8 @@ def test_binary_values_same_with_and_without_fast_path(threshold: int) -> None:
     run = _binary_run(threshold, threshold)
     _same(_file(run), threshold=threshold)
     _same(_file(_seq(0x00081111, run, run), run), threshold=threshold)
-    _same(_part10(run, _DEFLATED), threshold=threshold)  # inline_bulk: every value inline
+    _same(_part10(run, _DEFLATED), threshold=threshold)
+    _same(_part10(run, _DEFLATED), threshold=threshold, inline_deflated=True)  # inline_bulk: all inline
     for n in _lengths(threshold):
         for vr in _BINARY_VRS:
             for tag in _PLAIN_TAGS + _SPECIAL_TAGS:
@@ -307,9 +308,14 @@ def test_bulk_paths_in_items() -> None:
     )
     _same(data)
     for threshold in (64, 65):
+        # deflated: the same bulk data as any other file, its ranges into the inflated data set
         deflated = parser.parse_bytes(_part10(body, _DEFLATED), bulk_threshold=threshold)
-        assert deflated.bulk == {}
-        assert deflated.dataset["00420011"] == {"vr": "OB", "InlineBinary": base64.b64encode(big).decode()}
+        plain = parser.parse_bytes(_part10(body), bulk_threshold=threshold)
+        assert deflated.dataset == plain.dataset and list(deflated.bulk) == list(plain.bulk)
+        # as stored before those ranges were recorded: every value inline
+        legacy = parser.parse_bytes(_part10(body, _DEFLATED), bulk_threshold=threshold, inline_deflated=True)
+        assert legacy.bulk == {}
+        assert legacy.dataset["00420011"] == {"vr": "OB", "InlineBinary": base64.b64encode(big).decode()}
 
 
 def test_scan_converts_binary_values() -> None:
@@ -474,20 +480,23 @@ _MUTANTS = [
 @pytest.mark.parametrize("kind", _MUTANTS)
 def test_a_wrong_conversion_is_caught(kind: str) -> None:
     scan = _mutant(kind)
-    files = [(_file(body), 64) for _, body in _private_blocks()]
+    files = [(_file(body), 64, False) for _, body in _private_blocks()]
     names = b"".join(
         _element(0x00100010 + i, "PN", raw + b" " * (len(raw) % 2)) for i, (raw, _) in enumerate(_NAMES)
     )
-    files.append((_file(names), 64))
+    files.append((_file(names), 64, False))
     for threshold in (0, 3, 64):
         run = _binary_run(threshold, 1)
-        files += [(_file(_seq(0x00081111, run)), threshold), (_part10(run, _DEFLATED), threshold)]
+        files += [
+            (_file(_seq(0x00081111, run)), threshold, False),
+            (_part10(run, _DEFLATED), threshold, True),  # inline_bulk: only deflated data sets stored before
+        ]
         # an item Python reads (it starts with UN), whose binary values scan converts with its prefix
-        files.append((_file(_seq(0x00081111, _long(0x00091002, "UN", b"AB") + run)), threshold))
-    assert any(_differs(data, scan, threshold) for data, threshold in files), kind
+        files.append((_file(_seq(0x00081111, _long(0x00091002, "UN", b"AB") + run)), threshold, False))
+    assert any(_differs(data, scan, threshold, inline) for data, threshold, inline in files), kind
     # and the unchanged scan passes the same comparisons
-    for data, threshold in files:
-        _same(data, threshold=threshold)
+    for data, threshold, inline in files:
+        _same(data, threshold=threshold, inline_deflated=inline)
 
 
 def test_fuzzed_new_kinds_same_with_and_without_fast_path() -> None:

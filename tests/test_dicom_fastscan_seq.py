@@ -203,7 +203,8 @@ def test_crafted_sequences_same_with_and_without_fast_path(threshold: int) -> No
     for _, body in [*_converted(), *_left()]:
         for charset in _CHARSETS:
             _same(_file(body, charset=charset), threshold=threshold)
-        _same(_part10(body, _DEFLATED), threshold=threshold)  # inline_bulk: every value inline
+        _same(_part10(body, _DEFLATED), threshold=threshold)
+        _same(_part10(body, _DEFLATED), threshold=threshold, inline_deflated=True)  # inline_bulk: all inline
 
 
 def _stops(data: bytes, threshold: int = 64) -> list[tuple[int, bytes]]:

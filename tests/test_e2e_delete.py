@@ -3,10 +3,13 @@ removed from disk by the background job, siblings untouched."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from conftest import Server
+import pytest
+from conftest import Server, start_server, stop_server
 from test_e2e_common import (
     DICOM_ANY,
     make_instance,
@@ -116,7 +119,7 @@ def test_delete_missing_is_404_and_invalid_uid_400(client: httpx.Client) -> None
     for url in (
         "/studies/abc",
         f"/studies/{study}/series/1.x",
-        f"/studies/{study}/series/{se}/instances/1..2",
+        f"/studies/{study}/series/{se}/instances/.1.2",
     ):
         assert client.delete(url).status_code == 400, url
     # nothing was deleted by the failed requests
@@ -134,7 +137,15 @@ def test_store_again_after_delete(client: httpx.Client) -> None:
     assert r.content[128:] == data[128:]
 
 
-def test_deleted_objects_disappear_from_disk(fresh_server: Server) -> None:
+@pytest.fixture
+def no_grace_server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path / "data", workers=1, env={"DICOMD_DELETE_GRACE_PERIOD": "0"})
+    yield srv
+    stop_server(srv)
+
+
+def test_deleted_objects_disappear_from_disk(no_grace_server: Server) -> None:
+    fresh_server = no_grace_server
     with httpx.Client(base_url=fresh_server.v1, timeout=30) as client:
         _, study1, [a, b], sops1 = store(client, (2, 1))
         _, study2, _, _ = store(client, (1,))
@@ -153,3 +164,48 @@ def test_deleted_objects_disappear_from_disk(fresh_server: Server) -> None:
         assert client.delete(f"/studies/{study1}").status_code == 204
         assert wait_for(lambda: not object_files(fresh_server.data_dir), timeout=10)
         assert client.get("/studies").json() == []
+
+
+def test_deleted_objects_are_kept_for_the_grace_period(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", workers=1, env={"DICOMD_DELETE_GRACE_PERIOD": "3"})
+    try:
+        with httpx.Client(base_url=server.v2, timeout=30) as client:
+            _, study, _, _ = store(client, (2,))
+            deleted_at = time.monotonic()
+            assert client.delete(f"/studies/{study}").status_code == 204
+            assert client.get(f"/studies/{study}/metadata").status_code == 404  # gone for clients at once
+            time.sleep(1.5)
+            assert len(object_files(server.data_dir)) == 4  # kept for readers in flight
+            assert wait_for(lambda: not object_files(server.data_dir), timeout=10)
+            assert time.monotonic() - deleted_at >= 3
+    finally:
+        stop_server(server)
+
+
+def test_a_retrieve_in_flight_finishes_when_its_study_is_deleted(tmp_path: Path) -> None:
+    """The cleanup job must not remove objects a reader that started before the delete still needs:
+    the retrieve reads the study's files one after another while it streams."""
+    server = start_server(tmp_path / "data", workers=1, env={"DICOMD_DELETE_GRACE_PERIOD": "60"})
+    study, series, patient = new_uid(), new_uid(), unique_id("DEL")
+    parts = [
+        make_instance(study=study, series=series, patient_id=patient, rows=256, columns=512)
+        for _ in range(120)
+    ]  # ~30 MB: more than the socket buffers and the server's read-ahead hold
+    try:
+        with httpx.Client(base_url=server.v2, timeout=60) as client:
+            assert stow(client, parts).status_code == 200
+            with client.stream("GET", f"/studies/{study}", headers={"Accept": DICOM_ANY}) as r:
+                assert r.status_code == 200
+                chunks = r.iter_raw(64 << 10)
+                body = next(chunks)
+                with httpx.Client(base_url=server.v2, timeout=30) as other:
+                    assert other.delete(f"/studies/{study}").status_code == 204
+                time.sleep(1.5)  # the cleanup job has been woken by the delete
+                body += b"".join(chunks)
+                assert len(body) == int(r.headers["content-length"])
+                received = parse_multipart(
+                    httpx.Response(200, headers={"content-type": r.headers["content-type"]}, content=body)
+                )
+        assert sorted(p[128:] for _, p in received) == sorted(p[128:] for p in parts)
+    finally:
+        stop_server(server)

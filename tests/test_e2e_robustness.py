@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from conftest import Server, start_server, stop_server
+from conftest import Server, staged_files, start_server, stop_server
 from test_e2e_common import make_instance, new_uid, stow, unique_id, value
 
 
@@ -66,8 +66,7 @@ def test_stored_instance_survives_kill_9(tmp_path: Path) -> None:
                 assert r.status_code == 200
                 assert r.content[128:] == data[128:]
             # nothing is left half-done in staging after recovery
-            staging = data_dir / "objects" / "staging"
-            assert not any(staging.iterdir()), list(staging.iterdir())
+            assert not staged_files(data_dir), staged_files(data_dir)
             # and the archive keeps working
             assert (
                 stow(client, [make_instance(study=study, series=series, patient_id=patient)]).status_code

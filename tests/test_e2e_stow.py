@@ -10,7 +10,7 @@ import warnings
 import httpx
 import pydicom
 import pytest
-from conftest import TEST_FILES, Server
+from conftest import TEST_FILES, Server, staged_files
 from test_e2e_common import (
     DICOM_ANY,
     FAILURE_REASON,
@@ -174,10 +174,12 @@ def test_store_to_study_url_rejects_instances_of_other_studies(client: httpx.Cli
 
 
 def test_duplicate_instance_is_rejected_with_45070(client: httpx.Client) -> None:
-    sop = new_uid()
-    data = make_instance(sop=sop, patient_id=unique_id())
+    study, series, sop, patient = new_uid(), new_uid(), new_uid(), unique_id()
+    data = make_instance(study=study, series=series, sop=sop, patient_id=patient)
     assert stow(client, [data]).status_code == 200
-    r = stow(client, [data])
+    # other bytes under the stored SOP Instance UID (an identical re-send is a success: test_e2e_resend.py)
+    other = make_instance(study=study, series=series, sop=sop, patient_id=patient, InstanceNumber=2)
+    r = stow(client, [other])
     assert r.status_code == 409, r.text
     body = r.json()
     assert not referenced_items(body)
@@ -188,7 +190,7 @@ def test_duplicate_instance_is_rejected_with_45070(client: httpx.Client) -> None
 
 @pytest.mark.parametrize(
     "case",
-    ["no-sop-class", "no-study-uid", "no-patient-id", "invalid-sop-uid", "too-long-series-uid"],
+    ["no-sop-class", "no-study-uid", "invalid-sop-uid", "too-long-series-uid"],
 )
 def test_missing_or_invalid_required_attribute_fails_with_43264(client: httpx.Client, case: str) -> None:
     patient = unique_id()
@@ -197,8 +199,6 @@ def test_missing_or_invalid_required_attribute_fails_with_43264(client: httpx.Cl
         data = without(base, "SOPClassUID")
     elif case == "no-study-uid":
         data = without(base, "StudyInstanceUID")
-    elif case == "no-patient-id":
-        data = without(base, "PatientID")
     elif case == "invalid-sop-uid":
         data = quietly_make(sop="1.2.3.abc", patient_id=patient)
     else:
@@ -243,9 +243,10 @@ def test_bad_parts_fail_with_272_and_leave_no_trace(fresh_server: Server) -> Non
         assert sorted(value(i, "00080018") for i in found) == sorted(good)
         assert len(client.get("/instances").json()) == 2
     # and leave no files: nothing staged, only the two stored objects (file + metadata each)
-    staging = fresh_server.data_dir / "objects" / "staging"
     objects = fresh_server.data_dir / "objects" / "objects"
-    assert wait_for(lambda: not any(staging.iterdir()), timeout=5), list(staging.iterdir())
+    assert wait_for(lambda: not staged_files(fresh_server.data_dir), timeout=5), staged_files(
+        fresh_server.data_dir
+    )
     stored = sorted(p.suffix for p in objects.rglob("*") if p.is_file())
     assert stored == [".dcm", ".dcm", ".json", ".json"], stored
 

@@ -184,8 +184,8 @@ def test_unknown_uids_are_404_and_invalid_uids_400(client: httpx.Client) -> None
     invalid = [
         "/studies/not-a-uid",
         "/studies/1.2.3/series/1.2.x",
-        f"/studies/1.2.3/series/{se}/instances/01.2",
-        "/studies/1.2..3/metadata",
+        f"/studies/1.2.3/series/{se}/instances/.1.2",
+        "/studies/1.2.-3/metadata",
         f"/studies/{st.study}/series/{se}/instances/abc/frames/1",
         "/studies/" + "1." * 40 + "1",  # longer than 64 characters
     ]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import TEST_FILES, start_server, stop_server
+from conftest import TEST_FILES, staged_files, start_server, stop_server
 from dicom_factory import make_instance, new_uid
 
 
@@ -37,7 +37,7 @@ def test_import_directory_then_serve(tmp_path: Path) -> None:
 
     again = run_import(data_dir, src / "nested")
     assert "stored 0, already stored 6, failed 0" in again.stdout and again.returncode == 0
-    assert not any((data_dir / "objects" / "staging").iterdir())
+    assert not staged_files(data_dir)
 
     server = start_server(data_dir, workers=1)
     try:

@@ -21,7 +21,7 @@ import orjson
 import pydicom
 import pytest
 
-from dicomd.dicom.model import ByteRange, InvalidDicom, JsonDataset, ParsedInstance
+from dicomd.dicom.model import ByteRange, InvalidDicom, JsonDataset, NativeFrames, ParsedInstance
 from dicomd.dicom.parser import parse_bytes, parse_file
 from dicomd.index import normalize
 from dicomd.index import store as S
@@ -236,7 +236,11 @@ def _reference_instance_values(item: NewInstance, attrs: dict[str, Any]) -> dict
         "object_key": item.object_key,
         "file_size": item.file_size,
         "number_of_frames": p.number_of_frames,
-        "frames": _reference_dumps([[[r.offset, r.length] for r in frame] for frame in p.frames]),
+        "frames": _reference_dumps(
+            {"offset": p.frames.offset, "frame_bits": p.frames.frame_bits, "frame_count": len(p.frames)}
+            if isinstance(p.frames, NativeFrames)  # native frames are described, not listed
+            else [[[r.offset, r.length] for r in frame] for frame in p.frames]
+        ),
         "bulk": _reference_dumps({path: [r.offset, r.length] for path, r in p.bulk.items()}),
         "attrs": _reference_dumps(attrs),
     }

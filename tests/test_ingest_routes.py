@@ -69,6 +69,7 @@ def test_a_part_failing_or_cancelled_mid_body_leaves_no_file_and_no_descriptor(
     tmp_path: Path, fault: BaseException
 ) -> None:
     service = _service(tmp_path)
+    service.store.staging  # noqa: B018 - claims the staging area (its lock stays open, by design)
     before = _open_fds()
     with pytest.raises(type(fault)):
         asyncio.run(service.stage(_body([b"ab"], fail=fault)))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,10 +44,15 @@ def test_recover_publishes_committed_and_drops_orphans(tmp_path: Path) -> None:
     for key in (committed, orphan):
         store.write_staged(key, DICOM, key.encode())
         store.write_staged(key, METADATA, b"{}")
+    # a live owner's area is never touched
+    assert LocalObjectStore(tmp_path).recover(lambda k: k == committed) == (0, 0)
+    assert len(store.staged_names()) == 4
+    store.close()  # as at the owner's death: the kernel drops its lock
     published, removed = LocalObjectStore(tmp_path).recover(lambda k: k == committed)
     assert (published, removed) == (1, 1)
     assert store.read(committed) == committed.encode()
-    assert not store.path(orphan).exists() and not any(store.staging.iterdir())
+    assert not store.path(orphan).exists() and store.staged_names() == []
+    assert list(store.staging_root.iterdir()) == []  # the area and its lock file are gone
 
 
 def test_recover_removes_replacements_a_crash_left_in_staging(tmp_path: Path) -> None:
@@ -56,8 +63,9 @@ def test_recover_removes_replacements_a_crash_left_in_staging(tmp_path: Path) ->
     store.replace_object(key, METADATA, b"{}\n")
     assert store.read(key, METADATA) == b"{}\n" and not any(store.staging.iterdir())
     (store.staging / f"{new_key()}.tmp").write_bytes(b"{half")  # a crash while replacing
+    store.close()
     assert LocalObjectStore(tmp_path).recover(lambda k: True) == (0, 0)
-    assert not any(store.staging.iterdir())
+    assert list(store.staging_root.iterdir()) == []
 
 
 def test_replace_object_of_a_committed_instance_not_yet_moved_into_place(tmp_path: Path) -> None:
@@ -104,15 +112,72 @@ def test_write_all_finishes_a_partial_write(tmp_path: Path, monkeypatch: pytest.
     assert calls == [4500, 3500, 2500, 1500, 500]
 
 
-def test_new_files_follow_the_umask_like_open(tmp_path: Path) -> None:
+def test_new_files_are_owner_only_and_the_umask_may_narrow_that(tmp_path: Path) -> None:
     old = os.umask(0o002)
     try:
         local.write_file(str(tmp_path / "raw"), b"x")
-        with open(tmp_path / "buffered", "wb") as f:
-            f.write(b"x")
+        os.umask(0o277)
+        local.write_file(str(tmp_path / "narrow"), b"x")
     finally:
         os.umask(old)
-    assert (tmp_path / "raw").stat().st_mode & 0o777 == 0o664
-    assert (tmp_path / "raw").stat().st_mode == (tmp_path / "buffered").stat().st_mode
+    assert (tmp_path / "raw").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "narrow").stat().st_mode & 0o777 == 0o400
     local.write_file(str(tmp_path / "raw"), b"yz")  # an existing file is truncated
     assert (tmp_path / "raw").read_bytes() == b"yz"
+
+
+_DIE_WHILE_STAGING = """
+import os, sys
+from pathlib import Path
+from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
+store = LocalObjectStore(Path(sys.argv[1]))
+for key in sys.argv[2:]:
+    store.write_staged(key, DICOM, key.encode())
+    store.write_staged(key, METADATA, b"{}")
+os._exit(0)  # no clean-up, as a killed process
+"""
+
+
+def test_recover_finishes_the_area_of_a_dead_process_and_leaves_live_ones(tmp_path: Path) -> None:
+    live = LocalObjectStore(tmp_path)
+    in_flight = new_key()
+    live.write_staged(in_flight, DICOM, b"in flight")  # a live server's part, not committed yet
+    committed, orphan = new_key(), new_key()
+    script = [sys.executable, "-c", _DIE_WHILE_STAGING, str(tmp_path), committed, orphan]
+    subprocess.run(script, check=True)
+    assert len(live.staged_names()) == 5
+    published, removed = LocalObjectStore(tmp_path).recover(lambda k: k == committed)
+    assert (published, removed) == (1, 1)
+    assert live.read(committed) == committed.encode() and live.path(committed).exists()
+    assert not live.path(orphan).exists()
+    assert live.staged_names() == [f"{live.staging.name}/{in_flight}.dcm"]  # untouched
+    assert live.read(in_flight) == b"in flight"
+
+
+def test_a_committed_object_staged_by_another_process_is_readable_and_deletable(tmp_path: Path) -> None:
+    writer, reader = LocalObjectStore(tmp_path), LocalObjectStore(tmp_path)
+    key = new_key()
+    writer.write_staged(key, DICOM, b"dicom")
+    writer.write_staged(key, METADATA, b"{}\n")
+    assert reader.read(key) == b"dicom" and reader.read_range(key, 1, 2) == b"ic"
+    reader.replace_object(key, METADATA, b"{1}\n")  # e.g. a metadata rebuild in another worker
+    assert writer.read(key, METADATA) == b"{1}\n"
+    reader.delete(key)
+    assert writer.staged_names() == []
+    with pytest.raises(FileNotFoundError):
+        reader.read(key)
+
+
+def test_new_files_and_directories_are_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = LocalObjectStore(tmp_path / "store")
+        key = new_key()
+        store.write_staged(key, DICOM, b"dicom")
+        store.write_staged(key, METADATA, b"{}\n")
+        store.publish([key])
+        store.replace_object(key, METADATA, b"{}\n")
+    finally:
+        os.umask(old)
+    modes = {p: p.stat().st_mode & 0o777 for p in (tmp_path / "store").rglob("*")}
+    assert modes and all(m == (0o700 if p.is_dir() else 0o600) for p, m in modes.items()), modes

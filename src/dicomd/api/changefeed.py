@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd.api.common import ApiError, api_version
+from dicomd.index.normalize import parse_int
 from dicomd.index.store import ChangeEntry, Index
 from dicomd.ingest.metadata import read_metadata
 from dicomd.storage.local import LocalObjectStore
@@ -36,15 +37,22 @@ def _params(request: Request, allowed: set[str]) -> dict[str, str]:
     return params
 
 
+def _shown(raw: str) -> str:
+    return raw if len(raw) <= 64 else raw[:64] + "..."
+
+
 def _int(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+    # parse_int: ASCII digits only (isdigit() also takes "²", which int() then refuses), and no int()
+    # of thousands of digits
+    value = parse_int(raw)
+    if value is None or not low <= value <= high:
         raise ApiError(
-            400, f"query parameter '{name}' must be an integer between {low} and {high}, got '{raw}'"
+            400, f"query parameter '{name}' must be an integer between {low} and {high}, got '{_shown(raw)}'"
         )
-    return int(raw)
+    return value
 
 
 def _bool(params: dict[str, str], name: str, default: bool) -> bool:
@@ -52,7 +60,7 @@ def _bool(params: dict[str, str], name: str, default: bool) -> bool:
     if raw is None:
         return default
     if raw.lower() not in ("true", "false"):
-        raise ApiError(400, f"query parameter '{name}' must be true or false, got '{raw}'")
+        raise ApiError(400, f"query parameter '{name}' must be true or false, got '{_shown(raw)}'")
     return raw.lower() == "true"
 
 
@@ -63,9 +71,13 @@ def _time(params: dict[str, str], name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace(" ", "+"))
     except ValueError:
-        raise ApiError(400, f"query parameter '{name}' must be an ISO 8601 date-time, got '{raw}'") from None
+        raise ApiError(
+            400, f"query parameter '{name}' must be an ISO 8601 date-time, got '{_shown(raw)}'"
+        ) from None
     if value.tzinfo is None:
-        raise ApiError(400, f"query parameter '{name}' must include a time zone offset (e.g. Z), got '{raw}'")
+        raise ApiError(
+            400, f"query parameter '{name}' must include a time zone offset (e.g. Z), got '{_shown(raw)}'"
+        )
     return value
 
 

@@ -7,6 +7,7 @@ while the next parts are still being received.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,8 +28,11 @@ from dicomd.api.common import (
     us,
 )
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
+from dicomd.ingest.prepare import fault_outcome
 from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
-from dicomd.ingest.validate import PROCESSING_FAILURE
+from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE
+
+log = logging.getLogger(__name__)
 
 # Parts received and being prepared at once per request: enough to overlap receiving and parsing.
 _PARALLEL_PARTS = 16
@@ -70,6 +74,12 @@ async def store(request: Request) -> Response:
         gate.release()
         pending.release()
 
+    def unstaged(exc: OSError) -> StoreOutcome:
+        # the part's file could not be written (its bytes were read and dropped): it fails alone
+        refuse()
+        log.warning("a received part could not be staged: %s", exc)
+        return fault_outcome(StoreOutcome(), "the part could not be staged", exc)
+
     async def finish(part: StagedPart) -> StoreOutcome:
         try:
             try:
@@ -84,7 +94,10 @@ async def store(request: Request) -> Response:
     try:
         if media_type == "application/dicom":
             await admit()
-            outcomes.append(asyncio.create_task(finish(await ingest.stage(chunks))))
+            try:
+                outcomes.append(asyncio.create_task(finish(await ingest.stage(chunks))))
+            except OSError as exc:
+                failed_parts.append(unstaged(exc))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -116,6 +129,9 @@ async def store(request: Request) -> Response:
                                 failure_reason=PROCESSING_FAILURE, messages=[f"malformed part: {exc}"]
                             )
                         )
+                        continue
+                    except OSError as exc:
+                        failed_parts.append(unstaged(exc))
                         continue
                     outcomes.append(asyncio.create_task(finish(staged)))
             except MultipartError as exc:
@@ -194,7 +210,9 @@ def _response(request: Request, results: list[StoreOutcome], url_study: str | No
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if not referenced:
-        status = 409
+        # 507 tells a sender to retry later rather than to give up on these instances
+        out_of_resources = all(r.failure_reason == OUT_OF_RESOURCES for r in results)
+        status = 507 if out_of_resources else 409
     elif failed or any(r.warning_reason is not None for r in results):
         status = 202
     else:

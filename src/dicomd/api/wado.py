@@ -1,17 +1,23 @@
 """WADO-RS (PS3.18 10.4): instances, metadata, bulkdata and frames, streamed from object storage.
 
 Metadata and frame/bulk byte ranges were computed once at ingest, so a retrieve does not re-parse the file
-(unless its metadata object was lost: ingest/metadata.py rebuilds it).
-Transcoding, rendered and thumbnail representations are not offered yet: those requests get 406.
+(unless its metadata object was lost: ingest/metadata.py rebuilds it). Frames and bulk data are read in
+pieces off the event loop (a deflated instance's are inflated again as they stream), so a worker's memory
+does not grow with their size.
+Transcoding, rendered and thumbnail representations are not offered yet: those requests get 406 (so do
+compressed frames asked for as application/octet-stream without transfer-syntax, i.e. uncompressed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
+from operator import attrgetter
+from typing import BinaryIO, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -25,15 +31,26 @@ from dicomd.api.common import (
     require_json_accept,
     uid_scope,
 )
-from dicomd.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
+from dicomd.dicom.parser import InflatedReader
+from dicomd.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_SYNTAXES,
+)
 from dicomd.http.multipart import closing, new_boundary, part_header
-from dicomd.http.negotiation import Offer, negotiate, parse_accept
-from dicomd.index.store import Index, StoredInstance
+from dicomd.http.negotiation import ANY_TRANSFER_SYNTAX, Offer, negotiate, parse_accept
+from dicomd.index.store import FrameTable, Index, StoredInstance
 from dicomd.ingest.metadata import read_metadata
 from dicomd.storage.local import LocalObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
 _CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about this size
+# frames and bulk data are read (or inflated) off the event loop in pieces of this size: a 1 GiB frame
+# costs a worker about this much memory, not the frame
+_RANGE_READ = 1 << 20
+_FRAME_TABLE_ON_LOOP = 64 << 10  # a listed frame table longer than this (JSON) is decoded in a thread
+_MAX_FRAME_DIGITS = 18  # more than any frame count (NumberOfFrames is an IS: at most 12 characters)
 
 # PS3.18 Table 8.7.3-2: media types of compressed frames / bulk pixel data by transfer syntax
 _FRAME_MEDIA_TYPES: dict[str, str] = {
@@ -247,28 +264,143 @@ def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], bas
 # ---- bulkdata and frames ------------------------------------------------------------------------
 
 
-def _octet_offer(ts: str) -> list[Offer]:
-    offers = [Offer("multipart/related", "application/octet-stream", frozenset({ts, "*"}), "*")]
+def _compressed(ts: str) -> bool:
+    """Whether pixel data in this transfer syntax is encapsulated (compressed) rather than native."""
+    return ts not in NATIVE_SYNTAXES and ts != EXPLICIT_VR_BIG_ENDIAN
+
+
+def _octet_offers(ts: str, compressed_pixels: bool) -> list[Offer]:
+    """What frames or bulk data can be sent as, without transcoding."""
+    stored = frozenset({ts, ANY_TRANSFER_SYNTAX})
+    if not compressed_pixels:
+        # native frames and other bulk data: the stored bytes, which for the little endian syntaxes
+        # are Explicit VR Little Endian, the default (PS3.18 8.7.3.5.2), asked for or not
+        syntaxes = stored | {EXPLICIT_VR_LITTLE_ENDIAN} if ts in NATIVE_SYNTAXES else stored
+        return [Offer("multipart/related", "application/octet-stream", syntaxes, ANY_TRANSFER_SYNTAX)]
+    # compressed: application/octet-stream without a transfer syntax means uncompressed Explicit VR Little
+    # Endian (the default), which needs transcoding: not offered, so only transfer-syntax=* (or the
+    # stored UID) gets these bytes as octet-stream; a wildcard (*/*, no Accept) still gets the stored bytes
+    offers = [Offer("multipart/related", "application/octet-stream", stored, EXPLICIT_VR_LITTLE_ENDIAN)]
     media = _FRAME_MEDIA_TYPES.get(ts)
     if media:
-        offers.append(Offer("multipart/related", media, frozenset({ts, "*"}), "*"))
+        offers.append(Offer("multipart/related", media, stored, ANY_TRANSFER_SYNTAX))
     return offers
 
 
-def _range_parts(
-    store: LocalObjectStore, key: str, pieces: list[list[tuple[int, int]]], content_type: str
-) -> StreamingResponse:
+def _not_acceptable(what_is: str, ts: str, compressed_pixels: bool) -> ApiError:
+    """406 for frames or bulk data, saying what can be asked for (`what_is`: "these frames are")."""
+    if not compressed_pixels:
+        return ApiError(
+            406,
+            f'{what_is} available as multipart/related; type="application/octet-stream" in transfer syntax '
+            f"{EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts}; transcoding is not supported yet",
+        )
+    media = _FRAME_MEDIA_TYPES.get(ts, "application/octet-stream")
+    return ApiError(
+        406,
+        f"{what_is} compressed ({ts}) and available in that transfer syntax only: ask for "
+        f'multipart/related; type="application/octet-stream"; transfer-syntax=* (or type="{media}"); '
+        "transcoding to uncompressed data is not supported yet",
+    )
+
+
+class _Ranges(Protocol):
+    def read(self, offset: int, length: int) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class _FileRanges:
+    """Byte ranges of a stored file, read in pieces of at most _RANGE_READ bytes. Owns `f`."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        fd = self._f.fileno()
+        while length > 0:
+            piece = os.pread(fd, min(_RANGE_READ, length), offset)
+            if not piece:
+                raise OSError(f"stored object ends before byte {offset} of a recorded range")
+            offset += len(piece)
+            length -= len(piece)
+            yield piece
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _open_ranges(store: LocalObjectStore, inst: StoredInstance) -> _Ranges:
+    """The instance's byte ranges: of the file, or of the inflated data set of a deflated instance (whose
+    ranges were recorded there)."""
+    f = store.open_object(inst.object_key)
+    if inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return _FileRanges(f)
+    try:
+        return InflatedReader(f, _RANGE_READ)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _range_body(
+    ranges: _Ranges, pieces: Sequence[Sequence[tuple[int, int]]], first: bytes, rest: bytes, tail: bytes
+) -> Iterator[bytes]:
+    """The multipart body in chunks of at most about _RANGE_READ bytes (small parts packed together,
+    large ones in pieces): memory stays bounded whatever the size of a frame or value."""
+    try:
+        out = bytearray()
+        for i, frame in enumerate(pieces):
+            out += rest if i else first
+            for offset, length in frame:
+                for piece in ranges.read(offset, length):
+                    if out and len(out) + len(piece) > _RANGE_READ:
+                        yield bytes(out)
+                        out.clear()
+                    if len(piece) >= _RANGE_READ:
+                        yield piece
+                    else:
+                        out += piece
+        out += tail
+        yield bytes(out)
+    finally:
+        ranges.close()
+
+
+async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
+
+
+async def _range_parts(
+    store: LocalObjectStore,
+    inst: StoredInstance,
+    pieces: Sequence[Sequence[tuple[int, int]]],
+    content_type: str,
+) -> Response:
     boundary = new_boundary()
-
-    async def body() -> AsyncIterator[bytes]:
-        for i, ranges in enumerate(pieces):
-            yield part_header(boundary, content_type, first=i == 0)
-            for offset, length in ranges:
-                yield await asyncio.to_thread(store.read_range, key, offset, length)
-        yield closing(boundary)
-
+    first = part_header(boundary, content_type, first=True)
+    rest = part_header(boundary, content_type)
+    tail = closing(boundary)
+    data = sum(length for frame in pieces for _, length in frame)
+    length = len(first) + (len(pieces) - 1) * len(rest) + data + len(tail)
+    try:
+        ranges = await asyncio.to_thread(_open_ranges, store, inst)
+    except FileNotFoundError:
+        raise ApiError(404, "the instance was deleted") from None
     part_type = content_type.split(";", 1)[0]
-    return StreamingResponse(body(), media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    return StreamingResponse(
+        _in_thread(_range_body(ranges, pieces, first, rest, tail)),
+        media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
+        headers={"content-length": str(length)},  # known from the recorded ranges
+    )
+
+
+async def _frames_of(inst: StoredInstance) -> FrameTable:
+    """The instance's frames; a long listed table is decoded off the event loop (once per worker)."""
+    if len(inst.frames_json) > _FRAME_TABLE_ON_LOOP:
+        return await asyncio.to_thread(attrgetter("frames"), inst)
+    return inst.frames
 
 
 async def bulkdata(request: Request) -> Response:
@@ -278,21 +410,19 @@ async def bulkdata(request: Request) -> Response:
     if byte_range is None:
         raise ApiError(404, f"the instance has no bulk data at '{path}'")
     ts = inst.transfer_syntax_uid
-    is_pixel_data = path in ("7FE00010", "7FE00008", "7FE00009")
-    encapsulated = is_pixel_data and ts not in NATIVE_SYNTAXES and ts != EXPLICIT_VR_BIG_ENDIAN
-    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offer(ts))
+    compressed_pixels = path in ("7FE00010", "7FE00008", "7FE00009") and _compressed(ts)
+    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts, compressed_pixels))
     if choice is None:
-        raise ApiError(406, f"this bulk data is available as multipart/related in transfer syntax {ts}")
-    if encapsulated and inst.frames:
-        # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
-        media = choice.part_type or "application/octet-stream"
-        return _range_parts(_store(request), inst.object_key, inst.frames, f"{media}; transfer-syntax={ts}")
+        raise _not_acceptable("this bulk data is", ts, compressed_pixels)
+    if compressed_pixels:
+        table = await _frames_of(inst)
+        if table:
+            # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
+            media = choice.part_type or "application/octet-stream"
+            return await _range_parts(_store(request), inst, table, f"{media}; transfer-syntax={ts}")
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
-    return _range_parts(
-        _store(request),
-        inst.object_key,
-        [[byte_range]],
-        f"application/octet-stream; transfer-syntax={syntax}",
+    return await _range_parts(
+        _store(request), inst, [[byte_range]], f"application/octet-stream; transfer-syntax={syntax}"
     )
 
 
@@ -300,8 +430,11 @@ def _frame_numbers(text: str, count: int) -> list[int]:
     numbers: list[int] = []
     for item in text.replace("%2C", ",").split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise ApiError(400, f"frame list '{text}' must be positive integers separated by commas")
+        # ASCII digits only (str.isdigit takes superscript and fullwidth digits), and few enough for
+        # int() (which refuses thousands of digits) yet more than any frame count
+        if not (item.isascii() and item.isdigit()) or len(item) > _MAX_FRAME_DIGITS or int(item) < 1:
+            shown = text if len(text) <= 64 else text[:64] + "..."
+            raise ApiError(400, f"frame list '{shown}' must be positive integers separated by commas")
         if int(item) > count:
             raise ApiError(404, f"frame {item} does not exist: the instance has {count} frame(s)")
         numbers.append(int(item))
@@ -310,26 +443,23 @@ def _frame_numbers(text: str, count: int) -> list[int]:
 
 async def frames(request: Request) -> Response:
     inst = (await _find(request))[0]
-    if not inst.frames:
+    table = await _frames_of(inst)
+    if not table:
         raise ApiError(404, "the instance has no retrievable pixel data frames")
-    numbers = _frame_numbers(request.path_params["frames"], len(inst.frames))
+    numbers = _frame_numbers(request.path_params["frames"], len(table))
     ts = inst.transfer_syntax_uid
     if ts == EXPLICIT_VR_BIG_ENDIAN:
         raise ApiError(
             406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet"
         )
-    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offer(ts))
+    compressed = _compressed(ts)
+    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts, compressed))
     if choice is None:
-        media = _FRAME_MEDIA_TYPES.get(ts, "application/octet-stream")
-        raise ApiError(
-            406,
-            f'frames are available as multipart/related; type="{media}" in their stored transfer syntax {ts} '
-            "(transfer-syntax=*); transcoding is not supported yet",
-        )
+        raise _not_acceptable("these frames are", ts, compressed)
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
     media = choice.part_type or "application/octet-stream"
-    pieces = [inst.frames[n - 1] for n in numbers]
-    return _range_parts(_store(request), inst.object_key, pieces, f"{media}; transfer-syntax={syntax}")
+    pieces = [table[n - 1] for n in numbers]
+    return await _range_parts(_store(request), inst, pieces, f"{media}; transfer-syntax={syntax}")
 
 
 async def not_offered(request: Request) -> Response:

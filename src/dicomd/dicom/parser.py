@@ -24,26 +24,35 @@ on every bundled test file), with these deliberate differences:
 * Truncation: a value running past the end of the file is dropped with a warning at top level
   (parsing stops there); a truncated Pixel Data value, sequence or item, or a truncated element
   header, raises ``InvalidDicom``. pydicom silently keeps such truncated values.
-* Deflated Explicit VR Little Endian: the data set is inflated in memory (capped at
-  ``MAX_INFLATED``); byte ranges into the stored file cannot exist, so every binary value is inline
-  (InlineBinary) and ``bulk``/``frames`` are empty.
+* Deflated Explicit VR Little Endian: the data set is inflated to an unnamed temporary file next to
+  the parsed file (capped at ``MAX_INFLATED``, a refusal) and parsed from there, memory-mapped. Binary
+  values follow the same bulk data rule as in any other file; their ``bulk``/``frames`` ranges are
+  offsets into the inflated data set (0 = its first byte), and readers inflate again as they stream
+  (``InflatedReader``). Byte ranges into the stored file cannot exist, the deflate stream has no
+  random access. (dicomd once kept every binary value of deflated files inline, with no ranges:
+  ``inline_deflated`` parses an instance stored that way as it was.)
 * Pixel Data encoded as UN with undefined length is read as encapsulated pixel data (OB), not as
   a sequence.
 * Files without the 128-byte preamble + "DICM" prefix are rejected (STOW requires Part 10).
-* Frames of native pixel data with Bits Allocated 1 are bit-packed: frame i covers bits
-  [i*n, (i+1)*n) and its range is the enclosing bytes (neighbouring frames may share a byte).
+* Frames of native pixel data are uniform and described, not listed (``NativeFrames``: offset, bits
+  a frame, count). With Bits Allocated 1 they are bit-packed: frame i covers bits [i*n, (i+1)*n) and
+  its range is the enclosing bytes (neighbouring frames may share a byte). Encapsulated frames are
+  listed, one entry per frame, never more than the fragments (8 bytes of file each): an offset table
+  that does not strictly increase is ignored.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import mmap
 import os
 import struct
+import tempfile
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 from pydicom.datadict import DicomDictionary, dictionary_VR, private_dictionary_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
@@ -56,12 +65,14 @@ from .charset import (
     decode_text_values,
     resolve_charset,
 )
-from .model import ByteRange, InvalidDicom, JsonDataset, JsonElement, ParsedInstance
+from .model import ByteRange, InvalidDicom, JsonDataset, JsonElement, NativeFrames, ParsedInstance
 
-__all__ = ["MAX_INFLATED", "may_be_deflated", "parse_bytes", "parse_file"]
+__all__ = ["MAX_INFLATED", "InflatedReader", "may_be_deflated", "parse_bytes", "parse_file"]
 
-# Deflated data sets are inflated in memory; refuse anything bigger (zip bombs).
+# Deflated data sets are inflated to a temporary file; refuse anything bigger (zip bombs fill disks).
 MAX_INFLATED = 512 * 1024 * 1024
+# The inflate reads and writes pieces of this size: memory stays flat whatever the ratio (1:1000 for zeros)
+_INFLATE_PIECE = 1 << 20
 # Sequences nested deeper than this are malicious, not clinical.
 _MAX_DEPTH = 64
 
@@ -917,7 +928,7 @@ class _Parser:
 
     # -- frames ---------------------------------------------------------------------------------
 
-    def frames(self, ds: JsonDataset) -> tuple[list[list[ByteRange]], int]:
+    def frames(self, ds: JsonDataset) -> tuple[list[list[ByteRange]] | NativeFrames, int]:
         if self.pixel is None:
             nf = _first_int(ds, "00280008")
             has_pixels = any(k in ds for k in ("7FE00008", "7FE00009", "7FE00010"))
@@ -932,7 +943,9 @@ class _Parser:
             return self.native_frames(ds, vpos, length, nframes), nframes
         return self.encapsulated_frames(frags, nframes), nframes
 
-    def native_frames(self, ds: JsonDataset, vpos: int, length: int, nframes: int) -> list[list[ByteRange]]:
+    def native_frames(
+        self, ds: JsonDataset, vpos: int, length: int, nframes: int
+    ) -> list[list[ByteRange]] | NativeFrames:
         rows = _first_int(ds, "00280010")
         cols = _first_int(ds, "00280011")
         spp = _first_int(ds, "00280002") or 1
@@ -945,18 +958,16 @@ class _Parser:
             # native YBR_FULL_422 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
             spp = 2
         frame_bits = rows * cols * spp * bits
-        out: list[list[ByteRange]] = []
-        for i in range(nframes):
-            start_bit = i * frame_bits
-            start = start_bit // 8
-            stop = (start_bit + frame_bits + 7) // 8
-            if stop > length:
-                self.warnings.append(
-                    f"Pixel Data holds {length} bytes, too few for {nframes} frames of {frame_bits} bits"
-                )
-                break
-            out.append([ByteRange(vpos + start, stop - start)])
-        return out
+        if frame_bits <= 0:
+            self.warnings.append("Pixel Data with a negative frame size: frames unknown")
+            return []
+        # frame i ends at byte ceil((i + 1) * frame_bits / 8): whole frames fit up to 8 * length bits
+        count = min(nframes, 8 * length // frame_bits)
+        if count < nframes:
+            self.warnings.append(
+                f"Pixel Data holds {length} bytes, too few for {nframes} frames of {frame_bits} bits"
+            )
+        return NativeFrames(vpos, frame_bits, count) if count else []
 
     def encapsulated_frames(self, frags: list[tuple[int, int]], nframes: int) -> list[list[ByteRange]]:
         if not frags:
@@ -979,7 +990,12 @@ class _Parser:
             offsets = list(struct.unpack_from(f"{self.e}{bot_len // 4}L", self.buf, bot_pos))
         if offsets is not None:
             idx = [starts.get(o) for o in offsets]
-            if all(i is not None for i in idx) and idx == sorted(idx):  # type: ignore[type-var]
+            # strictly increasing: each frame gets at least one fragment, so a table cannot name more
+            # frames than the file holds fragments (a repeated offset would make empty frames)
+            if all(i is not None for i in idx) and all(
+                a < b  # type: ignore[operator]
+                for a, b in itertools.pairwise(idx)
+            ):
                 bounds = [*idx, len(data)]
                 return [
                     [ByteRange(o, n) for o, n in data[bounds[k] : bounds[k + 1]]]  # type: ignore[misc]
@@ -1017,11 +1033,13 @@ def _first_int(ds: JsonDataset, key: str) -> int | None:
     return int(v[0])
 
 
-def _parse(buf: Any, size: int, bulk_threshold: int) -> ParsedInstance:
+def _parse(
+    buf: Any, size: int, bulk_threshold: int, temp_dir: str | None, inline_deflated: bool
+) -> ParsedInstance:
     if size < 132 or buf[128:132] != b"DICM":
         raise InvalidDicom("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
     try:
-        return _parse_checked(buf, size, bulk_threshold)
+        return _parse_checked(buf, size, bulk_threshold, temp_dir, inline_deflated)
     except InvalidDicom:
         raise
     except RecursionError:
@@ -1030,16 +1048,23 @@ def _parse(buf: Any, size: int, bulk_threshold: int) -> ParsedInstance:
         raise InvalidDicom(f"malformed DICOM data: {type(exc).__name__}: {exc}") from None
 
 
-def _parse_checked(buf: Any, size: int, bulk_threshold: int) -> ParsedInstance:
+def _meta_end(p: _Parser, size: int) -> int:
+    """Offset of the data set: the File Meta Information (group 0002) ends at the first other group."""
+    pos = meta_end = 132
+    while meta_end + 8 <= size and p.u_h(p.buf, meta_end)[0] == 0x0002:
+        meta_end = _skip_meta_element(p, meta_end, size)
+    if meta_end == pos:
+        raise InvalidDicom("no File Meta Information (group 0002) after the 'DICM' prefix")
+    return meta_end
+
+
+def _parse_checked(
+    buf: Any, size: int, bulk_threshold: int, temp_dir: str | None, inline_deflated: bool
+) -> ParsedInstance:
     # -- file meta: group 0002, explicit VR LE (the heuristic also copes with implicit meta) --------
     meta_parser = _Parser(buf, size, True, bulk_threshold, False)
     pos = 132
-    meta_end = pos
-    # the meta group ends at the first tag of another group
-    while meta_end + 8 <= size and meta_parser.u_h(buf, meta_end)[0] == 0x0002:
-        meta_end = _skip_meta_element(meta_parser, meta_end, size)
-    if meta_end == pos:
-        raise InvalidDicom("no File Meta Information (group 0002) after the 'DICM' prefix")
+    meta_end = _meta_end(meta_parser, size)
     meta_ctx = _Ctx(None, DEFAULT_CHARSET, False)
     meta, _ = meta_parser.read_dataset(pos, meta_end, False, meta_ctx, "", False, True)
     ts_el = meta.get("00020010", {}).get("Value")
@@ -1070,16 +1095,27 @@ def _parse_checked(buf: Any, size: int, bulk_threshold: int) -> ParsedInstance:
     elif ts == _DEFLATED_TS:
         deflated = True
 
-    ds_offset = meta_end
-    if deflated:
-        data, complete = _inflate(buf, meta_end, size)
+    if not deflated:
+        parser = _Parser(buf, size, little, bulk_threshold, False)
+        return _parse_dataset(parser, meta_end, size, implicit, warnings, ts, meta_end, size)
+    with _Inflated(buf, meta_end, size, temp_dir) as (inflated, length, complete):
         if not complete:
             warnings.append("Deflated data set is truncated")
-        parser = _Parser(data, len(data), True, bulk_threshold, True)
-        start, end = 0, len(data)
-    else:
-        parser = _Parser(buf, size, little, bulk_threshold, False)
-        start, end = meta_end, size
+        parser = _Parser(inflated, length, True, bulk_threshold, inline_deflated)
+        # nothing of the map outlives the parse: values are copied out, ranges are numbers
+        return _parse_dataset(parser, 0, length, implicit, warnings, ts, meta_end, size)
+
+
+def _parse_dataset(
+    parser: _Parser,
+    start: int,
+    end: int,
+    implicit: bool,
+    warnings: list[str],
+    ts: str,
+    dataset_offset: int,
+    size: int,
+) -> ParsedInstance:
     parser.warnings = warnings
     ctx = _Ctx(None, DEFAULT_CHARSET, implicit)
     ds, _ = parser.read_dataset(start, end, implicit, ctx, "", False, True)
@@ -1097,7 +1133,7 @@ def _parse_checked(buf: Any, size: int, bulk_threshold: int) -> ParsedInstance:
         frames=frames,
         number_of_frames=nframes,
         warnings=parser.warnings,
-        dataset_offset=ds_offset,
+        dataset_offset=dataset_offset,
         file_length=size,
     )
 
@@ -1119,25 +1155,133 @@ def _skip_meta_element(p: _Parser, pos: int, size: int) -> int:
     return nxt
 
 
-def _inflate(buf: Any, start: int, size: int) -> tuple[bytes, bool]:
-    """The inflated data set, and whether the deflate stream was complete."""
+class _Inflated:
+    """The inflated data set in an unnamed temporary file, memory-mapped (context manager: yields the
+    map, its length and whether the deflate stream was complete; the file is gone when it exits)."""
+
+    def __init__(self, buf: Any, start: int, size: int, temp_dir: str | None) -> None:
+        self.buf, self.start, self.size, self.temp_dir = buf, start, size, temp_dir
+        self.file: IO[bytes] | None = None
+        self.map: mmap.mmap | None = None
+
+    def __enter__(self) -> tuple[Any, int, bool]:
+        try:
+            # next to the parsed file, not in /tmp (often RAM); O_TMPFILE where the file system has it,
+            # so that a crash leaves nothing behind
+            self.file = tempfile.TemporaryFile(dir=self.temp_dir)
+        except OSError:  # say, a read-only object store rebuilding metadata: the default location
+            self.file = tempfile.TemporaryFile()
+        try:
+            length, complete = _inflate_into(self.buf, self.start, self.size, self.file)
+            if not length:
+                return b"", 0, complete
+            self.map = mmap.mmap(self.file.fileno(), length, access=mmap.ACCESS_READ)
+            return self.map, length, complete
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _inflate_into(buf: Any, start: int, size: int, out: IO[bytes]) -> tuple[int, bool]:
+    """Inflate the deflate stream at buf[start:size] into `out` in bounded pieces: the inflated length,
+    and whether the stream was complete."""
     d = zlib.decompressobj(-zlib.MAX_WBITS)
-    out: list[bytes] = []
     total = 0
-    chunk = 1 << 20
+    pos = start
+    data = b""
     try:
-        for off in range(start, size, chunk):
-            piece = d.decompress(bytes(buf[off : min(off + chunk, size)]), MAX_INFLATED + 1 - total)
+        while not d.eof:
+            if not data:
+                # b"" once the input is used up: zlib may still hold output (it reads input ahead)
+                data = buf[pos : min(pos + _INFLATE_PIECE, size)]
+                pos += len(data)
+            fed = data
+            piece = d.decompress(data, _INFLATE_PIECE)
+            data = d.unconsumed_tail
+            if not piece:
+                if not fed:
+                    break  # no input left and nothing held: the stream is cut short
+                continue
             total += len(piece)
-            out.append(piece)
-            if total > MAX_INFLATED or d.unconsumed_tail:
+            if total > MAX_INFLATED:
                 raise InvalidDicom(f"deflated data set inflates to more than {MAX_INFLATED} bytes")
-            if d.eof:
-                break
-        out.append(d.flush())
+            out.write(piece)
+        out.flush()
     except zlib.error as exc:
         raise InvalidDicom(f"cannot inflate Deflated Explicit VR Little Endian data set: {exc}") from None
-    return b"".join(out), d.eof
+    return total, d.eof
+
+
+def deflated_data_set_start(f: IO[bytes]) -> int:
+    """Offset in a stored Part 10 file where its data set (for a deflated file, the deflate stream)
+    starts: after the File Meta Information."""
+    size = os.fstat(f.fileno()).st_size
+    if size < 132:
+        raise InvalidDicom("not a DICOM Part 10 file: shorter than preamble + 'DICM'")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        try:
+            return _meta_end(_Parser(mm, size, True, 0, False), size)
+        except struct.error as exc:
+            raise InvalidDicom(f"malformed File Meta Information: {exc}") from None
+
+
+class InflatedReader:
+    """Byte ranges of a stored deflated data set (offsets into the inflated data set, as the parser
+    records them), inflated on the fly from the file in pieces of at most `piece` bytes: memory stays
+    bounded whatever the size of the value. Ranges read in increasing order share one pass; a range
+    before the current position starts the inflate again from the data set's start. Owns `f`."""
+
+    def __init__(self, f: IO[bytes], piece: int = _INFLATE_PIECE, start: int | None = None) -> None:
+        self._f = f
+        self._piece = piece
+        # where the deflate stream starts: after the File Meta Information, unless given
+        self._start = deflated_data_set_start(f) if start is None else start
+        self._restart()
+
+    def _restart(self) -> None:
+        self._f.seek(self._start)
+        self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pos = 0  # inflated bytes produced so far
+        self._pending = b""  # compressed input not yet given to the decompressor
+
+    def _inflate(self, limit: int) -> bytes:
+        """Up to `limit` more inflated bytes; b"" at the end of the stream."""
+        while not self._d.eof:
+            # b"" at the end of the file: zlib may still hold output (it reads input ahead)
+            fed = self._pending or self._f.read(self._piece)
+            out = self._d.decompress(fed, limit)
+            self._pending = self._d.unconsumed_tail
+            if out:
+                self._pos += len(out)
+                return out
+            if not fed:
+                return b""  # no input left and nothing held: the stream is cut short
+        return b""
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        """The `length` bytes at `offset` of the inflated data set, in pieces."""
+        if offset < self._pos:
+            self._restart()
+        while self._pos < offset:
+            if not self._inflate(min(self._piece, offset - self._pos)):
+                raise InvalidDicom(f"deflated data set ends before offset {offset}")
+        while length > 0:
+            out = self._inflate(min(self._piece, length))
+            if not out:
+                raise InvalidDicom(f"deflated data set ends {length} bytes before the end of a value")
+            length -= len(out)
+            yield out
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def _first_str(ds: JsonDataset, key: str) -> str:
@@ -1149,23 +1293,38 @@ def _first_str(ds: JsonDataset, key: str) -> str:
 
 
 def may_be_deflated(data: bytes) -> bool:
-    """Whether a Part 10 file may be in the Deflated transfer syntax, whose data set is inflated in
-    memory (up to MAX_INFLATED): a look before parsing (a byte search, microseconds for a small file)
-    that may say yes wrongly, never no wrongly (a file the parser would inflate names the UID)."""
+    """Whether a Part 10 file may be in the Deflated transfer syntax, whose data set is inflated (up to
+    MAX_INFLATED, to a temporary file): a look before parsing (a byte search, microseconds for a small
+    file) that may say yes wrongly, never no wrongly (a file the parser would inflate names the UID)."""
     return _DEFLATED_TS_BYTES in data
 
 
-def parse_bytes(data: bytes | memoryview, *, bulk_threshold: int = 1024) -> ParsedInstance:
-    """Parse a DICOM Part 10 file held in memory (byte ranges are offsets into `data`)."""
+def parse_bytes(
+    data: bytes | memoryview,
+    *,
+    bulk_threshold: int = 1024,
+    temp_dir: str | None = None,
+    inline_deflated: bool = False,
+) -> ParsedInstance:
+    """Parse a DICOM Part 10 file held in memory (byte ranges are offsets into `data`). A deflated data
+    set is inflated to a temporary file in `temp_dir` (None: the system's temporary directory)."""
     buf = data if isinstance(data, bytes) else bytes(data)
-    return _parse(buf, len(buf), bulk_threshold)
+    return _parse(buf, len(buf), bulk_threshold, temp_dir, inline_deflated)
 
 
-def parse_file(path: str | os.PathLike[str], *, bulk_threshold: int = 1024) -> ParsedInstance:
-    """Parse a DICOM Part 10 file; the file is mmap'ed and large values are skipped, not read."""
+def parse_file(
+    path: str | os.PathLike[str], *, bulk_threshold: int = 1024, inline_deflated: bool = False
+) -> ParsedInstance:
+    """Parse a DICOM Part 10 file; the file is mmap'ed and large values are skipped, not read. A deflated
+    data set is inflated to a temporary file in the file's directory.
+
+    `inline_deflated`: keep every binary value of a deflated data set inline and record no ranges, as
+    dicomd stored deflated instances before it recorded ranges into the inflated data set (to rebuild
+    their metadata as it was)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 132:
             raise InvalidDicom("not a DICOM Part 10 file: shorter than preamble + 'DICM'")
+        temp_dir = os.path.dirname(os.path.abspath(path))
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return _parse(mm, size, bulk_threshold)
+            return _parse(mm, size, bulk_threshold, temp_dir, inline_deflated)

@@ -106,7 +106,12 @@ class Offer:
     :data:`ANY_TRANSFER_SYNTAX` meaning "the original is available" (Accept
     ``transfer-syntax=*``).  An empty set means the parameter does not apply (JSON,
     rendered media) and is ignored.  ``default_transfer_syntax`` is chosen when the
-    client names none.
+    client names none.  A default that is not among ``transfer_syntaxes`` (say,
+    uncompressed frames of a compressed instance, which would need transcoding)
+    cannot be sent: a range that names this media type without a transfer syntax
+    asks for exactly that default and does not match; a wildcard range (``*/*``,
+    ``multipart/related`` without ``type``) accepts any representation and gets the
+    original, when ``transfer_syntaxes`` has :data:`ANY_TRANSFER_SYNTAX`.
     """
 
     media_type: str
@@ -158,11 +163,25 @@ def _match(rng: MediaRange, offer: Offer) -> tuple[bool, str | None]:
     ):
         return False, None
     wanted = rng.transfer_syntax
-    if wanted is None or not offer.transfer_syntaxes:
+    if not offer.transfer_syntaxes:
         return True, offer.default_transfer_syntax
+    if wanted is None:
+        default = offer.default_transfer_syntax
+        if default is None or default in offer.transfer_syntaxes:
+            return True, default
+        if _names(rng, offer) or ANY_TRANSFER_SYNTAX not in offer.transfer_syntaxes:
+            return False, None  # the default representation is asked for and cannot be produced
+        return True, ANY_TRANSFER_SYNTAX
     if wanted in offer.transfer_syntaxes:
         return True, wanted
     return False, None
+
+
+def _names(rng: MediaRange, offer: Offer) -> bool:
+    """Whether ``rng`` names the offer's media type (its multipart ``type``) rather than a wildcard."""
+    if offer.part_type is None:
+        return rng.type != "*" and rng.subtype != "*"
+    return rng.part_type is not None and "*" not in rng.part_type
 
 
 def negotiate(accept: Sequence[MediaRange], offers: Sequence[Offer]) -> Choice | None:

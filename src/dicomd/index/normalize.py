@@ -123,6 +123,25 @@ def key_successor(prefix: str) -> str | None:
     return None
 
 
+# ASCII digits only: \d, str.isdigit() and int() also take other scripts' digits (Arabic-Indic,
+# full-width; isdigit() even superscripts), which no DICOM number or date is written in
+_INT_TEXT = re.compile(r"([+-]?)0*([0-9]+)", re.ASCII)
+# numbers of more significant digits than this are >= 10**19, beyond any SQL integer (2**63 - 1)
+_INT_DIGITS = 19
+
+
+def parse_int(text: str) -> int | None:
+    """An integer written in ASCII digits with an optional sign, surrounding blanks tolerated; None when
+    ``text`` is not one. Beyond 19 digits the result saturates at +-10**19, out of every range a
+    parameter allows (and of a SQL BIGINT): int() raises for more than 4,300 digits."""
+    m = _INT_TEXT.fullmatch(text.strip(" \t"))
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    n = int(digits) if len(digits) <= _INT_DIGITS else 10**_INT_DIGITS
+    return -n if sign == "-" else n
+
+
 def norm_date(value: str) -> str:
     """DA as YYYYMMDD (old ACR-NEMA "YYYY.MM.DD" tolerated)."""
     return value.strip().replace(".", "").replace("-", "")

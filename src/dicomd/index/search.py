@@ -55,13 +55,14 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import Level
-from dicomd.index.normalize import MAX_NAME_KEY, fold, key_successor, pn_groups, pn_norm, query_words
+from dicomd.index.normalize import MAX_NAME_KEY, fold, key_successor, pn_groups, pn_norm
 from dicomd.index.qido import (
     TAG_SERIES_UID,
     TAG_SOP_UID,
     TAG_STUDY_UID,
     Filter,
     QidoQuery,
+    fuzzy_words,
     vr_of,
 )
 from dicomd.index.schema import (
@@ -198,7 +199,7 @@ def _pn_terms(f: Filter, fuzzy: bool, partition_key: int) -> list[Term]:
     value = f.values[0]
     group_field, word_field = _PN_KEY_FIELDS[f.column]
     if fuzzy:
-        words = query_words(value.replace("*", " ").replace("?", " "))
+        words = fuzzy_words(value)  # distinct: a repeated word is one more LIKE, not a narrower match
         words_col = _PN_WORDS_COLUMN[f.column]
         terms = [Term("like", words_col, ("% " + _escape_like(w) + "%",)) for w in words]
         if not words:

@@ -11,20 +11,24 @@ layer group-commits many stores per transaction, so one writer at a time is not 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BindParameter,
     Connection,
@@ -42,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from dicomd.dicom.model import JsonDataset, ParsedInstance
+from dicomd.dicom.model import ByteRange, JsonDataset, NativeFrames, ParsedInstance
 from dicomd.index import schema as _schema
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
@@ -81,11 +85,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_WRITE_LOCK = 0x6469636F6D0001
 _PG_MIGRATE_LOCK = 0x6469636F6D0002
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 # claimed deleted objects are offered again after this lease/backoff (doubling per attempt)
 _DELETE_RETRY_BASE_MS = 60_000
 _DELETE_RETRY_MAX_MS = 6 * 3600_000
 
-AddStatus = Literal["created", "replaced", "exists", "conflict"]
+AddStatus = Literal["created", "replaced", "identical", "exists", "conflict"]
+# same_file(stored object key, new object key): whether the two DICOM files hold the same bytes
+SameFile = Callable[[str, str], bool]
 Action = Literal["Create", "Update", "Delete"]
 State = Literal["Current", "Replaced", "Deleted"]
 
@@ -117,7 +124,8 @@ class AddResult:
     """Outcome for one NewInstance.
 
     created: new instance; replaced: existed and overwrite=True (replaced_object_key is the old
-    storage object, already queued for deletion); exists: existed and overwrite=False, nothing
+    storage object, already queued for deletion); identical: existed with the same bytes (a re-send,
+    whatever overwrite says), nothing changed; exists: existed and overwrite=False, nothing
     changed; conflict: the SOP Instance UID exists in this partition under a different study or
     series, nothing changed (the caller should not store or should delete the new object).
     """
@@ -132,7 +140,8 @@ class StoredInstance:
 
     The frame and bulk data byte ranges are kept as their stored JSON and decoded on first access
     of `frames` / `bulk`: metadata and retrieve of large studies never need them (`has_bulk` tells
-    whether there is bulk data without decoding).
+    whether there is bulk data without decoding). Ranges of a deflated instance are offsets into its
+    inflated data set (see dicom/model.py).
     """
 
     study_instance_uid: str
@@ -146,14 +155,15 @@ class StoredInstance:
     frames_json: str
     bulk_json: str
     instance_number: int | None
-    _frames: list[list[tuple[int, int]]] | None = field(default=None, init=False, repr=False, compare=False)
+    _frames: FrameTable | None = field(default=None, init=False, repr=False, compare=False)
     _bulk: dict[str, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def frames(self) -> list[list[tuple[int, int]]]:
-        """Byte ranges of each frame's data in the file (encapsulated: one or more fragments)."""
+    def frames(self) -> FrameTable:
+        """Byte ranges of each frame's data in the file (encapsulated: one or more fragments); native
+        frames are computed from their description, listed tables are decoded once per worker."""
         if self._frames is None:
-            self._frames = _parse_frames(self.frames_json)
+            self._frames = _frame_table(self.object_key, self.frames_json)
         return self._frames
 
     @property
@@ -302,7 +312,7 @@ def _instance_values(item: NewInstance, attrs: dict[str, Any]) -> dict[str, Any]
         "object_key": item.object_key,
         "file_size": item.file_size,
         "number_of_frames": p.number_of_frames,
-        "frames": _dumps([[[r.offset, r.length] for r in frame] for frame in p.frames]),
+        "frames": _encode_frames(p.frames),
         "bulk": _dumps({path: [r.offset, r.length] for path, r in p.bulk.items()}),
         "attrs": _dumps(attrs),
     }
@@ -352,6 +362,7 @@ class _Known:
     pending: dict[str, Any] | None
     study_key: int
     series_key: int
+    file_size: int
 
 
 @dataclass(slots=True)
@@ -388,9 +399,9 @@ class _Batch:
             for start in range(0, len(ordered), _IN_CHUNK):
                 chunk = ordered[start : start + _IN_CHUNK]
                 rows = _select_in(self.cur, self.statements, _lookup_instances, chunk, pk=pk)
-                for instance_key, sop_uid, object_key, study_key, series_key, study_uid, series_uid in rows:
+                for key, sop_uid, object_key, study_key, series_key, study_uid, series_uid, size in rows:
                     self.known[(pk, sop_uid)] = _Known(
-                        study_uid, series_uid, object_key, instance_key, None, study_key, series_key
+                        study_uid, series_uid, object_key, key, None, study_key, series_key, size
                     )
 
     def _study_key(self, pk: int, uid: str, values: dict[str, Any]) -> int:
@@ -457,7 +468,7 @@ class _Batch:
             }
         )
 
-    def add(self, prepared: PreparedInstance, overwrite: bool) -> AddResult:
+    def add(self, prepared: PreparedInstance, overwrite: bool, same_file: SameFile | None) -> AddResult:
         item = prepared.item
         p = item.parsed
         pk = item.partition_key
@@ -465,6 +476,14 @@ class _Batch:
         if known is not None:
             if known.study_uid != p.study_instance_uid or known.series_uid != p.series_instance_uid:
                 return AddResult("conflict")
+            # a re-send (a router retrying after a timeout) changes nothing; the sizes rule most
+            # different files out before any byte is read
+            if (
+                same_file is not None
+                and known.file_size == item.file_size
+                and same_file(known.object_key, item.object_key)
+            ):
+                return AddResult("identical")
             if not overwrite:
                 return AddResult("exists")
         study_key = self._study_key(pk, p.study_instance_uid, prepared.study)
@@ -478,6 +497,7 @@ class _Batch:
                 assert known.instance_key is not None
                 self._update(instance, known.instance_key, {}, prepared.instance)
             known.object_key = item.object_key
+            known.file_size = item.file_size
             self.deleted.append(old_key)
             self._change(item, "Update")
             return AddResult("replaced", old_key)
@@ -491,7 +511,14 @@ class _Batch:
         }
         self.inserts.append(row)
         self.known[(pk, p.sop_instance_uid)] = _Known(
-            p.study_instance_uid, p.series_instance_uid, item.object_key, None, row, study_key, series_key
+            p.study_instance_uid,
+            p.series_instance_uid,
+            item.object_key,
+            None,
+            row,
+            study_key,
+            series_key,
+            item.file_size,
         )
         self.study_delta.setdefault(study_key, [0, 0])[1] += 1
         self.series_delta[series_key] = self.series_delta.get(series_key, 0) + 1
@@ -625,6 +652,7 @@ def _lookup_instances(size: int) -> Select[Any]:
             instance.c.series_key,
             study.c.study_instance_uid,
             series.c.series_instance_uid,
+            instance.c.file_size,
         )
         .select_from(_STUDY_SERIES_INSTANCE)
         .where(instance.c.partition_key == bindparam("pk"), instance.c.sop_instance_uid.in_(_in_params(size)))
@@ -717,6 +745,97 @@ def _retry_delay_ms(attempts: int) -> int:
     return int(min(_DELETE_RETRY_BASE_MS * 2 ** min(attempts - 1, 20), _DELETE_RETRY_MAX_MS))
 
 
+# Frames as stored in the `frames` column. Native frames are uniform: {"offset": o, "frame_bits": b,
+# "frame_count": n} describes them (a list would hold one range per frame: a 1 MB file declaring two
+# billion 1-bit frames made 190 MB of index). Encapsulated frames, and native frames stored before the
+# description existed, are a list of frames, each a list of [offset, length] (at most one entry per
+# fragment, each 8 bytes of file). Both decode without a migration.
+FrameTable = Sequence[Sequence[tuple[int, int]]]
+
+
+def _encode_frames(frames: Sequence[list[ByteRange]]) -> str:
+    if isinstance(frames, NativeFrames):
+        return _dumps({"offset": frames.offset, "frame_bits": frames.frame_bits, "frame_count": len(frames)})
+    return _dumps([[[r.offset, r.length] for r in frame] for frame in frames])
+
+
+class _NativeRanges(Sequence[list[tuple[int, int]]]):
+    """Decoded native frames: each frame's range computed on access."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, frames: NativeFrames) -> None:
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @overload
+    def __getitem__(self, index: int) -> list[tuple[int, int]]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[list[tuple[int, int]]]: ...
+    def __getitem__(self, index: int | slice) -> list[tuple[int, int]] | list[list[tuple[int, int]]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return [self._frames.range(index + len(self) if index < 0 else index)]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _FrameTableCache:
+    """Listed frame tables decoded once per worker, by object key (unique per stored version, so an
+    entry is never stale), least recently used out, bounded by the ranges held (~100 bytes each).
+    Thread-safe: instances are found in threads, frames served on the event loop."""
+
+    def __init__(self, max_ranges: int) -> None:
+        self.max_ranges = max_ranges
+        self._entries: OrderedDict[str, tuple[list[list[tuple[int, int]]], int]] = OrderedDict()
+        self._ranges = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[list[tuple[int, int]]] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: str, table: list[list[tuple[int, int]]]) -> None:
+        ranges = sum(map(len, table))
+        if ranges > self.max_ranges:
+            return  # bigger than the whole cache: decoded per request (a worker's memory comes first)
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (table, ranges)
+            self._ranges += ranges
+            while self._ranges > self.max_ranges:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._ranges -= old
+
+
+_FRAME_TABLES = _FrameTableCache(1 << 18)
+
+
+def _frame_table(object_key: str, raw: str) -> FrameTable:
+    if raw.startswith("{"):
+        d = orjson.loads(raw)
+        return _NativeRanges(NativeFrames(d["offset"], d["frame_bits"], d["frame_count"]))
+    if raw == "[]":
+        return []
+    table = _FRAME_TABLES.get(object_key)
+    if table is None:
+        table = _parse_frames(raw)
+        _FRAME_TABLES.put(object_key, table)
+    return table
+
+
 def _parse_frames(raw: str) -> list[list[tuple[int, int]]]:
     return [[(r[0], r[1]) for r in frame] for frame in orjson.loads(raw)]
 
@@ -725,15 +844,32 @@ def _parse_bulk(raw: str) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in orjson.loads(raw).items()}
 
 
-class Index:
-    """The dicomd SQL index. Thread-safe (connection pool); every method is one transaction."""
+class IndexBusy(Exception):
+    """Another process held a lock of the index for longer than this process was willing to wait."""
 
-    def __init__(self, url: str) -> None:
+
+class Index:
+    """The dicomd SQL index. Thread-safe (connection pool); every method is one transaction.
+
+    ``delete_grace_period`` (seconds): deleted or replaced objects are offered for removal only after
+    this long, so a retrieve that started before the delete still finds every object it reads.
+    ``lock_timeout`` (seconds): how long to wait for another process's write or migration lock before
+    raising IndexBusy; None waits as long as it takes (web workers: the holder is a short commit).
+    """
+
+    def __init__(
+        self, url: str, *, delete_grace_period: float = 0.0, lock_timeout: float | None = None
+    ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported index database {self.dialect!r} (sqlite or postgresql)")
         self._is_sqlite = self.dialect == "sqlite"
+        self.delete_grace_ms = int(delete_grace_period * 1000)
+        self.lock_timeout = lock_timeout
+        database = self.url.database
+        self._sqlite_file = database if self._is_sqlite and database and database != ":memory:" else None
+        self._create_private_file()
         if self._is_sqlite:
             self.engine: Engine = create_engine(self.url, pool_size=8, max_overflow=16)
             event.listen(self.engine, "connect", _sqlite_on_connect)
@@ -744,9 +880,19 @@ class Index:
         self._migrate_lock = threading.Lock()
         self._writer_thread_lock = threading.Lock()
         self._writer_lock_fd: int | None = None
-        database = self.url.database
-        if self._is_sqlite and database and database != ":memory:":
-            self._writer_lock_fd = os.open(database + ".write-lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _create_private_file(self) -> None:
+        """Create the SQLite file owner-only, as the rest of the archive (PHI): SQLite gives its WAL and
+        shared-memory files the mode of the database file. Its directory may not exist yet (migrate)."""
+        if self._sqlite_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.close(os.open(self._sqlite_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def _writer_lock(self) -> int:
+        if self._writer_lock_fd is None:
+            assert self._sqlite_file is not None
+            self._writer_lock_fd = os.open(self._sqlite_file + ".write-lock", _LOCK_FLAGS, 0o600)
+        return self._writer_lock_fd
 
     def close(self) -> None:
         self.engine.dispose()
@@ -757,25 +903,37 @@ class Index:
     # -- schema -----------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Create or upgrade the schema (Alembic `upgrade head`); safe from concurrent processes."""
+        """Create or upgrade the schema (Alembic `upgrade head`); safe from concurrent processes and
+        next to running servers: a schema already at head is only read."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self._migrate_lock, self._cross_process_migrate_lock(), self.engine.begin() as conn:
-            if not self._is_sqlite:
-                conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            if self._is_sqlite:
-                _seed_sqlite_stats(conn)
+        self._create_private_file()
+        with self._migrate_lock, self._cross_process_migrate_lock():
+            if self._at_head(cfg):
+                return
+            with self._write() as conn:
+                if not self._is_sqlite:
+                    conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if self._is_sqlite:
+                    _seed_sqlite_stats(conn)
         # pooled connections loaded planner statistics when they were opened
         self.engine.dispose()
+
+    def _at_head(self, cfg: Config) -> bool:
+        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        with self.engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+            conn.rollback()
+        return current == heads
 
     def optimize(self) -> None:
         """Refresh planner statistics from the real data (call now and then, e.g. daily).
 
         PostgreSQL's autovacuum does this by itself; SQLite only plans well with statistics.
         """
-        with self.engine.begin() as conn:
+        with self._write() as conn:  # as a writer: a read transaction's upgrade would fail at once
             if self._is_sqlite:
                 conn.exec_driver_sql("PRAGMA analysis_limit=2000")  # sampled: seconds, not minutes
             conn.exec_driver_sql("ANALYZE")
@@ -783,18 +941,36 @@ class Index:
 
     @contextmanager
     def _cross_process_migrate_lock(self) -> Iterator[None]:
-        database = self.url.database
-        if not self._is_sqlite or not database or database == ":memory:":
+        if self._sqlite_file is None:
             yield  # PostgreSQL: advisory lock inside the migration transaction
             return
-        lock_path = database + ".migrate-lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._sqlite_file + ".migrate-lock", _LOCK_FLAGS, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock(fd, "migration")
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _flock(self, fd: int, what: str) -> None:
+        """Take an exclusive file lock, waiting at most ``lock_timeout`` when one is set."""
+        if self.lock_timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise IndexBusy(
+                        f"the index's {what} lock was held by another process for more than "
+                        f"{self.lock_timeout:g} s"
+                    ) from None
+                time.sleep(pause)  # a writer holds it for a commit: milliseconds
+                pause = min(pause * 2, 0.05)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -815,15 +991,16 @@ class Index:
         SQLite's own busy handler polls with sleeps of up to 100 ms, which wastes most of the time when
         several worker processes commit often; a blocking flock hands the lock over at once.
         """
-        if self._writer_lock_fd is None:
+        if self._sqlite_file is None:
             yield
             return
         with self._writer_thread_lock:
-            fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
+            fd = self._writer_lock()
+            self._flock(fd, "write")
             try:
                 yield
             finally:
-                fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -904,12 +1081,18 @@ class Index:
         return prepare_instance(item)
 
     def add_instances(
-        self, items: Sequence[NewInstance | PreparedInstance], *, overwrite: bool
+        self,
+        items: Sequence[NewInstance | PreparedInstance],
+        *,
+        overwrite: bool,
+        same_file: SameFile | None = None,
     ) -> list[AddResult]:
         """Index a batch of stored instances in one transaction; results in the order of `items`.
 
         Items may be prepared already (Index.prepare); the others are prepared before the writer
-        lock is taken.
+        lock is taken. ``same_file`` is asked only about an instance whose SOP Instance UID is
+        indexed already (or earlier in the batch) with the same file size: when it says the bytes are
+        the same, the result is "identical" and nothing is written; without it, that never happens.
         """
         for entry in items:
             p = entry.item.parsed if isinstance(entry, PreparedInstance) else entry.parsed
@@ -921,7 +1104,7 @@ class Index:
         with self._write() as conn, _cursor(conn) as cur:
             batch = _Batch(cur, self._statements, _now_ms())
             batch.prefetch(prepared)
-            results = [batch.add(entry, overwrite) for entry in prepared]
+            results = [batch.add(entry, overwrite, same_file) for entry in prepared]
             batch.flush()
         return results
 
@@ -1042,9 +1225,12 @@ class Index:
         """Storage objects due for removal: (id, object_key). Claimed rows are hidden from other
         workers until their retry time (exponential backoff), so a crashed worker's claims come back."""
         now = _now_ms()
+        # a row is due delete_grace_ms after its next_attempt_at (readers in flight finish first);
+        # a claim sets the next attempt so that a retry is due after the backoff alone
+        due = now - self.delete_grace_ms
         stmt = (
             select(deleted_object.c.id, deleted_object.c.object_key, deleted_object.c.attempts)
-            .where(deleted_object.c.next_attempt_at <= now)
+            .where(deleted_object.c.next_attempt_at <= due)
             .order_by(deleted_object.c.next_attempt_at, deleted_object.c.id)
             .limit(limit)
         )
@@ -1056,7 +1242,7 @@ class Index:
                 conn.execute(
                     update(deleted_object)
                     .where(deleted_object.c.id == r.id)
-                    .values(attempts=r.attempts + 1, next_attempt_at=now + _retry_delay_ms(r.attempts + 1))
+                    .values(attempts=r.attempts + 1, next_attempt_at=due + _retry_delay_ms(r.attempts + 1))
                 )
         return [(int(r.id), r.object_key) for r in rows]
 

@@ -74,7 +74,7 @@ def import_files(
         for (source, _), result in zip(pending, results, strict=True):
             if result.status in STORED:
                 report.stored += 1
-            elif result.status == "exists":
+            elif result.status in ("identical", "exists"):  # identical: the same bytes again
                 report.already_stored += 1
             else:
                 report.failed[source] = "the SOP Instance UID is stored under another study or series"

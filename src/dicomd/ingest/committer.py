@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -75,17 +76,39 @@ class GroupCommitter:
 
 
 STORED = ("created", "replaced")
+# read size when comparing a re-sent instance with the stored one (an instance may be GBs)
+_COMPARE_CHUNK = 1 << 20
+
+
+def same_bytes(store: LocalObjectStore, stored_key: str, staged_key: str) -> bool:
+    """Whether the DICOM file of a stored object (or one committed earlier in the same batch, still
+    staged) and a staged one hold the same bytes. Asked by the index, in the commit's thread, only for
+    a SOP Instance UID it has already, with the same file size."""
+    try:
+        with store.open_object(stored_key) as old, open(store.staged_file(staged_key), "rb") as new:
+            while True:
+                chunk = old.read(_COMPARE_CHUNK)
+                if chunk != new.read(_COMPARE_CHUNK):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:  # e.g. the stored file is lost: not a re-send of it; the duplicate policy decides
+        log.warning("comparing a re-sent instance with stored object %s failed", stored_key, exc_info=True)
+        return False
 
 
 def commit_batch(
     index: Index, store: LocalObjectStore, items: list[PreparedInstance], *, overwrite: bool
 ) -> list[AddResult]:
     """Make a batch of staged instances durable and indexed: one sync, one index transaction, then
-    publish the stored objects and drop the staged files of the others (shared by STOW and import)."""
+    publish the stored objects and drop the staged files of the others (shared by STOW and import).
+    Raises when the sync or the transaction failed; then nothing of the batch is stored or staged."""
     keys = [prepared.item.object_key for prepared in items]
-    store.sync(keys)
     try:
-        results = index.add_instances(items, overwrite=overwrite)
+        store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them
+        results = index.add_instances(
+            items, overwrite=overwrite, same_file=functools.partial(same_bytes, store)
+        )
     except Exception:
         for key in keys:
             store.discard_staged(key)

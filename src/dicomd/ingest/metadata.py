@@ -76,9 +76,15 @@ def ingest_threshold(bulk: BulkRanges) -> int:
 
 
 def rebuild(store: LocalObjectStore, key: str, bulk: BulkRanges) -> bytes:
-    """Derive the metadata object again from the DICOM file and put it in place."""
+    """Derive the metadata object again from the DICOM file and put it in place.
+
+    Deflated instances stored before dicomd recorded ranges into their inflated data set have no bulk
+    data at all (every binary value inline, pixel data too): no recorded bulk data rebuilds them so. It
+    changes nothing for other instances without bulk data: they have no pixel data value to inline.
+    """
     with store.open_object(key, DICOM) as f:
-        blob = encode(parse_file(f.name, bulk_threshold=ingest_threshold(bulk)).dataset)
+        parsed = parse_file(f.name, bulk_threshold=ingest_threshold(bulk), inline_deflated=not bulk)
+        blob = encode(parsed.dataset)
         _put(store, key, blob)
         if os.fstat(f.fileno()).st_nlink == 0:
             # the instance was deleted meanwhile: leave nothing of it behind

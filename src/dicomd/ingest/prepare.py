@@ -8,13 +8,15 @@ commit.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 from dataclasses import dataclass, field
 
 from dicomd.dicom.model import InvalidDicom
 from dicomd.dicom.parser import parse_bytes, parse_file
 from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.metadata import encode
-from dicomd.ingest.validate import PROCESSING_FAILURE, validate
+from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE, validate
 from dicomd.storage.local import write_file
 
 
@@ -33,6 +35,40 @@ class StoreOutcome:
     @property
     def stored(self) -> bool:
         return self.failure_reason is None
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # SQLSTATE disk_full
+
+
+def fault_reason(exc: BaseException) -> int:
+    """The failure reason of an instance that a fault kept from being stored: Out of Resources when the
+    file system or quota (ENOSPC, EDQUOT), SQLite or PostgreSQL says the disk is full, else Processing
+    Failure. Follows the exception's causes (SQLAlchemy wraps the driver's error in ``orig``)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS:
+            return OUT_OF_RESOURCES
+        if (
+            getattr(cause, "sqlite_errorcode", None) == _SQLITE_FULL
+            or getattr(cause, "sqlstate", None) == _PG_DISK_FULL
+        ):
+            return OUT_OF_RESOURCES
+        orig = getattr(cause, "orig", None)
+        cause = orig if isinstance(orig, BaseException) else (cause.__cause__ or cause.__context__)
+    return PROCESSING_FAILURE
+
+
+def fault_outcome(outcome: StoreOutcome, what: str, exc: BaseException) -> StoreOutcome:
+    """Mark ``outcome`` failed by a fault; the message names no more than the exception type (a
+    database error's text may quote SQL parameters: PHI)."""
+    outcome.failure_reason = fault_reason(exc)
+    why = "out of storage space" if outcome.failure_reason == OUT_OF_RESOURCES else type(exc).__name__
+    outcome.messages = [f"{what}: {why}"]
+    return outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +94,9 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         if job.data is None:
             parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
         else:
-            parsed = parse_bytes(job.data, bulk_threshold=job.bulk_threshold)
+            # a deflated data set inflates to a temporary file beside the staged one (not to /tmp: RAM)
+            temp_dir = os.path.dirname(job.staged_dicom)
+            parsed = parse_bytes(job.data, bulk_threshold=job.bulk_threshold, temp_dir=temp_dir)
     except InvalidDicom as exc:
         reason = [f"not a readable DICOM file: {exc}"]
         return StoreOutcome(failure_reason=PROCESSING_FAILURE, messages=reason), None
@@ -73,7 +111,10 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         outcome.failure_reason = rejection.reason
         outcome.messages = rejection.messages
         return outcome, None
-    write_file(job.staged_metadata, encode(parsed.dataset))
+    try:
+        write_file(job.staged_metadata, encode(parsed.dataset))
+    except OSError as exc:  # e.g. a full disk: this instance fails, with its UIDs in the response
+        return fault_outcome(outcome, "its metadata could not be staged", exc), None
     prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))
     prepared.item.parsed = dataclasses.replace(parsed, dataset={}, frames=[], bulk={})
     return outcome, prepared

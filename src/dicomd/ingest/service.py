@@ -12,13 +12,8 @@ from dataclasses import dataclass
 from dicomd.dicom.parser import may_be_deflated
 from dicomd.index.store import PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
-from dicomd.ingest.prepare import PrepareJob, StoreOutcome, prepare_staged
-from dicomd.ingest.validate import (
-    ALREADY_EXISTS,
-    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    PROCESSING_FAILURE,
-    VALIDATION_FAILURE,
-)
+from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
+from dicomd.ingest.validate import ALREADY_EXISTS, DATASET_DOES_NOT_MATCH_SOP_CLASS, VALIDATION_FAILURE
 from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, create_file, new_key, write_all
 
 log = logging.getLogger(__name__)
@@ -27,8 +22,8 @@ log = logging.getLogger(__name__)
 # index rows) on the event loop: with the parser's C fast path a 39 KB CT costs ~0.2 ms there, less than
 # the hand-off to a thread and back (measured: +20-30% STOW). The limit bounds how long one part can hold
 # up the worker's other connections (a crafted 256 KiB header took ~0.1 s) and the bytes kept per
-# request. Bigger parts, and any that may be deflated (a small part may inflate to 512 MiB), are
-# prepared in a thread from the staged file.
+# request. Bigger parts, and any that may be deflated (a small part may inflate to 512 MiB, written to a
+# temporary file beside the staged one), are prepared in a thread.
 PREPARE_ON_LOOP_BYTES = 64 << 10
 
 
@@ -53,11 +48,19 @@ class IngestService:
 
     async def stage(self, body: AsyncIterator[bytes]) -> StagedPart:
         """Write a received part to a new staged file, keeping its bytes too when small enough to be
-        prepared on the event loop. The caller bounds the size of the whole request."""
+        prepared on the event loop. The caller bounds the size of the whole request.
+
+        When the file cannot be written (OSError: say, a full disk), the file is removed, the rest of
+        the body is read and dropped (so that a multipart reader goes on with the next part) and the
+        error is raised."""
         key = new_key()
         kept: list[bytes] | None = []
         size = 0
-        fd = create_file(self.store.staged_file(key, DICOM))
+        try:
+            fd = create_file(self.store.staged_file(key, DICOM))
+        except OSError:
+            await _drain(body)
+            raise
         try:
             try:
                 async for chunk in body:
@@ -70,6 +73,10 @@ class IngestService:
                             kept = None
             finally:
                 os.close(fd)  # may fail too (say, a quota on a network file system): the part fails
+        except OSError:
+            self.store.discard_staged(key)  # first: its space may let the next parts be stored
+            await _drain(body)
+            raise
         except BaseException:
             self.store.discard_staged(key)
             raise
@@ -87,10 +94,7 @@ class IngestService:
         except Exception as exc:  # an unexpected fault fails this instance, never the request
             log.exception("preparing an instance failed")
             self.store.discard_staged(part.key)
-            failed = StoreOutcome(
-                failure_reason=PROCESSING_FAILURE, messages=[f"internal error: {type(exc).__name__}"]
-            )
-            return failed, None
+            return fault_outcome(StoreOutcome(), "the instance could not be prepared", exc), None
 
     async def _prepare(
         self, part: StagedPart, url_study: str | None, version: int, partition: int
@@ -120,10 +124,9 @@ class IngestService:
         those it does not store). Never raises."""
         try:
             result = await self.committer.submit(prepared)
-        except Exception as exc:
-            outcome.failure_reason = PROCESSING_FAILURE
-            outcome.messages = [f"the index could not be updated: {type(exc).__name__}"]
-            return outcome
+        except Exception as exc:  # the sync or the index transaction failed: none of the batch is stored
+            return fault_outcome(outcome, "the instance could not be committed", exc)
+        # "identical": a re-send of the stored instance, which stays as it is: a success
         if result.status == "exists":
             outcome.failure_reason = ALREADY_EXISTS
             outcome.messages = ["the instance is already stored"]
@@ -134,3 +137,9 @@ class IngestService:
             outcome.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
             outcome.messages = list(prepared.item.parsed.warnings)
         return outcome
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read the rest of a part whose file could not be written, dropping it."""
+    async for _chunk in body:
+        pass

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomd.dicom.model import ParsedInstance
-from dicomd.dicom.uids import is_valid_uid
+from dicomd.dicom.uids import is_valid_uid, uid_problem
 
 # PS3.4 Annex B / PS3.18 10.5.3 failure and warning reasons
 PROCESSING_FAILURE = 0x0110
+OUT_OF_RESOURCES = 0xA700  # the disk (or quota) of the object store or of the index is full
 VALIDATION_FAILURE = 0xA900
 STUDY_UID_MISMATCH = 0xA901
 ALREADY_EXISTS = 0xB00E
@@ -29,8 +30,14 @@ class Rejection:
 
 
 def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> Rejection | None:
-    """Return why the instance must be rejected, or None. Optional attributes never reject (v2)."""
+    """Return why the instance must be rejected, or None. Optional attributes never reject (v2).
+
+    What the field's archives store although it breaks the standard a little (a leading zero in a UID
+    component, no PatientID in v2) is accepted with a warning added to ``parsed.warnings``; what would
+    make the instance unsafe or unfindable (a key UID missing, empty, over 64 characters or with
+    characters other than digits and dots) is refused."""
     problems: list[str] = []
+    notes: list[str] = []
     for _tag, keyword, field in _REQUIRED_UIDS:
         value: str = getattr(parsed, field)
         if not value:
@@ -39,9 +46,14 @@ def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> 
             problems.append(why[0] if why else f"{keyword} is missing or empty")
         elif not is_valid_uid(value):
             problems.append(f"{keyword} '{value}' is not a valid UID (digits and dots, at most 64)")
+        elif (problem := uid_problem(value)) is not None:
+            notes.append(f"{keyword} '{value}' {problem} (PS3.5 9.1); stored and searchable as sent")
     patient_id = parsed.dataset.get("00100020")
     if patient_id is None:
-        problems.append("PatientID is missing")
+        if version == 1:
+            problems.append("PatientID is missing")
+        else:
+            notes.append("PatientID is missing; stored, findable by its other attributes")
     elif version == 1 and not patient_id.get("Value"):
         problems.append("PatientID is empty")
     if problems:
@@ -51,4 +63,5 @@ def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> 
             STUDY_UID_MISMATCH,
             [f"StudyInstanceUID '{parsed.study_instance_uid}' does not match the study in the URL"],
         )
+    parsed.warnings.extend(notes)
     return None

@@ -4,7 +4,8 @@ The queue lives in the index (table deleted_object, filled in the same transacti
 rows), so pending removals survive restarts. Object keys are unique per stored version and never reused,
 so removing one can never take away something still referenced. Every worker runs the loop; claiming a
 row pushes its next attempt into the future, so workers rarely collide and a collision is harmless
-(deletion is idempotent).
+(deletion is idempotent). An object becomes due ``Index.delete_grace_ms`` after its delete, so a reader
+that found it before the delete (a study retrieve opens its files one after another) still reads it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class CleanupJob:
                 await self._task
 
     def wake(self) -> None:
-        self._wake.set()
+        """Something was deleted: its objects are due once the grace period is over."""
+        grace = self.index.delete_grace_ms / 1000
+        if grace <= 0:
+            self._wake.set()
+        elif grace < self.interval:  # otherwise the periodic pass finds it in time
+            asyncio.get_running_loop().call_later(grace + 0.05, self._wake.set)
 
     def run_once(self) -> int:
         """Remove one batch of due objects; returns how many were removed."""

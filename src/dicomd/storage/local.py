@@ -5,7 +5,8 @@ DICOM file (``.dcm``, byte-exact, irreplaceable) and its metadata (``.json``, de
 rebuilt from it when missing: see ingest/metadata.py). A write goes through three steps so that a 2xx is
 durable and nothing is ever orphaned:
 
-1. ``stage``: incoming bytes go to ``staging/<key>.<suffix>``;
+1. ``stage``: incoming bytes go to ``staging/<area>/<key>.<suffix>``, in the staging area of the process that
+   receives them (see below);
 2. ``sync``: one ``syncfs`` makes a whole batch of staged files durable at once (or, where the kernel has
    no syncfs, an fsync per DICOM file: metadata objects need no flush, they are rebuilt when lost);
 3. the index commits, then ``publish`` renames the staged files to ``objects/abc/<key>.<suffix>``
@@ -13,6 +14,14 @@ durable and nothing is ever orphaned:
    large directories well).
 
 After a crash, ``recover`` finishes step 3 for keys the index knows and deletes the rest.
+
+Each process that writes (a web worker, ``dicomd import``) stages into an area of its own, claimed with an
+exclusive lock on ``staging/<area>.lock`` that the kernel drops when the process dies. ``recover`` only
+touches areas whose lock it can take, i.e. whose owner is gone, so any process may run it at any time
+(a worker at start-up, ``dicomd import`` or ``optimize`` next to a running server) without touching the
+in-flight parts of a live one.
+
+New files are owner-only (0600) and new directories 0700: the archive holds PHI.
 """
 
 from __future__ import annotations
@@ -20,16 +29,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+log = logging.getLogger(__name__)
+
 DICOM = "dcm"
 METADATA = "json"
 SUFFIXES = (DICOM, METADATA)
 _TEMPORARY = ".tmp"  # a replacement being written (see replace_object)
+_LOCK = ".lock"  # staging/<area>.lock: held by the process that owns staging/<area>/
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -43,7 +58,8 @@ def new_key() -> str:
 # Hot-path file writes use the raw descriptor: Python's buffered open() adds an fstat, an ioctl, an
 # lseek and two objects per file, which matter at thousands of files per second.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-_MODE = 0o666  # as open() does: the umask decides
+FILE_MODE = 0o600  # owner-only: the archive holds PHI (the umask may only narrow it)
+DIR_MODE = 0o700
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -57,7 +73,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 def create_file(path: str) -> int:
     """Create (or truncate) ``path`` for writing: the caller writes with write_all and closes the fd."""
-    return os.open(path, _NEW_FILE, _MODE)
+    return os.open(path, _NEW_FILE, FILE_MODE)
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -69,16 +85,64 @@ def write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents owner-only; existing directories are left as they are."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=DIR_MODE, exist_ok=True)  # (mkdir's parents=True ignores mode for parents)
+
+
+class StagingArea:
+    """A staging directory owned by this process for as long as it holds the area's lock."""
+
+    def __init__(self, root: Path) -> None:
+        name = new_key()
+        # lock first, then create the directory: a recoverer that sees the directory finds the lock held
+        self._lock_fd = os.open(root / f"{name}{_LOCK}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.path = root / name
+        self.path.mkdir(mode=DIR_MODE)
+
+    def release(self) -> None:
+        """Give up the area (what is left in it is recovered by the next ``recover``)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
 class LocalObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.objects = root / "objects"
-        self.staging = root / "staging"
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        self.staging_root = root / "staging"
+        make_private_dir(self.objects)
+        make_private_dir(self.staging_root)
         self._objects_str = str(self.objects)
-        self._staging_str = str(self.staging)
+        self._area: StagingArea | None = None
+        self._staging_str = ""
         self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
+
+    @property
+    def staging(self) -> Path:
+        """This process's staging area (claimed on first use)."""
+        if self._area is None:
+            self._area = StagingArea(self.staging_root)
+            self._staging_str = str(self._area.path)
+        return self._area.path
+
+    def _own_area(self) -> str:
+        if self._area is None:
+            self.staging  # noqa: B018 - claims the area
+        return self._staging_str
+
+    def close(self) -> None:
+        """Release this process's staging area; a later ``recover`` (any process) finishes its files."""
+        if self._area is not None:
+            self._area.release()
+            self._area = None
 
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, key: str, suffix: str = DICOM) -> Path:
@@ -94,7 +158,24 @@ class LocalObjectStore:
     def staged_file(self, key: str, suffix: str = DICOM) -> str:
         """``staged_path`` as a string, for the per-instance hot paths (pathlib costs more than the
         syscall it names)."""
-        return f"{self._staging_str}/{key}.{suffix}"
+        return f"{self._own_area()}/{key}.{suffix}"
+
+    def _find_staged(self, name: str) -> str | None:
+        """Where a committed object not yet moved into place is staged: in this process's area or in
+        another's (a worker's commit is read by every worker; ``recover`` may be moving it meanwhile)."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_root) as entries:
+            for entry in entries:
+                candidate = f"{entry.path}/{name}"
+                if entry.is_dir() and os.path.exists(candidate):
+                    return candidate
+        return None
+
+    def staged_names(self) -> list[str]:
+        """Every staged file of every area, as ``<area>/<file>`` (for checks and tests)."""
+        names = []
+        for area in sorted(p for p in self.staging_root.iterdir() if p.is_dir()):
+            names += [f"{area.name}/{f.name}" for f in sorted(area.iterdir())]
+        return names
 
     # ---- writes --------------------------------------------------------------------------------
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
@@ -105,10 +186,13 @@ class LocalObjectStore:
         it, else an fsync per DICOM file. Measured on a virtual disk: the device flush dominates, so one
         syncfs costs about what one fdatasync does, whatever the batch size (10 files: 4 ms vs 17 ms)."""
         if _syncfs is not None:
-            fd = os.open(self.staging, os.O_RDONLY)
+            fd = os.open(self.staging, os.O_RDONLY)  # the file system of this area
             try:
                 if _syncfs(fd) == 0:
                     return
+                error = ctypes.get_errno()
+                if error != errno.ENOSYS:  # a write-back error: fsyncs might not report it again
+                    raise OSError(error, os.strerror(error))
             finally:
                 os.close(fd)
         for key in keys:
@@ -116,30 +200,39 @@ class LocalObjectStore:
                 os.fsync(f.fileno())
         _fsync_dir(self.staging)
 
-    def publish(self, keys: Iterable[str]) -> None:
-        """Move committed objects into place. Durability of the rename is not needed for a 2xx:
-        ``recover`` completes it after a crash because the index already names the key."""
+    def publish(self, keys: Iterable[str], area: str | None = None) -> None:
+        """Move committed objects into place (from this process's area, or from ``area``). Durability
+        of the rename is not needed for a 2xx: ``recover`` completes it after a crash because the index
+        already names the key."""
+        source = area or self._own_area()
+        failed: OSError | None = None
         for key in keys:
-            fan_out = self._fan_out(key)
-            if fan_out not in self._made_dirs:
-                os.makedirs(fan_out, exist_ok=True)
-                self._made_dirs.add(fan_out)
-            for suffix in SUFFIXES:
-                name = f"{key}.{suffix}"
-                with contextlib.suppress(FileNotFoundError):  # e.g. already moved by recover
-                    os.replace(f"{self._staging_str}/{name}", f"{fan_out}/{name}")
+            try:
+                fan_out = self._fan_out(key)
+                if fan_out not in self._made_dirs:
+                    os.makedirs(fan_out, DIR_MODE, exist_ok=True)
+                    self._made_dirs.add(fan_out)
+                for suffix in SUFFIXES:
+                    name = f"{key}.{suffix}"
+                    with contextlib.suppress(FileNotFoundError):  # e.g. already moved by recover
+                        os.replace(f"{source}/{name}", f"{fan_out}/{name}")
+            except OSError as exc:  # the others still move; this one stays readable in staging
+                failed = exc
+        if failed is not None:
+            raise failed
 
     def replace_object(self, key: str, suffix: str, data: bytes) -> None:
         """Replace one object of a stored instance atomically (readers see the old bytes or the new
         ones), wherever it is now: in place, or still staged. The bytes are written to a temporary file
         in staging first (``recover`` removes those a crash leaves behind), not flushed."""
-        target = self.path(key, suffix)
-        if not target.parent.joinpath(f"{key}.{DICOM}").exists():
-            target = self.staged_path(key, suffix)  # committed but not yet moved into place
+        target = str(self.path(key, suffix))
+        if not os.path.exists(f"{self._fan_out(key)}/{key}.{DICOM}"):
+            staged = self._find_staged(f"{key}.{DICOM}")  # committed but not yet moved into place
+            if staged is not None:
+                target = f"{staged[: -len(DICOM)]}{suffix}"
         temporary = self.staging / f"{new_key()}{_TEMPORARY}"
         try:
-            with open(temporary, "wb") as f:
-                f.write(data)
+            write_file(str(temporary), data)
             os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -156,18 +249,25 @@ class LocalObjectStore:
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 self.path(key, suffix).unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self.staged_path(key, suffix).unlink()
+            staged = self._find_staged(f"{key}.{suffix}")
+            if staged is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)
 
     # ---- reads ----------------------------------------------------------------------------------
     def open_object(self, key: str, suffix: str = DICOM) -> BinaryIO:
         # string paths: pathlib costs more than the read itself for small objects
         name = f"{key}.{suffix}"
+        path = f"{self._fan_out(key)}/{name}"
         try:
-            return open(f"{self._fan_out(key)}/{name}", "rb")
+            return open(path, "rb")
         except FileNotFoundError:
-            # committed but not yet renamed into place by the committer
-            return open(f"{self._staging_str}/{name}", "rb")
+            # committed but not yet moved into place (by its committer or by recover)
+            staged = self._find_staged(name)
+            if staged is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    return open(staged, "rb")
+            return open(path, "rb")  # moved meanwhile, or really gone
 
     def read(self, key: str, suffix: str = DICOM) -> bytes:
         with self.open_object(key, suffix) as f:
@@ -189,17 +289,61 @@ class LocalObjectStore:
 
     # ---- crash recovery ------------------------------------------------------------------------
     def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
-        """Publish staged objects the index knows, delete the others. Run before workers start."""
+        """Publish the staged objects of abandoned areas (whose owner died or let go) that the index
+        knows, delete the others, and remove those areas. Areas of live processes are never touched,
+        so this is safe at any time, from any process. Returns (published, removed)."""
         published = removed = 0
-        for temporary in self.staging.glob(f"*{_TEMPORARY}"):
-            temporary.unlink()
-        keys = {p.name.split(".", 1)[0] for p in self.staging.iterdir()}
+        for entry in sorted(self.staging_root.iterdir()):
+            if self._area is not None and entry.name.startswith(self._area.path.name):
+                continue  # ours
+            if entry.is_dir():
+                p, r = self._recover_area(entry, is_committed)
+                published, removed = published + p, removed + r
+            elif entry.name.endswith(_LOCK) and not entry.with_suffix("").exists():
+                self._recover_area(entry.with_suffix(""), is_committed)  # died before creating it
+        # staged files of versions before areas existed (only ever left by a stopped server)
+        p, r = self._recover_files(self.staging_root, is_committed)
+        return published + p, removed + r
+
+    def _recover_area(self, area: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        lock_path = self.staging_root / f"{area.name}{_LOCK}"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError:
+            return 0, 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0, 0  # its owner is alive
+            counts = self._recover_files(area, is_committed) if area.is_dir() else (0, 0)
+            with contextlib.suppress(OSError):
+                area.rmdir()
+            if not area.exists():
+                os.unlink(lock_path)  # still locked by us: nobody can be claiming it meanwhile
+            if counts != (0, 0):
+                log.info("recovered staging area %s: %d published, %d removed", area.name, *counts)
+            return counts
+        finally:
+            os.close(fd)
+
+    def _recover_files(self, directory: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        published = removed = 0
+        keys: set[str] = set()
+        for path in directory.iterdir():
+            if not path.is_file() or path.name.endswith(_LOCK):
+                continue
+            if path.name.endswith(_TEMPORARY):
+                path.unlink(missing_ok=True)
+            else:
+                keys.add(path.name.split(".", 1)[0])
         for key in keys:
             if is_committed(key):
-                self.publish([key])
+                self.publish([key], area=str(directory))
                 published += 1
             else:
-                self.discard_staged(key)
+                for suffix in SUFFIXES:
+                    (directory / f"{key}.{suffix}").unlink(missing_ok=True)
                 removed += 1
         return published, removed
 

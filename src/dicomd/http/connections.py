@@ -1,0 +1,329 @@
+"""Connection limits of a worker: header, body, keep-alive and send deadlines; a bound on connections.
+
+Without them a client that opens connections and sends nothing (or trickles bytes) holds a descriptor each
+for ever: measured, 2,200 idle sockets against a worker limit of 1,024 descriptors made every normal
+request fail. Each connection's uvicorn protocol (a subclass of uvicorn's httptools protocol) records its
+phase; one sweep per second per worker closes the connections past their deadline:
+
+- waiting for a request (new, or after a response on keep-alive) or receiving its headers: closed
+  ``header_timeout`` after the connection was made or the previous response ended (a total deadline:
+  trickled bytes do not extend it); idle after a response: ``keep_alive_timeout`` (uvicorn's timer);
+- receiving a body: closed when it delivers less than 1 KiB within ``body_timeout`` (a slow but steady
+  upload of any size goes on); the clock stands still while the server itself does not read (the
+  application has not asked for more, or waits to send ``100 Continue``);
+- sending a response to a client that does not read it (the send buffer full): closed when less than 1 KiB
+  of it leaves within ``body_timeout``.
+
+At its share of the connection bound, a worker closes the connection that has waited longest for a request
+(no request in progress) to make room for a new one; when every connection has a request in progress,
+the new one is answered ``503`` with ``Retry-After`` and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from dicomd.api.common import SUPPORTED_VERSIONS_HEADER
+
+log = logging.getLogger("dicomd.http.connections")
+
+PROGRESS = 1024  # bytes a body (or a response) must move within each body_timeout
+SWEEP_INTERVAL = 1.0  # seconds between sweeps: deadlines are kept to within this
+FD_RESERVE = 64  # descriptors of a worker besides its connections: index, logs, pipes, channel
+LINGER = 2.0  # seconds a refused connection stays open to read the request (a close before that resets it)
+MAX_LINGERING = 64  # refused connections lingering at once; more are closed at once
+RETRY_AFTER = 1  # seconds (the Retry-After of a refused connection)
+
+
+def _refusal() -> bytes:
+    """The whole 503 answer, in the form of the application's errors (JSON, api-supported-versions)."""
+    body = b'{"status":503,"message":"too many connections; try again later"}'
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: %d\r\n"
+        b"retry-after: %d\r\n"
+        b"api-supported-versions: %s\r\n"
+        b"connection: close\r\n"
+        b"\r\n%s"
+    ) % (len(body), RETRY_AFTER, SUPPORTED_VERSIONS_HEADER.encode(), body)
+
+
+_REFUSAL = _refusal()
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float
+    body_timeout: float
+    keep_alive_timeout: float
+    max_connections: int  # this worker's share
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit where allowed; returns the soft limit.
+
+    Child processes inherit it. Linux refuses more than fs.nr_open (an unlimited hard limit is above it).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = [hard] if hard != resource.RLIM_INFINITY else []
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            wanted.append(int(f.read()))
+    except (OSError, ValueError):
+        wanted.append(65536)
+    for target in sorted(set(wanted)):
+        if soft < target <= hard or (hard == resource.RLIM_INFINITY and target > soft):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (OSError, ValueError):
+                break
+            soft = target
+    return soft
+
+
+def worker_share(max_connections: int, workers: int) -> int:
+    """This worker's part of the connection bound, kept within its descriptor limit.
+
+    Half of the descriptors (beyond a fixed reserve) are for connections, the other half for what their
+    requests open (stored objects streamed, staged uploads).
+    """
+    share = -(-max_connections // max(1, workers))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        share = min(share, (soft - FD_RESERVE) // 2)
+    return max(1, share)
+
+
+# phases of a connection
+_WAITING = 0  # for a request's first byte, or receiving its headers: no request in progress
+_BODY = 1  # receiving a request body
+_BUSY = 2  # the request is complete, its response is being produced or sent
+
+
+class Guard:
+    """The connections of one worker process, their deadlines and the bound."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open: set[GuardedProtocol] = set()
+        # connections without a request in progress, in the order they began waiting (oldest first)
+        self.waiting: dict[GuardedProtocol, None] = {}
+        self.receiving: set[GuardedProtocol] = set()  # bodies being received
+        self.stalled: set[GuardedProtocol] = set()  # responses waiting for the client to read
+        self.lingering: dict[asyncio.Transport, float] = {}  # refused: close at this time
+        self._sweeping: asyncio.TimerHandle | None = None
+        self.evicted = 0  # since the last sweep's log line
+        self.refused = 0
+
+    def admit(self, protocol: GuardedProtocol) -> bool:
+        """Make room for a new connection if needed; False when there is none (refuse it)."""
+        self._ensure_sweep(protocol.loop)
+        while len(self.open) >= self.limits.max_connections:
+            if not self.waiting:
+                self.refused += 1
+                return False
+            oldest = next(iter(self.waiting))
+            log.debug("closed the longest-waiting connection to make room for a new one")
+            oldest.close()
+            self.evicted += 1
+        self.open.add(protocol)
+        return True
+
+    def refuse(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        transport.write(_REFUSAL)
+        if len(self.lingering) >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        # half-close and read the request for a moment: closing with it unread would reset the
+        # connection, and the client might lose the 503
+        transport.write_eof()
+        self.lingering[transport] = loop.time() + LINGER
+
+    def _ensure_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeping is None:
+            self._sweeping = loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeping = None
+        try:
+            self.sweep(loop.time())
+        finally:
+            if self.open or self.lingering:
+                self._ensure_sweep(loop)
+
+    def sweep(self, now: float) -> None:
+        """Close the connections past their deadline."""
+        limits = self.limits
+        closed: Counter[str] = Counter()
+        for protocol in list(self.waiting):
+            if now - protocol.since < limits.header_timeout:
+                break  # in order of waiting: the others are younger
+            log.debug("closed a connection: no complete request headers within %g s", limits.header_timeout)
+            protocol.close()
+            closed["headers"] += 1
+        for protocol in list(self.receiving):
+            if protocol.reading_held():
+                protocol.since = now  # the server holds the body back, not the client
+            elif now - protocol.since >= limits.body_timeout:
+                log.debug(
+                    "closed a connection: its request body gave less than 1 KiB in %g s", limits.body_timeout
+                )
+                protocol.close()
+                closed["body"] += 1
+        for protocol in list(self.stalled):
+            unsent = protocol.transport.get_write_buffer_size()
+            if unsent <= protocol.unsent - PROGRESS:
+                protocol.unsent, protocol.stalled_since = unsent, now
+            elif now - protocol.stalled_since >= limits.body_timeout:
+                log.debug("closed a connection: its client read less than 1 KiB in %g s", limits.body_timeout)
+                protocol.close()
+                closed["response unread"] += 1
+            else:
+                protocol.unsent = max(protocol.unsent, unsent)  # more written is no progress
+        for transport, until in list(self.lingering.items()):
+            if until <= now or transport.is_closing():
+                del self.lingering[transport]
+                transport.close()
+        if closed or self.evicted or self.refused:
+            # one line a second at most, however many connections (a flood would flood the log)
+            log.info(
+                "connections: closed %d past their deadline (%s), %d to make room, refused %d (%d open)",
+                closed.total(),
+                ", ".join(f"{reason} {n}" for reason, n in closed.items()) or "none",
+                self.evicted,
+                self.refused,
+                len(self.open),
+            )
+            self.evicted = self.refused = 0
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the phase of its connection kept for the Guard."""
+
+    guard: ClassVar[Guard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phase = _WAITING
+        self.since = 0.0  # _WAITING: since when; _BODY: last progress
+        self.received = 0  # body bytes since the last progress
+        self.unsent = 0  # response bytes buffered at the last send progress
+        self.stalled_since = 0.0
+        self.refused = False
+
+    # ---- the guard's view --------------------------------------------------------------------------
+    def _wait(self) -> None:
+        guard = self.guard
+        guard.receiving.discard(self)
+        guard.waiting.pop(self, None)
+        guard.waiting[self] = None  # at the end: the youngest
+        self.phase, self.since = _WAITING, self.loop.time()
+
+    def drop(self) -> None:
+        """Forget this connection (it is being closed)."""
+        guard = self.guard
+        guard.open.discard(self)
+        guard.waiting.pop(self, None)
+        guard.receiving.discard(self)
+        guard.stalled.discard(self)
+
+    def close(self) -> None:
+        """Close this connection for the Guard, at once: what its client has not read is dropped (a
+        graceful close would wait for a client that may never read, and hold the descriptor)."""
+        self.drop()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def reading_held(self) -> bool:
+        """The server, not the client, holds the body back: paused reading, or 100 Continue not sent."""
+        return self.flow.read_paused or bool(self.cycle and self.cycle.waiting_for_100_continue)
+
+    # ---- uvicorn's callbacks -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.guard.admit(self):
+            self.refused = True
+            self.guard.refuse(transport, self.loop)
+            return
+        self._wait()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.drop()
+        self.guard.lingering.pop(self.transport, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # read and dropped until the lingering close
+        super().data_received(data)
+
+    def eof_received(self) -> None:  # None: the transport closes itself
+        if self.refused:
+            self.guard.lingering.pop(self.transport, None)
+        super().eof_received()
+
+    def on_headers_complete(self) -> None:
+        if self.phase == _WAITING:
+            self.guard.waiting.pop(self, None)
+            self.guard.receiving.add(self)
+            self.phase, self.since, self.received = _BODY, self.loop.time(), 0
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.phase == _BODY:
+            self.received += len(body)
+            if self.received >= PROGRESS:
+                self.since, self.received = self.loop.time(), 0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.phase == _BODY:
+            self.guard.receiving.discard(self)
+            self.phase = _BUSY
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if pipelined or self.transport.is_closing():
+            return  # the next request runs, or the connection closes
+        if self.flow.write_paused:  # held up by its client: busy (the send deadline) until it leaves
+            self.guard.receiving.discard(self)  # answered before its whole body came
+            self.phase = _BUSY
+        else:
+            self._wait()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.unsent, self.stalled_since = self.transport.get_write_buffer_size(), self.loop.time()
+        self.guard.stalled.add(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self in self.guard.stalled:
+            self.guard.stalled.discard(self)
+            if self.phase == _BUSY and self.cycle.response_complete and not self.pipeline:
+                self._wait()  # the previous response has left: waiting for the next request
+
+    def handle_websocket_upgrade(self) -> None:
+        self.drop()  # another protocol takes the transport over
+        super().handle_websocket_upgrade()
+
+    def timeout_keep_alive_handler(self) -> None:
+        log.debug("closed an idle keep-alive connection")
+        super().timeout_keep_alive_handler()
+
+
+def protocol_class(limits: Limits) -> type[asyncio.Protocol]:
+    """The protocol class for uvicorn.Config(http=...): one Guard for this process's connections."""
+    return type("GuardedHttpToolsProtocol", (GuardedProtocol,), {"guard": Guard(limits)})
