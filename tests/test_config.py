@@ -1,22 +1,32 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dicomd.config import ConfigError, Settings, load_settings
+from dicomd.config import SETTINGS, ConfigError, Settings, load_settings
 
 
-def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(__import__("os").environ):
+@pytest.fixture(autouse=True)
+def _no_dicomd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a DICOMD_* variable of the shell running the tests would change what they load
+    for name in list(os.environ):
         if name.startswith("DICOMD_"):
             monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
     s = load_settings()
     assert (s.host, s.port, s.duplicate_policy) == ("127.0.0.1", 8080, "reject")
     assert s.effective_workers >= 1
     assert s.effective_index_url.startswith("sqlite:///") and s.effective_index_url.endswith("index.db")
+    assert s == Settings() and s.sources == {}
 
 
 def test_priority_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,28 +37,152 @@ def test_priority_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert s.port == 9100 and s.workers == 4 and s.duplicate_policy == "overwrite"
     assert s.sources["port"] == "flag --port"
     assert s.sources["workers"] == "environment variable DICOMD_WORKERS"
+    assert s.sources["duplicate_policy"] == f"config file {cfg}"
+    assert "host" not in s.sources
 
 
-@pytest.mark.parametrize(
-    ("env", "value", "needle"),
-    [
-        (
-            "DICOMD_PORT",
-            "http",
-            "setting 'port' (from environment variable DICOMD_PORT): expected an integer",
-        ),
-        ("DICOMD_PORT", "70000", "between 1 and 65535"),
-        ("DICOMD_DUPLICATE_POLICY", "ignore", "'reject' or 'overwrite'"),
-        ("DICOMD_INDEX_URL", "mysql://x", "sqlite:///"),
-        ("DICOMD_LOG_LEVEL", "loud", "log_level"),
-    ],
-)
-def test_invalid_values_name_the_setting(
-    monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str
+def test_config_file_from_the_environment_and_top_level_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(env, value)
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    cfg = tmp_path / "d.toml"
+    cfg.write_text('keep-alive-timeout = 5\ncors_origins = "https://viewer.example/"\n', encoding="utf-8")
+    monkeypatch.setenv("DICOMD_CONFIG", str(cfg))
+    s = load_settings()
+    assert (s.keep_alive_timeout, s.cors_origins) == (5, "https://viewer.example")
+    assert s.sources["keep_alive_timeout"] == f"config file {cfg}"
+
+
+def test_every_setting_is_declared_once() -> None:
+    names = [f.name for f in dataclasses.fields(Settings) if f.name != "sources"]
+    assert list(SETTINGS) == names
+    for name, spec in SETTINGS.items():
+        assert spec.name == name and spec.help
+        assert spec.env == "DICOMD_" + name.upper()
+        assert spec.flag == "--" + name.replace("_", "-")
+        assert spec.kind in (int, str, Path)
+        default = getattr(Settings(), name)
+        assert spec.default == default
+        # the default passes its own rules, and its text form (environment, flag) reads back the same
+        assert spec.parse(default, "test") == default
+        assert spec.parse(str(default), "test") == default
+
+
+def test_the_duplicate_policy_choices_come_from_its_type() -> None:
+    assert SETTINGS["duplicate_policy"].choices == ("reject", "overwrite")
+
+
+# one bad value per rule: setting, value, what the message says after "setting 'X' (from <source>): "
+BAD_VALUES: list[tuple[str, Any, str]] = [
+    ("port", "http", "expected an integer, got 'http'"),
+    ("port", 70000, "must be between 1 and 65535, got 70000"),
+    ("port", 0, "must be between 1 and 65535, got 0"),
+    ("workers", -1, "must be between 0 and 256, got -1"),
+    ("workers", 257, "must be between 0 and 256, got 257"),
+    ("bulk_threshold", 0, "must be positive, got 0"),
+    ("max_request_bytes", "4G", "expected an integer, got '4G'"),
+    ("max_request_bytes", 0, "must be positive, got 0"),
+    ("commit_batch", -5, "must be positive, got -5"),
+    ("header_timeout", 0, "must be positive, got 0"),
+    ("body_timeout", "1.5", "expected an integer, got '1.5'"),
+    ("body_timeout", 0, "must be positive, got 0"),
+    ("keep_alive_timeout", 0, "must be positive, got 0"),
+    ("max_connections", 0, "must be positive, got 0"),
+    ("delete_grace_period", -1, "must be zero or more, got -1"),
+    ("duplicate_policy", "ignore", "must be 'reject' or 'overwrite', got 'ignore'"),
+    ("duplicate_policy", "Overwrite", "must be 'reject' or 'overwrite', got 'Overwrite'"),
+    ("log_level", "loud", "must be one of critical, error, warning, info, debug, got 'loud'"),
+    ("index_url", "mysql://x", "must start with sqlite:/// or postgresql+psycopg://, got 'mysql://x'"),
+    ("base_url", "pacs.example.org", "must start with http:// or https://, got 'pacs.example.org'"),
+    ("base_url", "ftp://pacs.example.org", "must start with http:// or https://"),
+    (
+        "cors_origins",
+        "https://ok.example, viewer.example",
+        "origins must be * or start with http:// or https://, got 'viewer.example'",
+    ),
+]
+
+
+def _source(source: str, name: str, tmp_path: Path) -> str:
+    """The source of a value as error messages name it."""
+    return {
+        "env": f"environment variable {SETTINGS[name].env}",
+        "toml": f"config file {tmp_path / 'dicomd.toml'}",
+        "flag": f"flag {SETTINGS[name].flag}",
+    }[source]
+
+
+def _load_from(source: str, name: str, raw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if source == "env":
+        monkeypatch.setenv(SETTINGS[name].env, str(raw))
         load_settings()
+    elif source == "toml":
+        cfg = tmp_path / "dicomd.toml"
+        cfg.write_text(f"[dicomd]\n{name} = {json.dumps(raw)}\n", encoding="utf-8")  # JSON scalars are TOML
+        load_settings(config_file=cfg)
+    else:
+        load_settings(flags={name: str(raw)})  # click hands a flag's value over as text
+
+
+@pytest.mark.parametrize("source", ["env", "toml", "flag"])
+@pytest.mark.parametrize(("name", "raw", "reason"), BAD_VALUES)
+def test_invalid_values_name_the_setting_and_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, name: str, raw: Any, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load_from(source, name, raw, tmp_path, monkeypatch)
+    assert str(caught.value).startswith(
+        f"setting '{name}' (from {_source(source, name, tmp_path)}): {reason}"
+    )
+
+
+def test_every_rule_has_a_bad_value_above() -> None:
+    with_rules = {name for name, spec in SETTINGS.items() if spec.kind is int or spec.choices or spec.check}
+    # the directory check needs a file to exist: test_data_dir_and_storage_path_must_not_be_files
+    assert with_rules - {"data_dir", "storage_path"} <= {name for name, _, _ in BAD_VALUES}
+
+
+@pytest.mark.parametrize("raw", [True, 1.5, [8080]])
+def test_toml_values_of_the_wrong_type_are_not_integers(tmp_path: Path, raw: Any) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f"port = {json.dumps(raw)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"setting 'port' \(from config file .*\): expected an integer"):
+        load_settings(config_file=cfg)
+
+
+def test_values_are_normalised_alike_from_every_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = {
+        "log_level": "DEBUG",
+        "base_url": "https://pacs.example.org/dicomweb/",
+        "cors_origins": " https://a.example/ ,, * ",
+        "port": " 8081 ",
+        "data_dir": "~/dicomd",
+    }
+    expected = {
+        "log_level": "debug",
+        "base_url": "https://pacs.example.org/dicomweb",
+        "cors_origins": "https://a.example,*",
+        "port": 8081,
+        "data_dir": Path("~/dicomd").expanduser(),
+    }
+    from_flags = load_settings(flags=raw)
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in raw.items()), encoding="utf-8")
+    from_file = load_settings(config_file=cfg)
+    for name, value in raw.items():
+        monkeypatch.setenv(SETTINGS[name].env, value)
+    from_env = load_settings()
+    for s in (from_flags, from_file, from_env):
+        assert {name: getattr(s, name) for name in expected} == expected
+
+
+def test_data_dir_and_storage_path_must_not_be_files(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x", encoding="utf-8")
+    for name in ("data_dir", "storage_path"):
+        with pytest.raises(ConfigError, match=rf"setting '{name}' \(from flag .*\): must be a directory"):
+            load_settings(flags={name: str(a_file)})
 
 
 def test_unknown_key_and_bad_toml(tmp_path: Path) -> None:
@@ -59,12 +193,15 @@ def test_unknown_key_and_bad_toml(tmp_path: Path) -> None:
     cfg.write_text("port = \n", encoding="utf-8")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_settings(config_file=cfg)
+    cfg.write_text("dicomd = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="'dicomd' must be a table"):
+        load_settings(config_file=cfg)
     with pytest.raises(ConfigError, match="cannot be read"):
         load_settings(config_file=tmp_path / "missing.toml")
 
 
 def test_settings_round_trip_through_json() -> None:
-    s = Settings(port=1234, data_dir=Path("/x/y"), duplicate_policy="overwrite")
+    s = Settings(port=1234, data_dir=Path("/x/y"), duplicate_policy="overwrite", cors_origins="*")
     assert Settings.from_json(s.to_json()) == s
 
 

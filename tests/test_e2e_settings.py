@@ -1,4 +1,5 @@
-"""Behaviour that depends on the API version or on settings: PatientID rules, size limit, base_url."""
+"""Behaviour that depends on the API version or on settings: PatientID rules, size limit, base_url,
+duplicate policy (from a TOML file, a flag and the environment)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, start_server, stop_server
-from test_e2e_common import FAILED_SOP_SEQUENCE, FAILURE_REASON, make_instance, stow, value
+from conftest import Server, staged_files, start_server, stop_server
+from test_e2e_common import FAILED_SOP_SEQUENCE, FAILURE_REASON, make_instance, new_uid, stow, value
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"DICOMD_MAX_REQUEST_BYTES": "200000", "DICOMD_BASE_URL": "https://pacs.example.org/dicomweb"}
-    srv = start_server(tmp_path_factory.mktemp("limited") / "data", workers=1, env=env)
+    # one setting from each source, so the workers are shown to get all three
+    root = tmp_path_factory.mktemp("limited")
+    (root / "dicomd.toml").write_text("[dicomd]\nmax_request_bytes = 200000\n", encoding="utf-8")
+    srv = start_server(
+        root / "data",
+        *("--config", str(root / "dicomd.toml"), "--base-url", "https://pacs.example.org/dicomweb/"),
+        workers=1,
+        env={"DICOMD_DUPLICATE_POLICY": "overwrite"},
+    )
     yield srv
     stop_server(srv)
 
@@ -43,8 +51,7 @@ def test_request_larger_than_the_limit_is_413_and_leaves_nothing(limited: Server
     with httpx.Client(base_url=limited.v2, timeout=30) as c:
         r = stow(c, [big, big])
         assert r.status_code == 413 and "limit" in r.json()["message"]
-        staging = Path(limited.data_dir) / "objects" / "staging"
-        assert not any(staging.iterdir())
+        assert not staged_files(Path(limited.data_dir))
         assert c.get("/instances", params={"PatientID": "PAT-1"}).json() == []
 
 
@@ -53,3 +60,15 @@ def test_base_url_setting_is_used_for_retrieve_urls(limited: Server) -> None:
         r = stow(c, [make_instance()])
         assert r.status_code == 200
         assert value(r.json(), "00081190").startswith("https://pacs.example.org/dicomweb/v2/studies/")
+
+
+def test_duplicate_policy_from_the_environment_reaches_the_workers(limited: Server) -> None:
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    with httpx.Client(base_url=limited.v2, timeout=30) as c:
+        assert stow(c, [make_instance(study=study, series=series, sop=sop)]).status_code == 200
+        # other bytes under the stored SOP Instance UID: "reject", the default, answers 409
+        changed = make_instance(study=study, series=series, sop=sop, InstanceNumber=7)
+        r = stow(c, [changed])
+        assert r.status_code == 200, r.text
+        [stored] = c.get(f"/studies/{study}/instances").json()
+        assert value(stored, "00200013") == 7

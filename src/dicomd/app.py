@@ -1,77 +1,39 @@
-"""The ASGI application: versioned DICOMweb routes over one index, one object store, one committer."""
+"""The ASGI application: the route table (api/routes.py) mounted per API version, middleware, error
+handlers and the lifespan that wires one index, one object store and one committer per worker."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomd.api import changefeed, delete, health, openapi, qido, stow, wado
+from dicomd.api import wado
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
+from dicomd.api.routes import dicomweb_routes as dicomweb_routes  # re-export: a test imports it from here
+from dicomd.api.routes import unversioned_routes
 from dicomd.config import Settings
 from dicomd.index.store import Index
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
+from dicomd.startup import prepare as prepare  # re-export: cli.py imports it from here (for now)
 from dicomd.storage.local import LocalObjectStore
+
+log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "DICOMD_SETTINGS_JSON"
 METADATA_CACHE_BYTES = 64 * 1024 * 1024  # per worker
-
-_STUDY = "/studies/{study}"
-_SERIES = _STUDY + "/series/{series}"
-_INSTANCE = _SERIES + "/instances/{instance}"
-
-
-def dicomweb_routes() -> list[BaseRoute]:
-    """Routes of one API version (mounted under /v1 and /v2)."""
-    return [
-        # STOW-RS
-        Route("/studies", stow.store, methods=["POST"]),
-        Route(_STUDY, stow.store, methods=["POST"]),
-        # QIDO-RS
-        Route("/studies", qido.search_studies, methods=["GET"]),
-        Route("/series", qido.search_series, methods=["GET"]),
-        Route("/instances", qido.search_instances, methods=["GET"]),
-        Route(_STUDY + "/series", qido.search_series, methods=["GET"]),
-        Route(_STUDY + "/instances", qido.search_instances, methods=["GET"]),
-        Route(_SERIES + "/instances", qido.search_instances, methods=["GET"]),
-        # WADO-RS
-        Route(_STUDY, wado.retrieve, methods=["GET"]),
-        Route(_SERIES, wado.retrieve, methods=["GET"]),
-        Route(_INSTANCE, wado.retrieve, methods=["GET"]),
-        Route(_STUDY + "/metadata", wado.metadata, methods=["GET"]),
-        Route(_SERIES + "/metadata", wado.metadata, methods=["GET"]),
-        Route(_INSTANCE + "/metadata", wado.metadata, methods=["GET"]),
-        Route(_INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, methods=["GET"]),
-        Route(_INSTANCE + "/frames/{frames}", wado.frames, methods=["GET"]),
-        Route(_STUDY + "/rendered", wado.not_offered, methods=["GET"]),
-        Route(_SERIES + "/rendered", wado.not_offered, methods=["GET"]),
-        Route(_INSTANCE + "/rendered", wado.not_offered, methods=["GET"]),
-        Route(_INSTANCE + "/frames/{frames}/rendered", wado.not_offered, methods=["GET"]),
-        Route(_STUDY + "/thumbnail", wado.not_offered, methods=["GET"]),
-        Route(_SERIES + "/thumbnail", wado.not_offered, methods=["GET"]),
-        Route(_INSTANCE + "/thumbnail", wado.not_offered, methods=["GET"]),
-        Route(_INSTANCE + "/frames/{frames}/thumbnail", wado.not_offered, methods=["GET"]),
-        # Delete
-        Route(_STUDY, delete.delete, methods=["DELETE"]),
-        Route(_SERIES, delete.delete, methods=["DELETE"]),
-        Route(_INSTANCE, delete.delete, methods=["DELETE"]),
-        # Change feed
-        Route("/changefeed", changefeed.changefeed, methods=["GET"]),
-        Route("/changefeed/latest", changefeed.latest, methods=["GET"]),
-        # OpenAPI
-        Route("/api.json", openapi.document, methods=["GET"]),
-    ]
-
 
 _VERSIONS_HEADER = (b"api-supported-versions", SUPPORTED_VERSIONS_HEADER.encode())
 
@@ -99,6 +61,28 @@ class VersionHeaders:
         await self.app(scope, receive, send_with_header)  # type: ignore[arg-type]
 
 
+class ClientDisconnects:
+    """A client that goes away mid-request (an aborted upload or download) is normal: one info line
+    without the URL (it carries UIDs and names), not an error with a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except (ClientDisconnect, ConnectionError) as exc:
+            log.info("client disconnected during a %s request (%s)", scope.get("method"), type(exc).__name__)
+
+
+# What a browser viewer on another origin may send and read (OHIF reads ETag and the content headers).
+_CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+_CORS_EXPOSED = ["Content-Type", "Content-Length", "Content-Location", "ETag", "api-supported-versions"]
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.message, exc.headers)
@@ -116,11 +100,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def _check_version(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        version = scope.get("path_params", {}).get("version")
+        # the segment is matched as text: an int converter would parse thousands of digits (a 500)
+        segment = str(scope.get("path_params", {}).get("version", ""))
+        version = int(segment) if segment.isascii() and segment.isdigit() and len(segment) <= 3 else None
         if version not in SUPPORTED_VERSIONS:
-            response = error_response(404, f"API version v{version} is not supported; use /v1/ or /v2/")
+            shown = segment if len(segment) <= 16 else segment[:16] + "..."
+            response = error_response(404, f"API version v{shown} is not supported; use /v1/ or /v2/")
             await response(scope, receive, send)
             return
+        scope["path_params"]["version"] = version
         await app(scope, receive, send)
 
     return wrapped
@@ -133,10 +121,12 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         # the cycle collector thousands of times a second for garbage that reference counting frees anyway
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        index = Index(settings.effective_index_url)
+        index = Index(settings.effective_index_url, delete_grace_period=settings.delete_grace_period)
         if migrate:
             prepare(settings, index)
         store = LocalObjectStore(settings.effective_storage_path)
+        # a worker that died (and that this one may be replacing) left its staged parts behind
+        await asyncio.to_thread(store.recover, index.has_object)
         committer = GroupCommitter(
             index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
         )
@@ -154,31 +144,28 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         finally:
             await cleanup.stop()
             await committer.stop()
+            store.close()
             index.close()
 
-    versioned = Mount("/v{version:int}", app=_check_version(Starlette(routes=dicomweb_routes()).router))
+    versioned = Mount("/v{version}", app=_check_version(Starlette(routes=dicomweb_routes()).router))
     app = Starlette(
-        routes=[Route("/health/check", health.check, methods=["GET"]), versioned],
+        routes=[*unversioned_routes(), versioned],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.add_middleware(VersionHeaders)  # type: ignore[arg-type]
+    app.add_middleware(ClientDisconnects)  # type: ignore[arg-type]
+    if settings.cors_origins:  # outermost: error responses carry the CORS headers too
+        app.add_middleware(
+            CORSMiddleware,  # type: ignore[arg-type]
+            allow_origins=settings.cors_origins.split(","),
+            allow_methods=_CORS_METHODS,
+            allow_headers=["*"],
+            expose_headers=_CORS_EXPOSED,
+            max_age=600,
+        )
     app.state.settings = settings
     return app
-
-
-def prepare(settings: Settings, index: Index | None = None) -> None:
-    """Start-up work done once, before workers start: data dirs, migration, recovery of staged objects."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    own = index is None
-    index = index or Index(settings.effective_index_url)
-    try:
-        index.migrate()
-        store = LocalObjectStore(settings.effective_storage_path)
-        store.recover(index.has_object)
-    finally:
-        if own:
-            index.close()
 
 
 def app_from_environment() -> Starlette:

@@ -1,6 +1,9 @@
 """Settings: defaults < TOML file < environment (DICOMD_*) < command-line flags.
 
-Every setting is validated once at start-up; an error names the setting and where its value came from.
+Each setting is declared once, as a field of `Settings` made by `_setting()`: its type and default, its help
+text and its rules. The environment variable DICOMD_<NAME>, the TOML key <name> and the flag
+--<name-with-dashes> (`dicomd serve` has one per setting) follow from the name. Every setting is validated
+once at start-up; an error names the setting and where its value came from.
 """
 
 from __future__ import annotations
@@ -8,13 +11,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 
 DuplicatePolicy = Literal["reject", "overwrite"]
+
+_T = TypeVar("_T")
+
+_SPEC = "dicomd.setting"  # the key of a field's Setting in its metadata
 
 
 class ConfigError(ValueError):
@@ -22,25 +31,212 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Setting(Generic[_T]):
+    """One setting's documentation and rules; `name`, `kind`, `default` (and a Literal's choices) are
+    filled in from its field of `Settings`."""
+
+    help: str
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+    ignore_case: bool = False  # choices match in any case; the value is kept in lower case
+    check: Callable[[_T], _T] | None = None  # further rules: the value normalised, or ValueError(reason)
+    shown_default: str = ""  # for `--help`, when the default is worked out at run time
+    name: str = ""
+    kind: type = str  # int, str or Path
+    default: Any = None
+
+    @property
+    def env(self) -> str:
+        return f"DICOMD_{self.name.upper()}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        return self.shown_default or str(self.default)
+
+    @property
+    def description(self) -> str:
+        """The help text with the allowed range, for `--help`."""
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None:
+            return f"{self.help} ({lo}-{hi})"
+        if lo is not None:
+            return f"{self.help} ({lo} or more)"
+        return self.help
+
+    def parse(self, raw: Any, source: str) -> _T:
+        """The value of `raw` (text from the environment or a flag, or a TOML value), validated."""
+        try:
+            return self._convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"setting '{self.name}' (from {source}): {exc}") from None
+
+    def _convert(self, raw: Any) -> Any:
+        value: Any
+        if self.kind is int:
+            value = self._in_range(_integer(raw))
+        elif self.kind is Path:
+            value = Path(str(raw)).expanduser()
+        else:
+            value = str(raw)
+            if self.choices:
+                folded = value.lower() if self.ignore_case else value
+                if folded not in self.choices:
+                    raise ValueError(f"must be {self._choices_text()}, got {value!r}")
+                value = folded
+        return self.check(value) if self.check else value
+
+    def _in_range(self, value: int) -> int:
+        lo, hi = self.minimum, self.maximum
+        if (lo is None or value >= lo) and (hi is None or value <= hi):
+            return value
+        if lo is not None and hi is not None:
+            expected = f"between {lo} and {hi}"
+        elif lo is not None:
+            expected = {0: "zero or more", 1: "positive"}.get(lo, f"at least {lo}")
+        else:
+            expected = f"at most {hi}"
+        raise ValueError(f"must be {expected}, got {value}")
+
+    def _choices_text(self) -> str:
+        if len(self.choices) == 2:
+            return " or ".join(repr(c) for c in self.choices)
+        return "one of " + ", ".join(self.choices)
+
+
+def _integer(raw: Any) -> int:
+    # bool is an int and float would be truncated: a TOML `true` or `1.5` is a mistake, not a number
+    if isinstance(raw, bool | float):
+        raise ValueError(f"expected an integer, got {raw!r}")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def _directory(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"must be a directory, got the file {str(path)!r}")
+    return path
+
+
+def _directory_text(value: str) -> str:
+    _directory(Path(value).expanduser())
+    return value
+
+
+def _index_url(value: str) -> str:
+    if value and not value.startswith(("sqlite:///", "postgresql")):
+        raise ValueError(f"must start with sqlite:/// or postgresql+psycopg://, got {value!r}")
+    return value
+
+
+def _base_url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
+def _origins(value: str) -> str:
+    # browsers send an Origin without a trailing slash; CORSMiddleware compares whole strings
+    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"origins must be * or start with http:// or https://, got {origin!r}")
+    return ",".join(origins)
+
+
+def _setting(
+    default: _T,
+    help: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    choices: tuple[str, ...] = (),
+    ignore_case: bool = False,
+    check: Callable[[_T], _T] | None = None,
+    shown_default: str = "",
+) -> _T:
+    """A field of `Settings` with its default and its `Setting` (help and rules)."""
+    spec = Setting(
+        help,
+        minimum=minimum,
+        maximum=maximum,
+        choices=choices,
+        ignore_case=ignore_case,
+        check=check,
+        shown_default=shown_default,
+    )
+    return field(default=default, metadata={_SPEC: spec})
+
+
+@dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("dicomd-data")
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 0  # 0 = one per core
-    index_url: str = ""  # "" = sqlite:///<data_dir>/index.db
-    storage_path: str = ""  # "" = <data_dir>/objects
-    duplicate_policy: DuplicatePolicy = "reject"
-    bulk_threshold: int = 1024  # binary values above this many bytes become BulkDataURIs in metadata
-    max_request_bytes: int = 4 * 1024**3  # one STOW request
-    commit_batch: int = 256  # most instances in one group commit
-    log_level: str = "info"
-    base_url: str = ""  # "" = derive RetrieveURL/BulkDataURI from the request (set it behind a proxy)
-    header_timeout: int = 30  # seconds from a connection's (or request's) first byte to its last header
-    body_timeout: int = 60  # seconds a request body may go without delivering 1 KiB more
-    keep_alive_timeout: int = 15  # seconds an idle keep-alive connection is kept open
-    max_connections: int = 2048  # open client connections, all workers together
-    delete_grace_period: int = 3600  # seconds a deleted or replaced object is kept for readers in flight
-    cors_origins: str = ""  # comma-separated browser origins allowed to call the API ("*" = any)
+    """Every setting, each declared once with `_setting()`; `SETTINGS` below describes them.
+
+    (RUF009 takes `_setting()` for a shared mutable default, but it returns a `dataclasses.field`.)
+    """
+
+    data_dir: Path = _setting(  # noqa: RUF009
+        Path("dicomd-data"),
+        "directory for the embedded index and object store (created if missing)",
+        check=_directory,
+    )
+    host: str = _setting("127.0.0.1", "interface to listen on")
+    port: int = _setting(8080, "TCP port to listen on", minimum=1, maximum=65535)
+    workers: int = _setting(0, "worker processes; 0 = one per CPU core", minimum=0, maximum=256)
+    index_url: str = _setting(
+        "",
+        "SQLAlchemy URL of the index: sqlite:///path.db or postgresql+psycopg://user@host/db",
+        check=_index_url,
+        shown_default="sqlite:///<data_dir>/index.db",
+    )
+    storage_path: str = _setting(
+        "", "directory of the object store", check=_directory_text, shown_default="<data_dir>/objects"
+    )
+    # the choices come from the Literal type
+    duplicate_policy: DuplicatePolicy = _setting(  # noqa: RUF009
+        "reject", "what STOW does with an instance that is already stored"
+    )
+    bulk_threshold: int = _setting(
+        1024, "binary values longer than this (bytes) are served as BulkDataURI in metadata", minimum=1
+    )
+    max_request_bytes: int = _setting(4 * 1024**3, "largest accepted STOW request body in bytes", minimum=1)
+    commit_batch: int = _setting(256, "most instances written to the index in one group commit", minimum=1)
+    log_level: str = _setting(
+        "info", "log verbosity", choices=("critical", "error", "warning", "info", "debug"), ignore_case=True
+    )
+    base_url: str = _setting(
+        "",
+        "public base URL (scheme://host[:port][/path]) used in RetrieveURL / BulkDataURI behind a proxy",
+        check=_base_url,
+        shown_default="taken from each request",
+    )
+    header_timeout: int = _setting(
+        30, "seconds a client may take to send a request's headers (idle new connections too)", minimum=1
+    )
+    body_timeout: int = _setting(
+        60, "seconds a request body may go without delivering at least 1 KiB more", minimum=1
+    )
+    keep_alive_timeout: int = _setting(
+        15, "seconds an idle keep-alive connection stays open between requests", minimum=1
+    )
+    max_connections: int = _setting(
+        2048, "most open client connections (all workers); the longest-idle ones make room", minimum=1
+    )
+    delete_grace_period: int = _setting(
+        3600, "seconds deleted or replaced objects are kept before removal (readers in flight)", minimum=0
+    )
+    cors_origins: str = _setting(
+        "",
+        "comma-separated origins browsers may call the API from (e.g. an OHIF viewer); * = any",
+        check=_origins,
+        shown_default="none",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     # ---- derived values -------------------------------------------------------------------------
@@ -70,97 +266,49 @@ class Settings:
         return cls(**data)
 
 
-# name -> (type, help). The help text is shown by `dicomd serve --help`.
-SETTINGS_HELP: dict[str, str] = {
-    "data_dir": "directory for the embedded index and object store (created if missing)",
-    "host": "interface to listen on",
-    "port": "TCP port to listen on (1-65535)",
-    "workers": "worker processes; 0 = one per CPU core",
-    "index_url": "SQLAlchemy URL of the index: sqlite:///path.db or postgresql+psycopg://user@host/db",
-    "storage_path": "directory of the object store (default <data_dir>/objects)",
-    "duplicate_policy": "what STOW does with an instance that is already stored: reject or overwrite",
-    "bulk_threshold": "binary values longer than this (bytes) are served as BulkDataURI in metadata",
-    "max_request_bytes": "largest accepted STOW request body in bytes",
-    "commit_batch": "most instances written to the index in one group commit",
-    "log_level": "critical, error, warning, info or debug",
-    "base_url": "public base URL (scheme://host[:port]) used in RetrieveURL / BulkDataURI behind a proxy",
-    "header_timeout": "seconds a client may take to send a request's headers (idle new connections too)",
-    "body_timeout": "seconds a request body may go without delivering at least 1 KiB more",
-    "keep_alive_timeout": "seconds an idle keep-alive connection stays open between requests",
-    "max_connections": "most open client connections (all workers); the longest-idle ones make room",
-    "delete_grace_period": "seconds deleted or replaced objects are kept before removal (readers in flight)",
-    "cors_origins": "comma-separated origins browsers may call the API from (e.g. an OHIF viewer); * = any",
-}
-
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-
-
-_INT_SETTINGS = (
-    "port",
-    "workers",
-    "bulk_threshold",
-    "max_request_bytes",
-    "commit_batch",
-    "header_timeout",
-    "body_timeout",
-    "keep_alive_timeout",
-    "max_connections",
-    "delete_grace_period",
-)
+def _declared() -> dict[str, Setting[Any]]:
+    """Each field's Setting, completed from the field: name, default and kind (a Literal gives choices)."""
+    hints = typing.get_type_hints(Settings)
+    declared: dict[str, Setting[Any]] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "sources":
+            continue
+        spec = f.metadata.get(_SPEC)
+        if not isinstance(spec, Setting):
+            raise TypeError(f"Settings.{f.name} must be declared with _setting()")
+        hint, choices = hints[f.name], spec.choices
+        if typing.get_origin(hint) is Literal:
+            hint, choices = str, tuple(typing.get_args(hint))
+        if hint not in (int, str, Path):
+            raise TypeError(f"Settings.{f.name}: unsupported type {hint!r}")
+        # a rule that does not fit the type would be ignored without a word
+        if hint is not int and (spec.minimum is not None or spec.maximum is not None):
+            raise TypeError(f"Settings.{f.name}: minimum and maximum apply to int settings only")
+        if hint is not str and choices:
+            raise TypeError(f"Settings.{f.name}: choices apply to text settings only")
+        declared[f.name] = dataclasses.replace(
+            spec, name=f.name, kind=hint, choices=choices, default=f.default
+        )
+    return declared
 
 
-def _coerce(name: str, raw: Any, source: str) -> Any:
-    """Convert and validate one setting."""
-    where = f"setting '{name}' (from {source})"
-    if name == "data_dir":
-        return Path(str(raw)).expanduser()
-    if name in _INT_SETTINGS:
-        return _coerce_int(name, raw, where)
-    value = str(raw)
-    if name == "duplicate_policy" and value not in ("reject", "overwrite"):
-        raise ConfigError(f"{where}: must be 'reject' or 'overwrite', got {value!r}")
-    if name == "log_level" and value.lower() not in _LOG_LEVELS:
-        raise ConfigError(f"{where}: must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
-    if name == "index_url" and value and not value.startswith(("sqlite:///", "postgresql")):
-        raise ConfigError(f"{where}: must start with sqlite:/// or postgresql+psycopg://, got {value!r}")
-    if name == "base_url" and value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
-    if name == "cors_origins":
-        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
-        for origin in origins:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ConfigError(f"{where}: origins must be * or start with http:// or https://, got {origin!r}")
-        return ",".join(origins)
-    return value.rstrip("/") if name == "base_url" else value
-
-
-def _coerce_int(name: str, raw: Any, where: str) -> int:
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
-    if name == "port" and not 1 <= value <= 65535:
-        raise ConfigError(f"{where}: must be between 1 and 65535, got {value}")
-    if name == "workers" and not 0 <= value <= 256:
-        raise ConfigError(f"{where}: must be between 0 and 256, got {value}")
-    positive = ("bulk_threshold", "commit_batch", "max_request_bytes", "max_connections")
-    positive += ("header_timeout", "body_timeout", "keep_alive_timeout")
-    if name in positive and value < 1:
-        raise ConfigError(f"{where}: must be positive, got {value}")
-    if name == "delete_grace_period" and value < 0:
-        raise ConfigError(f"{where}: must be zero or more, got {value}")
-    return value
+SETTINGS: dict[str, Setting[Any]] = _declared()
+"""Every setting by name, in declaration order."""
 
 
 def load_settings(
     *, config_file: str | os.PathLike[str] | None = None, flags: dict[str, Any] | None = None
 ) -> Settings:
-    """Merge defaults, the TOML file, DICOMD_* environment variables and flags (highest wins)."""
-    names = [f.name for f in dataclasses.fields(Settings) if f.name != "sources"]
+    """Merge defaults, the TOML file, DICOMD_* environment variables and flags (highest wins).
+
+    `flags` maps setting names to a flag's value, None for a flag that was not given.
+    """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+
+    def put(name: str, raw: Any, source: str) -> None:
+        values[name] = SETTINGS[name].parse(raw, source)
+        sources[name] = source
 
     config_file = config_file or os.environ.get("DICOMD_CONFIG") or None
     if config_file:
@@ -173,26 +321,20 @@ def load_settings(
             raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
         # settings may sit at top level or under [dicomd]
         table = table.get("dicomd", table)
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: 'dicomd' must be a table")
         for key, raw in table.items():
             name = key.replace("-", "_")
-            if name not in names:
+            if name not in SETTINGS:
                 raise ConfigError(f"config file {path}: unknown setting '{key}'")
-            values[name] = _coerce(name, raw, f"config file {path}")
-            sources[name] = f"config file {path}"
+            put(name, raw, f"config file {path}")
 
-    for name in names:
-        env = f"DICOMD_{name.upper()}"
-        if env in os.environ:
-            values[name] = _coerce(name, os.environ[env], f"environment variable {env}")
-            sources[name] = f"environment variable {env}"
+    for spec in SETTINGS.values():
+        if spec.env in os.environ:
+            put(spec.name, os.environ[spec.env], f"environment variable {spec.env}")
 
     for name, raw in (flags or {}).items():
-        if raw is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        values[name] = _coerce(name, raw, f"flag {flag}")
-        sources[name] = f"flag {flag}"
+        if raw is not None:
+            put(name, raw, f"flag {SETTINGS[name].flag}")
 
-    if "log_level" in values:
-        values["log_level"] = values["log_level"].lower()
     return Settings(**values, sources=sources)

@@ -1,61 +1,57 @@
-"""OpenAPI 3.1 document of the DICOMweb routes, generated from the route table so it cannot drift."""
+"""OpenAPI 3.1 document of the HTTP API, rendered from the route table (api/routes.py) so it cannot drift.
+
+The table is passed in rather than imported: its own entry for this document needs a handler, and taking
+the table as an argument keeps this module free of an import cycle with api/routes.py."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from dicomd import __version__
 
-_SUMMARIES = {
-    ("POST", "stow"): "Store instances (STOW-RS)",
-    ("GET", "search"): "Search (QIDO-RS)",
-    ("GET", "retrieve"): "Retrieve instances (WADO-RS)",
-    ("GET", "metadata"): "Retrieve metadata (WADO-RS)",
-    ("GET", "bulkdata"): "Retrieve bulk data (WADO-RS)",
-    ("GET", "frames"): "Retrieve frames (WADO-RS)",
-    ("GET", "not_offered"): "Rendered / thumbnail (not offered yet: 406)",
-    ("DELETE", "delete"): "Delete a study, series or instance",
-    ("GET", "changefeed"): "Change feed",
-    ("GET", "latest"): "Latest change feed entry",
-    ("GET", "document"): "This OpenAPI document",
-}
+
+class Operation(Protocol):
+    """What the document needs of a route table entry (api.routes.Endpoint)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def responses(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def path_params(self) -> tuple[str, ...]: ...
 
 
-def _summary(method: str, endpoint: Any) -> str:
-    name = getattr(endpoint, "__name__", "")
-    if name == "store":
-        name = "stow"
-    if name == "handler":
-        name = "search"
-    return _SUMMARIES.get((method, name), name)
-
-
-def build(version: int) -> dict[str, Any]:
-    from dicomd.app import dicomweb_routes  # the route table is the single source of truth
-
-    paths: dict[str, dict[str, Any]] = {}
-    for route in dicomweb_routes():
-        assert isinstance(route, Route)
-        path = f"/v{version}" + re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", route.path)
-        params = [
+def _operation(op: Operation) -> dict[str, Any]:
+    return {
+        "summary": op.summary,
+        "parameters": [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"\{(\w+)", route.path)
-        ]
-        for method in sorted((route.methods or set()) - {"HEAD"}):
-            paths.setdefault(path, {})[method.lower()] = {
-                "summary": _summary(method, route.endpoint),
-                "parameters": params,
-                "responses": {"default": {"description": "see docs/conformance-statement.md"}},
-            }
-    paths["/health/check"] = {
-        "get": {"summary": "Health check", "responses": {"200": {"description": "healthy"}}}
+            for name in op.path_params
+        ],
+        "responses": {status: {"description": text} for status, text in op.responses},
     }
+
+
+def build(version: int, versioned: Iterable[Operation], unversioned: Iterable[Operation]) -> dict[str, Any]:
+    """The document for API version ``version``: the versioned routes under /v{version}, then the others."""
+    paths: dict[str, dict[str, Any]] = {}
+    prefixed = [(f"/v{version}", op) for op in versioned] + [("", op) for op in unversioned]
+    for prefix, op in prefixed:
+        path = prefix + re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", op.path)  # OpenAPI has no "{name:converter}"
+        paths.setdefault(path, {})[op.method.lower()] = _operation(op)
     return {
         "openapi": "3.1.0",
         "info": {"title": "dicomd DICOMweb API", "version": f"{__version__} (API v{version})"},
@@ -63,5 +59,5 @@ def build(version: int) -> dict[str, Any]:
     }
 
 
-async def document(request: Request) -> Response:
-    return Response(orjson.dumps(build(int(request.path_params["version"]))), media_type="application/json")
+def response(version: int, versioned: Iterable[Operation], unversioned: Iterable[Operation]) -> Response:
+    return Response(orjson.dumps(build(version, versioned, unversioned)), media_type="application/json")

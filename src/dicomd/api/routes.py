@@ -1,0 +1,116 @@
+"""The route table: every HTTP endpoint as data (name, method, path, handler, documentation).
+
+``app.py`` builds the Starlette routes from it and ``openapi.py`` renders the OpenAPI document from it,
+so the two cannot drift. The table is in the order Starlette matches it (and the document lists it)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dicomd.api import changefeed, delete, health, openapi, qido, stow, wado
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_SEE_CONFORMANCE = (("default", "see docs/conformance-statement.md"),)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One method on one path. ``name`` is unique (Starlette's route name too); ``summary`` and
+    ``responses`` ((status or "default", description) pairs) are what the OpenAPI document says of it."""
+
+    name: str
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    responses: tuple[tuple[str, str], ...] = _SEE_CONFORMANCE
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        """Names of the path's placeholders, in order ("{path:path}" gives "path")."""
+        return tuple(re.findall(r"\{(\w+)", self.path))
+
+    def route(self) -> Route:
+        return Route(self.path, self.handler, methods=[self.method], name=self.name)
+
+
+async def _api_document(request: Request) -> Response:
+    # defined here, not in openapi.py, so that openapi.py renders a table it is given and imports neither
+    # this module nor app.py (no import cycle)
+    return openapi.response(int(request.path_params["version"]), VERSIONED, UNVERSIONED)
+
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+_FRAMES_PATH = _INSTANCE + "/frames/{frames}"
+
+_STOW = "Store instances (STOW-RS)"
+_SEARCH = "Search (QIDO-RS)"
+_RETRIEVE = "Retrieve instances (WADO-RS)"
+_METADATA = "Retrieve metadata (WADO-RS)"
+_BULKDATA = "Retrieve bulk data (WADO-RS)"
+_FRAMES = "Retrieve frames (WADO-RS)"
+_NOT_OFFERED = "Rendered / thumbnail (not offered yet: 406)"
+_DELETE = "Delete a study, series or instance"
+
+# Routes of one API version, mounted under /v{n} (n in SUPPORTED_VERSIONS).
+VERSIONED: tuple[Endpoint, ...] = (
+    # STOW-RS
+    Endpoint("stow.store", "POST", "/studies", stow.store, _STOW),
+    Endpoint("stow.store_study", "POST", _STUDY, stow.store, _STOW),
+    # QIDO-RS
+    Endpoint("qido.search_studies", "GET", "/studies", qido.search_studies, _SEARCH),
+    Endpoint("qido.search_series", "GET", "/series", qido.search_series, _SEARCH),
+    Endpoint("qido.search_instances", "GET", "/instances", qido.search_instances, _SEARCH),
+    Endpoint("qido.search_study_series", "GET", _STUDY + "/series", qido.search_series, _SEARCH),
+    Endpoint("qido.search_study_instances", "GET", _STUDY + "/instances", qido.search_instances, _SEARCH),
+    Endpoint("qido.search_series_instances", "GET", _SERIES + "/instances", qido.search_instances, _SEARCH),
+    # WADO-RS
+    Endpoint("wado.retrieve_study", "GET", _STUDY, wado.retrieve, _RETRIEVE),
+    Endpoint("wado.retrieve_series", "GET", _SERIES, wado.retrieve, _RETRIEVE),
+    Endpoint("wado.retrieve_instance", "GET", _INSTANCE, wado.retrieve, _RETRIEVE),
+    Endpoint("wado.retrieve_study_metadata", "GET", _STUDY + "/metadata", wado.metadata, _METADATA),
+    Endpoint("wado.retrieve_series_metadata", "GET", _SERIES + "/metadata", wado.metadata, _METADATA),
+    Endpoint("wado.retrieve_instance_metadata", "GET", _INSTANCE + "/metadata", wado.metadata, _METADATA),
+    Endpoint("wado.retrieve_bulkdata", "GET", _INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, _BULKDATA),
+    Endpoint("wado.retrieve_frames", "GET", _FRAMES_PATH, wado.frames, _FRAMES),
+    Endpoint("wado.rendered_study", "GET", _STUDY + "/rendered", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.rendered_series", "GET", _SERIES + "/rendered", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.rendered_instance", "GET", _INSTANCE + "/rendered", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.rendered_frames", "GET", _FRAMES_PATH + "/rendered", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.thumbnail_study", "GET", _STUDY + "/thumbnail", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.thumbnail_series", "GET", _SERIES + "/thumbnail", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.thumbnail_instance", "GET", _INSTANCE + "/thumbnail", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.thumbnail_frames", "GET", _FRAMES_PATH + "/thumbnail", wado.not_offered, _NOT_OFFERED),
+    # Delete
+    Endpoint("delete.study", "DELETE", _STUDY, delete.delete, _DELETE),
+    Endpoint("delete.series", "DELETE", _SERIES, delete.delete, _DELETE),
+    Endpoint("delete.instance", "DELETE", _INSTANCE, delete.delete, _DELETE),
+    # Change feed
+    Endpoint("changefeed.changes", "GET", "/changefeed", changefeed.changefeed, "Change feed"),
+    Endpoint("changefeed.latest", "GET", "/changefeed/latest", changefeed.latest, "Latest change feed entry"),
+    # OpenAPI
+    Endpoint("openapi.document", "GET", "/api.json", _api_document, "This OpenAPI document"),
+)
+
+# Routes outside the versioned API.
+UNVERSIONED: tuple[Endpoint, ...] = (
+    Endpoint("health.check", "GET", "/health/check", health.check, "Health check", (("200", "healthy"),)),
+)
+
+
+def dicomweb_routes() -> list[BaseRoute]:
+    """Routes of one API version (mounted under /v1 and /v2)."""
+    return [endpoint.route() for endpoint in VERSIONED]
+
+
+def unversioned_routes() -> list[BaseRoute]:
+    return [endpoint.route() for endpoint in UNVERSIONED]

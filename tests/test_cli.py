@@ -1,0 +1,128 @@
+"""The `dicomd` command's options, made from the settings' declarations (no server is started here)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dicomd import cli
+from dicomd.config import SETTINGS, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _no_dicomd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("DICOMD_"):
+            monkeypatch.delenv(name)
+
+
+def _options(command: click.Command) -> dict[str, list[str]]:
+    return {p.name: p.opts for p in command.params if isinstance(p, click.Option) and p.name}
+
+
+def test_serve_has_a_flag_for_every_setting() -> None:
+    options = _options(cli.serve)
+    for name, spec in SETTINGS.items():
+        assert options[name] == [spec.flag]
+    assert set(options) == {*SETTINGS, "config_file"}
+
+
+def test_import_and_optimize_keep_their_flags() -> None:
+    assert _options(cli.import_command) == {
+        "data_dir": ["--data-dir"],
+        "config_file": ["--config"],
+        "index_url": ["--index-url"],
+        "duplicate_policy": ["--duplicate-policy"],
+        "processes": ["--processes"],
+        "lock_timeout": ["--lock-timeout"],
+    }
+    assert _options(cli.optimize_command) == {
+        "data_dir": ["--data-dir"],
+        "config_file": ["--config"],
+        "index_url": ["--index-url"],
+        "lock_timeout": ["--lock-timeout"],
+    }
+
+
+def test_serve_help_lists_every_setting_with_its_variable_and_default() -> None:
+    result = CliRunner().invoke(cli.main, ["serve", "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # click puts the help of a long option on the next line
+    for spec in SETTINGS.values():
+        listed = f"{spec.description} [env {spec.env}; default {spec.default_text}]"
+        assert re.search(rf"{re.escape(spec.flag)} \S+ {re.escape(listed)}", text), spec.name
+    assert "TOML" in result.output and "DICOMD_CONFIG" in result.output
+    assert "[reject|overwrite]" in result.output
+
+
+def test_every_flag_reaches_the_settings_under_its_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values = {
+        "data_dir": str(tmp_path / "data"),
+        "host": "0.0.0.0",
+        "port": "8443",
+        "workers": "3",
+        "index_url": "postgresql+psycopg://dicomd@db/dicomd",
+        "storage_path": str(tmp_path / "objects"),
+        "duplicate_policy": "overwrite",
+        "bulk_threshold": "2048",
+        "max_request_bytes": "1000000",
+        "commit_batch": "64",
+        "log_level": "warning",
+        "base_url": "https://pacs.example.org",
+        "header_timeout": "5",
+        "body_timeout": "6",
+        "keep_alive_timeout": "7",
+        "max_connections": "100",
+        "delete_grace_period": "0",
+        "cors_origins": "*",
+    }
+    assert set(values) == set(SETTINGS)
+    received: list[Settings] = []
+
+    def capture(config_file: str | None, flags: dict[str, object]) -> Settings:
+        received.append(load_settings(config_file=config_file, flags=flags))
+        raise SystemExit(0)  # before anything is prepared or served
+
+    monkeypatch.setattr(cli, "_settings_or_exit", capture)
+    args = [arg for name, value in values.items() for arg in (SETTINGS[name].flag, value)]
+    result = CliRunner().invoke(cli.main, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    [settings] = received
+    for name, value in values.items():
+        assert settings.sources[name] == f"flag {SETTINGS[name].flag}"
+        assert getattr(settings, name) == SETTINGS[name].parse(value, "test")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "http"], "setting 'port' (from flag --port): expected an integer, got 'http'"),
+        (["--workers", "300"], "setting 'workers' (from flag --workers): must be between 0 and 256, got 300"),
+        (
+            ["--max-connections", "0"],
+            "setting 'max_connections' (from flag --max-connections): must be positive",
+        ),
+        (["--duplicate-policy", "ignore"], "(from flag --duplicate-policy): must be 'reject' or 'overwrite'"),
+        (["--base-url", "ftp://x"], "(from flag --base-url): must start with http:// or https://"),
+        (["--cors-origins", "viewer.example"], "(from flag --cors-origins): origins must be * or start with"),
+    ],
+)
+def test_bad_flags_stop_serve_with_the_setting_named(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli.main, ["serve", *args])
+    assert result.exit_code == 2
+    assert "dicomd: configuration error: " in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["import", "optimize"])
+def test_import_and_optimize_validate_their_setting_flags(command: str, tmp_path: Path) -> None:
+    args = [command, "--index-url", "mysql://x"] + ([str(tmp_path)] if command == "import" else [])
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2
+    assert "setting 'index_url' (from flag --index-url): must start with sqlite:///" in result.stderr
