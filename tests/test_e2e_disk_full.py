@@ -279,21 +279,16 @@ def _in_process_run(data_dir: Path, index_url: str, monkeypatch: pytest.MonkeyPa
 
     from dicomd.app import create_app
     from dicomd.config import Settings
-    from dicomd.ingest import prepare, service
     from dicomd.storage import local
 
     disk = _SimulatedDisk(FREE_WHEN_FILLING)
+    real_write_all = local.write_all
 
-    def write_all(fd: int, data: bytes | memoryview) -> None:
+    def write_all(fd: int, data: bytes | memoryview) -> None:  # staged parts and metadata alike
         disk.charge(len(data))
-        local.write_all(fd, data)
+        real_write_all(fd, data)
 
-    def write_file(path: str, data: bytes) -> None:
-        disk.charge(len(data))
-        local.write_file(path, data)
-
-    monkeypatch.setattr(service, "write_all", write_all)
-    monkeypatch.setattr(prepare, "write_file", write_file)
+    monkeypatch.setattr(local, "write_all", write_all)
     data_dir.mkdir()
     settings = Settings(data_dir=data_dir, index_url=index_url)
     threshold = gc.get_threshold()

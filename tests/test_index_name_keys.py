@@ -16,9 +16,10 @@ from sqlalchemy import select
 from dicomd.index import Index, parse_qido
 from dicomd.index import search as search_module
 from dicomd.index.normalize import MAX_NAME_KEY, key_successor, name_keys
+from dicomd.index.rows import study_name_keys
 from dicomd.index.schema import study, study_name_key
 from dicomd.index.search import _ESCAPE, bind, filter_terms
-from dicomd.index.store import MIGRATIONS_DIR, _study_name_keys
+from dicomd.index.store import MIGRATIONS_DIR
 
 __all__ = ["index"]  # the fixture, imported for pytest
 
@@ -198,7 +199,7 @@ def _expected_keys(idx: Index) -> set[tuple[int, int, str, int]]:
     """The keys recomputed from the study rows."""
     with idx.engine.connect() as conn:
         rows = conn.execute(select(study)).mappings().all()
-    return {(r["partition_key"], f, v, r["study_key"]) for r in rows for f, v in _study_name_keys(dict(r))}
+    return {(r["partition_key"], f, v, r["study_key"]) for r in rows for f, v in study_name_keys(dict(r))}
 
 
 def _check_keys(idx: Index) -> set[tuple[int, int, str, int]]:

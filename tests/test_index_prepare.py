@@ -1,6 +1,6 @@
 """Index.prepare (prepare_instance) gives exactly what the pre-optimisation code gave.
 
-The `_reference_*` functions below are the implementation of store.prepare_instance and the
+The `_reference_*` functions below are the implementation of rows.prepare_instance and the
 normalize helpers it used before it was made cheaper (same code, renamed). Every prepared instance
 is compared with the reference: the study/series/instance column dicts, their attrs JSON strings,
 and the level split, by value and by repr (key order and value types included).
@@ -23,15 +23,14 @@ import pytest
 
 from dicomd.dicom.model import ByteRange, InvalidDicom, JsonDataset, NativeFrames, ParsedInstance
 from dicomd.dicom.parser import parse_bytes, parse_file
-from dicomd.index import normalize
-from dicomd.index import store as S
+from dicomd.index import normalize, rows
 from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
 from dicomd.index.store import Index, NewInstance
 
 PYDICOM_DATA = Path(os.path.dirname(pydicom.__file__)) / "data"
 
 
-# -- the pre-optimisation reference (store.py / normalize.py as they were, renamed) --------------
+# -- the pre-optimisation reference (rows.py / normalize.py as they were, renamed) --------------
 
 _REFERENCE_DIACRITIC_RANGES = (
     (0x0300, 0x036F),
@@ -275,7 +274,7 @@ def check(parsed: ParsedInstance, object_key: str = "key", file_size: int | None
     _same(prepared.series, ref_series)
     _same(prepared.instance, ref_instance)
     # the level split itself (its JSON is compared above)
-    _same(S._split_levels(parsed.dataset), _reference_split_levels(parsed.dataset))
+    _same(rows._split_levels(parsed.dataset), _reference_split_levels(parsed.dataset))
 
 
 def _parsed(ds: JsonDataset, **kw: Any) -> ParsedInstance:
@@ -494,7 +493,7 @@ def test_tag_place_cache_is_bounded() -> None:
     ds = {f"{g:04X}{e:04X}": _e("LO", "v") for g in (0x0008, 0x0010, 0x0018, 0x0009) for e in range(5000)}
     check(_parsed(ds))
     check(_parsed(ds))
-    assert len(S._PLACES) <= S._PLACE_CACHE_SIZE
+    assert len(rows._PLACES) <= rows._PLACE_CACHE_SIZE
 
 
 def test_person_name_caches_are_bounded() -> None:

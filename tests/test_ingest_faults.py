@@ -20,12 +20,11 @@ from sqlalchemy import event
 from test_e2e_common import make_instance, new_uid
 
 from dicomd.index import Index
-from dicomd.ingest import prepare as prepare_module
-from dicomd.ingest import service as service_module
 from dicomd.ingest.committer import GroupCommitter, same_bytes
 from dicomd.ingest.prepare import StoreOutcome, fault_reason
 from dicomd.ingest.service import IngestService
 from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE
+from dicomd.storage import local
 from dicomd.storage.local import LocalObjectStore
 
 FULL = "out of storage space"
@@ -192,7 +191,7 @@ async def test_a_failed_metadata_write_fails_the_instance_by_name(
             f.write(data[:10])  # what fitted
         raise enospc()
 
-    monkeypatch.setattr(prepare_module, "write_file", full)
+    monkeypatch.setattr(local, "write_file", full)
     sop = new_uid()
     outcome = await archive.stow(make_instance(sop=sop))
     assert (outcome.failure_reason, outcome.sop_instance_uid) == (OUT_OF_RESOURCES, sop)
@@ -204,7 +203,7 @@ async def test_a_part_that_cannot_be_staged_is_read_to_its_end_and_leaves_nothin
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written: list[int] = []
-    real_write_all = service_module.write_all
+    real_write_all = local.write_all
 
     def filling(fd: int, data: bytes | memoryview) -> None:
         if written:
@@ -212,7 +211,7 @@ async def test_a_part_that_cannot_be_staged_is_read_to_its_end_and_leaves_nothin
         written.append(len(data))
         real_write_all(fd, data)
 
-    monkeypatch.setattr(service_module, "write_all", filling)
+    monkeypatch.setattr(local, "write_all", filling)
     received: list[bytes] = []
 
     async def body() -> AsyncIterator[bytes]:
@@ -233,7 +232,7 @@ async def test_a_file_that_cannot_be_created_is_read_to_its_end(
     def no_inode(path: str) -> int:
         raise enospc()
 
-    monkeypatch.setattr(service_module, "create_file", no_inode)
+    monkeypatch.setattr(local, "create_file", no_inode)
     received: list[bytes] = []
 
     async def body() -> AsyncIterator[bytes]:

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from test_e2e_common import make_instance
 
-from dicomd.ingest import service as service_module
 from dicomd.ingest.service import PREPARE_ON_LOOP_BYTES, IngestService, prepare_on_loop
+from dicomd.storage import local
 from dicomd.storage.local import LocalObjectStore
 
 DEFLATED_FILE = Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files" / "image_dfl.dcm"
@@ -87,7 +87,7 @@ def test_a_failing_close_fails_the_part_and_removes_its_file(
         real_close(fd)
         raise OSError(122, "Disk quota exceeded")
 
-    monkeypatch.setattr(service_module.os, "close", failing_close)
+    monkeypatch.setattr(local.os, "close", failing_close)
     with pytest.raises(OSError, match="quota"):
         asyncio.run(service.stage(_body([b"ab"])))
     assert list(service.store.staging.iterdir()) == []

@@ -31,7 +31,7 @@ from pixel_files import (
 )
 from pydicom.dataset import Dataset
 
-from dicomd.dicom import parser
+from dicomd.dicom import deflate
 from dicomd.dicom.model import ByteRange, InvalidDicom, NativeFrames
 from dicomd.dicom.parser import InflatedReader, parse_bytes, parse_file
 from dicomd.index import store
@@ -42,7 +42,7 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 def _old_native_frames(vpos: int, length: int, frame_bits: int, nframes: int) -> list[list[ByteRange]]:
-    """The list the parser made before (one range per frame), as the reference."""
+    """Frames listed, one range each, as the reference."""
     out: list[list[ByteRange]] = []
     for i in range(nframes):
         start_bit = i * frame_bits
@@ -85,8 +85,8 @@ def test_native_frames_equal_the_old_list(
 
 
 def test_frame_bomb_is_described_in_constant_time_and_space() -> None:
-    """1x1 pixels of 1 bit, NumberOfFrames 2,000,000,000 and 1 MB of pixel data: one range per bit
-    was 8 million ranges (seconds and gigabytes); now three numbers."""
+    """1x1 pixels of 1 bit, NumberOfFrames 2,000,000,000 and 1 MB of pixel data: three numbers, not a
+    range per frame."""
     length = 1 << 20
     ds = image_dataset(rows=1, columns=1, bits=1, frames=2_000_000_000)
     head, body = part10_head(ds, EXPLICIT)
@@ -124,7 +124,7 @@ def _encapsulated(ds: Dataset, bot: bytes, fragments: list[bytes]) -> bytes:
 def test_offset_table_with_repeated_offsets_makes_no_empty_frames() -> None:
     frags = [bytes([i + 1]) * 6 for i in range(3)]
     ds = image_dataset(rows=8, columns=8, bits=8, frames=3)
-    # every frame "starts" at the first fragment: before, two empty frames and one of three fragments
+    # every frame "starts" at the first fragment: taken as is, two empty frames and one of three fragments
     p = parse_bytes(_encapsulated(ds, struct.pack("<3L", 0, 0, 0), frags))
     assert any("offset table" in w for w in p.warnings)
     assert [len(f) for f in p.frames] == [1, 1, 1]  # one fragment a frame, as the count says
@@ -201,21 +201,21 @@ def test_deflated_instances_get_bulk_data_like_any_other(tmp_path: Path) -> None
 def test_deflated_parse_inflates_next_to_the_file_in_bounded_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """200 MB of pixel data deflated to ~200 KB: before, inflated into one bytes object (and the
-    base64 of it in the metadata); now into an unnamed file next to the parsed one, memory-mapped."""
+    """200 MB of pixel data deflated to ~200 KB: inflated into an unnamed file next to the parsed one,
+    memory-mapped, not into memory."""
     length = 200_000_000
     ds = image_dataset(rows=10_000, columns=20_000, bits=8)
     path = tmp_path / "bomb.dcm"
     size = write_part10(path, ds, DEFLATED, [long_element(0x7FE00010, b"OB", length), *patterned(length)])
     assert size < 1_000_000
     dirs: list[str | None] = []
-    real = parser.tempfile.TemporaryFile
+    real = deflate.tempfile.TemporaryFile
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         dirs.append(kwargs.get("dir"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(parser.tempfile, "TemporaryFile", spy)
+    monkeypatch.setattr(deflate.tempfile, "TemporaryFile", spy)
     tracemalloc.start()
     try:
         p = parse_file(path)
@@ -230,7 +230,7 @@ def test_deflated_parse_inflates_next_to_the_file_in_bounded_memory(
 
 
 def test_inflating_past_the_cap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parser, "MAX_INFLATED", 1 << 20)
+    monkeypatch.setattr(deflate, "MAX_INFLATED", 1 << 20)
     ds = image_dataset(rows=1024, columns=2048, bits=8)
     path = tmp_path / "big.dcm"
     write_part10(path, ds, DEFLATED, [long_element(0x7FE00010, b"OB", 2 << 20), bytes(2 << 20)])
@@ -272,7 +272,7 @@ def test_inflated_reader_serves_any_range_in_bounded_pieces(tmp_path: Path) -> N
 def test_inflate_drains_what_zlib_holds_at_the_end_of_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
     """zlib reads input ahead: with an output limit, the input can be used up while output is still
     held. Both the parse's inflate and the reader must drain it, not take the stream as cut short
-    (with output pieces of 1..300 bytes, a dozen of these streams ended early before)."""
+    (output pieces of 1..300 bytes make that case common)."""
     rng = random.Random(5)
     for _ in range(40):
         payload = (
@@ -281,9 +281,9 @@ def test_inflate_drains_what_zlib_holds_at_the_end_of_the_input(monkeypatch: pyt
         z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
         deflated = z.compress(payload) + z.flush()
         for piece in range(1, 300, 3):
-            monkeypatch.setattr(parser, "_INFLATE_PIECE", piece)
+            monkeypatch.setattr(deflate, "_INFLATE_PIECE", piece)
             out = io.BytesIO()
-            assert parser._inflate_into(deflated, 0, len(deflated), out) == (len(payload), True)
+            assert deflate._inflate_into(deflated, 0, len(deflated), out) == (len(payload), True)
             assert out.getvalue() == payload
             reader = InflatedReader(io.BytesIO(deflated), piece, start=0)
             assert b"".join(reader.read(0, len(payload))) == payload

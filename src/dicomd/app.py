@@ -1,5 +1,6 @@
 """The ASGI application: the route table (api/routes.py) mounted per API version, middleware, error
-handlers and the lifespan that wires one index, one object store and one committer per worker."""
+handlers and the lifespan that builds each worker's services (api/services.py: one index, one object
+store, one committer) and hands them to the handlers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,12 +18,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomd.api import wado
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
+from dicomd.api.metadata_cache import MetadataCache
+from dicomd.api.partitions import resolve_partition
 from dicomd.api.routes import dicomweb_routes as dicomweb_routes  # re-export: a test imports it from here
 from dicomd.api.routes import unversioned_routes
+from dicomd.api.services import Services
 from dicomd.config import Settings
 from dicomd.index.store import Index
 from dicomd.ingest.committer import GroupCommitter
@@ -49,7 +53,7 @@ class VersionHeaders:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_header(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [
@@ -58,7 +62,7 @@ class VersionHeaders:
                 ]
             await send(message)
 
-        await self.app(scope, receive, send_with_header)  # type: ignore[arg-type]
+        await self.app(scope, receive, send_with_header)
 
 
 class ClientDisconnects:
@@ -116,7 +120,7 @@ def _check_version(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> AS
 
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         # ingest allocates many short-lived dicts (DICOM JSON); the default gen-0 threshold (700) runs
         # the cycle collector thousands of times a second for garbage that reference counting frees anyway
         gc.freeze()
@@ -131,40 +135,42 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
         )
         cleanup = CleanupJob(index, store)
-        app.state.settings = settings
-        app.state.index = index
-        app.state.store = store
-        app.state.ingest = IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
-        app.state.cleanup = cleanup
-        app.state.metadata_cache = wado.MetadataCache(METADATA_CACHE_BYTES)
+        services = Services(
+            settings=settings,
+            index=index,
+            store=store,
+            ingest=IngestService(store, committer, bulk_threshold=settings.bulk_threshold),
+            cleanup=cleanup,
+            metadata_cache=MetadataCache(METADATA_CACHE_BYTES),
+        )
         committer.start()
         cleanup.start()
         try:
-            yield
+            yield services.lifespan_state()
         finally:
             await cleanup.stop()
             await committer.stop()
             store.close()
             index.close()
 
-    versioned = Mount("/v{version}", app=_check_version(Starlette(routes=dicomweb_routes()).router))
+    router = Starlette(routes=dicomweb_routes()).router
+    versioned = Mount("/v{version}", app=_check_version(resolve_partition(router)))
     app = Starlette(
         routes=[*unversioned_routes(), versioned],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    app.add_middleware(VersionHeaders)  # type: ignore[arg-type]
-    app.add_middleware(ClientDisconnects)  # type: ignore[arg-type]
+    app.add_middleware(VersionHeaders)
+    app.add_middleware(ClientDisconnects)
     if settings.cors_origins:  # outermost: error responses carry the CORS headers too
         app.add_middleware(
-            CORSMiddleware,  # type: ignore[arg-type]
+            CORSMiddleware,
             allow_origins=settings.cors_origins.split(","),
             allow_methods=_CORS_METHODS,
             allow_headers=["*"],
             expose_headers=_CORS_EXPOSED,
             max_age=600,
         )
-    app.state.settings = settings
     return app
 
 

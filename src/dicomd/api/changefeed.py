@@ -16,10 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd.api.common import ApiError, api_version
+from dicomd.api.partitions import partition_name
+from dicomd.api.services import services
 from dicomd.index.normalize import parse_int
 from dicomd.index.store import ChangeEntry, Index
 from dicomd.ingest.metadata import read_metadata
-from dicomd.storage.local import LocalObjectStore
+from dicomd.storage import ObjectStore
 
 _V1_LIMIT = (10, 100)  # (default, maximum)
 _V2_LIMIT = (100, 200)
@@ -95,35 +97,31 @@ async def changefeed(request: Request) -> Response:
         start = end = None
     offset = _int(params, "offset", 0, 0, 2**62)
     include = _bool(params, "includemetadata", True)
-    index: Index = request.app.state.index
+    svc = services(request)
     entries = await asyncio.to_thread(
-        index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
+        svc.index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
     )
-    store: LocalObjectStore = request.app.state.store
-    body = await asyncio.to_thread(_render, entries, store, index, include)
+    body = await asyncio.to_thread(_render, entries, svc.store, svc.index, include)
     return Response(body, media_type="application/json")
 
 
 async def latest(request: Request) -> Response:
     params = _params(request, {"includemetadata"})
     include = _bool(params, "includemetadata", True)
-    index: Index = request.app.state.index
-    entry = await asyncio.to_thread(index.latest_change)
-    store: LocalObjectStore = request.app.state.store
+    svc = services(request)
+    entry = await asyncio.to_thread(svc.index.latest_change)
     if entry is None:
         return Response(b"{}", media_type="application/json")
-    body = await asyncio.to_thread(_render, [entry], store, index, include)
+    body = await asyncio.to_thread(_render, [entry], svc.store, svc.index, include)
     return Response(body[1:-1], media_type="application/json")
 
 
-def _render(
-    entries: list[ChangeEntry], store: LocalObjectStore, index: Index, include_metadata: bool
-) -> bytes:
+def _render(entries: list[ChangeEntry], store: ObjectStore, index: Index, include_metadata: bool) -> bytes:
     out: list[dict[str, Any]] = []
     for e in entries:
         item: dict[str, Any] = {
             "Sequence": e.sequence,
-            "PartitionName": "default" if e.partition_key == 1 else str(e.partition_key),
+            "PartitionName": partition_name(e.partition_key),
             "StudyInstanceUid": e.study_instance_uid,
             "SeriesInstanceUid": e.series_instance_uid,
             "SopInstanceUid": e.sop_instance_uid,

@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomd.api.services import services
 from dicomd.dicom.uids import is_valid_uid
 from dicomd.http.negotiation import accept_header_allows, parse_accept
 
@@ -17,7 +18,7 @@ DICOM_JSON = "application/dicom+json"
 
 
 class ApiError(Exception):
-    """An error answered as JSON: {"status": .., "error": .., "detail": ..}."""
+    """An error answered as JSON by ``error_response``: {"status": <HTTP status>, "message": ..}."""
 
     def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -37,7 +38,7 @@ def api_version(request: Request) -> int:
 
 def base_url(request: Request) -> str:
     """Versioned base URL, e.g. http://host:8080/v2 - what RetrieveURL and BulkDataURI start with."""
-    configured = request.app.state.settings.base_url
+    configured = services(request).settings.base_url
     if configured:
         return f"{configured}/v{api_version(request)}"
     netloc = request.url.netloc

@@ -9,14 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd.api.common import not_found, uid_scope
-from dicomd.index.store import Index
+from dicomd.api.partitions import partition
+from dicomd.api.services import services
 
 
 async def delete(request: Request) -> Response:
     study, series, instance = uid_scope(request)
-    index: Index = request.app.state.index
-    deleted = await asyncio.to_thread(index.delete, 1, study, series, instance)
+    svc = services(request)
+    deleted = await asyncio.to_thread(svc.index.delete, partition(request), study, series, instance)
     if deleted == 0:
         raise not_found(series, instance)
-    request.app.state.cleanup.wake()
+    svc.cleanup.wake()
     return Response(status_code=204)

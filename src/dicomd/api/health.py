@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd import __version__
-from dicomd.index.store import Index
+from dicomd.api.services import services
 
 
 async def check(request: Request) -> Response:
-    index: Index = request.app.state.index
+    index = services(request).index
     try:
         await asyncio.to_thread(index.latest_change)
     except Exception:

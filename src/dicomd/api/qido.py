@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -10,6 +11,7 @@ from starlette.responses import Response
 
 from dicomd.api.common import (
     ApiError,
+    api_version,
     base_url,
     instance_url,
     json_response,
@@ -19,28 +21,29 @@ from dicomd.api.common import (
     uid_param,
     ur,
 )
+from dicomd.api.partitions import partition
+from dicomd.api.services import services
+from dicomd.dicom.tags import RETRIEVE_URL, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
+from dicomd.index.levels import Level
 from dicomd.index.qido import QueryError, parse_qido
-from dicomd.index.store import Index
-
-_STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
 
 
-def _search(level: str):  # type: ignore[no-untyped-def]
+def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         require_json_accept(request)
         study, series = uid_param(request, "study"), uid_param(request, "series")
         try:
             query = parse_qido(
-                level,  # type: ignore[arg-type]
+                level,
                 list(request.query_params.multi_items()),
+                partition_key=partition(request),
                 study_uid=study,
                 series_uid=series,
-                version=int(request.path_params.get("version", 2)),
+                version=api_version(request),
             )
         except QueryError as exc:
             raise ApiError(400, str(exc)) from None
-        index: Index = request.app.state.index
-        results = await asyncio.to_thread(index.search, query)
+        results = await asyncio.to_thread(services(request).index.search, query)
         base = base_url(request)
         for result in results:
             _add_retrieve_url(result, level, base)
@@ -54,15 +57,15 @@ def _uid(result: dict[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-def _add_retrieve_url(result: dict[str, Any], level: str, base: str) -> None:
-    study = _uid(result, _STUDY)
+def _add_retrieve_url(result: dict[str, Any], level: Level, base: str) -> None:
+    study = _uid(result, STUDY_INSTANCE_UID)
     if level == "study":
         url = study_url(base, study)
     elif level == "series":
-        url = series_url(base, study, _uid(result, _SERIES))
+        url = series_url(base, study, _uid(result, SERIES_INSTANCE_UID))
     else:
-        url = instance_url(base, study, _uid(result, _SERIES), _uid(result, _SOP))
-    result["00081190"] = ur(url)
+        url = instance_url(base, study, _uid(result, SERIES_INSTANCE_UID), _uid(result, SOP_INSTANCE_UID))
+    result[RETRIEVE_URL] = ur(url)
 
 
 search_studies = _search("study")

@@ -27,20 +27,32 @@ from dicomd.api.common import (
     ur,
     us,
 )
+from dicomd.api.partitions import partition
+from dicomd.api.services import services
+from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
+from dicomd.dicom.tags import RETRIEVE_URL
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
 from dicomd.ingest.prepare import fault_outcome
-from dicomd.ingest.service import IngestService, StagedPart, StoreOutcome
-from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE
+from dicomd.ingest.service import StagedPart, StoreOutcome
 
 log = logging.getLogger(__name__)
 
 # Parts received and being prepared at once per request: enough to overlap receiving and parsing.
 _PARALLEL_PARTS = 16
 # Parts prepared and waiting for their group commit, per request. A part leaves the first limit once
-# prepared, so the worker goes on receiving and parsing while a commit flushes the disk (holding both
-# until the commit left the event loop idle for most of each flush); this one bounds the index rows a
-# request holds meanwhile.
+# prepared, so the worker goes on receiving and parsing while a commit flushes the disk; this one bounds
+# the index rows a request holds meanwhile.
 _PENDING_PARTS = 256
+
+# the other tags of the STOW-RS response (PS3.18 10.5.3), which only this module writes
+ERROR_COMMENT = "00000902"
+REFERENCED_SOP_CLASS_UID = "00081150"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+WARNING_REASON = "00081196"
+FAILURE_REASON = "00081197"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+FAILED_ATTRIBUTES_SEQUENCE = "00741048"
 
 
 class _TooLarge(Exception):
@@ -55,12 +67,13 @@ async def store(request: Request) -> Response:
     if not content_type:
         raise ApiError(415, 'Content-Type is required: multipart/related; type="application/dicom"')
     media_type, params = parse_content_type(content_type)
-    limit: int = request.app.state.settings.max_request_bytes
+    limit = services(request).settings.max_request_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the request is larger than the limit of {limit} bytes")
 
-    ingest: IngestService = request.app.state.ingest
+    ingest = services(request).ingest
+    partition_key = partition(request)
     outcomes: list[asyncio.Task[StoreOutcome]] = []
     failed_parts: list[StoreOutcome] = []
     gate = asyncio.Semaphore(_PARALLEL_PARTS)
@@ -83,7 +96,9 @@ async def store(request: Request) -> Response:
     async def finish(part: StagedPart) -> StoreOutcome:
         try:
             try:
-                outcome, prepared = await ingest.prepare(part, url_study=url_study, version=version)
+                outcome, prepared = await ingest.prepare(
+                    part, url_study=url_study, version=version, partition_key=partition_key
+                )
             finally:
                 gate.release()
             return outcome if prepared is None else await ingest.commit(outcome, prepared)
@@ -184,31 +199,31 @@ def _response(request: Request, results: list[StoreOutcome], url_study: str | No
     for r in results:
         item: dict[str, Any] = {}
         if r.sop_class_uid:
-            item["00081150"] = ui(r.sop_class_uid)
+            item[REFERENCED_SOP_CLASS_UID] = ui(r.sop_class_uid)
         if r.sop_instance_uid:
-            item["00081155"] = ui(r.sop_instance_uid)
+            item[REFERENCED_SOP_INSTANCE_UID] = ui(r.sop_instance_uid)
         if r.stored:
-            item["00081190"] = ur(
+            item[RETRIEVE_URL] = ur(
                 instance_url(base, r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
             )
             if r.warning_reason is not None:
-                item["00081196"] = us(r.warning_reason)
-                item["00741048"] = _comments(r.messages)
+                item[WARNING_REASON] = us(r.warning_reason)
+                item[FAILED_ATTRIBUTES_SEQUENCE] = _comments(r.messages)
             referenced.append(item)
         else:
             assert r.failure_reason is not None
-            item["00081197"] = us(r.failure_reason)
-            item["00741048"] = _comments(r.messages)
+            item[FAILURE_REASON] = us(r.failure_reason)
+            item[FAILED_ATTRIBUTES_SEQUENCE] = _comments(r.messages)
             failed.append(item)
     body: dict[str, Any] = {}
     studies = {r.study_instance_uid for r in results if r.stored}
     retrieve_study = url_study or (next(iter(studies)) if len(studies) == 1 else None)
     if retrieve_study and referenced:
-        body["00081190"] = ur(study_url(base, retrieve_study))
+        body[RETRIEVE_URL] = ur(study_url(base, retrieve_study))
     if referenced:
-        body["00081199"] = {"vr": "SQ", "Value": referenced}
+        body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": failed}
+        body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
     if not referenced:
         # 507 tells a sender to retry later rather than to give up on these instances
         out_of_resources = all(r.failure_reason == OUT_OF_RESOURCES for r in results)
@@ -222,4 +237,4 @@ def _response(request: Request, results: list[StoreOutcome], url_study: str | No
 
 def _comments(messages: list[str]) -> dict[str, Any]:
     # FailedAttributesSequence items carrying ErrorComment (0000,0902) texts, as the cloud service does
-    return {"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [m]}} for m in messages]}
+    return {"vr": "SQ", "Value": [{ERROR_COMMENT: {"vr": "LO", "Value": [m]}} for m in messages]}

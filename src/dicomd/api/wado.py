@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from operator import attrgetter
@@ -31,7 +30,11 @@ from dicomd.api.common import (
     require_json_accept,
     uid_scope,
 )
+from dicomd.api.metadata_cache import MetadataCache as MetadataCache  # re-export: a test imports it here
+from dicomd.api.partitions import partition
+from dicomd.api.services import services
 from dicomd.dicom.parser import InflatedReader
+from dicomd.dicom.tags import PIXEL_DATA_KEYS
 from dicomd.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -40,9 +43,9 @@ from dicomd.dicom.uids import (
 )
 from dicomd.http.multipart import closing, new_boundary, part_header
 from dicomd.http.negotiation import ANY_TRANSFER_SYNTAX, Offer, negotiate, parse_accept
-from dicomd.index.store import FrameTable, Index, StoredInstance
+from dicomd.index.store import FrameTable, StoredInstance
 from dicomd.ingest.metadata import read_metadata
-from dicomd.storage.local import LocalObjectStore
+from dicomd.storage import ObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
 _CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about this size
@@ -71,17 +74,14 @@ _FRAME_MEDIA_TYPES: dict[str, str] = {
 }
 
 
-def _index(request: Request) -> Index:
-    return request.app.state.index  # type: ignore[no-any-return]
-
-
-def _store(request: Request) -> LocalObjectStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+def _store(request: Request) -> ObjectStore:
+    return services(request).store
 
 
 async def _find(request: Request) -> list[StoredInstance]:
     study, series, instance = uid_scope(request)
-    found = await asyncio.to_thread(_index(request).find_instances, 1, study, series, instance)
+    index = services(request).index
+    found = await asyncio.to_thread(index.find_instances, partition(request), study, series, instance)
     if not found:
         raise not_found(series, instance)
     return found
@@ -152,7 +152,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def _multipart_instances(
-    store: LocalObjectStore, instances: list[StoredInstance], headers: list[bytes], tail: bytes
+    store: ObjectStore, instances: list[StoredInstance], headers: list[bytes], tail: bytes
 ) -> AsyncIterator[bytes]:
     """The multipart body, in chunks of about _CHUNK bytes assembled off the event loop.
 
@@ -188,7 +188,7 @@ async def _multipart_instances(
     yield tail
 
 
-async def _file_chunks(store: LocalObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
+async def _file_chunks(store: ObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
     if inst.file_size < _SMALL:
         yield store.read(inst.object_key)
         return
@@ -207,7 +207,7 @@ async def metadata(request: Request) -> Response:
     if _not_modified(request, etag):
         return Response(status_code=304, headers={"etag": etag})
     base = base_url(request)
-    cache: MetadataCache = request.app.state.metadata_cache
+    cache = services(request).metadata_cache
     body = cache.get((etag, base))
     if body is None:
         body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
@@ -215,39 +215,11 @@ async def metadata(request: Request) -> Response:
     return raw_json_response(body, headers={"etag": etag})
 
 
-class MetadataCache:
-    """Assembled metadata responses of one worker, least recently used first out, bounded in bytes.
-
-    Keyed by ETag (which names every stored version in the response, so a changed study never hits a
-    stale entry) and base URL (BulkDataURIs are absolute). Viewers fetch the same study's metadata again
-    and again; this turns those requests into one index query."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._size = 0
-
-    def get(self, key: tuple[str, str]) -> bytes | None:
-        body = self._entries.get(key)
-        if body is not None:
-            self._entries.move_to_end(key)
-        return body
-
-    def put(self, key: tuple[str, str], body: bytes) -> None:
-        if len(body) > self.max_bytes // 4 or key in self._entries:
-            return
-        self._entries[key] = body
-        self._size += len(body)
-        while self._size > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self._size -= len(old)
-
-
 def _recorded_bulk(inst: StoredInstance) -> dict[str, tuple[int, int]]:
     return inst.bulk
 
 
-def _metadata_body(store: LocalObjectStore, instances: list[StoredInstance], base: str) -> bytes:
+def _metadata_body(store: ObjectStore, instances: list[StoredInstance], base: str) -> bytes:
     parts = []
     for inst in instances:
         blob = read_metadata(store, inst.object_key, partial(_recorded_bulk, inst))
@@ -330,7 +302,7 @@ class _FileRanges:
         self._f.close()
 
 
-def _open_ranges(store: LocalObjectStore, inst: StoredInstance) -> _Ranges:
+def _open_ranges(store: ObjectStore, inst: StoredInstance) -> _Ranges:
     """The instance's byte ranges: of the file, or of the inflated data set of a deflated instance (whose
     ranges were recorded there)."""
     f = store.open_object(inst.object_key)
@@ -373,7 +345,7 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _range_parts(
-    store: LocalObjectStore,
+    store: ObjectStore,
     inst: StoredInstance,
     pieces: Sequence[Sequence[tuple[int, int]]],
     content_type: str,
@@ -384,14 +356,19 @@ async def _range_parts(
     tail = closing(boundary)
     data = sum(length for frame in pieces for _, length in frame)
     length = len(first) + (len(pieces) - 1) * len(rest) + data + len(tail)
+    part_type = content_type.split(";", 1)[0]
+    media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    small = data < _SMALL and inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     try:
+        if small:  # read on the event loop, as small instances are: thread hand-offs cost more
+            body = b"".join(_range_body(_open_ranges(store, inst), pieces, first, rest, tail))
+            return Response(body, media_type=media_type)
         ranges = await asyncio.to_thread(_open_ranges, store, inst)
     except FileNotFoundError:
         raise ApiError(404, "the instance was deleted") from None
-    part_type = content_type.split(";", 1)[0]
     return StreamingResponse(
         _in_thread(_range_body(ranges, pieces, first, rest, tail)),
-        media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
+        media_type=media_type,
         headers={"content-length": str(length)},  # known from the recorded ranges
     )
 
@@ -410,7 +387,7 @@ async def bulkdata(request: Request) -> Response:
     if byte_range is None:
         raise ApiError(404, f"the instance has no bulk data at '{path}'")
     ts = inst.transfer_syntax_uid
-    compressed_pixels = path in ("7FE00010", "7FE00008", "7FE00009") and _compressed(ts)
+    compressed_pixels = path in PIXEL_DATA_KEYS and _compressed(ts)
     choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts, compressed_pixels))
     if choice is None:
         raise _not_acceptable("this bulk data is", ts, compressed_pixels)

@@ -14,9 +14,9 @@
  * Simple:
  * - a short-header VR among AE AS CS DA DS DT IS LO SH ST LT TM UI (ASCII values only; LO SH ST LT
  *   only when the character set keeps ASCII as ASCII) and US SS UL SL FL FD with exactly one value;
- * - PN, as the ASCII branch of _Parser.person_name (same conditions as LO);
+ * - PN, as the ASCII branch of values.person_name (same conditions as LO);
  * - a private creator (odd group, element 0x0010-0x00FF) of VR LO: also recorded in `creators`, the
- *   data set's _Ctx.creators, as the Python parser does;
+ *   data set's DataSetContext.creators, as the Python parser does;
  * - OB OD OF OL OV OW with a defined length, except the tags _Parser.element and ambiguous treat
  *   specially: as _Parser.binary, InlineBinary or (recorded in the bulk dict) BulkDataURI.
  *   `prefix` is the data set's tag path prefix, bulk_ctx the parser's
@@ -35,9 +35,10 @@
  *   open when it gave up (the one holding the element it does not convert, and those around it). scan
  *   leaves those to Python from then on: while the Python parser reads a sequence scan gave back, scan
  *   converts the other sequences in it but not the nested ones on the way to that element again, once
- *   per level (a hostile 64-level chain cost 45x the Python parse); each byte is converted at most twice.
- *   Items get no `creators`: each item has its own _Ctx in Python, whose creators only decide the VRs of
- *   UN and implicit VR elements of that item, which scan never converts, so nothing reads them.
+ *   per level (quadratic work on a hostile chain of nested sequences); each byte is converted at most
+ *   twice. Items get no `creators`: each item has its own DataSetContext in Python, whose creators only
+ *   decide the VRs of UN and implicit VR elements of that item, which scan never converts, so nothing
+ *   reads them.
  * Every read is bounds-checked against `end`, which the caller guarantees lies within the buffer.
  */
 #define PY_SSIZE_T_CLEAN
@@ -189,10 +190,10 @@ static PyObject *string_value(enum kind kind, const char *v, Py_ssize_t n) {
     Py_ssize_t t = n; /* rstrip(" \0") */
     while (t > 0 && (v[t - 1] == ' ' || v[t - 1] == '\0')) t--;
     switch (kind) {
-    case K_MULTI: /* parser._multi_string */
+    case K_MULTI: /* values._multi_string */
         if (t == 0) Py_RETURN_NONE;
         return split_values(v, t, 0);
-    case K_AE: { /* parser._ae: strip each part; one empty part is no value */
+    case K_AE: { /* values._ae: strip each part; one empty part is no value */
         PyObject *list = split_values(v, n, 2);
         if (list && PyList_GET_SIZE(list) == 1 && PyUnicode_GET_LENGTH(PyList_GET_ITEM(list, 0)) == 0) {
             Py_DECREF(list);
@@ -200,7 +201,7 @@ static PyObject *string_value(enum kind kind, const char *v, Py_ssize_t n) {
         }
         return list;
     }
-    case K_UI: { /* parser._ui, for values of digits, dots and backslashes only */
+    case K_UI: { /* values._ui, for values of digits, dots and backslashes only */
         if (t == 0) Py_RETURN_NONE;
         Py_ssize_t part = 0;
         for (Py_ssize_t i = 0; i < t; i++) {
@@ -211,7 +212,7 @@ static PyObject *string_value(enum kind kind, const char *v, Py_ssize_t n) {
         return split_values(v, t, 0);
     }
     case K_IS:
-    case K_DS: { /* parser._is / parser._ds: every part a number (or blank: None) */
+    case K_DS: { /* values._is / values._ds: every part a number (or blank: None) */
         int is_int = kind == K_IS;
         Py_ssize_t a = 0, b = n;
         if (!is_int) { /* _ds strips the whole value first */
@@ -286,7 +287,7 @@ static PyObject *binary_value(enum kind kind, const unsigned char *p, Py_ssize_t
     return list;
 }
 
-/* One person name (the part between backslashes) as _Parser.person_name makes it: its "=" groups
+/* One person name (the part between backslashes) as values.person_name makes it: its "=" groups
  * without the trailing empty ones, the first three as Alphabetic, Ideographic, Phonetic; Py_None when
  * no group is left. (A part_fn for split_map: `unused` is its argument.) */
 static PyObject *person_name(const char *v, Py_ssize_t n, int unused) {
@@ -314,7 +315,7 @@ static PyObject *person_name(const char *v, Py_ssize_t n, int unused) {
     return d;
 }
 
-/* The JSON "Value" list of a PN value on the ASCII branch of _Parser.person_name: the whole value
+/* The JSON "Value" list of a PN value on the ASCII branch of values.person_name: the whole value
  * rstrip(b"\0 ") (not each name), then split on backslashes; an empty name is None in a list, a single
  * empty one is no value at all (Py_None). Same NULL convention as string_value. */
 static PyObject *person_names(const char *v, Py_ssize_t n) {
@@ -635,7 +636,7 @@ static Py_ssize_t scan_run(struct scan *st, Py_ssize_t pos, Py_ssize_t end, PyOb
         }
         if (PyDict_SetItem(ds, key, element) < 0) goto error;
         if (creator && creators && value != Py_None && PyList_GET_SIZE(value) == 1) {
-            /* as parser._record_creator: the block's creator, for the VRs of its private elements */
+            /* as context.record_creator: the block's creator, for the VRs of its private elements */
             PyObject *block = PyLong_FromUnsignedLong(tag & 0xFFFF00FF);
             int failed = !block || PyDict_SetItem(creators, block, PyList_GET_ITEM(value, 0)) < 0;
             Py_XDECREF(block);

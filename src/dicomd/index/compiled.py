@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -86,3 +87,11 @@ class CompiledStatements:
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
         return compiled
+
+
+def insert_many(cur: Any, statements: CompiledStatements, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows that all have the same columns, as one executemany of precompiled SQL on a DBAPI
+    cursor."""
+    columns = tuple(rows[0])
+    sql = statements.get(("insert", table.name, columns), lambda: insert(table), insert_columns=columns)
+    cur.executemany(sql.sql, [sql.params(row) for row in rows])

@@ -13,24 +13,46 @@ from __future__ import annotations
 
 from typing import Literal
 
+from dicomd.dicom.tags import (
+    ACCESSION_NUMBER,
+    BODY_PART_EXAMINED,
+    MANUFACTURER_MODEL_NAME,
+    MODALITY,
+    PERFORMED_PROCEDURE_STEP_START_DATE,
+    PERFORMED_PROCEDURE_STEP_START_TIME,
+    REFERRING_PHYSICIAN_NAME,
+    REQUEST_ATTRIBUTES_SEQUENCE,
+    SERIES_DESCRIPTION,
+    SERIES_INSTANCE_UID,
+    SERIES_NUMBER,
+    STUDY_DATE,
+    STUDY_DESCRIPTION,
+    STUDY_ID,
+    STUDY_INSTANCE_UID,
+    STUDY_TIME,
+    TIMEZONE_OFFSET_FROM_UTC,
+)
+from dicomd.dicom.tags import SPECIFIC_CHARACTER_SET as SPECIFIC_CHARACTER_SET  # re-export: tests
+
 Level = Literal["study", "series", "instance"]
 
-SPECIFIC_CHARACTER_SET = "00080005"
+# The tags dicomd reads by name elsewhere are the dicomd.dicom.tags constants; the others, members of
+# these tables only, are spelled here with their keyword.
 
 # Patient + General Study + Patient Study modules. Every group 0010 attribute is also study-level
 # (see level_of) except the few listed in SERIES_TAGS.
 STUDY_TAGS: frozenset[str] = frozenset(
     {
-        "00080020",  # StudyDate
-        "00080030",  # StudyTime
-        "00080050",  # AccessionNumber
+        STUDY_DATE,
+        STUDY_TIME,
+        ACCESSION_NUMBER,
         "00080051",  # IssuerOfAccessionNumberSequence
-        "00080090",  # ReferringPhysicianName
+        REFERRING_PHYSICIAN_NAME,
         "00080092",  # ReferringPhysicianAddress
         "00080094",  # ReferringPhysicianTelephoneNumbers
         "00080096",  # ReferringPhysicianIdentificationSequence
-        "00080201",  # TimezoneOffsetFromUTC (same for a whole study in practice; a QIDO study default)
-        "00081030",  # StudyDescription
+        TIMEZONE_OFFSET_FROM_UTC,  # same for a whole study in practice; a QIDO study default
+        STUDY_DESCRIPTION,
         "00081032",  # ProcedureCodeSequence
         "00081048",  # PhysiciansOfRecord
         "00081049",  # PhysiciansOfRecordIdentificationSequence
@@ -40,8 +62,8 @@ STUDY_TAGS: frozenset[str] = frozenset(
         "00081084",  # AdmittingDiagnosesCodeSequence
         "00081110",  # ReferencedStudySequence
         "00081120",  # ReferencedPatientSequence
-        "0020000D",  # StudyInstanceUID
-        "00200010",  # StudyID
+        STUDY_INSTANCE_UID,
+        STUDY_ID,
         "00321032",  # RequestingPhysician
         "00321033",  # RequestingService
         "00321060",  # RequestedProcedureDescription
@@ -58,40 +80,40 @@ SERIES_TAGS: frozenset[str] = frozenset(
     {
         "00080021",  # SeriesDate
         "00080031",  # SeriesTime
-        "00080060",  # Modality
+        MODALITY,
         "00080070",  # Manufacturer
         "00080080",  # InstitutionName
         "00080081",  # InstitutionAddress
         "00081010",  # StationName
-        "0008103E",  # SeriesDescription
+        SERIES_DESCRIPTION,
         "0008103F",  # SeriesDescriptionCodeSequence
         "00081040",  # InstitutionalDepartmentName
         "00081050",  # PerformingPhysicianName
         "00081052",  # PerformingPhysicianIdentificationSequence
         "00081070",  # OperatorsName
         "00081072",  # OperatorIdentificationSequence
-        "00081090",  # ManufacturerModelName
+        MANUFACTURER_MODEL_NAME,
         "00081111",  # ReferencedPerformedProcedureStepSequence
         "00081250",  # RelatedSeriesSequence
         "00102210",  # AnatomicalOrientationType (General Series module despite group 0010)
-        "00180015",  # BodyPartExamined
+        BODY_PART_EXAMINED,
         "00181000",  # DeviceSerialNumber
         "00181020",  # SoftwareVersions
         "00181030",  # ProtocolName
         "00185100",  # PatientPosition
-        "0020000E",  # SeriesInstanceUID
-        "00200011",  # SeriesNumber
+        SERIES_INSTANCE_UID,
+        SERIES_NUMBER,
         "00200052",  # FrameOfReferenceUID
         "00200060",  # Laterality
         "00201040",  # PositionReferenceIndicator
-        "00400244",  # PerformedProcedureStepStartDate
-        "00400245",  # PerformedProcedureStepStartTime
+        PERFORMED_PROCEDURE_STEP_START_DATE,
+        PERFORMED_PROCEDURE_STEP_START_TIME,
         "00400250",  # PerformedProcedureStepEndDate
         "00400251",  # PerformedProcedureStepEndTime
         "00400253",  # PerformedProcedureStepID
         "00400254",  # PerformedProcedureStepDescription
         "00400260",  # PerformedProtocolCodeSequence
-        "00400275",  # RequestAttributesSequence
+        REQUEST_ATTRIBUTES_SEQUENCE,
         "00400280",  # CommentsOnThePerformedProcedureStep
     }
 )

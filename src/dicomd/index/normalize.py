@@ -245,7 +245,7 @@ def keep_value(element: dict[str, Any]) -> dict[str, Any] | None:
 
     Left out: binary values, and elements whose JSON exceeds MAX_ELEMENT_JSON.
     An element with a "Value" whose VR is not in LONG_VRS (SQ is) and that has at most
-    MAX_UNMEASURED_VALUES values is returned as it is (store._split_levels relies on this).
+    MAX_UNMEASURED_VALUES values is returned as it is (rows._split_levels relies on this).
     """
     values = element.get("Value")
     if values is None:

@@ -20,6 +20,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from dicomd.dicom.uids import is_valid_uid
 from dicomd.index.levels import Level
 from dicomd.index.normalize import parse_int, query_words
+from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -90,10 +91,6 @@ def _tag_hex(keyword: str) -> str:
 
 
 SEARCHABLE: dict[str, Searchable] = {_tag_hex(s.keyword): s for s in _SEARCHABLE_LIST}
-
-TAG_STUDY_UID = "0020000D"
-TAG_SERIES_UID = "0020000E"
-TAG_SOP_UID = "00080018"
 
 
 class QueryError(ValueError):
@@ -278,7 +275,7 @@ def parse_qido(
     level: Level,
     params: list[tuple[str, str]],
     *,
-    partition_key: int = 1,
+    partition_key: int = DEFAULT_PARTITION_KEY,
     study_uid: str | None = None,
     series_uid: str | None = None,
     version: int = 2,

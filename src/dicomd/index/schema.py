@@ -1,4 +1,4 @@
-"""Table definitions used by the query builders (SQLAlchemy Core).
+"""Table definitions (and the study-series-instance join) used by the query builders (SQLAlchemy Core).
 
 The schema itself is created by the Alembic migrations in ./migrations (frozen copies of these
 definitions); a test checks both stay identical. All timestamps are epoch milliseconds UTC in BIGINT
@@ -168,4 +168,9 @@ deleted_object = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", BigInteger, nullable=False),
     Index("ix_deleted_object_due", "next_attempt_at"),
+)
+
+# every instance row with its series and study rows
+study_series_instance = study.join(series, series.c.study_key == study.c.study_key).join(
+    instance, instance.c.series_key == series.c.series_key
 )

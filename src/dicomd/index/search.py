@@ -53,18 +53,40 @@ from sqlalchemy import (
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
+from dicomd.dicom.tags import (
+    ACCESSION_NUMBER,
+    BITS_ALLOCATED,
+    COLUMNS,
+    INSTANCE_NUMBER,
+    MANUFACTURER_MODEL_NAME,
+    MODALITY,
+    NUMBER_OF_FRAMES,
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    PATIENT_SEX,
+    PERFORMED_PROCEDURE_STEP_START_DATE,
+    PERFORMED_PROCEDURE_STEP_START_TIME,
+    REFERRING_PHYSICIAN_NAME,
+    REQUEST_ATTRIBUTES_SEQUENCE,
+    ROWS,
+    SERIES_DESCRIPTION,
+    SERIES_INSTANCE_UID,
+    SERIES_NUMBER,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    SPECIFIC_CHARACTER_SET,
+    STUDY_DATE,
+    STUDY_DESCRIPTION,
+    STUDY_ID,
+    STUDY_INSTANCE_UID,
+    STUDY_TIME,
+    TIMEZONE_OFFSET_FROM_UTC,
+)
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.levels import Level
 from dicomd.index.normalize import MAX_NAME_KEY, fold, key_successor, pn_groups, pn_norm
-from dicomd.index.qido import (
-    TAG_SERIES_UID,
-    TAG_SOP_UID,
-    TAG_STUDY_UID,
-    Filter,
-    QidoQuery,
-    fuzzy_words,
-    vr_of,
-)
+from dicomd.index.qido import Filter, QidoQuery, fuzzy_words, vr_of
 from dicomd.index.schema import (
     NAME_PATIENT_GROUP,
     NAME_PATIENT_WORD,
@@ -76,58 +98,58 @@ from dicomd.index.schema import (
     study_name_key,
 )
 
-TAG_CHARSET = "00080005"
-TAG_AVAILABILITY = "00080056"
-TAG_MODALITIES = "00080061"
-TAG_STUDY_SERIES = "00201206"
-TAG_STUDY_INSTANCES = "00201208"
-TAG_SERIES_INSTANCES = "00201209"
+# the attributes a search computes rather than reads from the stored attrs (only this module uses them)
+INSTANCE_AVAILABILITY = "00080056"
+MODALITIES_IN_STUDY = "00080061"
+NUMBER_OF_STUDY_RELATED_SERIES = "00201206"
+NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+NUMBER_OF_SERIES_RELATED_INSTANCES = "00201209"
 
 # Default return attributes, PS3.18 Tables 10.6.3-3 (study), 10.6.3-4 (series), 10.6.3-5 (instance);
 # StudyDescription and ManufacturerModelName added because Azure v2 and viewers expect them.
 STUDY_DEFAULTS: tuple[str, ...] = (
-    TAG_CHARSET,
-    "00080020",  # StudyDate
-    "00080030",  # StudyTime
-    "00080050",  # AccessionNumber
-    TAG_AVAILABILITY,
-    TAG_MODALITIES,
-    "00080090",  # ReferringPhysicianName
-    "00080201",  # TimezoneOffsetFromUTC
-    "00081030",  # StudyDescription
-    "00100010",  # PatientName
-    "00100020",  # PatientID
-    "00100030",  # PatientBirthDate
-    "00100040",  # PatientSex
-    TAG_STUDY_UID,
-    "00200010",  # StudyID
-    TAG_STUDY_SERIES,
-    TAG_STUDY_INSTANCES,
+    SPECIFIC_CHARACTER_SET,
+    STUDY_DATE,
+    STUDY_TIME,
+    ACCESSION_NUMBER,
+    INSTANCE_AVAILABILITY,
+    MODALITIES_IN_STUDY,
+    REFERRING_PHYSICIAN_NAME,
+    TIMEZONE_OFFSET_FROM_UTC,
+    STUDY_DESCRIPTION,
+    PATIENT_NAME,
+    PATIENT_ID,
+    PATIENT_BIRTH_DATE,
+    PATIENT_SEX,
+    STUDY_INSTANCE_UID,
+    STUDY_ID,
+    NUMBER_OF_STUDY_RELATED_SERIES,
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
 )
 SERIES_DEFAULTS: tuple[str, ...] = (
-    TAG_CHARSET,
-    "00080060",  # Modality
-    "00080201",  # TimezoneOffsetFromUTC
-    "0008103E",  # SeriesDescription
-    "00081090",  # ManufacturerModelName
-    TAG_SERIES_UID,
-    "00200011",  # SeriesNumber
-    TAG_SERIES_INSTANCES,
-    "00400244",  # PerformedProcedureStepStartDate
-    "00400245",  # PerformedProcedureStepStartTime
-    "00400275",  # RequestAttributesSequence
+    SPECIFIC_CHARACTER_SET,
+    MODALITY,
+    TIMEZONE_OFFSET_FROM_UTC,
+    SERIES_DESCRIPTION,
+    MANUFACTURER_MODEL_NAME,
+    SERIES_INSTANCE_UID,
+    SERIES_NUMBER,
+    NUMBER_OF_SERIES_RELATED_INSTANCES,
+    PERFORMED_PROCEDURE_STEP_START_DATE,
+    PERFORMED_PROCEDURE_STEP_START_TIME,
+    REQUEST_ATTRIBUTES_SEQUENCE,
 )
 INSTANCE_DEFAULTS: tuple[str, ...] = (
-    TAG_CHARSET,
-    "00080016",  # SOPClassUID
-    TAG_SOP_UID,
-    TAG_AVAILABILITY,
-    "00080201",  # TimezoneOffsetFromUTC
-    "00200013",  # InstanceNumber
-    "00280008",  # NumberOfFrames
-    "00280010",  # Rows
-    "00280011",  # Columns
-    "00280100",  # BitsAllocated
+    SPECIFIC_CHARACTER_SET,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    INSTANCE_AVAILABILITY,
+    TIMEZONE_OFFSET_FROM_UTC,
+    INSTANCE_NUMBER,
+    NUMBER_OF_FRAMES,
+    ROWS,
+    COLUMNS,
+    BITS_ALLOCATED,
 )
 
 _ESCAPE = "!"
@@ -478,15 +500,15 @@ def _off_index_if_wide(
 
 def requested_tags(q: QidoQuery) -> set[str]:
     """Tags a result must carry (when not includefield=all): defaults, matching keys, includefields."""
-    tags: set[str] = {TAG_CHARSET, TAG_STUDY_UID}
+    tags: set[str] = {SPECIFIC_CHARACTER_SET, STUDY_INSTANCE_UID}
     if q.level == "study" or q.study_uid is None:
         tags.update(STUDY_DEFAULTS)
     if q.level in ("series", "instance"):
-        tags.add(TAG_SERIES_UID)
+        tags.add(SERIES_INSTANCE_UID)
         if q.level == "series" or q.series_uid is None:
             tags.update(SERIES_DEFAULTS)
     if q.level == "instance":
-        tags.add(TAG_SOP_UID)
+        tags.add(SOP_INSTANCE_UID)
         tags.update(INSTANCE_DEFAULTS)
     tags.update(f.tag for f in q.filters)
     tags.update(q.include_tags)
@@ -513,7 +535,7 @@ def run_search(statements: CompiledStatements, fetch: Fetch, q: QidoQuery) -> li
     terms = [(f, filter_terms(f, q.fuzzy, q.partition_key)) for f in q.filters]
     if statements.dialect_name == "sqlite":
         terms = [(f, _off_index_if_wide(statements, fetch, q, f, t)) for f, t in terms]
-    shape, values = bind(q, wanted is None or TAG_MODALITIES in wanted, terms)
+    shape, values = bind(q, wanted is None or MODALITIES_IN_STUDY in wanted, terms)
     sql = statements.get(("qido", shape), lambda: build_select(shape, statements.dialect_name))
     rows = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))
     if not rows:
@@ -540,18 +562,18 @@ def run_search(statements: CompiledStatements, fetch: Fetch, q: QidoQuery) -> li
             merged.update(series_attrs)
             if level == "instance":
                 merged.update(orjson.loads(r[COL_INSTANCE_ATTRS]))
-        merged[TAG_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
+        merged[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
         if shape.modalities:
             mods = modalities_cache.get(study_key)
             if mods is None:
                 mods = modalities_cache[study_key] = _modalities_element(r[-1])
-            merged[TAG_MODALITIES] = mods
-        merged[TAG_STUDY_SERIES] = _count(r[COL_NUM_SERIES])
-        merged[TAG_STUDY_INSTANCES] = _count(r[COL_STUDY_INSTANCES])
+            merged[MODALITIES_IN_STUDY] = mods
+        merged[NUMBER_OF_STUDY_RELATED_SERIES] = _count(r[COL_NUM_SERIES])
+        merged[NUMBER_OF_STUDY_RELATED_INSTANCES] = _count(r[COL_STUDY_INSTANCES])
         if level != "study":
-            merged[TAG_SERIES_INSTANCES] = _count(r[COL_SERIES_INSTANCES])
+            merged[NUMBER_OF_SERIES_RELATED_INSTANCES] = _count(r[COL_SERIES_INSTANCES])
         # attrs JSON is UTF-8 text whatever the file's character set was
-        merged[TAG_CHARSET] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+        merged[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": ["ISO_IR 192"]}
         if order is None:
             results.append(dict(sorted(merged.items())))
         else:

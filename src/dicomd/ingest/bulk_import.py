@@ -8,17 +8,18 @@ directory: writers of the two queue on the index's writer lock and object keys n
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import Index, PreparedInstance
 from dicomd.ingest.committer import STORED, commit_batch
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, new_key
+from dicomd.storage import ObjectStore, Stager
 
 
 @dataclass
@@ -38,12 +39,12 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _stage_one(args: tuple[str, PrepareJob]) -> tuple[str, str, PreparedInstance | None, str]:
-    """In a pool process: copy the file into staging, then prepare it as STOW does."""
+def _stage_one(stager: Stager, args: tuple[str, PrepareJob]) -> tuple[str, str, PreparedInstance | None, str]:
+    """In a pool process: copy the file into the importer's staging, then prepare it as STOW does."""
     source, job = args
     try:
-        shutil.copyfile(source, job.staged_dicom)
-        outcome, prepared = prepare_staged(job)
+        stager.stage_file(job.key, source)
+        outcome, prepared = prepare_staged(job, stager)
     except OSError as exc:
         return source, job.key, None, str(exc)
     return source, job.key, prepared, "; ".join(outcome.messages)
@@ -52,19 +53,24 @@ def _stage_one(args: tuple[str, PrepareJob]) -> tuple[str, str, PreparedInstance
 def import_files(
     paths: Iterable[Path],
     index: Index,
-    store: LocalObjectStore,
+    store: ObjectStore,
     *,
     processes: int,
     batch: int = 500,
     bulk_threshold: int = 1024,
     overwrite: bool = False,
+    partition_key: int = DEFAULT_PARTITION_KEY,
 ) -> ImportReport:
     report = ImportReport()
 
     def job(path: Path) -> tuple[str, PrepareJob]:
-        key = new_key()
-        dicom, metadata = store.staged_path(key, DICOM), store.staged_path(key, METADATA)
-        return str(path), PrepareJob(str(dicom), str(metadata), key, None, 2, 1, bulk_threshold)
+        return str(path), PrepareJob(
+            store.new_key(),
+            url_study=None,
+            version=2,
+            partition_key=partition_key,
+            bulk_threshold=bulk_threshold,
+        )
 
     jobs = (job(path) for path in iter_files(paths))
     pending: list[tuple[str, PreparedInstance]] = []
@@ -81,7 +87,8 @@ def import_files(
         pending.clear()
 
     with ProcessPoolExecutor(max_workers=processes) as pool:
-        for source, key, prepared, error in pool.map(_stage_one, jobs, chunksize=16):
+        stage_one = functools.partial(_stage_one, store.stager())
+        for source, key, prepared, error in pool.map(stage_one, jobs, chunksize=16):
             if prepared is None:
                 store.discard_staged(key)
                 report.failed[source] = error

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from dicomd.index.store import AddResult, Index, PreparedInstance
-from dicomd.storage.local import LocalObjectStore
+from dicomd.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class _Pending:
 
 
 class GroupCommitter:
-    def __init__(self, index: Index, store: LocalObjectStore, *, overwrite: bool, max_batch: int) -> None:
+    def __init__(self, index: Index, store: ObjectStore, *, overwrite: bool, max_batch: int) -> None:
         self.index = index
         self.store = store
         self.overwrite = overwrite
@@ -80,8 +80,8 @@ STORED = ("created", "replaced")
 _COMPARE_CHUNK = 1 << 20
 
 
-def same_bytes(store: LocalObjectStore, stored_key: str, staged_key: str) -> bool:
-    """Whether the DICOM file of a stored object (or one committed earlier in the same batch, still
+def same_bytes(store: ObjectStore, stored_key: str, staged_key: str) -> bool:
+    """Whether the DICOM object of a stored instance (or one committed earlier in the same batch, still
     staged) and a staged one hold the same bytes. Asked by the index, in the commit's thread, only for
     a SOP Instance UID it has already, with the same file size."""
     try:
@@ -98,7 +98,7 @@ def same_bytes(store: LocalObjectStore, stored_key: str, staged_key: str) -> boo
 
 
 def commit_batch(
-    index: Index, store: LocalObjectStore, items: list[PreparedInstance], *, overwrite: bool
+    index: Index, store: ObjectStore, items: list[PreparedInstance], *, overwrite: bool
 ) -> list[AddResult]:
     """Make a batch of staged instances durable and indexed: one sync, one index transaction, then
     publish the stored objects and drop the staged files of the others (shared by STOW and import).

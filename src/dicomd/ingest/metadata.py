@@ -9,16 +9,14 @@ marker existed are checked once by parsing them, and get the marker.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from dicomd.dicom.parser import PIXEL_TAGS, parse_file
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore
+from dicomd.storage import DICOM, METADATA, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ def is_complete(blob: bytes) -> bool:
     return blob.startswith(b"{") and blob.endswith(b"}" + _END)
 
 
-def read_metadata(store: LocalObjectStore, key: str, bulk: Callable[[], BulkRanges]) -> bytes:
+def read_metadata(store: ObjectStore, key: str, bulk: Callable[[], BulkRanges]) -> bytes:
     """The instance's DICOM JSON object (without the end marker).
 
     A missing or incomplete object is rebuilt from the DICOM file; `bulk` gives the bulk data ranges
@@ -75,28 +73,24 @@ def ingest_threshold(bulk: BulkRanges) -> int:
     return min(lengths) - 1 if lengths else _NO_THRESHOLD
 
 
-def rebuild(store: LocalObjectStore, key: str, bulk: BulkRanges) -> bytes:
+def rebuild(store: ObjectStore, key: str, bulk: BulkRanges) -> bytes:
     """Derive the metadata object again from the DICOM file and put it in place.
 
     Deflated instances stored before dicomd recorded ranges into their inflated data set have no bulk
     data at all (every binary value inline, pixel data too): no recorded bulk data rebuilds them so. It
     changes nothing for other instances without bulk data: they have no pixel data value to inline.
     """
-    with store.open_object(key, DICOM) as f:
-        parsed = parse_file(f.name, bulk_threshold=ingest_threshold(bulk), inline_deflated=not bulk)
-        blob = encode(parsed.dataset)
-        _put(store, key, blob)
-        if os.fstat(f.fileno()).st_nlink == 0:
-            # the instance was deleted meanwhile: leave nothing of it behind
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(os.path.dirname(f.name), f"{key}.{METADATA}"))
+    with store.local_file(key, DICOM) as path:
+        parsed = parse_file(path, bulk_threshold=ingest_threshold(bulk), inline_deflated=not bulk)
+    blob = encode(parsed.dataset)
+    _put(store, key, blob)  # (an instance deleted meanwhile keeps no metadata: see replace_derived)
     return blob
 
 
-def _put(store: LocalObjectStore, key: str, blob: bytes) -> None:
+def _put(store: ObjectStore, key: str, blob: bytes) -> None:
     """Replace the metadata object atomically (readers see the old object or the new one). Best effort:
     on a read-only or full disk the caller serves the object anyway and the next reader tries again."""
     try:
-        store.replace_object(key, METADATA, blob)
+        store.replace_derived(key, METADATA, blob)
     except OSError:
         log.warning("could not write metadata object %s", key, exc_info=True)

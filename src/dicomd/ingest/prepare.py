@@ -2,14 +2,13 @@
 parts, in a thread for the others) and `dicomd import` (in a pool of processes): everything but the index
 commit.
 
-(Measured: a process pool for STOW cost more in IPC than it saved in GIL contention.)
+Not a process pool for STOW: its IPC costs more than the GIL contention it saves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 from dataclasses import dataclass, field
 
 from dicomd.dicom.model import InvalidDicom
@@ -17,7 +16,7 @@ from dicomd.dicom.parser import parse_bytes, parse_file
 from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.metadata import encode
 from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE, validate
-from dicomd.storage.local import write_file
+from dicomd.storage import DICOM, Stager
 
 
 @dataclass(slots=True)
@@ -73,9 +72,7 @@ def fault_outcome(outcome: StoreOutcome, what: str, exc: BaseException) -> Store
 
 @dataclass(frozen=True, slots=True)
 class PrepareJob:
-    staged_dicom: str  # the staged file (already complete)
-    staged_metadata: str  # where the metadata JSON goes
-    key: str
+    key: str  # of the staged DICOM object (already complete); its metadata is staged under it too
     url_study: str | None
     version: int
     partition_key: int
@@ -83,19 +80,19 @@ class PrepareJob:
     data: bytes | None = None  # the staged file's bytes, when the caller still holds them
 
 
-def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | None]:
-    """Parse and validate the staged file, stage its metadata, compute its index rows (the group commit
-    makes the staged files durable, a batch at a time).
+def prepare_staged(job: PrepareJob, stager: Stager) -> tuple[StoreOutcome, PreparedInstance | None]:
+    """Parse and validate the staged object, stage its metadata, compute its index rows (the group commit
+    makes the staged objects durable, a batch at a time).
 
     Returns the prepared instance, or None (with the failure in the outcome) when it must not be stored.
     The prepared instance carries no data set: the index rows hold what the commit needs.
     """
     try:
         if job.data is None:
-            parsed = parse_file(job.staged_dicom, bulk_threshold=job.bulk_threshold)
+            parsed = parse_file(stager.staged_file(job.key, DICOM), bulk_threshold=job.bulk_threshold)
         else:
-            # a deflated data set inflates to a temporary file beside the staged one (not to /tmp: RAM)
-            temp_dir = os.path.dirname(job.staged_dicom)
+            # a deflated data set inflates to a temporary file on the staging disk (not to /tmp: RAM)
+            temp_dir = stager.scratch_dir()
             parsed = parse_bytes(job.data, bulk_threshold=job.bulk_threshold, temp_dir=temp_dir)
     except InvalidDicom as exc:
         reason = [f"not a readable DICOM file: {exc}"]
@@ -112,7 +109,7 @@ def prepare_staged(job: PrepareJob) -> tuple[StoreOutcome, PreparedInstance | No
         outcome.messages = rejection.messages
         return outcome, None
     try:
-        write_file(job.staged_metadata, encode(parsed.dataset))
+        stager.stage_metadata(job.key, encode(parsed.dataset))
     except OSError as exc:  # e.g. a full disk: this instance fails, with its UIDs in the response
         return fault_outcome(outcome, "its metadata could not be staged", exc), None
     prepared = Index.prepare(NewInstance(job.partition_key, parsed, job.key, parsed.file_length))

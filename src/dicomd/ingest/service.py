@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
+from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
 from dicomd.ingest.validate import ALREADY_EXISTS, DATASET_DOES_NOT_MATCH_SOP_CLASS, VALIDATION_FAILURE
-from dicomd.storage.local import DICOM, METADATA, LocalObjectStore, create_file, new_key, write_all
+from dicomd.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 # Parts up to this size are kept in memory as they are received and prepared (parse, validate, metadata,
-# index rows) on the event loop: with the parser's C fast path a 39 KB CT costs ~0.2 ms there, less than
-# the hand-off to a thread and back (measured: +20-30% STOW). The limit bounds how long one part can hold
-# up the worker's other connections (a crafted 256 KiB header took ~0.1 s) and the bytes kept per
-# request. Bigger parts, and any that may be deflated (a small part may inflate to 512 MiB, written to a
-# temporary file beside the staged one), are prepared in a thread.
+# index rows) on the event loop, which costs less than the hand-off to a thread and back. The limit bounds
+# how long one part can hold up the worker's other connections and the bytes kept per request. Bigger
+# parts, and any that may be deflated (a small part may inflate to 512 MiB, written to a temporary file
+# on the staging disk), are prepared in a thread.
 PREPARE_ON_LOOP_BYTES = 64 << 10
 
 
@@ -41,51 +40,35 @@ class StagedPart:
 
 
 class IngestService:
-    def __init__(self, store: LocalObjectStore, committer: GroupCommitter, *, bulk_threshold: int) -> None:
+    def __init__(self, store: ObjectStore, committer: GroupCommitter, *, bulk_threshold: int) -> None:
         self.store = store
         self.committer = committer
         self.bulk_threshold = bulk_threshold
 
     async def stage(self, body: AsyncIterator[bytes]) -> StagedPart:
-        """Write a received part to a new staged file, keeping its bytes too when small enough to be
+        """Stage a received part under a new key, keeping its bytes too when small enough to be
         prepared on the event loop. The caller bounds the size of the whole request.
 
-        When the file cannot be written (OSError: say, a full disk), the file is removed, the rest of
+        When it cannot be staged (OSError: say, a full disk), nothing of it stays staged, the rest of
         the body is read and dropped (so that a multipart reader goes on with the next part) and the
         error is raised."""
-        key = new_key()
-        kept: list[bytes] | None = []
-        size = 0
+        key = self.store.new_key()
         try:
-            fd = create_file(self.store.staged_file(key, DICOM))
+            data = await self.store.stage(key, body, keep=PREPARE_ON_LOOP_BYTES)
         except OSError:
             await _drain(body)
             raise
-        try:
-            try:
-                async for chunk in body:
-                    write_all(fd, chunk)
-                    if kept is not None:
-                        size += len(chunk)
-                        if size <= PREPARE_ON_LOOP_BYTES:
-                            kept.append(chunk)
-                        else:
-                            kept = None
-            finally:
-                os.close(fd)  # may fail too (say, a quota on a network file system): the part fails
-        except OSError:
-            self.store.discard_staged(key)  # first: its space may let the next parts be stored
-            await _drain(body)
-            raise
-        except BaseException:
-            self.store.discard_staged(key)
-            raise
-        return StagedPart(key, None if kept is None else b"".join(kept))
+        return StagedPart(key, data)
 
     async def prepare(
-        self, part: StagedPart, *, url_study: str | None, version: int, partition_key: int = 1
+        self,
+        part: StagedPart,
+        *,
+        url_study: str | None,
+        version: int,
+        partition_key: int = DEFAULT_PARTITION_KEY,
     ) -> tuple[StoreOutcome, PreparedInstance | None]:
-        """The part's bytes are at the staged path of ``part.key`` (and in ``part.data`` when the caller
+        """The part's bytes are staged under ``part.key`` (and in ``part.data`` when the caller
         kept them: dropped once parsed). Parse and validate it, stage its metadata and compute its index
         rows; then ``commit`` it. Without a prepared instance (the outcome says why) the staged files are
         gone. Never raises."""
@@ -97,24 +80,22 @@ class IngestService:
             return fault_outcome(StoreOutcome(), "the instance could not be prepared", exc), None
 
     async def _prepare(
-        self, part: StagedPart, url_study: str | None, version: int, partition: int
+        self, part: StagedPart, url_study: str | None, version: int, partition_key: int
     ) -> tuple[StoreOutcome, PreparedInstance | None]:
         key = part.key
         job = PrepareJob(
-            self.store.staged_file(key, DICOM),
-            self.store.staged_file(key, METADATA),
             key,
             url_study,
             version,
-            partition,
+            partition_key,
             self.bulk_threshold,
             part.data,
         )
         part.data = None  # the bytes live no longer than the parse, not until the commit
         if prepare_on_loop(job.data):
-            outcome, prepared = prepare_staged(job)
+            outcome, prepared = prepare_staged(job, self.store)
         else:
-            outcome, prepared = await asyncio.to_thread(prepare_staged, job)
+            outcome, prepared = await asyncio.to_thread(prepare_staged, job, self.store)
         if prepared is None:
             self.store.discard_staged(key)
         return outcome, prepared

@@ -5,21 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomd.dicom.model import ParsedInstance
+
+# the reasons live in dicomd.dicom.status; the other ingest modules and tests import them from here too
+from dicomd.dicom.status import ALREADY_EXISTS as ALREADY_EXISTS
+from dicomd.dicom.status import DATASET_DOES_NOT_MATCH_SOP_CLASS as DATASET_DOES_NOT_MATCH_SOP_CLASS
+from dicomd.dicom.status import OUT_OF_RESOURCES as OUT_OF_RESOURCES
+from dicomd.dicom.status import PROCESSING_FAILURE as PROCESSING_FAILURE
+from dicomd.dicom.status import STUDY_UID_MISMATCH, VALIDATION_FAILURE
+from dicomd.dicom.tags import (
+    PATIENT_ID,
+    SERIES_INSTANCE_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+)
 from dicomd.dicom.uids import is_valid_uid, uid_problem
 
-# PS3.4 Annex B / PS3.18 10.5.3 failure and warning reasons
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700  # the disk (or quota) of the object store or of the index is full
-VALIDATION_FAILURE = 0xA900
-STUDY_UID_MISMATCH = 0xA901
-ALREADY_EXISTS = 0xB00E
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-
 _REQUIRED_UIDS = (
-    ("0020000D", "StudyInstanceUID", "study_instance_uid"),
-    ("0020000E", "SeriesInstanceUID", "series_instance_uid"),
-    ("00080018", "SOPInstanceUID", "sop_instance_uid"),
-    ("00080016", "SOPClassUID", "sop_class_uid"),
+    (STUDY_INSTANCE_UID, "StudyInstanceUID", "study_instance_uid"),
+    (SERIES_INSTANCE_UID, "SeriesInstanceUID", "series_instance_uid"),
+    (SOP_INSTANCE_UID, "SOPInstanceUID", "sop_instance_uid"),
+    (SOP_CLASS_UID, "SOPClassUID", "sop_class_uid"),
 )
 
 
@@ -48,7 +54,7 @@ def validate(parsed: ParsedInstance, *, url_study: str | None, version: int) -> 
             problems.append(f"{keyword} '{value}' is not a valid UID (digits and dots, at most 64)")
         elif (problem := uid_problem(value)) is not None:
             notes.append(f"{keyword} '{value}' {problem} (PS3.5 9.1); stored and searchable as sent")
-    patient_id = parsed.dataset.get("00100020")
+    patient_id = parsed.dataset.get(PATIENT_ID)
     if patient_id is None:
         if version == 1:
             problems.append("PatientID is missing")

@@ -15,15 +15,13 @@ import contextlib
 import logging
 
 from dicomd.index.store import Index
-from dicomd.storage.local import LocalObjectStore
+from dicomd.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
 class CleanupJob:
-    def __init__(
-        self, index: Index, store: LocalObjectStore, *, interval: float = 10.0, batch: int = 200
-    ) -> None:
+    def __init__(self, index: Index, store: ObjectStore, *, interval: float = 10.0, batch: int = 200) -> None:
         self.index = index
         self.store = store
         self.interval = interval
