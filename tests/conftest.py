@@ -1,90 +1,19 @@
-"""Shared fixtures: the real server (`dicomd serve` on an ephemeral port, real worker processes) and the
-real-world DICOM files bundled with pydicom."""
+"""Shared fixtures: the real server (`dicomd serve` on an ephemeral port, real worker processes; see
+support/server.py), shared per index backend (`server`, `client`) or one's own (`fresh_server`).
+
+Helpers live in support/ (importable from every test directory: pytest's `pythonpath` holds tests/), not
+here: test modules never import conftest.py (there are several, all named `conftest`)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
-from index_helpers import BACKENDS, backend_url
 
-PYDICOM_DATA = Path(os.path.dirname(pydicom.__file__)) / "data"
-TEST_FILES = PYDICOM_DATA / "test_files"
-CHARSET_FILES = PYDICOM_DATA / "charset_files"
-
-
-def staged_files(data_dir: Path) -> list[Path]:
-    """Files left in any staging area of the data dir's object store (lock files of live areas aside)."""
-    staging = data_dir / "objects" / "staging"
-    return [p for p in staging.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str  # http://127.0.0.1:port
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def v2(self) -> str:
-        return self.url + "/v2"
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_server(data_dir: Path, *extra: str, workers: int = 2, env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    log_path = data_dir.parent / f"{data_dir.name}-server.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
-    cmd = [
-        sys.executable, "-m", "dicomd", "serve", "--data-dir", str(data_dir),
-        "--port", str(port), "--workers", str(workers), *extra,
-    ]  # fmt: skip
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dicomd exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + "/health/check", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"dicomd did not become healthy:\n{server.log()}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+from support.backends import BACKENDS, backend_url
+from support.server import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -121,10 +121,6 @@ def _check_version(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> AS
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        # ingest allocates many short-lived dicts (DICOM JSON); the default gen-0 threshold (700) runs
-        # the cycle collector thousands of times a second for garbage that reference counting frees anyway
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
         index = Index(settings.effective_index_url, delete_grace_period=settings.delete_grace_period)
         if migrate:
             prepare(settings, index)
@@ -176,4 +172,9 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
 
 def app_from_environment() -> Starlette:
     """uvicorn worker entry point: the parent process passes settings in the environment."""
+    # ingest allocates many short-lived dicts (DICOM JSON); the default gen-0 threshold (700) runs the
+    # cycle collector thousands of times a second for garbage that reference counting frees anyway.
+    # Process-wide, so set here in the worker, not in create_app (tests build apps in-process).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]), migrate=False)

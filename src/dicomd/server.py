@@ -1,10 +1,8 @@
 """Runs the web workers: one uvicorn server per process, fed connections by the supervisor.
 
 The supervisor owns the listening socket, accepts each connection and hands it to the next worker in
-turn (round robin, over a Unix socket pair per worker). Neither of the usual ways spreads keep-alive
-clients well (measured in bench/): a shared listening socket lets the first worker to wake up take
-every pending connection, and a SO_REUSEPORT socket per worker spreads them by hash, so 4 connections
-of one client landed 3-1 or 4-0 on 2 workers more often than 2-2, and one core idled.
+turn (round robin, over a Unix socket pair per worker): a shared listening socket or SO_REUSEPORT
+sockets spread a client's keep-alive connections unevenly and left a core idle (docs/decisions.md).
 
 Each worker keeps its connections' deadlines and its share of the connection bound
 (``dicomd.http.connections``); the supervisor raises the descriptor limit the workers inherit.
@@ -38,7 +36,7 @@ log = logging.getLogger("dicomd.server")
 
 APP = "dicomd.app:app_from_environment"
 # Python threads hand over the GIL after this long (default 5 ms): the event loop and the group
-# committer then wait less behind parsing threads (measured: about 10% more STOW throughput).
+# committer wait less behind parsing threads.
 _SWITCH_INTERVAL = 0.001
 _READY = b"r"  # a worker's word on its channel: its application has started
 _CONNECTION = b"c"  # the supervisor's byte on a channel, carrying one connection's descriptor
@@ -251,7 +249,7 @@ class _Dispatcher:
                     continue
             if waiting:
                 # every worker has connections still to take in: wait until one has taken some (a fixed
-                # 50 ms wait per ~20 connections took 5 s to hand over a burst of 2,200; this, 0.2 s)
+                # sleep made a burst of connections wait seconds in the listen backlog)
                 full.poll(50)
             else:
                 with self._changed:  # no worker ready: wait for one

@@ -1,9 +1,9 @@
 """Connection limits of a worker: header, body, keep-alive and send deadlines; a bound on connections.
 
 Without them a client that opens connections and sends nothing (or trickles bytes) holds a descriptor each
-for ever: measured, 2,200 idle sockets against a worker limit of 1,024 descriptors made every normal
-request fail. Each connection's uvicorn protocol (a subclass of uvicorn's httptools protocol) records its
-phase; one sweep per second per worker closes the connections past their deadline:
+for ever, until the descriptors run out and every normal request fails (docs/decisions.md). Each
+connection's uvicorn protocol (a subclass of uvicorn's httptools protocol) records its phase; one sweep
+per second per worker closes the connections past their deadline:
 
 - waiting for a request (new, or after a response on keep-alive) or receiving its headers: closed
   ``header_timeout`` after the connection was made or the previous response ended (a total deadline:

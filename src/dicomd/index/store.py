@@ -49,9 +49,9 @@ from dicomd.index import deleted_objects, sqlite
 from dicomd.index import schema as _schema
 from dicomd.index.changefeed import read_changes, read_latest
 from dicomd.index.compiled import CompiledStatements
-from dicomd.index.frames import FrameTable, FrameTableCache, encode_frames, frame_table
+from dicomd.index.frames import FrameTable
 from dicomd.index.qido import QidoQuery
-from dicomd.index.rows import instance_values, prepare_instance
+from dicomd.index.rows import prepare_instance
 from dicomd.index.schema import (
     DEFAULT_PARTITION_KEY,
     changefeed,
@@ -77,11 +77,6 @@ _PG_WRITE_LOCK = 0x6469636F6D0001
 _PG_MIGRATE_LOCK = 0x6469636F6D0002
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
-# old private names that tests/test_parser_frames.py still uses, until it imports them from their modules
-_FrameTableCache = FrameTableCache
-_encode_frames = encode_frames
-_frame_table = frame_table
-_instance_values = instance_values
 
 
 def _now_ms() -> int:

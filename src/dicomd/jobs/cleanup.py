@@ -27,16 +27,18 @@ class CleanupJob:
         self.interval = interval
         self.batch = batch
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="object-cleanup")
 
     async def stop(self) -> None:
+        """Stop after the pass in progress (its thread uses the index, which is closed next)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._wake.set()
+            await self._task
 
     def wake(self) -> None:
         """Something was deleted: its objects are due once the grace period is over."""
@@ -62,9 +64,9 @@ class CleanupJob:
         return len(done)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                while await asyncio.to_thread(self.run_once) >= self.batch:
+                while await asyncio.to_thread(self.run_once) >= self.batch and not self._stopping:
                     pass
             except Exception:
                 log.exception("object cleanup pass failed")
