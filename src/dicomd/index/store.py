@@ -78,7 +78,6 @@ _PG_MIGRATE_LOCK = 0x6469636F6D0002
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
