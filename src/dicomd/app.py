@@ -84,6 +84,14 @@ class ClientDisconnects:
 
 # What a browser viewer on another origin may send and read (OHIF reads ETag and the content headers).
 _CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+
+
+def _cors_methods(origins: str) -> list[str]:
+    """Any origin ("*") may read, never store or delete: with no authentication yet, any web page a user
+    opens could otherwise write to the archive. Named origins get every method."""
+    return ["GET", "OPTIONS"] if "*" in origins.split(",") else _CORS_METHODS
+
+
 _CORS_EXPOSED = ["Content-Type", "Content-Length", "Content-Location", "ETag", "api-supported-versions"]
 
 
@@ -162,7 +170,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins.split(","),
-            allow_methods=_CORS_METHODS,
+            allow_methods=_cors_methods(settings.cors_origins),
             allow_headers=["*"],
             expose_headers=_CORS_EXPOSED,
             max_age=600,

@@ -79,3 +79,14 @@ async def test_without_cors_origins_no_cors_headers_are_sent(plain_client: httpx
     )
     assert r.status_code == 405
     assert "access-control-allow-origin" not in r.headers
+
+
+async def test_any_origin_may_read_but_not_store_or_delete(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "data", f"sqlite:///{tmp_path / 'index.db'}", cors_origins="*")
+    async with in_process(settings) as client:
+        for method, allowed in (("GET", True), ("POST", False), ("DELETE", False)):
+            r = await client.options(
+                "/v2/studies",
+                headers={"Origin": "http://any.example", "Access-Control-Request-Method": method},
+            )
+            assert (r.status_code == 200) is allowed, (method, r.status_code, r.text)

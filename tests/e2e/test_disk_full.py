@@ -299,3 +299,28 @@ def _in_process_run(data_dir: Path, index_url: str, monkeypatch: pytest.MonkeyPa
     finally:
         gc.set_threshold(*threshold)  # the app tunes the collector for a server process
         gc.unfreeze()
+
+
+def test_delete_on_a_full_index_disk_is_507_and_deletes_nothing(tmp_path: Path) -> None:
+    """A database fault on DELETE is a clear 507 (disk full) or 503, never a 500, and nothing is lost."""
+    disk = tmp_path / "disk"
+    with tmpfs(disk, DISK_BYTES) as mounted:
+        if not mounted:
+            pytest.skip("mounting a tmpfs is not permitted here (CI machines allow it)")
+        server = start_server(disk / "data", workers=1)
+        try:
+            with httpx.Client(base_url=server.v2, timeout=30) as client:
+                study = new_uid()
+                parts = [make_instance(study=study, patient_id=unique_id("FULL")) for _ in range(20)]
+                assert stow(client, parts).status_code == 200
+                ballast = fill(disk, 0)
+                r = client.delete(f"/studies/{study}")
+                assert r.status_code in (204, 507, 503), r.text
+                if r.status_code != 204:
+                    assert r.json()["message"] and "nothing was deleted" in r.json()["message"]
+                    assert client.get(f"/studies/{study}/metadata").status_code == 200
+                ballast.unlink()
+                assert client.delete(f"/studies/{study}").status_code in (204, 404)
+            assert "Traceback" not in server.log(), server.log()[-2000:]
+        finally:
+            stop_server(server)

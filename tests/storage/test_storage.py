@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
 import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -99,7 +101,11 @@ def test_without_syncfs_only_dicom_files_are_flushed(tmp_path: Path, monkeypatch
     monkeypatch.setattr(local, "_syncfs", None)
     monkeypatch.setattr(local.os, "fsync", fsync)
     store.sync(keys)
-    assert sorted(flushed) == sorted([str(store.staged_path(k, DICOM)) for k in keys] + [str(store.staging)])
+    expected = [str(store.staged_path(k, DICOM)) for k in keys] + [
+        str(store.staging),
+        str(store.staging_root),
+    ]
+    assert sorted(flushed) == sorted(expected)
 
 
 def test_write_all_finishes_a_partial_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,3 +311,67 @@ def test_replacing_a_derived_object_of_a_deleted_instance_leaves_nothing(
     monkeypatch.setattr(local, "write_file", deleted_meanwhile)
     store.replace_derived(key, METADATA, b"{}\n")
     assert not store.path(key, METADATA).exists() and store.staged_names() == []
+
+
+def test_a_recoverer_between_a_claimers_open_and_lock_never_takes_the_live_area(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is locked under a name recover ignores until its owner holds it (review finding)."""
+    real_flock = fcntl.flock
+    gate, opened = threading.Event(), threading.Event()
+
+    def slow_flock(fd: int, op: int) -> None:
+        if threading.current_thread().name == "owner" and op == fcntl.LOCK_EX and not opened.is_set():
+            opened.set()
+            gate.wait(10)  # the owner is between creating its lock file and locking it
+        real_flock(fd, op)
+
+    monkeypatch.setattr(local.fcntl, "flock", slow_flock)
+    owner = LocalObjectStore(tmp_path)
+    claiming = threading.Thread(target=lambda: owner.staging, name="owner")
+    claiming.start()
+    assert opened.wait(10)
+    recoverer = LocalObjectStore(tmp_path)
+    recoverer.recover(lambda k: False)  # at that moment
+    recoverer.close()
+    gate.set()
+    claiming.join(10)
+    owner.write_staged("k1", DICOM, b"in-flight upload")  # an uncommitted part of the live owner
+    later = LocalObjectStore(tmp_path)
+    assert later.recover(lambda k: False) == (0, 0)
+    later.close()
+    assert owner.staged_path("k1").read_bytes() == b"in-flight upload"
+
+
+def test_two_recoverers_of_one_abandoned_area_do_not_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = LocalObjectStore(tmp_path)
+    dead.write_staged("k", DICOM, b"x")
+    dead.close()
+    real_flock = fcntl.flock
+    b_opened, a_done = threading.Event(), threading.Event()
+
+    def flock(fd: int, op: int) -> None:
+        if threading.current_thread().name == "B" and op & fcntl.LOCK_NB:
+            b_opened.set()
+            a_done.wait(10)  # B opened the lock file; A finishes the area before B locks it
+        real_flock(fd, op)
+
+    monkeypatch.setattr(local.fcntl, "flock", flock)
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            LocalObjectStore(tmp_path).recover(lambda k: False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    b = threading.Thread(target=second, name="B")
+    b.start()
+    assert b_opened.wait(10)
+    assert LocalObjectStore(tmp_path).recover(lambda k: False) == (0, 1)
+    a_done.set()
+    b.join(10)
+    assert errors == []
+    assert LocalObjectStore(tmp_path).staged_names() == []

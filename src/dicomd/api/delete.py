@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomd.api.common import not_found, uid_scope
+from dicomd.api.common import ApiError, not_found, uid_scope
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.dicom.status import OUT_OF_RESOURCES
+from dicomd.ingest.prepare import fault_reason
 
 
 async def delete(request: Request) -> Response:
     study, series, instance = uid_scope(request)
     svc = services(request)
-    deleted = await asyncio.to_thread(svc.index.delete, partition(request), study, series, instance)
+    try:
+        deleted = await asyncio.to_thread(svc.index.delete, partition(request), study, series, instance)
+    except DBAPIError as exc:  # nothing was deleted: the transaction rolled back
+        if fault_reason(exc) == OUT_OF_RESOURCES:
+            raise ApiError(507, "the index's disk is full; nothing was deleted") from None
+        raise ApiError(503, "the index could not be updated; nothing was deleted; try again") from None
     if deleted == 0:
         raise not_found(series, instance)
     svc.cleanup.wake()

@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
+from itertools import pairwise
 from operator import attrgetter
 from typing import BinaryIO, Protocol
 
@@ -54,6 +55,7 @@ _CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about thi
 _RANGE_READ = 1 << 20
 _FRAME_TABLE_ON_LOOP = 64 << 10  # a listed frame table longer than this (JSON) is decoded in a thread
 _MAX_FRAME_DIGITS = 18  # more than any frame count (NumberOfFrames is an IS: at most 12 characters)
+MAX_FRAME_LIST = 1024  # frame numbers in one request; more: 400
 
 # PS3.18 Table 8.7.3-2: media types of compressed frames / bulk pixel data by transfer syntax
 _FRAME_MEDIA_TYPES: dict[str, str] = {
@@ -302,6 +304,38 @@ class _FileRanges:
         self._f.close()
 
 
+class _ForwardRanges:
+    """A deflated instance's ranges (an InflatedReader), with the last bytes read kept: a range that
+    starts among them (bit-packed frames share a byte with their neighbour) goes on forwards instead of
+    inflating again from the data set's start."""
+
+    _KEEP = 8
+
+    def __init__(self, reader: _Ranges) -> None:
+        self._reader = reader
+        self._end = 0  # where the last range read ended
+        self._last = b""  # the bytes just before _end
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        kept = self._end - len(self._last)
+        if kept <= offset < self._end and length > 0:
+            head = self._last[offset - kept :][:length]
+            offset, length = offset + len(head), length - len(head)
+            yield head
+        if length <= 0:
+            return
+        if offset != self._end:
+            self._last = b""
+        for piece in self._reader.read(offset, length):
+            offset += len(piece)
+            self._end = offset
+            self._last = (self._last + piece[-self._KEEP :])[-self._KEEP :]
+            yield piece
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 def _open_ranges(store: ObjectStore, inst: StoredInstance) -> _Ranges:
     """The instance's byte ranges: of the file, or of the inflated data set of a deflated instance (whose
     ranges were recorded there)."""
@@ -309,7 +343,7 @@ def _open_ranges(store: ObjectStore, inst: StoredInstance) -> _Ranges:
     if inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         return _FileRanges(f)
     try:
-        return InflatedReader(f, _RANGE_READ)
+        return _ForwardRanges(InflatedReader(f, _RANGE_READ))
     except BaseException:
         f.close()
         raise
@@ -403,15 +437,23 @@ async def bulkdata(request: Request) -> Response:
     )
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 64 else text[:64] + "..."
+
+
 def _frame_numbers(text: str, count: int) -> list[int]:
+    """The frame numbers of a frame list (1-based, in the order given, repeats kept), at most
+    MAX_FRAME_LIST of them."""
+    items = text.replace("%2C", ",").split(",", MAX_FRAME_LIST)
+    if len(items) > MAX_FRAME_LIST:
+        raise ApiError(400, f"frame list '{_shown(text)}' has more than {MAX_FRAME_LIST} frame numbers")
     numbers: list[int] = []
-    for item in text.replace("%2C", ",").split(","):
+    for item in items:
         item = item.strip()
         # ASCII digits only (str.isdigit takes superscript and fullwidth digits), and few enough for
         # int() (which refuses thousands of digits) yet more than any frame count
         if not (item.isascii() and item.isdigit()) or len(item) > _MAX_FRAME_DIGITS or int(item) < 1:
-            shown = text if len(text) <= 64 else text[:64] + "..."
-            raise ApiError(400, f"frame list '{shown}' must be positive integers separated by commas")
+            raise ApiError(400, f"frame list '{_shown(text)}' must be positive integers separated by commas")
         if int(item) > count:
             raise ApiError(404, f"frame {item} does not exist: the instance has {count} frame(s)")
         numbers.append(int(item))
@@ -425,6 +467,14 @@ async def frames(request: Request) -> Response:
         raise ApiError(404, "the instance has no retrievable pixel data frames")
     numbers = _frame_numbers(request.path_params["frames"], len(table))
     ts = inst.transfer_syntax_uid
+    if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and any(b <= a for a, b in pairwise(numbers)):
+        # a deflate stream is read forwards only: a frame before the one read last (or the same again)
+        # would cost inflating the data set again from its start
+        raise ApiError(
+            400,
+            f"frame list '{_shown(request.path_params['frames'])}': frames of a deflated instance must be "
+            "asked for in strictly ascending order (each at most once)",
+        )
     if ts == EXPLICIT_VR_BIG_ENDIAN:
         raise ApiError(
             406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet"

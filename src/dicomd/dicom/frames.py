@@ -3,7 +3,9 @@ of native pixel data as one description (offset, bits a frame, count), and the f
 pixel data from its offset tables or its fragments.
 
 Encapsulated frames are listed, one entry per frame, never more than the fragments (8 bytes of file
-each): an offset table whose frames do not strictly increase is ignored.
+each): an offset table whose frames do not strictly increase is ignored, and so is one with more entries
+than there are fragments, before it is unpacked. At most MAX_FRAGMENTS fragments are recorded: past that
+the items are only checked (so a truncated value still raises), and the instance has no frames.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ from .tags import (
 
 # (value offset, length) of each item of encapsulated data
 Fragments = list[tuple[int, int]]
+
+# Fragments recorded per value: far above any real multi-frame (a whole-slide level of 256-pixel tiles
+# at 2^20 frames is ~68 gigapixels), while bounding what an item (8 bytes of file) costs: ~100 bytes of
+# Python per fragment here, ~25 bytes of `frames` JSON per range in the index row.
+MAX_FRAGMENTS = 1 << 20
+
+
+class UnrecordedFragments(list[tuple[int, int]]):
+    """The fragments of a value with more than MAX_FRAGMENTS items: none recorded, `items` read."""
+
+    def __init__(self, items: int) -> None:
+        super().__init__()
+        self.items = items
+
+
 # the top-level pixel data value: (tag, value offset, value length, fragments or None if native)
 PixelValue = tuple[int, int, int, Fragments | None]
 Frames = list[list[ByteRange]] | NativeFrames
@@ -52,7 +69,27 @@ def read_fragments(
             return frags, pos + 8
         if tag != ITEM_TAG or length == UNDEFINED_LENGTH or pos + 8 + length > end:
             return None
+        if len(frags) == MAX_FRAGMENTS:
+            del frags
+            return _skip_fragments(unpack_item, buf, pos, end)
         frags.append((pos + 8, length))
+        pos += 8 + length
+    return None
+
+
+def _skip_fragments(
+    unpack_item: Callable[..., tuple[Any, ...]], buf: Any, pos: int, end: int
+) -> tuple[Fragments, int] | None:
+    """read_fragments past MAX_FRAGMENTS items: the same checks, nothing recorded."""
+    count = MAX_FRAGMENTS
+    while pos + 8 <= end:
+        group, elem, length = unpack_item(buf, pos)
+        tag = group << 16 | elem
+        if tag == SEQUENCE_DELIMITATION_TAG:
+            return UnrecordedFragments(count), pos + 8
+        if tag != ITEM_TAG or length == UNDEFINED_LENGTH or pos + 8 + length > end:
+            return None
+        count += 1
         pos += 8 + length
     return None
 
@@ -124,6 +161,11 @@ def encapsulated_frames(
     byte_order: str,
     warnings: list[str],
 ) -> list[list[ByteRange]]:
+    if isinstance(frags, UnrecordedFragments):
+        warnings.append(
+            f"Encapsulated Pixel Data has {frags.items} items, more than {MAX_FRAGMENTS}: frames unknown"
+        )
+        return []
     if not frags:
         warnings.append("Encapsulated Pixel Data without items")
         return []
@@ -135,17 +177,22 @@ def encapsulated_frames(
     # offsets in the tables are relative to the first fragment's item tag
     first_item = data[0][0] - 8
     starts = {off - 8 - first_item: i for i, (off, _) in enumerate(data)}
-    offsets: list[int] | None = None
-    if eot is not None:
-        epos, elen = eot
-        if elen % 8 == 0 and elen:
-            offsets = list(struct.unpack_from(f"{byte_order}{elen // 8}Q", buf, epos))
-    if offsets is None and bot_len >= 4 and bot_len % 4 == 0:
-        offsets = list(struct.unpack_from(f"{byte_order}{bot_len // 4}L", buf, bot_pos))
-    if offsets is not None:
-        idx = [starts.get(o) for o in offsets]
+    # the offset table: (value offset, entries, format) of the Extended one if usable, else the Basic one
+    table: tuple[int, int, str] | None = None
+    if eot is not None and eot[1] % 8 == 0 and eot[1]:
+        table = (eot[0], eot[1] // 8, "Q")
+    elif bot_len >= 4 and bot_len % 4 == 0:
+        table = (bot_pos, bot_len // 4, "L")
+    if table is not None:
         # strictly increasing: each frame gets at least one fragment, so a table cannot name more
-        # frames than the file holds fragments (a repeated offset would make empty frames)
+        # frames than the file holds fragments (a repeated offset would make empty frames); one with
+        # more entries is not unpacked (it may be nearly the whole file)
+        tpos, count, fmt = table
+        idx = (
+            [starts.get(o) for o in struct.unpack_from(f"{byte_order}{count}{fmt}", buf, tpos)]
+            if count <= len(data)
+            else [None]
+        )
         if all(i is not None for i in idx) and all(
             a < b  # type: ignore[operator]
             for a, b in itertools.pairwise(idx)

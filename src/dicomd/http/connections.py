@@ -14,6 +14,11 @@ per second per worker closes the connections past their deadline:
 - sending a response to a client that does not read it (the send buffer full): closed when less than 1 KiB
   of it leaves within ``body_timeout``.
 
+A request head (request line and headers) larger than ``MAX_HEAD`` bytes is answered ``431`` and the
+connection closed: uvicorn's httptools protocol bounds neither the URL nor a header, and a head that grows
+without end within ``header_timeout`` would grow the worker with it (the bytes are counted as they arrive,
+to within one read of the transport).
+
 At its share of the connection bound, a worker closes the connection that has waited longest for a request
 (no request in progress) to make room for a new one; when every connection has a request in progress,
 the new one is answered ``503`` with ``Retry-After`` and closed.
@@ -40,23 +45,32 @@ FD_RESERVE = 64  # descriptors of a worker besides its connections: index, logs,
 LINGER = 2.0  # seconds a refused connection stays open to read the request (a close before that resets it)
 MAX_LINGERING = 64  # refused connections lingering at once; more are closed at once
 RETRY_AFTER = 1  # seconds (the Retry-After of a refused connection)
+MAX_HEAD = 64 << 10  # bytes of a request's line and headers; beyond: 431
 
 
-def _refusal() -> bytes:
-    """The whole 503 answer, in the form of the application's errors (JSON, api-supported-versions)."""
-    body = b'{"status":503,"message":"too many connections; try again later"}'
+def _answer(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
+    """A whole error answer that closes the connection, in the form of the application's errors (JSON,
+    api-supported-versions)."""
+    code = status.split(b" ", 1)[0]
+    body = b'{"status":%s,"message":"%s"}' % (code, message)
     return (
-        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"HTTP/1.1 %s\r\n"
         b"content-type: application/json\r\n"
         b"content-length: %d\r\n"
-        b"retry-after: %d\r\n"
+        b"%s"
         b"api-supported-versions: %s\r\n"
         b"connection: close\r\n"
         b"\r\n%s"
-    ) % (len(body), RETRY_AFTER, SUPPORTED_VERSIONS_HEADER.encode(), body)
+    ) % (status, len(body), extra, SUPPORTED_VERSIONS_HEADER.encode(), body)
 
 
-_REFUSAL = _refusal()
+_REFUSAL = _answer(
+    b"503 Service Unavailable", b"too many connections; try again later", b"retry-after: %d\r\n" % RETRY_AFTER
+)
+_HEAD_TOO_LARGE = _answer(
+    b"431 Request Header Fields Too Large",
+    b"the request line and headers exceed %d KiB" % (MAX_HEAD >> 10),
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +151,11 @@ class Guard:
         self.open.add(protocol)
         return True
 
-    def refuse(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        transport.write(_REFUSAL)
+    def refuse(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, answer: bytes = _REFUSAL
+    ) -> None:
+        """Send `answer` (an error that closes the connection) and close, reading for a moment first."""
+        transport.write(answer)
         if len(self.lingering) >= MAX_LINGERING or not transport.can_write_eof():
             transport.close()
             return
@@ -218,6 +235,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.unsent = 0  # response bytes buffered at the last send progress
         self.stalled_since = 0.0
         self.refused = False
+        # the request head is incomplete (its first byte may not have come yet): its bytes so far
+        self.in_head = True
+        self.head_bytes = 0
 
     # ---- the guard's view --------------------------------------------------------------------------
     def _wait(self) -> None:
@@ -265,7 +285,23 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return  # read and dropped until the lingering close
+        if self.in_head:
+            self.head_bytes += len(data)
         super().data_received(data)
+        if self.in_head and self.head_bytes > MAX_HEAD and not self.transport.is_closing():
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        """Answer 431 and close: the request head goes beyond MAX_HEAD (uvicorn would keep it all)."""
+        log.debug("closed a connection: its request head exceeds %d bytes", MAX_HEAD)
+        self.drop()
+        self.refused = True  # what else comes is dropped
+        self.in_head = False
+        if self.cycle and not self.cycle.response_complete:
+            # a pipelined head behind a response in progress: no room for an answer in that stream
+            self.transport.abort()
+            return
+        self.guard.refuse(self.transport, self.loop, _HEAD_TOO_LARGE)
 
     def eof_received(self) -> None:  # None: the transport closes itself
         if self.refused:
@@ -273,6 +309,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().eof_received()
 
     def on_headers_complete(self) -> None:
+        self.in_head, self.head_bytes = False, 0
         if self.phase == _WAITING:
             self.guard.waiting.pop(self, None)
             self.guard.receiving.add(self)
@@ -287,6 +324,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_head, self.head_bytes = True, 0  # the next request's head (bytes after this read)
         if self.phase == _BODY:
             self.guard.receiving.discard(self)
             self.phase = _BUSY

@@ -7,7 +7,8 @@ Parsing is deliberately lenient because real viewers send slightly broken header
 * an absent or empty header, or one where no element parses, means ``*/*``;
 * an element without ``/`` is dropped, except ``*`` which is read as ``*/*``;
 * a q-value that is not a number counts as 1; out-of-range values are clamped to [0, 1];
-* for duplicated parameters the first one wins.
+* for duplicated parameters the first one wins;
+* only the first ``MAX_RANGES`` elements count (see :func:`parse_accept`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = [
     "negotiate",
     "parse_accept",
 ]
+
+#: Media ranges of an Accept header that are considered; the elements after them are ignored.
+MAX_RANGES = 64
 
 #: ``transfer-syntax=*``: the stored (original) transfer syntax, no transcoding.
 ANY_TRANSFER_SYNTAX = "*"
@@ -77,11 +81,20 @@ def _parse_q(raw: str) -> float:
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
-    """Parse an Accept header into media ranges, in header order (see module doc)."""
+    """Parse an Accept header into media ranges, in header order (see module doc).
+
+    Only the first :data:`MAX_RANGES` elements (empty ones not counted) are considered and the rest are
+    ignored, unparsed, so a long header costs no more than a short one (negotiation is ranges x offers):
+    a client lists what it prefers first, and no real client sends so many.
+    """
     ranges: list[MediaRange] = []
+    seen = 0
     for element in split_header_list(header or "", ","):
         if not element.strip():
             continue
+        seen += 1
+        if seen > MAX_RANGES:
+            break
         media_type, params = parse_content_type(element)
         if media_type == "*":
             media_type = "*/*"

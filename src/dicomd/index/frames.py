@@ -3,8 +3,10 @@
 Native frames are uniform: {"offset": o, "frame_bits": b, "frame_count": n} describes them (a list
 would hold one range per frame, and a small file may declare billions of frames). Encapsulated
 frames, and native frames stored before the description existed, are a list of frames, each a list
-of [offset, length] (at most one entry per fragment, each 8 bytes of file). Both decode without a
-migration; listed tables are decoded once per worker (FRAME_TABLES).
+of [offset, length] (at most one entry per fragment, each 8 bytes of file, and no more than
+dicom.frames.MAX_FRAGMENTS = 2^20 in all, ~25 MiB of JSON: an instance with more fragments is stored
+without frames). Both decode without a migration; listed tables are decoded once per worker
+(FRAME_TABLES) unless bigger than that cache.
 """
 
 from __future__ import annotations

@@ -150,11 +150,14 @@ class Index:
         database = self.url.database
         self._sqlite_file = database if self._is_sqlite and database and database != ":memory:" else None
         self._create_private_file()
+        # hide_parameters: a database error is logged with its statement, whose values are UIDs and names
         if self._is_sqlite:
-            self.engine: Engine = create_engine(self.url, pool_size=8, max_overflow=16)
+            self.engine: Engine = create_engine(self.url, pool_size=8, max_overflow=16, hide_parameters=True)
             sqlite.install(self.engine)
         else:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+            self.engine = create_engine(
+                self.url, pool_size=8, max_overflow=16, pool_pre_ping=True, hide_parameters=True
+            )
         self._statements = CompiledStatements(self.engine.dialect)  # SQL of the hot paths
         self._migrate_lock = threading.Lock()
         self._writer_thread_lock = threading.Lock()

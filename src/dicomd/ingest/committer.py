@@ -35,15 +35,24 @@ class GroupCommitter:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[list[AddResult]] | None = None  # the commit thread's result
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-committer")
 
     async def stop(self) -> None:
+        """Stop after the commit in progress (its thread syncs, commits and publishes; the store's
+        staging area must outlive it) and fail what is still queued."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._in_flight is not None:
+            await asyncio.wait([self._in_flight])
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the server is shutting down"))
 
     async def submit(self, item: PreparedInstance) -> AddResult:
         """Wait until the instance is durably stored (or rejected). Raises if the commit failed."""
@@ -57,7 +66,11 @@ class GroupCommitter:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await asyncio.to_thread(self._commit, [p.item for p in batch])
+                self._in_flight = asyncio.ensure_future(
+                    asyncio.to_thread(self._commit, [p.item for p in batch])
+                )
+                # shielded: a stop waits for the thread instead of leaving it running unobserved
+                results = await asyncio.shield(self._in_flight)
             except Exception as exc:  # the whole batch failed; each request reports its instances
                 log.exception("group commit of %d instances failed", len(batch))
                 for pending in batch:

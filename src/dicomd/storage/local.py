@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _TEMPORARY = ".tmp"  # a replacement being written (see replace_derived)
 _LOCK = ".lock"  # staging/<area>.lock: held by the process that owns staging/<area>/
+_CLAIM = ".claim-"  # staging/.claim-<area>.lock: a lock file being claimed (see StagingArea)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -125,19 +126,36 @@ class LocalStager:
 
 
 class StagingArea:
-    """A staging directory owned by this process for as long as it holds the area's lock."""
+    """A staging directory owned by this process for as long as it holds the area's lock.
+
+    The lock file is created and locked under a claim name first and only then renamed to
+    ``<area>.lock``, before the directory exists: a recoverer never finds an area's lock file unlocked
+    while its owner lives. (A recoverer that takes a claim file before its claimer locks it removes it;
+    the claimer's rename then fails and it claims again under a new name.)"""
 
     def __init__(self, root: Path) -> None:
-        name = new_key()
-        # lock first, then create the directory: a recoverer that sees the directory finds the lock held
-        self._lock_fd = os.open(root / f"{name}{_LOCK}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        while True:
+            name = new_key()
+            claim = root / f"{_CLAIM}{name}{_LOCK}"
+            fd = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                os.rename(claim, root / f"{name}{_LOCK}")
+            except FileNotFoundError:  # a recoverer took the claim file before we locked it
+                os.close(fd)
+                continue
+            break
+        self._lock_fd = fd
         self.path = root / name
         self.path.mkdir(mode=DIR_MODE)
+        # syncfs reports a write-back error to a descriptor opened before it happened, once per
+        # descriptor: one kept open from the start sees every error of this area's writes
+        self.sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
     def release(self) -> None:
         """Give up the area (what is left in it is recovered by the next ``recover``)."""
         if self._lock_fd >= 0:
+            os.close(self.sync_fd)
             os.close(self._lock_fd)
             self._lock_fd = -1
 
@@ -254,20 +272,19 @@ class LocalObjectStore:
         """Make the staged files of a batch durable: one syncfs for the whole batch where the kernel has
         it (the device flush dominates: one syncfs costs about one fdatasync, whatever the batch size),
         else an fsync per DICOM file."""
+        self._own_area()
+        assert self._area is not None
         if _syncfs is not None:
-            fd = os.open(self._own_area(), os.O_RDONLY)  # the file system of this area
-            try:
-                if _syncfs(fd) == 0:
-                    return
-                error = ctypes.get_errno()
-                if error != errno.ENOSYS:  # a write-back error: fsyncs might not report it again
-                    raise OSError(error, os.strerror(error))
-            finally:
-                os.close(fd)
+            if _syncfs(self._area.sync_fd) == 0:
+                return
+            error = ctypes.get_errno()
+            if error != errno.ENOSYS:  # a write-back error: fsyncs might not report it again
+                raise OSError(error, os.strerror(error))
         for key in keys:
             with contextlib.suppress(FileNotFoundError), open(self.staged_file(key), "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(self.staging)
+        _fsync_dir(self.staging_root)  # the area directory's own entry
 
     def publish(self, keys: Iterable[str]) -> None:
         """Move committed objects into place. Durability of the rename is not needed for a 2xx:
@@ -411,7 +428,15 @@ class LocalObjectStore:
     def _recover_area(self, area: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
         lock_path = self.staging_root / f"{area.name}{_LOCK}"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            # never created here: a lock file is only ever made (already locked) by its owner
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if area.is_dir():  # its owner always has the lock file: no live owner (a half-done recovery)
+                counts = self._recover_files(area, is_committed)
+                with contextlib.suppress(OSError):
+                    area.rmdir()
+                return counts
+            return 0, 0
         except OSError:
             return 0, 0
         try:
@@ -419,11 +444,17 @@ class LocalObjectStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0, 0  # its owner is alive
+            try:
+                if os.stat(lock_path).st_ino != os.fstat(fd).st_ino:
+                    return 0, 0  # another recoverer finished it and removed this lock file meanwhile
+            except FileNotFoundError:
+                return 0, 0
             counts = self._recover_files(area, is_committed) if area.is_dir() else (0, 0)
             with contextlib.suppress(OSError):
                 area.rmdir()
             if not area.exists():
-                os.unlink(lock_path)  # still locked by us: nobody can be claiming it meanwhile
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)  # still locked by us: its owner is gone
             if counts != (0, 0):
                 log.info("recovered staging area %s: %d published, %d removed", area.name, *counts)
             return counts
