@@ -23,15 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
 from dicomd.api.metadata_cache import MetadataCache
 from dicomd.api.partitions import resolve_partition
-from dicomd.api.routes import dicomweb_routes as dicomweb_routes  # re-export: a test imports it from here
-from dicomd.api.routes import unversioned_routes
+from dicomd.api.routes import dicomweb_routes, unversioned_routes
 from dicomd.api.services import Services
 from dicomd.config import Settings
 from dicomd.index.store import Index
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
-from dicomd.startup import prepare as prepare  # re-export: cli.py imports it from here (for now)
+from dicomd.startup import prepare
 from dicomd.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)

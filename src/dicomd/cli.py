@@ -86,6 +86,15 @@ def _settings_or_exit(config_file: str | None, flags: dict[str, object]) -> Sett
         sys.exit(2)
 
 
+_lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=_LOCK_TIMEOUT,
+    show_default=True,
+    help="seconds to wait for the index's locks held by a running server (SQLite)",
+)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="dicomd")
 def main() -> None:
@@ -131,13 +140,7 @@ def serve(config_file: str | None, **flags: object) -> None:
 @_CONFIG_OPTION
 @_setting_options("index_url", "duplicate_policy")
 @click.option("--processes", type=int, default=0, help="parser processes (default: one per core)")
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=_LOCK_TIMEOUT,
-    show_default=True,
-    help="seconds to wait for the index's locks held by a running server",
-)
+@_lock_timeout_option
 def import_command(
     paths: tuple[Path, ...], config_file: str | None, processes: int, lock_timeout: float, **flags: object
 ) -> None:
@@ -181,13 +184,7 @@ def import_command(
 @_setting_options("data_dir")
 @_CONFIG_OPTION
 @_setting_options("index_url")
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=_LOCK_TIMEOUT,
-    show_default=True,
-    help="seconds to wait for the index's locks held by a running server",
-)
+@_lock_timeout_option
 def optimize_command(config_file: str | None, lock_timeout: float, **flags: object) -> None:
     """Refresh the index's query planner statistics from the stored data (after a large import, or
     now and then, e.g. daily from cron); safe while the server runs. SQLite starts with statistics

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from dicomd.app import dicomweb_routes
+from dicomd.api.routes import dicomweb_routes
 from dicomd.dicom.uids import is_valid_uid
 from dicomd.index.qido import SEARCHABLE
 
