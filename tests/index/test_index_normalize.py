@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dicomd.index.levels import level_of
-from dicomd.index.normalize import fold, keep_element, norm_time, pn_norm, pn_string, pn_words, query_words
+from dicomd.index.normalize import (
+    fold,
+    keep_tag,
+    keep_value,
+    norm_time,
+    pn_norm,
+    pn_string,
+    pn_words,
+    query_words,
+)
 
 
 def test_fold() -> None:
@@ -29,15 +40,19 @@ def test_norm_time() -> None:
     assert norm_time("103000.25") == "103000.25"
 
 
+def _keep(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
+    return keep_value(element) if keep_tag(tag) else None
+
+
 def test_keep_element() -> None:
-    assert keep_element("00100010", {"vr": "PN", "Value": [{"Alphabetic": "A"}]}) is not None
-    assert keep_element("00091010", {"vr": "LO", "Value": ["private"]}) is None
-    assert keep_element("00080000", {"vr": "UL", "Value": [4]}) is None
-    assert keep_element("7FE00010", {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}) is None
-    assert keep_element("00420011", {"vr": "OB", "InlineBinary": "AAAA"}) is None
-    assert keep_element("00081030", {"vr": "LO"}) == {"vr": "LO"}
-    assert keep_element("00104000", {"vr": "LT", "Value": ["x" * 5000]}) is None
-    assert keep_element("00104000", {"vr": "LT", "Value": ["x" * 500]}) is not None
+    assert _keep("00100010", {"vr": "PN", "Value": [{"Alphabetic": "A"}]}) is not None
+    assert _keep("00091010", {"vr": "LO", "Value": ["private"]}) is None
+    assert _keep("00080000", {"vr": "UL", "Value": [4]}) is None
+    assert _keep("7FE00010", {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}) is None
+    assert _keep("00420011", {"vr": "OB", "InlineBinary": "AAAA"}) is None
+    assert _keep("00081030", {"vr": "LO"}) == {"vr": "LO"}
+    assert _keep("00104000", {"vr": "LT", "Value": ["x" * 5000]}) is None
+    assert _keep("00104000", {"vr": "LT", "Value": ["x" * 500]}) is not None
 
 
 def test_levels() -> None:

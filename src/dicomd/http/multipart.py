@@ -9,10 +9,8 @@ reported on that part so the caller can fail it and carry on with the others.
 
 from __future__ import annotations
 
-import inspect
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Protocol
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -114,14 +112,8 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------- reader
 
 
-class Writable(Protocol):
-    """Anything with ``write(bytes)``; an async ``write`` is awaited."""
-
-    def write(self, data: bytes, /) -> object: ...
-
-
 class Part:
-    """One body part.  Consume it with :meth:`stream`, :meth:`read` or :meth:`read_into`.
+    """One body part.  Consume it with :meth:`stream` or :meth:`read`.
 
     ``error`` is set when the part's headers were unusable; consuming the body then
     raises it (the reader still skips to the next part).
@@ -165,16 +157,6 @@ class Part:
             if max_size is not None and len(buf) > max_size:
                 raise MultipartError(f"part {self.index}: larger than {max_size} bytes")
         return bytes(buf)
-
-    async def read_into(self, sink: Writable) -> int:
-        """Write the body to ``sink`` as it streams; returns the number of bytes."""
-        total = 0
-        async for chunk in self.stream():
-            result = sink.write(chunk)
-            if inspect.isawaitable(result):
-                await result
-            total += len(chunk)
-        return total
 
 
 class _Reader:

@@ -261,8 +261,3 @@ def keep_value(element: dict[str, Any]) -> dict[str, Any] | None:
     if measure and len(orjson.dumps(element)) > MAX_ELEMENT_JSON:
         return None
     return element
-
-
-def keep_element(tag: str, element: dict[str, Any]) -> dict[str, Any] | None:
-    """The element as stored in an attrs column, or None to leave it out (keep_tag, keep_value)."""
-    return keep_value(element) if keep_tag(tag) else None
