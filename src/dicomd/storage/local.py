@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,14 +173,18 @@ class LocalObjectStore:
         self._objects_str = str(self.objects)
         self._area: StagingArea | None = None
         self._staging_str = ""
+        self._claiming = threading.Lock()
         self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
 
     @property
     def staging(self) -> Path:
         """This process's staging area (claimed on first use)."""
         if self._area is None:
-            self._area = StagingArea(self.staging_root)
-            self._staging_str = str(self._area.path)
+            with self._claiming:  # the loop and a worker thread may both be first
+                if self._area is None:
+                    area = StagingArea(self.staging_root)
+                    self._staging_str = str(area.path)
+                    self._area = area
         return self._area.path
 
     def _own_area(self) -> str:
