@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dicomd.api.wado import MetadataCache
+from dicomd.api.metadata_cache import MetadataCache
 
 
 def test_metadata_cache_is_bounded_and_least_recently_used_goes_first() -> None:

@@ -22,8 +22,9 @@ import pytest
 
 from dicomd.dicom.model import ByteRange, InvalidDicom, JsonDataset, NativeFrames, ParsedInstance
 from dicomd.dicom.parser import parse_bytes, parse_file
+from dicomd.dicom.tags import SPECIFIC_CHARACTER_SET
 from dicomd.index import normalize, rows
-from dicomd.index.levels import SPECIFIC_CHARACTER_SET, level_of
+from dicomd.index.levels import level_of
 from dicomd.index.store import Index, NewInstance
 
 PYDICOM_DATA = Path(os.path.dirname(pydicom.__file__)) / "data"

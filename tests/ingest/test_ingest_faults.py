@@ -18,11 +18,11 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import event
 
+from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.index import Index
 from dicomd.ingest.committer import GroupCommitter, same_bytes
 from dicomd.ingest.prepare import StoreOutcome, fault_reason
 from dicomd.ingest.service import IngestService
-from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.storage import local
 from dicomd.storage.local import LocalObjectStore
 

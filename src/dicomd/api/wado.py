@@ -31,7 +31,6 @@ from dicomd.api.common import (
     require_json_accept,
     uid_scope,
 )
-from dicomd.api.metadata_cache import MetadataCache as MetadataCache  # re-export: a test imports it here
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
 from dicomd.dicom.parser import InflatedReader

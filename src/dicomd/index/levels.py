@@ -32,7 +32,6 @@ from dicomd.dicom.tags import (
     STUDY_TIME,
     TIMEZONE_OFFSET_FROM_UTC,
 )
-from dicomd.dicom.tags import SPECIFIC_CHARACTER_SET as SPECIFIC_CHARACTER_SET  # re-export: tests
 
 Level = Literal["study", "series", "instance"]
 

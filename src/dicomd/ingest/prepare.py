@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from dicomd.dicom.model import InvalidDicom
 from dicomd.dicom.parser import parse_bytes, parse_file
+from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.index.store import Index, NewInstance, PreparedInstance
 from dicomd.ingest.metadata import encode
-from dicomd.ingest.validate import OUT_OF_RESOURCES, PROCESSING_FAILURE, validate
+from dicomd.ingest.validate import validate
 from dicomd.storage import DICOM, Stager
 
 

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
+from dicomd.dicom.status import ALREADY_EXISTS, DATASET_DOES_NOT_MATCH_SOP_CLASS, VALIDATION_FAILURE
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
-from dicomd.ingest.validate import ALREADY_EXISTS, DATASET_DOES_NOT_MATCH_SOP_CLASS, VALIDATION_FAILURE
 from dicomd.storage import ObjectStore
 
 log = logging.getLogger(__name__)

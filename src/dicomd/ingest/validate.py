@@ -5,12 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomd.dicom.model import ParsedInstance
-
-# the reasons live in dicomd.dicom.status; the other ingest modules and tests import them from here too
-from dicomd.dicom.status import ALREADY_EXISTS as ALREADY_EXISTS
-from dicomd.dicom.status import DATASET_DOES_NOT_MATCH_SOP_CLASS as DATASET_DOES_NOT_MATCH_SOP_CLASS
-from dicomd.dicom.status import OUT_OF_RESOURCES as OUT_OF_RESOURCES
-from dicomd.dicom.status import PROCESSING_FAILURE as PROCESSING_FAILURE
 from dicomd.dicom.status import STUDY_UID_MISMATCH, VALIDATION_FAILURE
 from dicomd.dicom.tags import (
     PATIENT_ID,

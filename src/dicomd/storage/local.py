@@ -364,8 +364,11 @@ class LocalObjectStore:
     def delete(self, key: str) -> None:
         """Idempotent: deleting a missing object is not an error."""
         for suffix in SUFFIXES:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(f"{self._fan_out(key)}/{key}.{suffix}")
+                continue  # published: not also staged (publish moves, never copies)
+            except FileNotFoundError:
+                pass
             staged = self._find_staged(f"{key}.{suffix}")
             if staged is not None:
                 with contextlib.suppress(FileNotFoundError):
