@@ -22,16 +22,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
 from dicomd.api.metadata_cache import MetadataCache
-from dicomd.api.partitions import resolve_partition
+from dicomd.api.partitions import partition_routes, resolve_partition
 from dicomd.api.routes import dicomweb_routes, unversioned_routes
 from dicomd.api.services import Services
+from dicomd.audit.middleware import audited
+from dicomd.auth.middleware import authenticate
 from dicomd.config import Settings
+from dicomd.http.security import protected
 from dicomd.index.store import Index
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
 from dicomd.startup import prepare
-from dicomd.storage.local import LocalObjectStore
+from dicomd.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +128,26 @@ def _check_version(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> AS
     return wrapped
 
 
+def _wrapping(wrap: Callable[[ASGIApp, Settings], ASGIApp], settings: Settings) -> Any:
+    """A middleware class for ``add_middleware`` from a function that wraps an ASGI app."""
+
+    class Wrapped:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = wrap(app, settings)
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await self.app(scope, receive, send)
+
+    return Wrapped
+
+
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         index = Index(settings.effective_index_url, delete_grace_period=settings.delete_grace_period)
         if migrate:
             prepare(settings, index)
-        store = LocalObjectStore(settings.effective_storage_path)
+        store = open_store(settings)
         # a worker that died (and that this one may be replacing) left its staged parts behind
         await asyncio.to_thread(store.recover, index.has_object)
         committer = GroupCommitter(
@@ -157,14 +173,20 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             index.close()
 
     router = Starlette(routes=dicomweb_routes()).router
-    versioned = Mount("/v{version}", app=_check_version(resolve_partition(router)))
+    # the version is checked, then the caller authenticated, then the partition resolved (and the
+    # caller's right to it checked), then the route's own action (api/routes.py)
+    versioned = Mount("/v{version}", app=_check_version(authenticate(resolve_partition(router), settings)))
+    partitioned = partition_routes(router, settings)
     app = Starlette(
-        routes=[*unversioned_routes(), versioned],
+        routes=[*unversioned_routes(), *partitioned, versioned],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.add_middleware(VersionHeaders)
     app.add_middleware(ClientDisconnects)
+    # audit sees every request's final outcome (a 401 from authentication or a 429 included)
+    app.add_middleware(_wrapping(audited, settings))
+    app.add_middleware(_wrapping(protected, settings))
     if settings.cors_origins:  # outermost: error responses carry the CORS headers too
         app.add_middleware(
             CORSMiddleware,

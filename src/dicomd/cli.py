@@ -16,7 +16,7 @@ from dicomd.config import SETTINGS, ConfigError, Settings, load_settings
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_METAVARS: dict[type, str] = {int: "INTEGER", Path: "PATH", str: "TEXT"}
+_METAVARS: dict[type, str] = {int: "INTEGER", bool: "BOOLEAN", Path: "PATH", str: "TEXT"}
 
 
 def _setting_options(*names: str) -> Callable[[_F], _F]:
@@ -138,7 +138,9 @@ def serve(config_file: str | None, **flags: object) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @_setting_options("data_dir")
 @_CONFIG_OPTION
-@_setting_options("index_url", "duplicate_policy")
+@_setting_options(
+    "index_url", "duplicate_policy", "storage_path", "storage_url", "storage_options", "staging_dir"
+)
 @click.option("--processes", type=int, default=0, help="parser processes (default: one per core)")
 @_lock_timeout_option
 def import_command(
@@ -150,13 +152,13 @@ def import_command(
     from dicomd.index.store import Index
     from dicomd.ingest.bulk_import import import_files
     from dicomd.startup import prepare
-    from dicomd.storage.local import LocalObjectStore
+    from dicomd.storage import open_store
 
     settings = _settings_or_exit(config_file, flags)
     with _index_errors():
         prepare(settings, lock_timeout=lock_timeout)
         index = Index(settings.effective_index_url, lock_timeout=lock_timeout)
-        store = LocalObjectStore(settings.effective_storage_path)
+        store = open_store(settings)
         started = time.monotonic()
         try:
             report = import_files(

@@ -43,7 +43,7 @@ class Setting(Generic[_T]):
     check: Callable[[_T], _T] | None = None  # further rules: the value normalised, or ValueError(reason)
     shown_default: str = ""  # for `--help`, when the default is worked out at run time
     name: str = ""
-    kind: type = str  # int, str or Path
+    kind: type = str  # int, bool, str or Path
     default: Any = None
 
     @property
@@ -77,7 +77,9 @@ class Setting(Generic[_T]):
 
     def _convert(self, raw: Any) -> Any:
         value: Any
-        if self.kind is int:
+        if self.kind is bool:
+            value = _boolean(raw)
+        elif self.kind is int:
             value = self._in_range(_integer(raw))
         elif self.kind is Path:
             value = Path(str(raw)).expanduser()
@@ -118,6 +120,21 @@ def _integer(raw: Any) -> int:
         raise ValueError(f"expected an integer, got {raw!r}") from None
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
 def _directory(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"must be a directory, got the file {str(path)!r}")
@@ -148,6 +165,32 @@ def _origins(value: str) -> str:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise ValueError(f"origins must be * or start with http:// or https://, got {origin!r}")
     return ",".join(origins)
+
+
+def _storage_url(value: str) -> str:
+    if value and not value.startswith(
+        ("file://", "s3://", "az://", "azure://", "abfs://", "gs://", "memory://")
+    ):
+        raise ValueError(f"must start with file://, s3://, az://, gs:// or memory://, got {value!r}")
+    return value.rstrip("/")
+
+
+def _comma_list(value: str) -> str:
+    return ",".join(item.strip() for item in value.split(",") if item.strip())
+
+
+def _key_values(value: str) -> str:
+    """key=value pairs separated by commas (the values themselves may not contain commas)."""
+    pairs = _comma_list(value)
+    for pair in pairs.split(",") if pairs else []:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            # the pair may hold a secret: name only its position
+            raise ValueError("expected key=value pairs separated by commas")
+    return pairs
+
+
+def _audit_log(value: str) -> str:
+    return value.strip()
 
 
 def _setting(
@@ -237,6 +280,101 @@ class Settings:
         check=_origins,
         shown_default="none",
     )
+    # ---- object storage and scale-out (docs/deployment.md) ------------------------------------------
+    storage_url: str = _setting(
+        "",
+        "object store: file:///dir, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix",
+        check=_storage_url,
+        shown_default="file://<storage_path>",
+    )
+    storage_options: str = _setting(
+        "",
+        "the object store's own options as key=value,... (e.g. aws_endpoint=http://...,aws_region=...); "
+        "credentials also come from the backend's usual environment variables",
+        check=_key_values,
+        shown_default="none",
+    )
+    staging_dir: str = _setting(
+        "",
+        "local directory where instances are staged before upload (cloud object stores)",
+        check=_directory_text,
+        shown_default="<data_dir>/staging",
+    )
+    storage_timeout: int = _setting(
+        30, "seconds an object store request may take before it fails (503 to clients)", minimum=1
+    )
+    db_pool_size: int = _setting(8, "index (database) connections per worker process", minimum=1, maximum=256)
+    db_timeout: int = _setting(
+        10, "seconds to wait for an index connection or lock before answering 503", minimum=1
+    )
+    orphan_grace_period: int = _setting(
+        3600,
+        "seconds an object may exist in the object store without an index row before the sweep removes it",
+        minimum=60,
+    )
+    # ---- authentication and authorisation (docs/security.md) ----------------------------------------
+    oidc_issuer: str = _setting(
+        "",
+        "OpenID Connect issuer URL whose tokens are accepted (enables authentication)",
+        check=_base_url,
+        shown_default="none",
+    )
+    oidc_audience: str = _setting("", "required audience (aud) of access tokens", shown_default="none")
+    oidc_jwks_url: str = _setting(
+        "",
+        "JWKS URL (when the issuer publishes no discovery document)",
+        check=_base_url,
+        shown_default="from the issuer's discovery document",
+    )
+    oidc_algorithms: str = _setting("RS256,ES256", "accepted token signature algorithms", check=_comma_list)
+    oidc_roles_claim: str = _setting("roles", "token claim holding the caller's roles")
+    oidc_partitions_claim: str = _setting(
+        "dicomd_partitions", "token claim listing the data partitions a caller may use (absent = all)"
+    )
+    clock_skew: int = _setting(
+        60, "seconds of clock difference tolerated on token times", minimum=0, maximum=600
+    )
+    roles: str = _setting(
+        "",
+        "extra role (or scope) to actions mapping: role=action+action;... (actions: read, write, delete, "
+        "manage); the built-in roles are 'Data Owner' (all) and 'Data Reader' (read)",
+        shown_default="built-in roles only",
+    )
+    api_keys_file: str = _setting(
+        "", "file of hashed API keys (dicomd api-key add); enables authentication", shown_default="none"
+    )
+    allow_unauthenticated: bool = _setting(
+        False, "serve without authentication on a non-loopback address (never for PHI)"
+    )
+    # ---- data partitions -----------------------------------------------------------------------------
+    partitions: bool = _setting(False, "serve the /v{n}/partitions/{name}/... routes (multi-tenancy)")
+    create_partitions: bool = _setting(
+        True, "create a partition on the first store into it (with partitions on)"
+    )
+    # ---- audit trail ------------------------------------------------------------------------------------
+    audit_log: str = _setting(
+        "",
+        "where audit events go: a file path, - for standard output, off",
+        check=_audit_log,
+        shown_default="<data_dir>/audit.jsonl",
+    )
+    audit_header_bytes: int = _setting(
+        1024, "most bytes of client-supplied audit headers kept per event", minimum=0, maximum=65536
+    )
+    # ---- transport ----------------------------------------------------------------------------------------
+    tls_cert_file: str = _setting(
+        "", "TLS certificate chain (PEM); enables HTTPS; reloaded when it changes", shown_default="none"
+    )
+    tls_key_file: str = _setting("", "TLS private key (PEM)", shown_default="none")
+    trusted_hosts: str = _setting(
+        "",
+        "comma-separated Host header values accepted (others get 400); * = any",
+        check=_comma_list,
+        shown_default="loopback names, the bind address and base_url's host",
+    )
+    rate_limit: int = _setting(
+        0, "requests per second one client address may make (per worker share); 0 = unlimited", minimum=0
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     # ---- derived values -------------------------------------------------------------------------
@@ -247,6 +385,23 @@ class Settings:
     @property
     def effective_index_url(self) -> str:
         return self.index_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or self.effective_storage_path.as_uri()
+
+    @property
+    def effective_staging_dir(self) -> Path:
+        return Path(self.staging_dir).resolve() if self.staging_dir else (self.data_dir / "staging").resolve()
+
+    @property
+    def effective_audit_log(self) -> str:
+        """A file path, "-" (standard output) or "off"."""
+        return self.audit_log or str((self.data_dir / "audit.jsonl").resolve())
+
+    @property
+    def authentication_enabled(self) -> bool:
+        return bool(self.oidc_issuer or self.oidc_jwks_url or self.api_keys_file)
 
     @property
     def effective_storage_path(self) -> Path:
@@ -279,7 +434,7 @@ def _declared() -> dict[str, Setting[Any]]:
         hint, choices = hints[f.name], spec.choices
         if typing.get_origin(hint) is Literal:
             hint, choices = str, tuple(typing.get_args(hint))
-        if hint not in (int, str, Path):
+        if hint not in (int, bool, str, Path):
             raise TypeError(f"Settings.{f.name}: unsupported type {hint!r}")
         # a rule that does not fit the type would be ignored without a word
         if hint is not int and (spec.minimum is not None or spec.maximum is not None):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dicomd.config import Settings
 from dicomd.index.store import Index
-from dicomd.storage.local import LocalObjectStore, make_private_dir
+from dicomd.storage import open_store
+from dicomd.storage.local import make_private_dir
 
 
 def prepare(settings: Settings, index: Index | None = None, *, lock_timeout: float | None = None) -> None:
@@ -18,7 +19,7 @@ def prepare(settings: Settings, index: Index | None = None, *, lock_timeout: flo
     index = index or Index(settings.effective_index_url, lock_timeout=lock_timeout)
     try:
         index.migrate()
-        store = LocalObjectStore(settings.effective_storage_path)
+        store = open_store(settings)
         try:
             store.recover(index.has_object)
         finally:

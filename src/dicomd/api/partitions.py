@@ -8,8 +8,10 @@ alone; the handlers read the key through ``partition(request)`` and need not cha
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomd.config import Settings
 from dicomd.index.schema import DEFAULT_PARTITION_KEY, DEFAULT_PARTITION_NAME
 
 _SCOPE_KEY = "dicomd.partition_key"
@@ -34,3 +36,8 @@ def partition(request: Request) -> int:
 def partition_name(key: int) -> str:
     """The PartitionName shown for a partition key (change feed entries)."""
     return DEFAULT_PARTITION_NAME if key == DEFAULT_PARTITION_KEY else str(key)
+
+
+def partition_routes(router: ASGIApp, settings: Settings) -> list[BaseRoute]:
+    """The routes under /v{n}/partitions (listed before the un-prefixed versioned mount)."""
+    return []

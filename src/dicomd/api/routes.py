@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomd.api import changefeed, delete, health, openapi, qido, stow, wado
+from dicomd.auth.authorize import require
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -22,13 +23,15 @@ _SEE_CONFORMANCE = (("default", "see docs/conformance-statement.md"),)
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One method on one path. ``name`` is unique (Starlette's route name too); ``summary`` and
+    """One method on one path. ``name`` is unique (Starlette's route name too); ``action`` is the data
+    action a caller's roles must grant (auth/authorize.py; None: any caller); ``summary`` and
     ``responses`` ((status or "default", description) pairs) are what the OpenAPI document says of it."""
 
     name: str
     method: str
     path: str
     handler: Handler
+    action: str | None
     summary: str
     responses: tuple[tuple[str, str], ...] = _SEE_CONFORMANCE
 
@@ -38,7 +41,7 @@ class Endpoint:
         return tuple(re.findall(r"\{(\w+)", self.path))
 
     def route(self) -> Route:
-        return Route(self.path, self.handler, methods=[self.method], name=self.name)
+        return Route(self.path, require(self.action, self.handler), methods=[self.method], name=self.name)
 
 
 async def _api_document(request: Request) -> Response:
@@ -64,46 +67,71 @@ _DELETE = "Delete a study, series or instance"
 # Routes of one API version, mounted under /v{n} (n in SUPPORTED_VERSIONS).
 VERSIONED: tuple[Endpoint, ...] = (
     # STOW-RS
-    Endpoint("stow.store", "POST", "/studies", stow.store, _STOW),
-    Endpoint("stow.store_study", "POST", _STUDY, stow.store, _STOW),
+    Endpoint("stow.store", "POST", "/studies", stow.store, "write", _STOW),
+    Endpoint("stow.store_study", "POST", _STUDY, stow.store, "write", _STOW),
     # QIDO-RS
-    Endpoint("qido.search_studies", "GET", "/studies", qido.search_studies, _SEARCH),
-    Endpoint("qido.search_series", "GET", "/series", qido.search_series, _SEARCH),
-    Endpoint("qido.search_instances", "GET", "/instances", qido.search_instances, _SEARCH),
-    Endpoint("qido.search_study_series", "GET", _STUDY + "/series", qido.search_series, _SEARCH),
-    Endpoint("qido.search_study_instances", "GET", _STUDY + "/instances", qido.search_instances, _SEARCH),
-    Endpoint("qido.search_series_instances", "GET", _SERIES + "/instances", qido.search_instances, _SEARCH),
+    Endpoint("qido.search_studies", "GET", "/studies", qido.search_studies, "read", _SEARCH),
+    Endpoint("qido.search_series", "GET", "/series", qido.search_series, "read", _SEARCH),
+    Endpoint("qido.search_instances", "GET", "/instances", qido.search_instances, "read", _SEARCH),
+    Endpoint("qido.search_study_series", "GET", _STUDY + "/series", qido.search_series, "read", _SEARCH),
+    Endpoint(
+        "qido.search_study_instances", "GET", _STUDY + "/instances", qido.search_instances, "read", _SEARCH
+    ),
+    Endpoint(
+        "qido.search_series_instances", "GET", _SERIES + "/instances", qido.search_instances, "read", _SEARCH
+    ),
     # WADO-RS
-    Endpoint("wado.retrieve_study", "GET", _STUDY, wado.retrieve, _RETRIEVE),
-    Endpoint("wado.retrieve_series", "GET", _SERIES, wado.retrieve, _RETRIEVE),
-    Endpoint("wado.retrieve_instance", "GET", _INSTANCE, wado.retrieve, _RETRIEVE),
-    Endpoint("wado.retrieve_study_metadata", "GET", _STUDY + "/metadata", wado.metadata, _METADATA),
-    Endpoint("wado.retrieve_series_metadata", "GET", _SERIES + "/metadata", wado.metadata, _METADATA),
-    Endpoint("wado.retrieve_instance_metadata", "GET", _INSTANCE + "/metadata", wado.metadata, _METADATA),
-    Endpoint("wado.retrieve_bulkdata", "GET", _INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, _BULKDATA),
-    Endpoint("wado.retrieve_frames", "GET", _FRAMES_PATH, wado.frames, _FRAMES),
-    Endpoint("wado.rendered_study", "GET", _STUDY + "/rendered", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.rendered_series", "GET", _SERIES + "/rendered", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.rendered_instance", "GET", _INSTANCE + "/rendered", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.rendered_frames", "GET", _FRAMES_PATH + "/rendered", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.thumbnail_study", "GET", _STUDY + "/thumbnail", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.thumbnail_series", "GET", _SERIES + "/thumbnail", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.thumbnail_instance", "GET", _INSTANCE + "/thumbnail", wado.not_offered, _NOT_OFFERED),
-    Endpoint("wado.thumbnail_frames", "GET", _FRAMES_PATH + "/thumbnail", wado.not_offered, _NOT_OFFERED),
+    Endpoint("wado.retrieve_study", "GET", _STUDY, wado.retrieve, "read", _RETRIEVE),
+    Endpoint("wado.retrieve_series", "GET", _SERIES, wado.retrieve, "read", _RETRIEVE),
+    Endpoint("wado.retrieve_instance", "GET", _INSTANCE, wado.retrieve, "read", _RETRIEVE),
+    Endpoint("wado.retrieve_study_metadata", "GET", _STUDY + "/metadata", wado.metadata, "read", _METADATA),
+    Endpoint("wado.retrieve_series_metadata", "GET", _SERIES + "/metadata", wado.metadata, "read", _METADATA),
+    Endpoint(
+        "wado.retrieve_instance_metadata", "GET", _INSTANCE + "/metadata", wado.metadata, "read", _METADATA
+    ),
+    Endpoint(
+        "wado.retrieve_bulkdata", "GET", _INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, "read", _BULKDATA
+    ),
+    Endpoint("wado.retrieve_frames", "GET", _FRAMES_PATH, wado.frames, "read", _FRAMES),
+    Endpoint("wado.rendered_study", "GET", _STUDY + "/rendered", wado.not_offered, "read", _NOT_OFFERED),
+    Endpoint("wado.rendered_series", "GET", _SERIES + "/rendered", wado.not_offered, "read", _NOT_OFFERED),
+    Endpoint(
+        "wado.rendered_instance", "GET", _INSTANCE + "/rendered", wado.not_offered, "read", _NOT_OFFERED
+    ),
+    Endpoint(
+        "wado.rendered_frames", "GET", _FRAMES_PATH + "/rendered", wado.not_offered, "read", _NOT_OFFERED
+    ),
+    Endpoint("wado.thumbnail_study", "GET", _STUDY + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED),
+    Endpoint("wado.thumbnail_series", "GET", _SERIES + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED),
+    Endpoint(
+        "wado.thumbnail_instance", "GET", _INSTANCE + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED
+    ),
+    Endpoint(
+        "wado.thumbnail_frames", "GET", _FRAMES_PATH + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED
+    ),
     # Delete
-    Endpoint("delete.study", "DELETE", _STUDY, delete.delete, _DELETE),
-    Endpoint("delete.series", "DELETE", _SERIES, delete.delete, _DELETE),
-    Endpoint("delete.instance", "DELETE", _INSTANCE, delete.delete, _DELETE),
+    Endpoint("delete.study", "DELETE", _STUDY, delete.delete, "delete", _DELETE),
+    Endpoint("delete.series", "DELETE", _SERIES, delete.delete, "delete", _DELETE),
+    Endpoint("delete.instance", "DELETE", _INSTANCE, delete.delete, "delete", _DELETE),
     # Change feed
-    Endpoint("changefeed.changes", "GET", "/changefeed", changefeed.changefeed, "Change feed"),
-    Endpoint("changefeed.latest", "GET", "/changefeed/latest", changefeed.latest, "Latest change feed entry"),
+    Endpoint("changefeed.changes", "GET", "/changefeed", changefeed.changefeed, "read", "Change feed"),
+    Endpoint(
+        "changefeed.latest",
+        "GET",
+        "/changefeed/latest",
+        changefeed.latest,
+        "read",
+        "Latest change feed entry",
+    ),
     # OpenAPI
-    Endpoint("openapi.document", "GET", "/api.json", _api_document, "This OpenAPI document"),
+    Endpoint("openapi.document", "GET", "/api.json", _api_document, None, "This OpenAPI document"),
 )
 
 # Routes outside the versioned API.
 UNVERSIONED: tuple[Endpoint, ...] = (
-    Endpoint("health.check", "GET", "/health/check", health.check, "Health check", (("200", "healthy"),)),
+    Endpoint(
+        "health.check", "GET", "/health/check", health.check, None, "Health check", (("200", "healthy"),)
+    ),
 )
 
 

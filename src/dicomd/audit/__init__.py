@@ -1,0 +1,1 @@
+"""The audit trail: one structured event per access to PHI (who, what, when, outcome)."""
