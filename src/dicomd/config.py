@@ -179,6 +179,28 @@ def _comma_list(value: str) -> str:
     return ",".join(item.strip() for item in value.split(",") if item.strip())
 
 
+# asymmetric signatures only: "none" and the HMAC family (a public key used as a shared secret) never
+_SIGNATURE_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+def _algorithms(value: str) -> str:
+    algorithms = _comma_list(value)
+    for algorithm in algorithms.split(",") if algorithms else []:
+        if algorithm not in _SIGNATURE_ALGORITHMS:
+            raise ValueError(f"must be among {', '.join(_SIGNATURE_ALGORITHMS)}, got {algorithm!r}")
+    if not algorithms:
+        raise ValueError("must name at least one algorithm")
+    return algorithms
+
+
+def _hosts(value: str) -> str:
+    hosts = _comma_list(value)
+    for host in hosts.split(",") if hosts else []:
+        if "/" in host or " " in host:
+            raise ValueError(f"must be host names (no scheme or path), got {host!r}")
+    return hosts
+
+
 def _key_values(value: str) -> str:
     """key=value pairs separated by commas (the values themselves may not contain commas)."""
     pairs = _comma_list(value)
@@ -190,7 +212,10 @@ def _key_values(value: str) -> str:
 
 
 def _audit_log(value: str) -> str:
-    return value.strip()
+    value = value.strip()
+    if value not in ("", "-", "off") and Path(value).expanduser().is_dir():
+        raise ValueError(f"must be a file path, - or off, got the directory {value!r}")
+    return value
 
 
 def _setting(
@@ -326,7 +351,7 @@ class Settings:
         check=_base_url,
         shown_default="from the issuer's discovery document",
     )
-    oidc_algorithms: str = _setting("RS256,ES256", "accepted token signature algorithms", check=_comma_list)
+    oidc_algorithms: str = _setting("RS256,ES256", "accepted token signature algorithms", check=_algorithms)
     oidc_roles_claim: str = _setting("roles", "token claim holding the caller's roles")
     oidc_partitions_claim: str = _setting(
         "dicomd_partitions", "token claim listing the data partitions a caller may use (absent = all)"
@@ -369,7 +394,7 @@ class Settings:
     trusted_hosts: str = _setting(
         "",
         "comma-separated Host header values accepted (others get 400); * = any",
-        check=_comma_list,
+        check=_hosts,
         shown_default="loopback names, the bind address and base_url's host",
     )
     rate_limit: int = _setting(

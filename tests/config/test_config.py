@@ -59,7 +59,7 @@ def test_every_setting_is_declared_once() -> None:
         assert spec.name == name and spec.help
         assert spec.env == "DICOMD_" + name.upper()
         assert spec.flag == "--" + name.replace("_", "-")
-        assert spec.kind in (int, str, Path)
+        assert spec.kind in (int, bool, str, Path)
         default = getattr(Settings(), name)
         assert spec.default == default
         # the default passes its own rules, and its text form (environment, flag) reads back the same
@@ -99,6 +99,26 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
         "https://ok.example, viewer.example",
         "origins must be * or start with http:// or https://, got 'viewer.example'",
     ),
+    ("storage_url", "ftp://bucket", "must start with file://, s3://, az://, gs:// or memory://"),
+    ("storage_options", "aws_region", "expected key=value pairs separated by commas"),
+    ("storage_options", "=secret", "expected key=value pairs separated by commas"),
+    ("storage_timeout", 0, "must be positive, got 0"),
+    ("db_pool_size", 0, "must be between 1 and 256, got 0"),
+    ("db_timeout", 0, "must be positive, got 0"),
+    ("orphan_grace_period", 10, "must be at least 60, got 10"),
+    ("oidc_issuer", "issuer.example", "must start with http:// or https://"),
+    ("oidc_jwks_url", "jwks.example", "must start with http:// or https://"),
+    ("oidc_algorithms", "RS256,none", "must be among RS256"),
+    ("oidc_algorithms", "HS256", "must be among RS256"),
+    ("oidc_algorithms", " , ", "must name at least one algorithm"),
+    ("clock_skew", 601, "must be between 0 and 600, got 601"),
+    ("allow_unauthenticated", "maybe", "expected true or false, got 'maybe'"),
+    ("partitions", "2", "expected true or false, got '2'"),
+    ("create_partitions", "y", "expected true or false, got 'y'"),
+    ("audit_log", "/", "must be a file path, - or off, got the directory '/'"),
+    ("audit_header_bytes", -1, "must be between 0 and 65536, got -1"),
+    ("trusted_hosts", "https://pacs.example", "must be host names (no scheme or path)"),
+    ("rate_limit", -1, "must be zero or more, got -1"),
 ]
 
 
@@ -138,7 +158,7 @@ def test_invalid_values_name_the_setting_and_the_source(
 def test_every_rule_has_a_bad_value_above() -> None:
     with_rules = {name for name, spec in SETTINGS.items() if spec.kind is int or spec.choices or spec.check}
     # the directory check needs a file to exist: test_data_dir_and_storage_path_must_not_be_files
-    assert with_rules - {"data_dir", "storage_path"} <= {name for name, _, _ in BAD_VALUES}
+    assert with_rules - {"data_dir", "storage_path", "staging_dir"} <= {name for name, _, _ in BAD_VALUES}
 
 
 @pytest.mark.parametrize("raw", [True, 1.5, [8080]])
@@ -180,7 +200,7 @@ def test_values_are_normalised_alike_from_every_source(
 def test_data_dir_and_storage_path_must_not_be_files(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x", encoding="utf-8")
-    for name in ("data_dir", "storage_path"):
+    for name in ("data_dir", "storage_path", "staging_dir"):
         with pytest.raises(ConfigError, match=rf"setting '{name}' \(from flag .*\): must be a directory"):
             load_settings(flags={name: str(a_file)})
 
@@ -219,3 +239,15 @@ def test_cli_help_explains_configuration() -> None:
     )
     assert result.returncode == 0
     assert "DICOMD_DUPLICATE_POLICY" in result.stdout and "TOML" in result.stdout
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("YES", True), ("1", True), ("off", False)])
+def test_boolean_settings_from_text(raw: str, expected: bool) -> None:
+    assert load_settings(flags={"partitions": raw}).partitions is expected
+
+
+def test_boolean_settings_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("partitions = true\nallow-unauthenticated = false\n", encoding="utf-8")
+    settings = load_settings(config_file=cfg)
+    assert settings.partitions is True and settings.allow_unauthenticated is False
