@@ -65,10 +65,13 @@ def _index_errors() -> Iterator[None]:
     """Turn the index's lock and database errors into one clear line and exit code 1, not a traceback."""
     from sqlalchemy.exc import OperationalError
 
-    from dicomd.index.store import IndexBusy
+    from dicomd.index.store import IndexBusy, SchemaTooNew
 
     try:
         yield
+    except SchemaTooNew as exc:
+        click.echo(f"dicomd: {exc}", err=True)
+        sys.exit(1)
     except IndexBusy as exc:
         click.echo(f"dicomd: the index is busy: {exc}; try again later", err=True)
         sys.exit(1)
@@ -110,6 +113,7 @@ def serve(config_file: str | None, **flags: object) -> None:
     from dicomd.startup import prepare
 
     settings = _settings_or_exit(config_file, flags)
+    _check_authentication(settings)
     log_config = logs.configure(settings.log_level)
     with _index_errors():
         prepare(settings, lock_timeout=_LOCK_TIMEOUT)
@@ -132,6 +136,37 @@ def serve(config_file: str | None, **flags: object) -> None:
     except OSError as exc:
         click.echo(f"dicomd: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
         sys.exit(1)
+
+
+def _check_authentication(settings: Settings) -> None:
+    """Exit 2 for authentication settings that cannot work, and for a server open to the network without
+    authentication unless allowed; a warning line when authentication is off."""
+    from dicomd.auth.checks import check_auth_settings, is_loopback
+
+    try:
+        check_auth_settings(settings)
+    except ConfigError as exc:
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
+    if settings.authentication_enabled:
+        return
+    if not is_loopback(settings.host):
+        if not settings.allow_unauthenticated:
+            click.echo(
+                f"dicomd: refusing to serve on {settings.host} without authentication: anyone who can reach "
+                "it could read, store and delete; configure oidc_issuer + oidc_audience or api_keys_file, "
+                "or set allow_unauthenticated (never for PHI)",
+                err=True,
+            )
+            sys.exit(2)
+        click.echo(
+            f"dicomd: warning: authentication is off on {settings.host} (allow_unauthenticated)", err=True
+        )
+    else:
+        click.echo(
+            "dicomd: warning: authentication is off (loopback only; set oidc_issuer or api_keys_file)",
+            err=True,
+        )
 
 
 @main.command("import")
@@ -206,3 +241,156 @@ def optimize_command(config_file: str | None, lock_timeout: float, **flags: obje
         finally:
             index.close()
     click.echo(f"planner statistics refreshed in {time.monotonic() - started:.1f} s")
+
+
+@main.group("api-key")
+def api_key_group() -> None:
+    """Manage the API keys of service accounts and scripts (stored hashed in the file named by the
+    api_keys_file setting; a running server picks up changes within a second)."""
+
+
+def _api_keys_path(config_file: str | None, flags: dict[str, object]) -> tuple[Settings, Path]:
+    settings = _settings_or_exit(config_file, flags)
+    if not settings.api_keys_file:
+        click.echo(
+            "dicomd: no API key file: give --api-keys-file, DICOMD_API_KEYS_FILE or api_keys_file "
+            "in the --config file",
+            err=True,
+        )
+        sys.exit(2)
+    return settings, Path(settings.api_keys_file).expanduser()
+
+
+@contextlib.contextmanager
+def _key_file_errors() -> Iterator[None]:
+    from dicomd.auth.api_keys import ApiKeyFileError
+
+    try:
+        yield
+    except ApiKeyFileError as exc:
+        click.echo(f"dicomd: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"dicomd: the API key file cannot be written: {exc.strerror}", err=True)
+        sys.exit(1)
+
+
+@api_key_group.command("add")
+@click.option("--name", required=True, help="the account's name (unique among keys not revoked)")
+@click.option(
+    "--role",
+    "role_names",
+    multiple=True,
+    required=True,
+    help="a role the key grants: 'Data Owner', 'Data Reader' or one of the roles setting (repeatable)",
+)
+@click.option(
+    "--partition",
+    "partition_names",
+    multiple=True,
+    help="a data partition the key may use (repeatable; default: all)",
+)
+@_CONFIG_OPTION
+@_setting_options("api_keys_file", "roles")
+def api_key_add(
+    name: str,
+    role_names: tuple[str, ...],
+    partition_names: tuple[str, ...],
+    config_file: str | None,
+    **flags: object,
+) -> None:
+    """Create an API key and print it (once: only its hash is stored)."""
+    from dicomd.auth.api_keys import add_key
+    from dicomd.auth.roles import RoleMap
+
+    settings, path = _api_keys_path(config_file, flags)
+    try:
+        roles = RoleMap(settings.roles)
+    except ValueError as exc:
+        click.echo(f"dicomd: configuration error: setting 'roles': {exc}", err=True)
+        sys.exit(2)
+    unknown = [r for r in role_names if r not in roles]
+    if unknown:
+        known = ", ".join(repr(r) for r in roles.roles)
+        click.echo(f"dicomd: unknown role {unknown[0]!r}; roles: {known}", err=True)
+        sys.exit(2)
+    with _key_file_errors():
+        key = add_key(path, name, role_names, partition_names or None)
+    click.echo(key)
+    click.echo(f"API key {name!r} added to {path}; it is shown only this once", err=True)
+
+
+@api_key_group.command("list")
+@_CONFIG_OPTION
+@_setting_options("api_keys_file")
+def api_key_list(config_file: str | None, **flags: object) -> None:
+    """List the API keys (names, roles, partitions, dates; never the keys)."""
+    from dicomd.auth.api_keys import read_records
+
+    _, path = _api_keys_path(config_file, flags)
+    with _key_file_errors():
+        records = read_records(path)
+    for record in records:
+        partitions = "all" if record.partitions is None else ",".join(record.partitions)
+        state = f"revoked {record.revoked}" if record.revoked else "active"
+        click.echo(
+            f"{record.name}\troles={','.join(record.roles)}\tpartitions={partitions}\t"
+            f"created {record.created}\t{state}"
+        )
+
+
+@api_key_group.command("revoke")
+@click.argument("name")
+@_CONFIG_OPTION
+@_setting_options("api_keys_file")
+def api_key_revoke(name: str, config_file: str | None, **flags: object) -> None:
+    """Revoke the API key NAME (a running server refuses it within a second)."""
+    from dicomd.auth.api_keys import revoke_key
+
+    _, path = _api_keys_path(config_file, flags)
+    with _key_file_errors():
+        revoked = revoke_key(path, name)
+    if not revoked:
+        click.echo(f"dicomd: no active API key named {name!r}", err=True)
+        sys.exit(1)
+    click.echo(f"API key {name!r} revoked")
+
+
+@main.command("migrate")
+@_setting_options("data_dir")
+@_CONFIG_OPTION
+@_setting_options("index_url")
+@_lock_timeout_option
+def migrate_command(config_file: str | None, lock_timeout: float, **flags: object) -> None:
+    """Bring the index schema to this version's (safe while replicas run: one migrates, the others wait
+    on the database's migration lock). `dicomd serve` does the same at start-up."""
+    from dicomd.startup import migrate_index
+
+    settings = _settings_or_exit(config_file, flags)
+    with _index_errors():
+        click.echo(migrate_index(settings, lock_timeout=lock_timeout))
+
+
+@main.command("sweep")
+@_setting_options("data_dir")
+@_CONFIG_OPTION
+@_setting_options("index_url", "storage_path", "storage_url", "storage_options", "staging_dir")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="seconds an unindexed object must have existed (default: orphan_grace_period); 0 only when no "
+    "store is in flight anywhere",
+)
+def sweep_command(config_file: str | None, older_than: float | None, **flags: object) -> None:
+    """Remove stored objects that no index row names (what a crash between upload and commit leaves), now;
+    the servers run the same pass every few minutes, under the same lease."""
+    from dicomd.startup import sweep_orphans
+
+    settings = _settings_or_exit(config_file, flags)
+    with _index_errors():
+        result = sweep_orphans(settings, grace_period=older_than)
+    if result is None:
+        click.echo("another process is sweeping; nothing done")
+        return
+    click.echo(f"removed {result.removed} of {result.checked} objects older than the grace period")

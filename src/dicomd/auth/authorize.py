@@ -14,6 +14,8 @@ from dicomd.auth.principal import principal_of
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+_INSUFFICIENT = 'Bearer realm="dicomd", error="insufficient_scope"'  # RFC 6750 section 3.1
+
 
 def require(action: str | None, handler: Handler) -> Handler:
     """``handler``, answering 403 first when the caller may not perform ``action`` (None: any
@@ -25,7 +27,11 @@ def require(action: str | None, handler: Handler) -> Handler:
     async def authorized(request: Request) -> Response:
         caller = principal_of(request.scope)
         if caller is not None and not caller.may(action):
-            raise ApiError(403, f"the caller's roles do not allow '{action}' on this resource")
+            raise ApiError(
+                403,
+                f"the caller's roles do not allow '{action}' on this resource",
+                headers={"WWW-Authenticate": _INSUFFICIENT},
+            )
         return await handler(request)
 
     return authorized
