@@ -2,6 +2,7 @@
 
 Wire format follows the cloud service: Sequence, PartitionName, StudyInstanceUid, SeriesInstanceUid,
 SopInstanceUid, Action (create|update|delete), Timestamp, State (current|replaced|deleted), Metadata.
+A feed lists the entries of the request's partition only (the un-prefixed routes: the default partition's).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomd.api.common import ApiError, api_version
-from dicomd.api.partitions import partition_name
+from dicomd.api.partitions import partition, partition_name
 from dicomd.api.services import services
+from dicomd.index.changefeed import partition_changes, partition_latest
 from dicomd.index.normalize import parse_int
 from dicomd.index.store import ChangeEntry, Index
 from dicomd.ingest.metadata import read_metadata
@@ -99,7 +101,14 @@ async def changefeed(request: Request) -> Response:
     include = _bool(params, "includemetadata", True)
     svc = services(request)
     entries = await asyncio.to_thread(
-        svc.index.changefeed, offset=offset, limit=limit, start=start, end=end, v2=v2
+        partition_changes,
+        svc.index.engine,
+        partition(request),
+        offset=offset,
+        limit=limit,
+        start=start,
+        end=end,
+        v2=v2,
     )
     body = await asyncio.to_thread(_render, entries, svc.store, svc.index, include)
     return Response(body, media_type="application/json")
@@ -109,7 +118,7 @@ async def latest(request: Request) -> Response:
     params = _params(request, {"includemetadata"})
     include = _bool(params, "includemetadata", True)
     svc = services(request)
-    entry = await asyncio.to_thread(svc.index.latest_change)
+    entry = await asyncio.to_thread(partition_latest, svc.index.engine, partition(request))
     if entry is None:
         return Response(b"{}", media_type="application/json")
     body = await asyncio.to_thread(_render, [entry], svc.store, svc.index, include)
@@ -121,7 +130,7 @@ def _render(entries: list[ChangeEntry], store: ObjectStore, index: Index, includ
     for e in entries:
         item: dict[str, Any] = {
             "Sequence": e.sequence,
-            "PartitionName": partition_name(e.partition_key),
+            "PartitionName": partition_name(index, e.partition_key),
             "StudyInstanceUid": e.study_instance_uid,
             "SeriesInstanceUid": e.series_instance_uid,
             "SopInstanceUid": e.sop_instance_uid,

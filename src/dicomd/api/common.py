@@ -15,6 +15,8 @@ from dicomd.http.negotiation import accept_header_allows, parse_accept
 SUPPORTED_VERSIONS = (1, 2)
 SUPPORTED_VERSIONS_HEADER = "1, 2"
 DICOM_JSON = "application/dicom+json"
+# "/partitions/{name}" on the scope of a request that named its partition in the URL (api/partitions.py)
+PARTITION_PATH_KEY = "dicomd.partition_path"
 
 
 class ApiError(Exception):
@@ -37,17 +39,20 @@ def api_version(request: Request) -> int:
 
 
 def base_url(request: Request) -> str:
-    """Versioned base URL, e.g. http://host:8080/v2 - what RetrieveURL and BulkDataURI start with."""
+    """Versioned base URL, e.g. http://host:8080/v2 or http://host:8080/v2/partitions/a for a request to
+    a named partition - what RetrieveURL and BulkDataURI start with."""
+    versioned = f"/v{api_version(request)}{request.scope.get(PARTITION_PATH_KEY, '')}"
     configured = services(request).settings.base_url
     if configured:
-        return f"{configured}/v{api_version(request)}"
+        return f"{configured}{versioned}"
     netloc = request.url.netloc
     server = request.scope.get("server")
-    if ":" not in netloc.rsplit("]", 1)[-1] and server and server[1] not in (80, 443):
+    port = server[1] if server else None
+    if ":" not in netloc.rsplit("]", 1)[-1] and isinstance(port, int) and port not in (80, 443):
         # some clients (dicomweb-client) send "Host: name" without the port they connected to;
         # behind a reverse proxy, set base_url instead
-        netloc = f"{netloc}:{server[1]}"
-    return f"{request.url.scheme}://{netloc}/v{api_version(request)}"
+        netloc = f"{netloc}:{port}"
+    return f"{request.url.scheme}://{netloc}{versioned}"
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

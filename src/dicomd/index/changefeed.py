@@ -1,13 +1,17 @@
 """Change-feed reads: entries by sequence (v1) or time window (v2), each with its state (Current,
 Replaced, Deleted) from the instance's current object key. The entries are written in the
-transactions that change the instances (writer.py, Index.delete)."""
+transactions that change the instances (writer.py, Index.delete).
+
+A partition's feed holds only its own entries. Sequence numbers are global, so a partition's v1 feed has
+gaps where other partitions' entries are; a v1 reader pages by the last sequence it saw (exclusive), which
+skips them correctly, and commit order equals sequence order across partitions (one writer at a time)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from dicomd.index.schema import changefeed, instance
 from dicomd.index.types import ChangeEntry, State
@@ -77,9 +81,13 @@ def read_changes(
     start: datetime | None,
     end: datetime | None,
     v2: bool,
+    partition_key: int | None = None,
 ) -> list[ChangeEntry]:
-    """v1: entries after sequence `offset`; v2: [start, end) time window, skip `offset` rows."""
+    """v1: entries after sequence `offset`; v2: [start, end) time window, skip `offset` rows; of one
+    partition, or of all when ``partition_key`` is None."""
     page = select(changefeed.c.sequence)
+    if partition_key is not None:
+        page = page.where(changefeed.c.partition_key == partition_key)
     if v2:
         if start is not None:
             page = page.where(changefeed.c.timestamp >= _to_ms(start))
@@ -94,8 +102,34 @@ def read_changes(
     return [_entry(r) for r in conn.execute(stmt)]
 
 
-def read_latest(conn: Connection) -> ChangeEntry | None:
-    """The newest entry, if any."""
-    page = select(changefeed.c.sequence).order_by(changefeed.c.sequence.desc()).limit(1)
+def read_latest(conn: Connection, partition_key: int | None = None) -> ChangeEntry | None:
+    """The newest entry (of one partition, or of all when ``partition_key`` is None), if any."""
+    page = select(changefeed.c.sequence)
+    if partition_key is not None:
+        page = page.where(changefeed.c.partition_key == partition_key)
+    page = page.order_by(changefeed.c.sequence.desc()).limit(1)
     row = conn.execute(_entries_select(page.subquery())).first()
     return _entry(row) if row is not None else None
+
+
+def partition_changes(
+    engine: Engine,
+    partition_key: int,
+    *,
+    offset: int,
+    limit: int,
+    start: datetime | None,
+    end: datetime | None,
+    v2: bool,
+) -> list[ChangeEntry]:
+    """``read_changes`` of one partition in a read transaction of its own."""
+    with engine.connect() as conn, conn.begin():
+        return read_changes(
+            conn, offset=offset, limit=limit, start=start, end=end, v2=v2, partition_key=partition_key
+        )
+
+
+def partition_latest(engine: Engine, partition_key: int) -> ChangeEntry | None:
+    """The newest entry of one partition, if any."""
+    with engine.connect() as conn, conn.begin():
+        return read_latest(conn, partition_key)
