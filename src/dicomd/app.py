@@ -9,7 +9,10 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,20 +24,22 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
+from dicomd.api.health import RETRY_AFTER
 from dicomd.api.metadata_cache import MetadataCache
 from dicomd.api.partitions import partition_routes, resolve_partition
 from dicomd.api.routes import dicomweb_routes, unversioned_routes
-from dicomd.api.services import Services
+from dicomd.api.services import Lifecycle, Services
 from dicomd.audit.middleware import audited
-from dicomd.auth.middleware import authenticate
+from dicomd.auth.middleware import authentication
 from dicomd.config import Settings
 from dicomd.http.security import protected
-from dicomd.index.store import Index
+from dicomd.index.store import Index, unavailable_errors
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
+from dicomd.jobs.sweep import OrphanSweep
 from dicomd.startup import prepare
-from dicomd.storage import open_store
+from dicomd.storage import StorageUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,50 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, dict(exc.headers or {}))
 
 
+async def _index_unavailable(request: Request, exc: Exception) -> Response:
+    """The index is down, slow or busy (no connection in time, a statement or lock timeout, a lost
+    connection): the client should try again, here or at another replica."""
+    # the type only: a database error's text may quote a statement's values
+    log.warning("index unavailable during a %s request (%s)", request.method, type(exc).__name__)
+    return error_response(
+        503, "the index database is unavailable or busy; try again later", {"Retry-After": RETRY_AFTER}
+    )
+
+
+async def _storage_unavailable(request: Request, exc: Exception) -> Response:
+    """The object store is down or slow (StorageUnavailable: its message names no PHI)."""
+    log.warning("object store unavailable during a %s request: %s", request.method, exc)
+    return error_response(
+        503, "the object store is unavailable; try again later", {"Retry-After": RETRY_AFTER}
+    )
+
+
+@contextlib.contextmanager
+def _draining_on_sigterm(lifecycle: Lifecycle) -> Iterator[None]:
+    """Mark the worker draining as soon as it is told to stop (SIGTERM), before uvicorn's own handler
+    starts closing connections, so that /health/ready turns load balancers away meanwhile. Only in the
+    main thread (a worker process; an application tested in-process keeps the handlers it has)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def draining(signum: int, frame: FrameType | None) -> None:
+        lifecycle.draining = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, draining)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is draining:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _check_version(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         # the segment is matched as text: an int converter would parse thousands of digits (a 500)
@@ -144,9 +193,17 @@ def _wrapping(wrap: Callable[[ASGIApp, Settings], ASGIApp], settings: Settings) 
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        index = Index(settings.effective_index_url, delete_grace_period=settings.delete_grace_period)
+        index = Index(
+            settings.effective_index_url,
+            delete_grace_period=settings.delete_grace_period,
+            pool_size=settings.db_pool_size,
+            timeout=settings.db_timeout,
+        )
         if migrate:
             prepare(settings, index)
+        else:
+            # the supervisor migrated; a newer replica may have migrated since: never serve its schema
+            await asyncio.to_thread(index.check_schema)
         store = open_store(settings)
         # a worker that died (and that this one may be replacing) left its staged parts behind
         await asyncio.to_thread(store.recover, index.has_object)
@@ -154,6 +211,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
         )
         cleanup = CleanupJob(index, store)
+        sweep = OrphanSweep(index, store, grace_period=settings.orphan_grace_period)
+        lifecycle = Lifecycle()
         services = Services(
             settings=settings,
             index=index,
@@ -161,25 +220,42 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             ingest=IngestService(store, committer, bulk_threshold=settings.bulk_threshold),
             cleanup=cleanup,
             metadata_cache=MetadataCache(METADATA_CACHE_BYTES),
+            sweep=sweep,
+            lifecycle=lifecycle,
         )
         committer.start()
         cleanup.start()
+        sweep.start()
         try:
-            yield services.lifespan_state()
+            with _draining_on_sigterm(lifecycle):
+                yield services.lifespan_state()
         finally:
+            lifecycle.draining = True
+            await sweep.stop()
             await cleanup.stop()
             await committer.stop()
             store.close()
             index.close()
 
     router = Starlette(routes=dicomweb_routes()).router
+
     # the version is checked, then the caller authenticated, then the partition resolved (and the
     # caller's right to it checked), then the route's own action (api/routes.py)
-    versioned = Mount("/v{version}", app=_check_version(authenticate(resolve_partition(router), settings)))
-    partitioned = partition_routes(router, settings)
+    authenticated = authentication(settings)  # one token cache and key set for every mount
+
+    def guarded(inner: ASGIApp) -> ASGIApp:
+        return _check_version(authenticated(inner))
+
+    versioned = Mount("/v{version}", app=guarded(resolve_partition(router)))
+    partitioned = partition_routes(router, settings, guarded)
     app = Starlette(
         routes=[*unversioned_routes(), *partitioned, versioned],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            **dict.fromkeys(unavailable_errors(), _index_unavailable),
+            StorageUnavailable: _storage_unavailable,
+        },
         lifespan=lifespan,
     )
     app.add_middleware(VersionHeaders)

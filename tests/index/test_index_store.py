@@ -414,3 +414,18 @@ def test_a_batch_larger_than_one_lookup_chunk(index: Index) -> None:
     assert len(index.find_instances(1, "1.2.3")) == 700
     row = _study_row(index, "1.2.3")
     assert (row.num_series, row.num_instances) == (1, 700)  # type: ignore[attr-defined]
+
+
+def test_a_schema_migrated_by_a_newer_version_is_refused(index: Index) -> None:
+    from sqlalchemy import text
+
+    from dicomd.index.store import SchemaTooNew
+
+    head = index.check_schema()
+    assert head is not None and index.migrate() == (head, head)  # at head: nothing to do
+    with index.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_from_the_future'"))
+    with pytest.raises(SchemaTooNew, match="newer dicomd"):
+        index.check_schema()
+    with pytest.raises(SchemaTooNew):
+        index.migrate()

@@ -132,6 +132,16 @@ UNVERSIONED: tuple[Endpoint, ...] = (
     Endpoint(
         "health.check", "GET", "/health/check", health.check, None, "Health check", (("200", "healthy"),)
     ),
+    Endpoint(
+        "health.ready",
+        "GET",
+        "/health/ready",
+        health.ready,
+        None,
+        "Readiness",
+        (("200", "ready"), ("503", "not ready")),
+    ),
+    Endpoint("health.live", "GET", "/health/live", health.live, None, "Liveness", (("200", "alive"),)),
 )
 
 

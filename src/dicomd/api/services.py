@@ -14,7 +14,16 @@ from dicomd.config import Settings
 from dicomd.index.store import Index
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
+from dicomd.jobs.sweep import OrphanSweep
 from dicomd.storage import ObjectStore
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Whether this worker should get traffic: not while it stops (draining its connections)."""
+
+    draining: bool = False
+
 
 # Starlette copies the lifespan's state into every request's scope["state"]
 _STATE_KEY = "dicomd.services"
@@ -28,6 +37,8 @@ class Services:
     ingest: IngestService
     cleanup: CleanupJob  # woken after a delete, to remove the deleted objects once their grace is over
     metadata_cache: MetadataCache
+    sweep: OrphanSweep  # removes stored objects no index row names (one pass at a time across replicas)
+    lifecycle: Lifecycle  # draining: /health/ready answers 503
 
     def lifespan_state(self) -> Mapping[str, Any]:
         """What the lifespan yields, so that ``services`` finds this object in each request."""

@@ -2,14 +2,16 @@
 transaction that drops their rows and removed by jobs/cleanup.py once the grace period has passed.
 
 Claimed rows are hidden from other workers until their retry time (exponential backoff), so the
-claims of a crashed worker come back.
+claims of a crashed worker (or replica) come back. On PostgreSQL a claim locks its rows with
+``FOR UPDATE SKIP LOCKED``, so workers of every replica claiming at once get disjoint rows without
+waiting for each other.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from dicomd.index.compiled import CompiledStatements, insert_many
 from dicomd.index.schema import deleted_object
@@ -50,11 +52,19 @@ def claim(conn: Connection, limit: int, due: int, *, skip_locked: bool) -> list[
     if skip_locked:
         stmt = stmt.with_for_update(skip_locked=True)
     rows = conn.execute(stmt).all()
-    for r in rows:
-        conn.execute(
+    if rows:
+        conn.execute(  # one executemany (psycopg pipelines it): one round trip for the batch
             update(deleted_object)
-            .where(deleted_object.c.id == r.id)
-            .values(attempts=r.attempts + 1, next_attempt_at=due + _retry_delay_ms(r.attempts + 1))
+            .where(deleted_object.c.id == bindparam("row_id"))
+            .values(attempts=bindparam("new_attempts"), next_attempt_at=bindparam("next_at")),
+            [
+                {
+                    "row_id": r.id,
+                    "new_attempts": r.attempts + 1,
+                    "next_at": due + _retry_delay_ms(r.attempts + 1),
+                }
+                for r in rows
+            ],
         )
     return [(int(r.id), r.object_key) for r in rows]
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -41,9 +43,12 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    union_all,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dicomd.index import deleted_objects, sqlite
 from dicomd.index import schema as _schema
@@ -75,6 +80,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock ids ("dicomd" + purpose)
 _PG_WRITE_LOCK = 0x6469636F6D0001
 _PG_MIGRATE_LOCK = 0x6469636F6D0002
+_PG_JOB_LOCKS = 0x6469636F6E0000  # + a job's name hashed into 16 bits (Index.job_lease)
+_KNOWN_CHUNK = 500  # object keys per known_objects query
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -123,8 +130,59 @@ def _find_select(by_series: bool, by_instance: bool) -> Select[Any]:
     return stmt
 
 
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def _current_revision(conn: Connection) -> str | None:
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return heads[0] if heads else None  # the migrations are one line: one head at most
+
+
+def _refuse_unknown(revision: str | None) -> None:
+    script = ScriptDirectory.from_config(_alembic_config())
+    if revision is not None and revision not in {r.revision for r in script.walk_revisions()}:
+        raise SchemaTooNew(
+            f"the index database's schema (revision {revision}) was migrated by a newer dicomd than this "
+            f"one (which knows up to revision {script.get_current_head()}): run the newer version"
+        )
+
+
 class IndexBusy(Exception):
     """Another process held a lock of the index for longer than this process was willing to wait."""
+
+
+class SchemaTooNew(Exception):
+    """The database's schema was migrated by a newer dicomd: this code must not read or write it."""
+
+
+def unavailable_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean "the index is down, slow or busy; try again later" (503 to clients): a
+    connection that fails or is lost, a statement or lock timeout, no pooled connection in time, a lock
+    another process holds too long."""
+    return (OperationalError, InterfaceError, PoolTimeout, IndexBusy)
+
+
+def _pg_connect_args(url: URL, timeout: float | None) -> dict[str, Any]:
+    """psycopg connection arguments: a connect timeout, and statement and lock timeouts for every
+    session (migrations and ``optimize`` lift them for their transaction). The URL's own ``options``
+    (e.g. a search_path) are kept: connect_args replace the URL's query values."""
+    if timeout is None:
+        return {}
+    millis = max(1, int(timeout * 1000))
+    options = [str(url.query["options"])] if "options" in url.query else []
+    options += [f"-c statement_timeout={millis}", f"-c lock_timeout={millis}"]
+    # libpq's connect_timeout is whole seconds, at least 2
+    return {"connect_timeout": max(2, math.ceil(timeout)), "options": " ".join(options)}
+
+
+def _lift_timeouts(conn: Connection) -> None:
+    """No statement or lock timeout for the rest of this transaction (PostgreSQL): a migration or an
+    ANALYZE may rightly take long, and waits for the running servers' locks."""
+    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
 
 
 class Index:
@@ -135,10 +193,21 @@ class Index:
     this long, so a retrieve that started before the delete still finds every object it reads.
     ``lock_timeout`` (seconds): how long to wait for another process's write or migration lock before
     raising IndexBusy; None waits as long as it takes (web workers: the holder is a short commit).
+    ``pool_size``: connections kept (and at most open) per process. ``timeout`` (seconds; web workers:
+    ``db_timeout``): how long to wait for a pooled connection, a new connection and, on PostgreSQL, a
+    statement or a lock (not in migrations or ``optimize``), before the call fails with a
+    ``TimeoutError`` or ``OperationalError`` (503 to clients, see ``unavailable_errors``); None: no
+    limits (the commands).
     """
 
     def __init__(
-        self, url: str, *, delete_grace_period: float = 0.0, lock_timeout: float | None = None
+        self,
+        url: str,
+        *,
+        delete_grace_period: float = 0.0,
+        lock_timeout: float | None = None,
+        pool_size: int = 8,
+        timeout: float | None = None,
     ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
@@ -150,13 +219,17 @@ class Index:
         database = self.url.database
         self._sqlite_file = database if self._is_sqlite and database and database != ":memory:" else None
         self._create_private_file()
-        # hide_parameters: a database error is logged with its statement, whose values are UIDs and names
+        # hide_parameters: a database error is logged with its statement, whose values are UIDs and names;
+        # a bounded pool: a burst waits for a connection (up to ``timeout``) instead of opening ever more
+        pool: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "hide_parameters": True}
+        if timeout is not None:
+            pool["pool_timeout"] = timeout
         if self._is_sqlite:
-            self.engine: Engine = create_engine(self.url, pool_size=8, max_overflow=16, hide_parameters=True)
+            self.engine: Engine = create_engine(self.url, **pool)
             sqlite.install(self.engine)
         else:
             self.engine = create_engine(
-                self.url, pool_size=8, max_overflow=16, pool_pre_ping=True, hide_parameters=True
+                self.url, pool_pre_ping=True, connect_args=_pg_connect_args(self.url, timeout), **pool
             )
         self._statements = CompiledStatements(self.engine.dialect)  # SQL of the hot paths
         self._migrate_lock = threading.Lock()
@@ -184,38 +257,47 @@ class Index:
 
     # -- schema -----------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema (Alembic `upgrade head`); safe from concurrent processes and
-        next to running servers: a schema already at head is only read."""
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    def migrate(self) -> tuple[str | None, str]:
+        """Create or upgrade the schema (Alembic `upgrade head`); safe from concurrent processes (replicas
+        starting together: one migrates, the others then find the schema at head) and next to running
+        servers: a schema already at head is only read. Returns the revisions (before, after).
+        Raises SchemaTooNew when a newer dicomd migrated the database."""
+        cfg = _alembic_config()
         self._create_private_file()
         with self._migrate_lock, self._cross_process_migrate_lock():
-            if self._at_head(cfg):
-                return
-            with self._write() as conn:
+            before = self.check_schema()
+            head = ScriptDirectory.from_config(cfg).get_current_head()
+            if before == head:
+                return before, head or ""
+            with self._write(unlimited=True) as conn:
                 if not self._is_sqlite:
                     conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
+                    # under the lock: another replica may have migrated while this one waited
+                    before = _current_revision(conn)
+                    _refuse_unknown(before)
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
                 if self._is_sqlite:
                     sqlite.seed_stats(conn)
         # pooled connections loaded planner statistics when they were opened
         self.engine.dispose()
+        return before, head or ""
 
-    def _at_head(self, cfg: Config) -> bool:
-        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    def check_schema(self) -> str | None:
+        """The schema's revision (None: no schema yet). Raises SchemaTooNew when it is unknown to this
+        code, i.e. a newer dicomd migrated the database: a replica must not serve it."""
         with self.engine.connect() as conn:
-            current = set(MigrationContext.configure(conn).get_current_heads())
+            current = _current_revision(conn)
             conn.rollback()
-        return current == heads
+        _refuse_unknown(current)
+        return current
 
     def optimize(self) -> None:
         """Refresh planner statistics from the real data (call now and then, e.g. daily).
 
         PostgreSQL's autovacuum does this by itself; SQLite only plans well with statistics.
         """
-        with self._write() as conn:  # as a writer: a read transaction's upgrade would fail at once
+        with self._write(unlimited=True) as conn:  # as a writer: a read transaction's upgrade would fail
             if self._is_sqlite:
                 conn.exec_driver_sql("PRAGMA analysis_limit=2000")  # sampled: seconds, not minutes
             conn.exec_driver_sql("ANALYZE")
@@ -257,12 +339,15 @@ class Index:
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, unlimited: bool = False) -> Iterator[Connection]:
+        """A write transaction; ``unlimited``: without the statement and lock timeouts (PostgreSQL)."""
         with self._sqlite_writer_lock(), self.engine.connect() as conn:
             if self._is_sqlite:
                 sqlite.begin_immediate(conn)
             with conn.begin():
                 if not self._is_sqlite:
+                    if unlimited:
+                        _lift_timeouts(conn)
                     conn.execute(select(func.pg_advisory_xact_lock(_PG_WRITE_LOCK)))
                 yield conn
 
@@ -296,7 +381,11 @@ class Index:
         outside an explicit transaction: one statement reads one consistent snapshot anyway, and
         PostgreSQL is spared the BEGIN and ROLLBACK round trips. Used by the hot read paths.
         """
-        fairy = self.engine.raw_connection()
+        dbapi: Any = self.engine.dialect.loaded_dbapi
+        try:
+            fairy = self.engine.raw_connection()
+        except dbapi.Error as exc:  # a raw connection's errors are the driver's own: wrap them as usual
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error, hide_parameters=True) from None
         try:
             dbapi_conn: Any = fairy.driver_connection
             if not self._is_sqlite:
@@ -311,6 +400,10 @@ class Index:
             finally:
                 if not self._is_sqlite:
                     dbapi_conn.autocommit = False
+        except dbapi.Error as exc:
+            if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError):
+                fairy.invalidate()  # perhaps a lost connection: never hand it out again
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error, hide_parameters=True) from None
         finally:
             fairy.close()
 
@@ -509,15 +602,87 @@ class Index:
         # a row is due delete_grace_ms after its next_attempt_at (readers in flight finish first);
         # a claim sets the next attempt so that a retry is due after the backoff alone
         due = _now_ms() - self.delete_grace_ms
-        with self._write() as conn:
+        with self._queue_transaction() as conn:
             return deleted_objects.claim(conn, limit, due, skip_locked=not self._is_sqlite)
 
     def forget_deleted_objects(self, ids: list[int]) -> None:
         """Drop queue rows whose storage objects are gone."""
         if not ids:
             return
-        with self._write() as conn:
+        with self._queue_transaction() as conn:
             deleted_objects.forget(conn, ids)
+
+    @contextmanager
+    def _queue_transaction(self) -> Iterator[Connection]:
+        """A transaction on the deleted-object queue alone. PostgreSQL: without the writers' advisory
+        lock (it orders the change feed, which the queue does not touch): row locks and SKIP LOCKED let
+        the workers of every replica claim disjoint rows at once. SQLite: a writer as any other."""
+        if self._is_sqlite:
+            with self._write() as conn:
+                yield conn
+        else:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+
+    def known_objects(self, keys: Iterable[str]) -> set[str]:
+        """Which of these object keys the index names: an instance's, or one queued for removal (the
+        cleanup job removes those after the grace period). The orphan sweep removes the others."""
+        wanted = list(keys)
+        found: set[str] = set()
+        i_t, d_t = _schema.instance, _schema.deleted_object
+        with self._read() as conn:
+            for start in range(0, len(wanted), _KNOWN_CHUNK):
+                chunk = wanted[start : start + _KNOWN_CHUNK]
+                stmt = union_all(
+                    select(i_t.c.object_key).where(i_t.c.object_key.in_(chunk)),
+                    select(d_t.c.object_key).where(d_t.c.object_key.in_(chunk)),
+                )
+                found.update(conn.execute(stmt).scalars())
+        return found
+
+    @contextmanager
+    def job_lease(self, job: str) -> Iterator[bool]:
+        """Whether this process holds the lease of a background job for the block: one holder at a time
+        across all processes and replicas, and no waiting (False: another holds it; skip this pass).
+
+        PostgreSQL: a session advisory lock on a connection kept for the block; a replica that dies
+        loses its connection and with it the lease. SQLite: an flock on a file beside the database,
+        which the kernel drops when the process dies."""
+        if self._is_sqlite:
+            with self._job_file_lease(job) as held:
+                yield held
+            return
+        lock_id = _PG_JOB_LOCKS + zlib.crc32(job.encode()) % 0x10000
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")  # no transaction held open
+            held = bool(conn.execute(select(func.pg_try_advisory_lock(lock_id))).scalar())
+            try:
+                yield held
+            finally:
+                if held:
+                    try:
+                        conn.execute(select(func.pg_advisory_unlock(lock_id)))
+                    except DBAPIError:
+                        conn.invalidate()  # a lost connection released the lock; never pool it
+
+    @contextmanager
+    def _job_file_lease(self, job: str) -> Iterator[bool]:
+        if self._sqlite_file is None:
+            yield True  # an in-memory database has one process
+            return
+        fd = os.open(f"{self._sqlite_file}.job-{job}.lock", _LOCK_FLAGS, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # -- search -----------------------------------------------------------------------------
 
@@ -540,6 +705,10 @@ class Index:
         with self._read() as conn:
             return read_changes(conn, offset=offset, limit=limit, start=start, end=end, v2=v2)
 
+    def ping(self) -> None:
+        """One round trip to the database (health checks); raises when it is unreachable."""
+        self._fetch("SELECT 1", ())
+
     def latest_change(self) -> ChangeEntry | None:
         with self._read() as conn:
             return read_latest(conn)
@@ -557,5 +726,6 @@ __all__ = [
     "NewInstance",
     "PreparedInstance",
     "SameFile",
+    "SchemaTooNew",
     "StoredInstance",
 ]

@@ -2,10 +2,13 @@
 
 The queue lives in the index (table deleted_object, filled in the same transaction that removed the
 rows), so pending removals survive restarts. Object keys are unique per stored version and never reused,
-so removing one can never take away something still referenced. Every worker runs the loop; claiming a
-row pushes its next attempt into the future, so workers rarely collide and a collision is harmless
-(deletion is idempotent). An object becomes due ``Index.delete_grace_ms`` after its delete, so a reader
-that found it before the delete (a study retrieve opens its files one after another) still reads it.
+so removing one can never take away something still referenced. Every worker of every replica runs the
+loop; claiming a row pushes its next attempt into the future (PostgreSQL: under ``FOR UPDATE SKIP
+LOCKED``, so concurrent claims get disjoint rows), so workers rarely collide and a collision is harmless
+(deletion is idempotent). A worker killed mid-pass leaves its claims to be retried by any other once
+their back-off has passed. Failing passes are retried with growing pauses (jobs/schedule.py). An
+object becomes due ``Index.delete_grace_ms`` after its delete, so a reader that found it before the
+delete (a study retrieve opens its files one after another) still reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import logging
 
 from dicomd.index.store import Index
+from dicomd.jobs.schedule import next_delay
 from dicomd.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -55,21 +59,26 @@ class CleanupJob:
         for row_id, key in claimed:
             try:
                 self.store.delete(key)
-            except OSError:
-                log.warning("removing a deleted object failed; it will be retried", exc_info=True)
-                continue
+            except Exception as exc:
+                # the store is likely down or full: stop here; this batch's other claims come back after
+                # their back-off, as this one does
+                log.warning("removing a deleted object failed (%s); it will be retried", type(exc).__name__)
+                break
             done.append(row_id)
         if done:
             self.index.forget_deleted_objects(done)
         return len(done)
 
     async def _run(self) -> None:
+        failures = 0
         while not self._stopping:
             try:
                 while await asyncio.to_thread(self.run_once) >= self.batch and not self._stopping:
                     pass
-            except Exception:
-                log.exception("object cleanup pass failed")
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("object cleanup pass failed (%s); retrying with back-off", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), next_delay(self.interval, failures))
             self._wake.clear()

@@ -1,0 +1,118 @@
+"""Health endpoints of a real server: /health/check (each dependency with its latency), /health/ready
+(load balancers) and /health/live; and an index database that goes away and comes back (PostgreSQL
+behind a TCP relay the test cuts): 503 with Retry-After, never a hang, then recovery by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from support.backends import PG_URL, pg_schema_url
+from support.server import Server, start_server, stop_server
+
+
+def test_health_reports_each_dependency_with_its_latency(fresh_server: Server) -> None:
+    r = httpx.get(fresh_server.url + "/health/check", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "healthy" and body["version"]
+    for name in ("index", "storage"):
+        assert body["dependencies"][name]["status"] == "up"
+        assert body["dependencies"][name]["latency_ms"] >= 0
+    ready = httpx.get(fresh_server.url + "/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert httpx.get(fresh_server.url + "/health/live", timeout=10).json()["status"] == "alive"
+
+
+class Relay:
+    """A TCP relay to the database that the test can cut (every connection closed, new ones refused)
+    and restore on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.open.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+
+@pytest.fixture
+def relayed_server(tmp_path: Path) -> Iterator[tuple[Server, Relay]]:
+    if not PG_URL:
+        pytest.skip("DICOMD_TEST_POSTGRES_URL not set")
+    with pg_schema_url(PG_URL) as url:
+        parsed = make_url(url)
+        relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
+        relayed = parsed.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+        server = start_server(tmp_path / "data", "--index-url", relayed, "--db-timeout", "2", workers=1)
+        try:
+            yield server, relay
+        finally:
+            stop_server(server)
+            relay.listener.close()
+
+
+def test_an_index_outage_gives_503_with_retry_after_and_recovers(
+    relayed_server: tuple[Server, Relay],
+) -> None:
+    server, relay = relayed_server
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/v2/studies").status_code == 200
+        relay.cut()
+        started = time.monotonic()
+        for path in ("/v2/studies", "/health/check", "/health/ready"):
+            r = client.get(path)
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["retry-after"] == "5"
+        assert time.monotonic() - started < 20  # bounded by the timeouts, never a hang
+        assert client.get("/health/check").json()["dependencies"]["index"]["status"] != "up"
+        assert client.get("/health/live").status_code == 200  # alive: no reason to restart it
+        relay.restore()
+        deadline = time.monotonic() + 15
+        while client.get("/v2/studies").status_code != 200:
+            assert time.monotonic() < deadline, "the server did not recover by itself"
+            time.sleep(0.2)
+        assert client.get("/health/ready").status_code == 200
