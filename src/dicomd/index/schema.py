@@ -155,6 +155,9 @@ changefeed = Table(
     Column("timestamp", BigInteger, nullable=False),
     Column("object_key", String, nullable=False),
     Index("ix_changefeed_timestamp", "timestamp", "sequence"),
+    # a partition's feed (sequence numbers are global: a small partition's v1 page must not scan the rest)
+    Index("ix_changefeed_partition", "partition_key", "sequence"),
+    Index("ix_changefeed_partition_timestamp", "partition_key", "timestamp", "sequence"),
     # AUTOINCREMENT: SQLite must never reuse the sequence of a deleted newest row
     sqlite_autoincrement=True,
 )
@@ -168,6 +171,7 @@ deleted_object = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", BigInteger, nullable=False),
     Index("ix_deleted_object_due", "next_attempt_at"),
+    Index("ix_deleted_object_key", "object_key"),  # the orphan sweep asks "is this key queued?"
 )
 
 # every instance row with its series and study rows
