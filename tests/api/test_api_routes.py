@@ -62,6 +62,17 @@ def test_document_describes_every_entry(version: int) -> None:
         assert op["responses"] == {status: {"description": text} for status, text in e.responses}
 
 
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_document_describes_the_partition_routes_when_partitions_are_on(version: int) -> None:
+    doc = openapi.build(version, VERSIONED, UNVERSIONED, partitions=True)
+    assert "get" in doc["paths"][f"/v{version}/partitions"]
+    for e in VERSIONED:
+        path = f"/v{version}/partitions/{{partition}}" + e.path.replace("{path:path}", "{path}")
+        op = doc["paths"][path][e.method.lower()]
+        assert [p["name"] for p in op["parameters"]] == re.findall(r"\{(\w+)\}", path)
+    assert not any("/partitions" in p for p in openapi.build(version, VERSIONED, UNVERSIONED)["paths"])
+
+
 @pytest.mark.parametrize(
     "module, not_loaded",
     [

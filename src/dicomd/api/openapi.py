@@ -34,24 +34,43 @@ class Operation(Protocol):
     def path_params(self) -> tuple[str, ...]: ...
 
 
-def _operation(op: Operation) -> dict[str, Any]:
+def _operation(op: Operation, partitioned: bool = False) -> dict[str, Any]:
+    names = ("partition", *op.path_params) if partitioned else op.path_params
     return {
         "summary": op.summary,
         "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in op.path_params
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
         ],
         "responses": {status: {"description": text} for status, text in op.responses},
     }
 
 
-def build(version: int, versioned: Iterable[Operation], unversioned: Iterable[Operation]) -> dict[str, Any]:
-    """The document for API version ``version``: the versioned routes under /v{version}, then the others."""
+_PARTITION_LIST = {
+    "summary": "List the data partitions the caller may use",
+    "parameters": [],
+    "responses": {"200": {"description": "[{partitionKey, partitionName, createdDate}]"}},
+}
+
+
+def build(
+    version: int,
+    versioned: Iterable[Operation],
+    unversioned: Iterable[Operation],
+    *,
+    partitions: bool = False,
+) -> dict[str, Any]:
+    """The document for API version ``version``: the versioned routes under /v{version} (and, with data
+    partitions on, under /v{version}/partitions/{partition} too), then the others."""
     paths: dict[str, dict[str, Any]] = {}
-    prefixed = [(f"/v{version}", op) for op in versioned] + [("", op) for op in unversioned]
-    for prefix, op in prefixed:
+    versioned = list(versioned)
+    prefixed = [(f"/v{version}", op, False) for op in versioned]
+    if partitions:
+        paths[f"/v{version}/partitions"] = {"get": _PARTITION_LIST}
+        prefixed += [(f"/v{version}/partitions/{{partition}}", op, True) for op in versioned]
+    prefixed += [("", op, False) for op in unversioned]
+    for prefix, op, partitioned in prefixed:
         path = prefix + re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", op.path)  # OpenAPI has no "{name:converter}"
-        paths.setdefault(path, {})[op.method.lower()] = _operation(op)
+        paths.setdefault(path, {})[op.method.lower()] = _operation(op, partitioned)
     return {
         "openapi": "3.1.0",
         "info": {"title": "dicomd DICOMweb API", "version": f"{__version__} (API v{version})"},
@@ -59,5 +78,12 @@ def build(version: int, versioned: Iterable[Operation], unversioned: Iterable[Op
     }
 
 
-def response(version: int, versioned: Iterable[Operation], unversioned: Iterable[Operation]) -> Response:
-    return Response(orjson.dumps(build(version, versioned, unversioned)), media_type="application/json")
+def response(
+    version: int,
+    versioned: Iterable[Operation],
+    unversioned: Iterable[Operation],
+    *,
+    partitions: bool = False,
+) -> Response:
+    document = build(version, versioned, unversioned, partitions=partitions)
+    return Response(orjson.dumps(document), media_type="application/json")

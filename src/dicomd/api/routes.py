@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomd.api import changefeed, delete, health, openapi, qido, stow, wado
+from dicomd.api.services import services
 from dicomd.auth.authorize import require
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -47,7 +48,10 @@ class Endpoint:
 async def _api_document(request: Request) -> Response:
     # defined here, not in openapi.py, so that openapi.py renders a table it is given and imports neither
     # this module nor app.py (no import cycle)
-    return openapi.response(int(request.path_params["version"]), VERSIONED, UNVERSIONED)
+    partitions = services(request).settings.partitions
+    return openapi.response(
+        int(request.path_params["version"]), VERSIONED, UNVERSIONED, partitions=partitions
+    )
 
 
 _STUDY = "/studies/{study}"
