@@ -17,7 +17,6 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
@@ -32,6 +31,7 @@ from dicomd.api.services import Lifecycle, Services
 from dicomd.audit.middleware import audited
 from dicomd.auth.middleware import authentication
 from dicomd.config import Settings
+from dicomd.http.cors import cors
 from dicomd.http.security import protected
 from dicomd.index.store import Index, unavailable_errors
 from dicomd.ingest.committer import GroupCommitter
@@ -87,19 +87,6 @@ class ClientDisconnects:
             await self.app(scope, receive, send)
         except (ClientDisconnect, ConnectionError) as exc:
             log.info("client disconnected during a %s request (%s)", scope.get("method"), type(exc).__name__)
-
-
-# What a browser viewer on another origin may send and read (OHIF reads ETag and the content headers).
-_CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
-
-
-def _cors_methods(origins: str) -> list[str]:
-    """Any origin ("*") may read, never store or delete: with no authentication yet, any web page a user
-    opens could otherwise write to the archive. Named origins get every method."""
-    return ["GET", "OPTIONS"] if "*" in origins.split(",") else _CORS_METHODS
-
-
-_CORS_EXPOSED = ["Content-Type", "Content-Length", "Content-Location", "ETag", "api-supported-versions"]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -260,18 +247,11 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     )
     app.add_middleware(VersionHeaders)
     app.add_middleware(ClientDisconnects)
-    # audit sees every request's final outcome (a 401 from authentication or a 429 included)
+    app.add_middleware(_wrapping(protected, settings))  # Host check, security headers, rate limit
+    # outside them: audit sees every request's final outcome (a 401 from authentication, a 429 included)
     app.add_middleware(_wrapping(audited, settings))
-    app.add_middleware(_wrapping(protected, settings))
     if settings.cors_origins:  # outermost: error responses carry the CORS headers too
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins.split(","),
-            allow_methods=_cors_methods(settings.cors_origins),
-            allow_headers=["*"],
-            expose_headers=_CORS_EXPOSED,
-            max_age=600,
-        )
+        app.add_middleware(_wrapping(cors, settings))
     return app
 
 

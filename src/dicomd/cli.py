@@ -110,16 +110,23 @@ def main() -> None:
 def serve(config_file: str | None, **flags: object) -> None:
     from dicomd import logs
     from dicomd.app import SETTINGS_ENV
+    from dicomd.http.tls import check_tls_settings, tls_enabled
     from dicomd.startup import prepare
 
     settings = _settings_or_exit(config_file, flags)
     _check_authentication(settings)
+    try:
+        check_tls_settings(settings)
+    except ConfigError as exc:
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
     log_config = logs.configure(settings.log_level)
     with _index_errors():
         prepare(settings, lock_timeout=_LOCK_TIMEOUT)
     os.environ[SETTINGS_ENV] = settings.to_json()
     click.echo(
-        f"dicomd {__version__} serving DICOMweb on http://{settings.host}:{settings.port}/v2/ "
+        f"dicomd {__version__} serving DICOMweb on {'https' if tls_enabled(settings) else 'http'}://"
+        f"{settings.host}:{settings.port}/v2/ "
         f"({settings.effective_workers} workers, data in {settings.data_dir.resolve()})",
         err=True,
     )

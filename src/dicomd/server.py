@@ -5,7 +5,8 @@ turn (round robin, over a Unix socket pair per worker): a shared listening socke
 sockets spread a client's keep-alive connections unevenly and left a core idle (docs/decisions.md).
 
 Each worker keeps its connections' deadlines and its share of the connection bound
-(``dicomd.http.connections``); the supervisor raises the descriptor limit the workers inherit.
+(``dicomd.http.connections``); the supervisor raises the descriptor limit the workers inherit. TLS, when
+configured, is done by the workers, which make each connection themselves (``dicomd.http.tls``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicomd.config import Settings
+    from dicomd.http.tls import CertificateFiles
 
 log = logging.getLogger("dicomd.server")
 
@@ -94,26 +96,41 @@ def _exit_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _handed_server(config: Any, channel: socket.socket) -> Any:
-    """A uvicorn server that listens on nothing and serves the connections arriving on ``channel``.
+def _handed_server(
+    config: Any,
+    channel: socket.socket | None,
+    tls: CertificateFiles | None,
+    handshake_timeout: float,
+    listener: socket.socket | None = None,
+) -> Any:
+    """A uvicorn server that serves the connections arriving on ``channel`` (or accepted on ``listener``).
 
     Once its application has started it writes one byte to ``channel``: only then does the supervisor
-    hand it connections. Each connection arrives as one byte carrying its descriptor (SCM_RIGHTS).
+    hand it connections. Each connection arrives as one byte carrying its descriptor (SCM_RIGHTS). With
+    a single worker there is no supervisor: the server accepts on ``listener`` itself.
+
+    Connections are made here (not by uvicorn's own listener), with TLS when ``tls`` is given: each new
+    connection gets its current context, so a renewed certificate needs no restart (dicomd.http.tls).
     """
     import uvicorn
 
     class HandedServer(uvicorn.Server):
         _connecting: set[asyncio.Task[None]]
+        _accept_pause = 0.0  # while accept() finds no descriptor: waits growing up to 0.1 s
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             self._connecting = set()
-            await super().startup(sockets=[])  # lifespan, no listener of its own
+            await super().startup(sockets=[])  # lifespan, no listener of uvicorn's own
             if self.should_exit:
                 return
             loop = asyncio.get_running_loop()
-            channel.setblocking(False)
-            loop.add_reader(channel.fileno(), self._receive, loop)
-            channel.send(_READY)
+            if listener is not None:
+                listener.setblocking(False)
+                loop.add_reader(listener.fileno(), self._accept, loop)
+            if channel is not None:
+                channel.setblocking(False)
+                loop.add_reader(channel.fileno(), self._receive, loop)
+                channel.send(_READY)
 
         def _protocol(self) -> asyncio.Protocol:
             # what uvicorn's own startup builds per connection
@@ -124,6 +141,7 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
             return protocol
 
         def _receive(self, loop: asyncio.AbstractEventLoop) -> None:
+            assert channel is not None
             try:
                 message, fds, flags, _ = socket.recv_fds(channel, 1, 1)
             except (BlockingIOError, InterruptedError):
@@ -138,29 +156,72 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
                 self.should_exit = True
                 return
             for fd in fds:
-                conn = socket.socket(fileno=fd)
-                conn.setblocking(False)
-                task = loop.create_task(self._connect(loop, conn))
-                self._connecting.add(task)
-                task.add_done_callback(self._connecting.discard)
+                self._start(loop, socket.socket(fileno=fd))
+
+        def _accept(self, loop: asyncio.AbstractEventLoop) -> None:
+            assert listener is not None
+            while True:  # all that wait: the reader is called once per readiness
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_EXHAUSTED:
+                        # the connection waits in the backlog; stop watching the listener for a moment
+                        # (it stays readable: watching it would spin)
+                        if not self._accept_pause:
+                            log.warning("cannot accept connections: %s; retrying", exc.strerror)
+                        self._accept_pause = min(max(2 * self._accept_pause, 0.005), 0.1)
+                        loop.remove_reader(listener.fileno())
+                        loop.call_later(self._accept_pause, self._resume_accepting, loop)
+                        return
+                    continue  # ECONNABORTED and the like: that client left before we took it
+                if self._accept_pause:
+                    log.info("accepting connections again")
+                    self._accept_pause = 0.0
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._start(loop, conn)
+
+        def _resume_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
+            if listener is not None and listener.fileno() != -1 and not self.should_exit:
+                loop.add_reader(listener.fileno(), self._accept, loop)
+
+        def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+            conn.setblocking(False)
+            task = loop.create_task(self._connect(loop, conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
 
         async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
             try:
-                await loop.connect_accepted_socket(self._protocol, conn)
-            except OSError:  # the client left already
+                if tls is None:
+                    await loop.connect_accepted_socket(self._protocol, conn)
+                else:
+                    # the handshake comes before the protocol (and its header deadline) sees the
+                    # connection: it gets the header deadline of its own
+                    await loop.connect_accepted_socket(
+                        self._protocol, conn, ssl=tls.context(), ssl_handshake_timeout=handshake_timeout
+                    )
+            except OSError:  # the client left already, or its TLS handshake failed or timed out
                 conn.close()
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(channel.fileno())
-            # connections handed over but not yet taken: close them, their clients retry elsewhere
-            with contextlib.suppress(OSError):
-                while True:
-                    message, fds, _, _ = socket.recv_fds(channel, 1, 1)
-                    for fd in fds:
-                        os.close(fd)
-                    if not message:
-                        break
+            loop = asyncio.get_running_loop()
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(listener.fileno())
+                listener.close()
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(channel.fileno())
+                # connections handed over but not yet taken: close them, their clients retry elsewhere
+                with contextlib.suppress(OSError):
+                    while True:
+                        message, fds, _, _ = socket.recv_fds(channel, 1, 1)
+                        for fd in fds:
+                            os.close(fd)
+                        if not message:
+                            break
             await super().shutdown(sockets)
 
     return HandedServer(config)
@@ -169,11 +230,15 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
 def _worker(
     channel: socket.socket, log_config: dict[str, Any], environ: dict[str, str], workers: int
 ) -> None:
+    from dicomd.http.tls import certificate_files
+
     _exit_with_parent()
     sys.setswitchinterval(_SWITCH_INTERVAL)
     os.environ.update(environ)  # settings travel in the environment (spawned process)
     logging.config.dictConfig(log_config)
-    _handed_server(_uvicorn_config(log_config, _settings(environ), workers), channel).run()
+    settings = _settings(environ)
+    config = _uvicorn_config(log_config, settings, workers)
+    _handed_server(config, channel, certificate_files(settings), settings.header_timeout).run()
 
 
 class _Dispatcher:
@@ -265,11 +330,11 @@ class _Dispatcher:
 
 def serve(host: str, port: int, workers: int, log_config: dict[str, Any], environ: dict[str, str]) -> None:
     """Serve until SIGINT/SIGTERM; a worker that dies is restarted."""
-    import uvicorn
-
     from dicomd.http.connections import raise_fd_limit, worker_share
+    from dicomd.http.tls import certificate_files, check_tls_settings
 
     settings = _settings(environ)
+    check_tls_settings(settings)  # ConfigError: before the port is taken and workers start
     descriptors = raise_fd_limit()  # the workers inherit it
     log.info(
         "descriptor limit %d per process: up to %d connections per worker",
@@ -278,7 +343,10 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
     )
     if workers == 1:
         sys.setswitchinterval(_SWITCH_INTERVAL)
-        uvicorn.Server(_uvicorn_config(log_config, settings, 1)).run(sockets=[_listen(host, port)])
+        listener = _listen(host, port)
+        config = _uvicorn_config(log_config, settings, 1)
+        tls = certificate_files(settings)
+        _handed_server(config, None, tls, settings.header_timeout, listener=listener).run()
         return
     listener = _listen(host, port)  # a taken port fails here, with a clear message, before workers start
     dispatcher = _Dispatcher(listener)

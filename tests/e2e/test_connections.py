@@ -196,7 +196,7 @@ def test_at_the_bound_the_longest_waiting_connection_makes_room_else_503(tmp_pat
     # one worker (the path where uvicorn accepts), two connections at most
     server = start_server(tmp_path / "data", workers=1, env={"DICOMD_MAX_CONNECTIONS": "2"})
     busy_head = (
-        b"POST /v2/studies HTTP/1.1\r\nHost: test\r\n"
+        b"POST /v2/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
         b"Content-Length: 1000000\r\n\r\n" + b"x" * 2048
     )

@@ -28,13 +28,13 @@ def test_aborted_uploads_and_downloads_are_one_info_line_not_an_error(fresh_serv
     with httpx.Client(base_url=fresh_server.v2, timeout=30) as client:
         assert stow(client, parts[:4]).status_code == 200
     head = (
-        f"POST /v2/studies HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"POST /v2/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", _port(fresh_server))) as sock:
         sock.sendall(head + body[: len(body) // 2])  # the upload stops half way
         time.sleep(0.3)
-    get = f"GET /v2/studies/{study} HTTP/1.1\r\nHost: x\r\nAccept: {DICOM_ANY}\r\n\r\n".encode()
+    get = f"GET /v2/studies/{study} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {DICOM_ANY}\r\n\r\n".encode()
     with socket.create_connection(("127.0.0.1", _port(fresh_server))) as sock:
         sock.sendall(get)
         sock.recv(1024)  # the download is abandoned after its first bytes

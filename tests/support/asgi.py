@@ -24,8 +24,10 @@ BASE_URL = "http://dicomd.test"
 
 def settings_for(data_dir: Path, index_url: str, **flags: Any) -> Settings:
     """Settings as `dicomd serve --data-dir ... --index-url ... --<flag> ...` gets them (the environment's
-    DICOMD_* variables and DICOMD_CONFIG apply too, as they do to a real server)."""
-    return load_settings(flags={"data_dir": str(data_dir), "index_url": index_url, **flags})
+    DICOMD_* variables and DICOMD_CONFIG apply too, as they do to a real server). BASE_URL's host is
+    trusted (dicomd.http.security), unless the test names its own trusted hosts."""
+    trusted = {"trusted_hosts": httpx.URL(BASE_URL).host}
+    return load_settings(flags={"data_dir": str(data_dir), "index_url": index_url, **trusted, **flags})
 
 
 @contextlib.asynccontextmanager
