@@ -375,3 +375,23 @@ def test_two_recoverers_of_one_abandoned_area_do_not_fail(
     b.join(10)
     assert errors == []
     assert LocalObjectStore(tmp_path).staged_names() == []
+
+
+def test_iter_stored_lists_each_old_enough_published_key_once(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    old, new, staged = sorted(new_key() for _ in range(3))
+    for key in (old, new, staged):
+        store.write_staged(key, DICOM, b"x")
+        store.write_staged(key, METADATA, b"{}")
+    store.publish([old, new])
+    an_hour_ago = os.stat(store.path(old)).st_mtime - 3600
+    for suffix in (DICOM, METADATA):
+        os.utime(store.path(old, suffix), (an_hour_ago, an_hour_ago))
+    (store.objects / old[:3] / "notes.txt").write_text("someone else's")  # never offered to the sweep
+    (store.objects / "zzz").mkdir()
+    (store.objects / "zzz" / f"{new}.dcm").write_text("not where a key's object is")
+    for foreign in (store.objects / old[:3] / "notes.txt", store.objects / "zzz" / f"{new}.dcm"):
+        os.utime(foreign, (an_hour_ago, an_hour_ago))
+    assert list(store.iter_stored(older_than=60)) == [old]  # once, though two objects; staged ones not
+    assert sorted(store.iter_stored(older_than=-1)) == sorted([old, new])
+    assert list(LocalObjectStore(tmp_path / "empty").iter_stored(older_than=0)) == []

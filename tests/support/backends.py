@@ -1,5 +1,6 @@
-"""The index backends the tests run on: SQLite files always, PostgreSQL when DICOMD_TEST_POSTGRES_URL is set
-(each use gets a fresh schema on that server, dropped afterwards). Needs nothing of dicomd."""
+"""The backends the tests run on: SQLite files always, PostgreSQL when DICOMD_TEST_POSTGRES_URL is set (each
+use gets a fresh schema on that server, dropped afterwards); for the shared server, index and object store
+combinations (support/emulators.py runs the cloud ones). Needs nothing of dicomd."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ BACKENDS = [
     pytest.param(
         "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="DICOMD_TEST_POSTGRES_URL not set")
     ),
+]
+
+_NO_POSTGRES = pytest.mark.skipif(not PG_URL, reason="DICOMD_TEST_POSTGRES_URL not set")
+# "<index>-<object store>": the combinations that matter (the cloud stores with the production index)
+SERVER_BACKENDS = [
+    "sqlite-file",
+    pytest.param("postgresql-file", marks=_NO_POSTGRES),
+    pytest.param("postgresql-s3", marks=_NO_POSTGRES),
+    pytest.param("postgresql-azure", marks=_NO_POSTGRES),
 ]
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from dicomd.index.store import AddResult, Index, PreparedInstance
-from dicomd.storage import ObjectStore
+from dicomd.storage import ObjectStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,23 @@ class GroupCommitter:
                 )
                 # shielded: a stop waits for the thread instead of leaving it running unobserved
                 results = await asyncio.shield(self._in_flight)
+            except StorageUnavailable as exc:  # an outage, not a bug: no traceback (the message says why)
+                log.warning("group commit of %d instances failed: %s", len(batch), exc)
+                self._fail(batch, exc)
+                continue
             except Exception as exc:  # the whole batch failed; each request reports its instances
                 log.exception("group commit of %d instances failed", len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
         started = time.perf_counter()
@@ -115,7 +123,8 @@ def commit_batch(
 ) -> list[AddResult]:
     """Make a batch of staged instances durable and indexed: one sync, one index transaction, then
     publish the stored objects and drop the staged files of the others (shared by STOW and import).
-    Raises when the sync or the transaction failed; then nothing of the batch is stored or staged."""
+    Raises when the sync or the transaction failed (StorageUnavailable when a cloud store could not take
+    the uploads); then nothing of the batch is stored or staged."""
     keys = [prepared.item.object_key for prepared in items]
     try:
         store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them

@@ -9,12 +9,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
-from dicomd.dicom.status import ALREADY_EXISTS, DATASET_DOES_NOT_MATCH_SOP_CLASS, VALIDATION_FAILURE
+from dicomd.dicom.status import (
+    ALREADY_EXISTS,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    VALIDATION_FAILURE,
+)
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import PreparedInstance
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
-from dicomd.storage import ObjectStore
+from dicomd.storage import ObjectStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,11 @@ log = logging.getLogger(__name__)
 # parts, and any that may be deflated (a small part may inflate to 512 MiB, written to a temporary file
 # on the staging disk), are prepared in a thread.
 PREPARE_ON_LOOP_BYTES = 64 << 10
+
+# The message of an instance that failed because the object store could not be reached or timed out
+# (failure reason Out of Resources: the sender should retry). When every instance of a request failed so,
+# the API answers 503 with Retry-After.
+STORAGE_UNAVAILABLE = "the object store is unavailable: try again later"
 
 
 def prepare_on_loop(data: bytes | None) -> bool:
@@ -105,6 +115,10 @@ class IngestService:
         those it does not store). Never raises."""
         try:
             result = await self.committer.submit(prepared)
+        except StorageUnavailable:  # the upload failed: none of the batch is stored
+            outcome.failure_reason = OUT_OF_RESOURCES
+            outcome.messages = [STORAGE_UNAVAILABLE]
+            return outcome
         except Exception as exc:  # the sync or the index transaction failed: none of the batch is stored
             return fault_outcome(outcome, "the instance could not be committed", exc)
         # "identical": a re-send of the stored instance, which stays as it is: a success

@@ -1,7 +1,8 @@
 """The object store interface: what ingest, retrieve and the jobs ask of object storage.
 
-``LocalObjectStore`` (storage/local.py) is the first implementation; S3, Azure Blob or GCS ones stage
-locally as it does (the parser reads a local file) and upload at ``sync``.
+``LocalObjectStore`` (storage/local.py) keeps objects in a directory; ``CloudObjectStore``
+(storage/cloud.py: S3, Azure Blob, GCS) stages locally as it does (the parser reads a local file) and
+uploads at ``sync``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from typing import BinaryIO, Protocol
 DICOM = "dcm"
 METADATA = "json"
 SUFFIXES = (DICOM, METADATA)
+
+
+class StorageUnavailable(Exception):
+    """The object store cannot be reached, refused the request or did not answer within
+    ``storage_timeout``. The message names the store without credentials and holds no PHI; the API
+    answers 503 with Retry-After. A missing object is FileNotFoundError instead."""
 
 
 class Stager(Protocol):
@@ -46,6 +53,9 @@ class Stager(Protocol):
 
 class ObjectStore(Stager, Protocol):
     """Object storage for instances, each stored version under a key of its own.
+
+    Readers raise FileNotFoundError for a missing object and ``StorageUnavailable`` when the store
+    cannot answer; ``sync`` raises either, or OSError for a local fault.
 
     Contract (each implementation meets it its own way):
 
@@ -124,6 +134,13 @@ class ObjectStore(Stager, Protocol):
 
     def delete(self, key: str) -> None:
         """Remove every object of a key, wherever it is (idempotent)."""
+        ...
+
+    def iter_stored(self, older_than: float) -> Iterator[str]:
+        """The keys (each once) of stored objects last modified more than ``older_than`` seconds ago,
+        for the sweep of objects no index row names. Staged objects are not listed (``recover``
+        handles them); an object ``sync`` uploaded and the commit has not named yet is, once old
+        enough: the sweep's grace period must exceed the longest commit."""
         ...
 
     def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:

@@ -26,6 +26,7 @@ New files are owner-only (0600) and new directories 0700: the archive holds PHI.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import ctypes.util
@@ -33,9 +34,11 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,16 @@ from typing import BinaryIO
 
 from dicomd.storage.base import DICOM, METADATA, SUFFIXES
 
-__all__ = ["DICOM", "METADATA", "SUFFIXES", "LocalObjectStore", "LocalStager", "new_key"]
+__all__ = [
+    "DICOM",
+    "METADATA",
+    "SUFFIXES",
+    "LocalObjectStore",
+    "LocalStager",
+    "StagingStore",
+    "is_object_name",
+    "new_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,16 @@ _syncfs = getattr(_libc, "syncfs", None)
 
 def new_key() -> str:
     return secrets.token_hex(16)
+
+
+_OBJECT_NAME = re.compile(r"([0-9a-f]{32})\.(?:dcm|json)")
+
+
+def is_object_name(fan_out: str, name: str) -> bool:
+    """Whether ``fan_out/name`` names an object of this store (``abc/<key>.<suffix>``): the listing for
+    the orphan sweep offers nothing else (a file someone else put there is not ours to remove)."""
+    match = _OBJECT_NAME.fullmatch(name)
+    return match is not None and match.group(1)[:3] == fan_out
 
 
 # Hot-path file writes use the raw descriptor: Python's buffered open() adds an fstat, an ioctl, an
@@ -161,20 +183,17 @@ class StagingArea:
             self._lock_fd = -1
 
 
-class LocalObjectStore:
-    """The ``ObjectStore`` on a local file system (see the module's docstring)."""
+class StagingStore(abc.ABC):
+    """The local staging half of an object store: this process's staging area (claimed on first use),
+    staging, and the recovery of abandoned areas. ``LocalObjectStore`` publishes staged files by renaming
+    them into place; ``CloudObjectStore`` (storage/cloud.py) uploads them at ``sync``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.objects = root / "objects"
-        self.staging_root = root / "staging"
-        make_private_dir(self.objects)
+    def __init__(self, staging_root: Path) -> None:
+        self.staging_root = staging_root
         make_private_dir(self.staging_root)
-        self._objects_str = str(self.objects)
         self._area: StagingArea | None = None
         self._staging_str = ""
         self._claiming = threading.Lock()
-        self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
 
     @property
     def staging(self) -> Path:
@@ -201,15 +220,7 @@ class LocalObjectStore:
     def new_key(self) -> str:
         return new_key()
 
-    # ---- paths (string paths on the per-instance hot paths: pathlib costs more than the syscall) ---
-    def path(self, key: str, suffix: str = DICOM) -> Path:
-        """Where a published object is (for checks and tests)."""
-        return Path(self._fan_out(key)) / f"{key}.{suffix}"
-
-    def _fan_out(self, key: str) -> str:
-        """The directory of a key's objects: objects/<first 3 characters of the key>."""
-        return f"{self._objects_str}/{key[:3]}"
-
+    # ---- staging --------------------------------------------------------------------------------
     def staged_path(self, key: str, suffix: str = DICOM) -> Path:
         """``staged_file`` as a Path (for checks and tests)."""
         return Path(self.staged_file(key, suffix))
@@ -219,16 +230,6 @@ class LocalObjectStore:
 
     def scratch_dir(self) -> str:
         return self._own_area()
-
-    def _find_staged(self, name: str) -> str | None:
-        """Where a committed object not yet moved into place is staged: in this process's area or in
-        another's (a worker's commit is read by every worker; ``recover`` may be moving it meanwhile)."""
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_root) as entries:
-            for entry in entries:
-                candidate = f"{entry.path}/{name}"
-                if entry.is_dir() and os.path.exists(candidate):
-                    return candidate
-        return None
 
     def staged_names(self) -> list[str]:
         """Every staged file of every area, as ``<area>/<file>`` (for checks and tests)."""
@@ -272,6 +273,128 @@ class LocalObjectStore:
 
     def stager(self) -> LocalStager:
         return LocalStager(self._own_area())
+
+    def discard_staged(self, key: str) -> None:
+        area = self._own_area()
+        for suffix in SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{area}/{key}.{suffix}")
+
+    # ---- crash recovery ------------------------------------------------------------------------
+    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        """Publish the staged objects of abandoned areas (whose owner died or let go) that the index
+        knows, delete the others, and remove those areas. Areas of live processes are never touched,
+        so this is safe at any time, from any process. Returns (published, removed)."""
+        published = removed = 0
+        for entry in sorted(self.staging_root.iterdir()):
+            if self._area is not None and entry.name.startswith(self._area.path.name):
+                continue  # ours
+            if entry.is_dir():
+                p, r = self._recover_area(entry, is_committed)
+                published, removed = published + p, removed + r
+            elif entry.name.endswith(_LOCK) and not entry.with_suffix("").exists():
+                self._recover_area(entry.with_suffix(""), is_committed)  # died before creating it
+        # staged files of versions before areas existed (only ever left by a stopped server)
+        p, r = self._recover_files(self.staging_root, is_committed)
+        return published + p, removed + r
+
+    def _recover_area(self, area: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        lock_path = self.staging_root / f"{area.name}{_LOCK}"
+        try:
+            # never created here: a lock file is only ever made (already locked) by its owner
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if area.is_dir():  # its owner always has the lock file: no live owner (a half-done recovery)
+                counts = self._recover_files(area, is_committed)
+                with contextlib.suppress(OSError):
+                    area.rmdir()
+                return counts
+            return 0, 0
+        except OSError:
+            return 0, 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0, 0  # its owner is alive
+            try:
+                if os.stat(lock_path).st_ino != os.fstat(fd).st_ino:
+                    return 0, 0  # another recoverer finished it and removed this lock file meanwhile
+            except FileNotFoundError:
+                return 0, 0
+            counts = self._recover_files(area, is_committed) if area.is_dir() else (0, 0)
+            with contextlib.suppress(OSError):
+                area.rmdir()
+            if not area.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)  # still locked by us: its owner is gone
+            if counts != (0, 0):
+                log.info("recovered staging area %s: %d published, %d removed", area.name, *counts)
+            return counts
+        finally:
+            os.close(fd)
+
+    def _recover_files(self, directory: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+        published = removed = 0
+        keys: set[str] = set()
+        for path in directory.iterdir():
+            if not path.is_file() or path.name.endswith(_LOCK):
+                continue
+            if path.name.endswith(_TEMPORARY):
+                path.unlink(missing_ok=True)
+            else:
+                keys.add(path.name.split(".", 1)[0])
+        for key in keys:
+            if is_committed(key):
+                self._finish_committed(directory, key)
+                published += 1
+            else:
+                self._remove_uncommitted(directory, key)
+                removed += 1
+        return published, removed
+
+    @abc.abstractmethod
+    def _finish_committed(self, directory: Path, key: str) -> None:
+        """Recovery of a committed key staged in an abandoned ``directory``: put it in place."""
+
+    def _remove_uncommitted(self, directory: Path, key: str) -> None:
+        """Recovery of a key the index does not name, staged in an abandoned ``directory``."""
+        for suffix in SUFFIXES:
+            (directory / f"{key}.{suffix}").unlink(missing_ok=True)
+
+
+class LocalObjectStore(StagingStore):
+    """The ``ObjectStore`` on a local file system (see the module's docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root / "staging")
+        self.root = root
+        self.objects = root / "objects"
+        make_private_dir(self.objects)
+        self._objects_str = str(self.objects)
+        self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
+
+    def _finish_committed(self, directory: Path, key: str) -> None:
+        self._move_into_place(str(directory), [key])
+
+    # ---- paths (string paths on the per-instance hot paths: pathlib costs more than the syscall) ---
+    def path(self, key: str, suffix: str = DICOM) -> Path:
+        """Where a published object is (for checks and tests)."""
+        return Path(self._fan_out(key)) / f"{key}.{suffix}"
+
+    def _fan_out(self, key: str) -> str:
+        """The directory of a key's objects: objects/<first 3 characters of the key>."""
+        return f"{self._objects_str}/{key[:3]}"
+
+    def _find_staged(self, name: str) -> str | None:
+        """Where a committed object not yet moved into place is staged: in this process's area or in
+        another's (a worker's commit is read by every worker; ``recover`` may be moving it meanwhile)."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_root) as entries:
+            for entry in entries:
+                candidate = f"{entry.path}/{name}"
+                if entry.is_dir() and os.path.exists(candidate):
+                    return candidate
+        return None
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make the staged files of a batch durable: one syncfs for the whole batch where the kernel has
@@ -355,12 +478,6 @@ class LocalObjectStore:
             yield staged
         yield in_place
 
-    def discard_staged(self, key: str) -> None:
-        area = self._own_area()
-        for suffix in SUFFIXES:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{area}/{key}.{suffix}")
-
     def delete(self, key: str) -> None:
         """Idempotent: deleting a missing object is not an error."""
         for suffix in SUFFIXES:
@@ -406,6 +523,24 @@ class LocalObjectStore:
         with self.open_object(key) as f:
             return os.fstat(f.fileno()).st_size
 
+    def iter_stored(self, older_than: float) -> Iterator[str]:
+        """Keys of published objects last modified more than ``older_than`` seconds ago (the staging
+        areas are ``recover``'s)."""
+        cutoff = time.time() - older_than
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.objects) as fan_outs:
+            directories = sorted(entry.path for entry in fan_outs if entry.is_dir())
+        for directory in directories:
+            keys: set[str] = set()
+            fan_out = os.path.basename(directory)
+            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+                for entry in entries:
+                    if not is_object_name(fan_out, entry.name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        if entry.is_file() and entry.stat().st_mtime < cutoff:
+                            keys.add(entry.name.split(".", 1)[0])
+            yield from sorted(keys)
+
     @contextlib.contextmanager
     def local_file(self, key: str, suffix: str = DICOM) -> Iterator[str]:
         name = f"{key}.{suffix}"
@@ -414,80 +549,6 @@ class LocalObjectStore:
                 yield path  # the object itself
                 return
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-
-    # ---- crash recovery ------------------------------------------------------------------------
-    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
-        """Publish the staged objects of abandoned areas (whose owner died or let go) that the index
-        knows, delete the others, and remove those areas. Areas of live processes are never touched,
-        so this is safe at any time, from any process. Returns (published, removed)."""
-        published = removed = 0
-        for entry in sorted(self.staging_root.iterdir()):
-            if self._area is not None and entry.name.startswith(self._area.path.name):
-                continue  # ours
-            if entry.is_dir():
-                p, r = self._recover_area(entry, is_committed)
-                published, removed = published + p, removed + r
-            elif entry.name.endswith(_LOCK) and not entry.with_suffix("").exists():
-                self._recover_area(entry.with_suffix(""), is_committed)  # died before creating it
-        # staged files of versions before areas existed (only ever left by a stopped server)
-        p, r = self._recover_files(self.staging_root, is_committed)
-        return published + p, removed + r
-
-    def _recover_area(self, area: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
-        lock_path = self.staging_root / f"{area.name}{_LOCK}"
-        try:
-            # never created here: a lock file is only ever made (already locked) by its owner
-            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if area.is_dir():  # its owner always has the lock file: no live owner (a half-done recovery)
-                counts = self._recover_files(area, is_committed)
-                with contextlib.suppress(OSError):
-                    area.rmdir()
-                return counts
-            return 0, 0
-        except OSError:
-            return 0, 0
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0, 0  # its owner is alive
-            try:
-                if os.stat(lock_path).st_ino != os.fstat(fd).st_ino:
-                    return 0, 0  # another recoverer finished it and removed this lock file meanwhile
-            except FileNotFoundError:
-                return 0, 0
-            counts = self._recover_files(area, is_committed) if area.is_dir() else (0, 0)
-            with contextlib.suppress(OSError):
-                area.rmdir()
-            if not area.exists():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock_path)  # still locked by us: its owner is gone
-            if counts != (0, 0):
-                log.info("recovered staging area %s: %d published, %d removed", area.name, *counts)
-            return counts
-        finally:
-            os.close(fd)
-
-    def _recover_files(self, directory: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
-        published = removed = 0
-        keys: set[str] = set()
-        for path in directory.iterdir():
-            if not path.is_file() or path.name.endswith(_LOCK):
-                continue
-            if path.name.endswith(_TEMPORARY):
-                path.unlink(missing_ok=True)
-            else:
-                keys.add(path.name.split(".", 1)[0])
-        for key in keys:
-            if is_committed(key):
-                self._move_into_place(str(directory), [key])
-                published += 1
-            else:
-                for suffix in SUFFIXES:
-                    (directory / f"{key}.{suffix}").unlink(missing_ok=True)
-                removed += 1
-        return published, removed
 
 
 def _fsync_dir(path: Path) -> None:
