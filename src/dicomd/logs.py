@@ -1,12 +1,18 @@
-"""Structured (JSON lines) logs for operators. No PHI: request URLs and query strings are not logged."""
+"""Structured (JSON lines) logs for operators. No PHI: request URLs and query strings are not logged.
+A line logged while a versioned API request is handled carries its ``request_id`` (set by the audit
+middleware), which joins it to the request's audit event."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
+
+# threads started with asyncio.to_thread copy the context, so their lines carry it too
+request_id: ContextVar[str | None] = ContextVar("dicomd_request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,6 +23,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        current_request = request_id.get()
+        if current_request is not None:
+            entry["request_id"] = current_request
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

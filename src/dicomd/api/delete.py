@@ -12,6 +12,7 @@ from starlette.responses import Response
 from dicomd.api.common import ApiError, not_found, uid_scope
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.audit.events import annotate
 from dicomd.dicom.status import OUT_OF_RESOURCES
 from dicomd.ingest.prepare import fault_reason
 
@@ -25,6 +26,7 @@ async def delete(request: Request) -> Response:
         if fault_reason(exc) == OUT_OF_RESOURCES:
             raise ApiError(507, "the index's disk is full; nothing was deleted") from None
         raise ApiError(503, "the index could not be updated; nothing was deleted; try again") from None
+    annotate(request, deleted_instances=deleted)
     if deleted == 0:
         raise not_found(series, instance)
     svc.cleanup.wake()

@@ -23,6 +23,7 @@ from dicomd.api.common import (
 )
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.audit.events import annotate
 from dicomd.dicom.tags import RETRIEVE_URL, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
 from dicomd.index.levels import Level
 from dicomd.index.qido import QueryError, parse_qido
@@ -30,12 +31,14 @@ from dicomd.index.qido import QueryError, parse_qido
 
 def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
+        params = list(request.query_params.multi_items())
+        annotate(request, query=params)  # parsed once, for the search and its audit event
         require_json_accept(request)
         study, series = uid_param(request, "study"), uid_param(request, "series")
         try:
             query = parse_qido(
                 level,
-                list(request.query_params.multi_items()),
+                params,
                 partition_key=partition(request),
                 study_uid=study,
                 series_uid=series,
@@ -44,6 +47,7 @@ def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
         except QueryError as exc:
             raise ApiError(400, str(exc)) from None
         results = await asyncio.to_thread(services(request).index.search, query)
+        annotate(request, results=len(results))
         base = base_url(request)
         for result in results:
             _add_retrieve_url(result, level, base)

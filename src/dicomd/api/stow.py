@@ -29,6 +29,7 @@ from dicomd.api.common import (
 )
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.audit.events import annotate, instance_reference
 from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.dicom.tags import RETRIEVE_URL
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
@@ -165,12 +166,15 @@ async def store(request: Request) -> Response:
             )
     except _TooLarge:
         await _settle(outcomes)
+        _audit(request, _settled(outcomes) + failed_parts)
         raise ApiError(413, f"the request is larger than the limit of {limit} bytes") from None
     except BaseException:
         await _settle(outcomes)
+        _audit(request, _settled(outcomes) + failed_parts)
         raise
 
     results = list(await asyncio.gather(*outcomes)) + failed_parts
+    _audit(request, results)
     if not results:
         return Response(status_code=204)
     return _response(request, results, url_study)
@@ -180,6 +184,22 @@ async def _settle(tasks: list[asyncio.Task[StoreOutcome]]) -> None:
     """Let already-received parts finish so their staged files are committed or removed."""
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _settled(tasks: list[asyncio.Task[StoreOutcome]]) -> list[StoreOutcome]:
+    return [t.result() for t in tasks if t.done() and not t.cancelled() and t.exception() is None]
+
+
+def _audit(request: Request, results: list[StoreOutcome]) -> None:
+    """The audit event names every instance stored, and every one that failed with its reason."""
+    stored, failed = [], []
+    for r in results:
+        uids = (r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
+        if r.stored:
+            stored.append(instance_reference(*uids))
+        else:
+            failed.append(instance_reference(*uids, failure_reason=r.failure_reason))
+    annotate(request, stored=stored, failed=failed)
 
 
 async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

@@ -33,6 +33,7 @@ from dicomd.api.common import (
 )
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.audit.events import annotate
 from dicomd.dicom.parser import InflatedReader
 from dicomd.dicom.tags import PIXEL_DATA_KEYS
 from dicomd.dicom.uids import (
@@ -85,6 +86,7 @@ async def _find(request: Request) -> list[StoredInstance]:
     found = await asyncio.to_thread(index.find_instances, partition(request), study, series, instance)
     if not found:
         raise not_found(series, instance)
+    annotate(request, instances=len(found))
     return found
 
 
