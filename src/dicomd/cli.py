@@ -62,13 +62,21 @@ _LOCK_TIMEOUT = 60.0
 
 @contextlib.contextmanager
 def _index_errors() -> Iterator[None]:
-    """Turn the index's lock and database errors into one clear line and exit code 1, not a traceback."""
+    """Turn the index's lock and database errors, and an unreachable object store, into one clear line and
+    exit code 1, not a traceback."""
     from sqlalchemy.exc import OperationalError
 
     from dicomd.index.store import IndexBusy, SchemaTooNew
+    from dicomd.storage import StorageUnavailable
 
     try:
         yield
+    except StorageUnavailable as exc:  # its message names the store without credentials
+        click.echo(f"dicomd: {exc}", err=True)
+        sys.exit(1)
+    except ValueError as exc:  # an object store's invalid options (the message names keys, not values)
+        click.echo(f"dicomd: configuration error: {exc}", err=True)
+        sys.exit(2)
     except SchemaTooNew as exc:
         click.echo(f"dicomd: {exc}", err=True)
         sys.exit(1)

@@ -46,3 +46,34 @@ def test_sweep_removes_objects_no_index_row_names(tmp_path: Path) -> None:
     swept = CliRunner().invoke(cli.main, ["sweep", "--data-dir", str(data), "--older-than", "0"])
     assert swept.exit_code == 0 and "removed 1 of 1" in swept.output, swept.output
     assert not store.path(key).exists()  # type: ignore[attr-defined]
+
+
+def test_an_unreachable_object_store_is_one_line_without_credentials(tmp_path: Path) -> None:
+    # a closed port: nothing listens there
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = f"aws_endpoint=http://127.0.0.1:{port},aws_access_key_id=AKIDSECRET,aws_secret_access_key=s3cr3t"
+    assert CliRunner().invoke(cli.main, ["migrate", "--data-dir", str(tmp_path / "data")]).exit_code == 0
+    result = CliRunner().invoke(
+        cli.main,
+        ["sweep", "--data-dir", str(tmp_path / "data"), "--storage-url", "s3://bucket/prefix",
+         "--storage-options", options],
+        env={"DICOMD_STORAGE_TIMEOUT": "1"},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "s3://bucket/prefix" in result.output and "Traceback" not in result.output
+    assert "s3cr3t" not in result.output and "AKIDSECRET" not in result.output
+
+
+def test_invalid_object_store_options_are_a_configuration_error(tmp_path: Path) -> None:
+    assert CliRunner().invoke(cli.main, ["migrate", "--data-dir", str(tmp_path / "data")]).exit_code == 0
+    result = CliRunner().invoke(
+        cli.main,
+        ["sweep", "--data-dir", str(tmp_path / "data"), "--storage-url", "s3://bucket/prefix",
+         "--storage-options", "no_such_option=secretvalue"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "configuration error" in result.output and "secretvalue" not in result.output

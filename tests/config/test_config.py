@@ -99,7 +99,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
         "https://ok.example, viewer.example",
         "origins must be * or start with http:// or https://, got 'viewer.example'",
     ),
-    ("storage_url", "ftp://bucket", "must start with file://, s3://, az://, gs:// or memory://"),
+    ("storage_url", "ftp://bucket", "must start with file://, s3://, az:// or gs://"),
     ("storage_options", "aws_region", "expected key=value pairs separated by commas"),
     ("storage_options", "=secret", "expected key=value pairs separated by commas"),
     ("storage_timeout", 0, "must be positive, got 0"),

@@ -239,12 +239,15 @@ def test_stow_until_the_disk_is_full_and_after(
         if not mounted:
             _in_process_run(tmp_path / "data", index_url, monkeypatch)
             return
+        # the audit trail lives elsewhere: on the full disk it would close the API (fail-closed, tested in
+        # tests/audit), and this test is about the archive's own answers
+        audit = {"DICOMD_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
         if on_full_disk == "data-dir":  # the SQLite index in it too
-            data_dir, storage, env = disk / "data", disk / "data" / "objects", {}
+            data_dir, storage, env = disk / "data", disk / "data" / "objects", audit
             args: list[str] = []
         else:
             data_dir, storage = tmp_path / "data", disk / "objects"
-            env = {"DICOMD_STORAGE_PATH": str(storage)}
+            env = {"DICOMD_STORAGE_PATH": str(storage), **audit}
             args = ["--index-url", index_url]
         server = start_server(data_dir, *args, workers=2, env=env)
         try:
@@ -307,7 +310,9 @@ def test_delete_on_a_full_index_disk_is_507_and_deletes_nothing(tmp_path: Path) 
     with tmpfs(disk, DISK_BYTES) as mounted:
         if not mounted:
             pytest.skip("mounting a tmpfs is not permitted here (CI machines allow it)")
-        server = start_server(disk / "data", workers=1)
+        server = start_server(
+            disk / "data", workers=1, env={"DICOMD_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+        )
         try:
             with httpx.Client(base_url=server.v2, timeout=30) as client:
                 study = new_uid()

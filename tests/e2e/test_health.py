@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from support.backends import PG_URL, pg_schema_url
+from support.dicom_files import make_instance
+from support.dicomweb import failed_items, stow
 from support.server import Server, start_server, stop_server
 
 
@@ -107,7 +109,12 @@ def test_an_index_outage_gives_503_with_retry_after_and_recovers(
             r = client.get(path)
             assert r.status_code == 503, (path, r.text)
             assert r.headers["retry-after"] == "5"
-        assert time.monotonic() - started < 20  # bounded by the timeouts, never a hang
+        # a store during the outage: every instance failed with Out of Resources, nothing stored, 503
+        with httpx.Client(base_url=server.v2, timeout=30) as v2:
+            stored = stow(v2, [make_instance()])
+        assert stored.status_code == 503 and stored.headers["retry-after"] == "5", stored.text
+        assert [item["00081197"]["Value"] for item in failed_items(stored.json())] == [[0xA700]]
+        assert time.monotonic() - started < 30  # bounded by the timeouts, never a hang
         assert client.get("/health/check").json()["dependencies"]["index"]["status"] != "up"
         assert client.get("/health/live").status_code == 200  # alive: no reason to restart it
         relay.restore()

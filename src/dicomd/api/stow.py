@@ -27,6 +27,7 @@ from dicomd.api.common import (
     ur,
     us,
 )
+from dicomd.api.health import RETRY_AFTER
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
 from dicomd.audit.events import annotate, instance_reference
@@ -34,7 +35,7 @@ from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.dicom.tags import RETRIEVE_URL
 from dicomd.http.multipart import MultipartError, iter_parts, parse_content_type
 from dicomd.ingest.prepare import fault_outcome
-from dicomd.ingest.service import StagedPart, StoreOutcome
+from dicomd.ingest.service import UNAVAILABLE, StagedPart, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -244,15 +245,21 @@ def _response(request: Request, results: list[StoreOutcome], url_study: str | No
         body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
     if failed:
         body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
+    headers: dict[str, str] = {}
     if not referenced:
-        # 507 tells a sender to retry later rather than to give up on these instances
+        # 507 (storage full) and 503 (index or object store unavailable) tell a sender to retry later
+        # rather than to give up on these instances
         out_of_resources = all(r.failure_reason == OUT_OF_RESOURCES for r in results)
-        status = 507 if out_of_resources else 409
+        unavailable = bool(results) and all(set(r.messages) <= UNAVAILABLE and r.messages for r in results)
+        if unavailable:
+            status, headers = 503, {"Retry-After": RETRY_AFTER}
+        else:
+            status = 507 if out_of_resources else 409
     elif failed or any(r.warning_reason is not None for r in results):
         status = 202
     else:
         status = 200
-    return json_response(body, status=status)
+    return json_response(body, status=status, headers=headers)
 
 
 def _comments(messages: list[str]) -> dict[str, Any]:

@@ -285,6 +285,14 @@ class _Ranges(Protocol):
     def close(self) -> None: ...
 
 
+def _descriptor(f: BinaryIO) -> int:
+    """The file's descriptor, or -1 for a file object without one (a cloud store's remote object)."""
+    try:
+        return f.fileno()
+    except OSError:  # io.UnsupportedOperation
+        return -1
+
+
 class _FileRanges:
     """Byte ranges of a stored file, read in pieces of at most _RANGE_READ bytes. Owns `f`."""
 
@@ -292,9 +300,13 @@ class _FileRanges:
         self._f = f
 
     def read(self, offset: int, length: int) -> Iterator[bytes]:
-        fd = self._f.fileno()
+        fd = _descriptor(self._f)
         while length > 0:
-            piece = os.pread(fd, min(_RANGE_READ, length), offset)
+            if fd >= 0:
+                piece = os.pread(fd, min(_RANGE_READ, length), offset)
+            else:  # a cloud object: each read is a ranged GET
+                self._f.seek(offset)
+                piece = self._f.read(min(_RANGE_READ, length))
             if not piece:
                 raise OSError(f"stored object ends before byte {offset} of a recorded range")
             offset += len(piece)

@@ -105,9 +105,13 @@ class AuditMiddleware:
         await self.app(scope, receive, send_after)
 
     async def _request(self, scope: Scope, receive: Receive, send: Send, path_match: re.Match[str]) -> None:
-        request_id = _request_id(scope)
+        # the operational log carries only the server's own id (a client's id is text it chose: it could
+        # hold PHI); the audit event carries both, so an operator can join the two
+        server_id = _new_request_id()
+        client_id = _client_request_id(scope)
+        request_id = client_id or server_id
         id_header = (REQUEST_ID_HEADER, request_id.encode())
-        token = logs.request_id.set(request_id)
+        token = logs.request_id.set(server_id)
         started = time.time()
         status: int | None = None
         sent_bytes = 0
@@ -147,6 +151,7 @@ class AuditMiddleware:
                         facts, scope, path_match, request_id, started, status, completed, failed
                     )
                     if event is not None:
+                        event["log_request_id"] = server_id
                         event["response_bytes"] = sent_bytes
                         event.update(facts)
                         self.sink.write(orjson.dumps(event, default=str) + b"\n")
@@ -218,14 +223,13 @@ class AuditMiddleware:
         return None, params
 
 
-def _request_id(scope: Scope) -> str:
+def _client_request_id(scope: Scope) -> str | None:
+    """The client's X-Request-ID when it looks like an id, else None (the server's is used)."""
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER:
             text = value.decode("latin-1")
-            if _SANE_REQUEST_ID.fullmatch(text):
-                return text
-            break
-    return _new_request_id()
+            return text if _SANE_REQUEST_ID.fullmatch(text) else None
+    return None
 
 
 class _RequestIds:

@@ -16,7 +16,7 @@ from dicomd.dicom.status import (
     VALIDATION_FAILURE,
 )
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
-from dicomd.index.store import PreparedInstance
+from dicomd.index.store import PreparedInstance, unavailable_errors
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
 from dicomd.storage import ObjectStore, StorageUnavailable
@@ -34,6 +34,9 @@ PREPARE_ON_LOOP_BYTES = 64 << 10
 # (failure reason Out of Resources: the sender should retry). When every instance of a request failed so,
 # the API answers 503 with Retry-After.
 STORAGE_UNAVAILABLE = "the object store is unavailable: try again later"
+INDEX_UNAVAILABLE = "the index database is unavailable or busy: try again later"
+# the messages of failures a later retry of the same request can cure (the API answers 503 for them)
+UNAVAILABLE = frozenset((STORAGE_UNAVAILABLE, INDEX_UNAVAILABLE))
 
 
 def prepare_on_loop(data: bytes | None) -> bool:
@@ -120,7 +123,12 @@ class IngestService:
             outcome.messages = [STORAGE_UNAVAILABLE]
             return outcome
         except Exception as exc:  # the sync or the index transaction failed: none of the batch is stored
-            return fault_outcome(outcome, "the instance could not be committed", exc)
+            outcome = fault_outcome(outcome, "the instance could not be committed", exc)
+            if outcome.failure_reason != OUT_OF_RESOURCES and isinstance(exc, unavailable_errors()):
+                # the database is down, slow or locked (not full): Out of Resources tells a sender to retry
+                outcome.failure_reason = OUT_OF_RESOURCES
+                outcome.messages = [INDEX_UNAVAILABLE]
+            return outcome
         # "identical": a re-send of the stored instance, which stays as it is: a success
         if result.status == "exists":
             outcome.failure_reason = ALREADY_EXISTS
