@@ -9,6 +9,7 @@ once at start-up; an error names the setting and where its value came from.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -190,6 +191,17 @@ def _algorithms(value: str) -> str:
     if not algorithms:
         raise ValueError("must name at least one algorithm")
     return algorithms
+
+
+def _addresses(value: str) -> str:
+    addresses = _comma_list(value)
+    for address in addresses.split(",") if addresses else []:
+        if address != "*":
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"must be IP addresses or networks, or *, got {address!r}") from None
+    return addresses
 
 
 def _hosts(value: str) -> str:
@@ -395,6 +407,12 @@ class Settings:
         "comma-separated Host header values accepted (others get 400); * = any",
         check=_hosts,
         shown_default="loopback names, the bind address and base_url's host",
+    )
+    forwarded_allow_ips: str = _setting(
+        "127.0.0.1,::1",
+        "comma-separated proxy addresses (or *) whose X-Forwarded-For / -Proto are believed: the client "
+        "address of audit events and rate limits",
+        check=_addresses,
     )
     rate_limit: int = _setting(
         0, "requests per second one client address may make (per worker share); 0 = unlimited", minimum=0

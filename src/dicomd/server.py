@@ -77,6 +77,8 @@ def _uvicorn_config(log_config: dict[str, Any], settings: Settings, workers: int
         server_header=False,
         http=protocol_class(limits),  # deadlines and the connection bound (dicomd.http.connections)
         timeout_keep_alive=settings.keep_alive_timeout,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips.split(","),
     )
 
 

@@ -331,3 +331,11 @@ async def test_an_application_error_is_a_major_failure(tmp_path: Path) -> None:
     early, late = _events(tmp_path / "audit.jsonl", 2)
     assert (early["outcome"], early["status"], early["route"]) == (12, 500, "wado.retrieve_study")
     assert (late["outcome"], late["status"], late["completed"], late["response_bytes"]) == (12, 200, False, 4)
+
+
+async def test_the_partition_list_is_not_audited_but_a_partitioned_search_is(tmp_path: Path) -> None:
+    async with _app(tmp_path, partitions="true") as client:
+        assert (await client.get("/v2/partitions")).status_code == 200
+        assert (await client.get("/v2/partitions/default/studies")).status_code in (200, 204)
+    (search,) = _events(_audit_file(tmp_path), 1)
+    assert (search["route"], search["partition"]) == ("qido.search_studies", "default")

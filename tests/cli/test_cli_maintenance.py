@@ -48,14 +48,22 @@ def test_sweep_removes_objects_no_index_row_names(tmp_path: Path) -> None:
     assert not store.path(key).exists()  # type: ignore[attr-defined]
 
 
-def test_an_unreachable_object_store_is_one_line_without_credentials(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefixed_client_option", ["", ",aws_allow_http=true"])
+def test_an_unreachable_object_store_is_one_line_without_credentials(
+    tmp_path: Path, prefixed_client_option: str
+) -> None:
+    """Also with a client option written with its backend's prefix, as obstore's environment variables
+    are (obstore itself aborts on that form)."""
     # a closed port: nothing listens there
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    options = f"aws_endpoint=http://127.0.0.1:{port},aws_access_key_id=AKIDSECRET,aws_secret_access_key=s3cr3t"
+    options = (
+        f"aws_endpoint=http://127.0.0.1:{port},aws_access_key_id=AKIDSECRET,aws_secret_access_key=s3cr3t"
+        + prefixed_client_option
+    )
     assert CliRunner().invoke(cli.main, ["migrate", "--data-dir", str(tmp_path / "data")]).exit_code == 0
     result = CliRunner().invoke(
         cli.main,

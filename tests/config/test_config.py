@@ -119,6 +119,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("audit_header_bytes", -1, "must be between 0 and 65536, got -1"),
     ("trusted_hosts", "https://pacs.example", "must be host names (no scheme or path)"),
     ("rate_limit", -1, "must be zero or more, got -1"),
+    ("forwarded_allow_ips", "127.0.0.1,proxy.local", "must be IP addresses or networks, or *"),
 ]
 
 

@@ -209,7 +209,12 @@ class AuditMiddleware:
         """The name of the versioned route that ran and its path parameters; for a request answered
         before routing (wrong version, no credentials) the route its path and method match, if any."""
         route = scope.get("route")
-        if isinstance(route, Route) and route.name and scope["method"] in (route.methods or ()):
+        # a route of an ASGI app (the partition list) has no methods of its own: it takes any
+        if (
+            isinstance(route, Route)
+            and route.name
+            and (route.methods is None or scope["method"] in route.methods)
+        ):
             return route.name, dict(scope.get("path_params", {}))
         path = path_match.group(4) or "/"
         inner = {"type": "http", "path": path, "root_path": "", "method": scope["method"]}

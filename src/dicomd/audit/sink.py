@@ -7,6 +7,9 @@ interleave. A new file is created owner-only (0600): it is a PHI store. The writ
 milliseconds after a wake-up, so a killed process may lose the events of its last milliseconds; it syncs
 at most once a second, so a power loss may cost the last second of events.
 
+Log rotation by rename (logrotate's default, no copytruncate): the writer checks at most once a second
+whether the path still names the file it writes, and opens the path anew when not.
+
 A write that fails (a full disk, an I/O error) is logged without the events and retried every second with
 everything not yet written, kept up to ``MAX_PENDING_BYTES``; meanwhile ``failing`` is true, which the
 middleware turns into 503 answers (fail-closed: no access to PHI goes unrecorded for long)."""
@@ -25,11 +28,15 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 SYNC_SECONDS = 1.0
+ROTATION_CHECK_SECONDS = 1.0
 MAX_BATCH_BYTES = 1 << 20  # lines joined into one write
 MAX_PENDING_BYTES = 64 << 20  # kept while writes fail; older lines beyond this are dropped (and counted)
 # the writer waits this long after a wake-up for more lines: under load the event loop wakes it (a costly
 # thread switch) once per batch instead of once per request; a process crash may lose these lines
 LINGER_SECONDS = 0.005
+
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 class AuditSink:
@@ -45,6 +52,7 @@ class AuditSink:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._failing = False
+        self._last_rotation_check = 0.0
 
     @property
     def failing(self) -> bool:
@@ -59,8 +67,7 @@ class AuditSink:
             if self.target == "-":
                 self._fd = os.dup(1)  # standard output, closed independently of sys.stdout
             else:
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                self._fd = os.open(self.target, flags, 0o600)
+                self._fd = os.open(self.target, _APPEND_FLAGS, 0o600)
             self._regular_file = stat.S_ISREG(os.fstat(self._fd).st_mode)
             self._thread = threading.Thread(target=self._run, name="dicomd-audit", daemon=True)
             self._thread.start()
@@ -124,9 +131,42 @@ class AuditSink:
                 self._sync()
                 last_sync, unsynced = time.monotonic(), False
 
+    def _reopen_if_rotated(self) -> None:
+        """Open the path anew when the file written so far was renamed or removed (rotation)."""
+        now = time.monotonic()
+        if (
+            self.target == "-"
+            or not self._regular_file
+            or now - self._last_rotation_check < ROTATION_CHECK_SECONDS
+        ):
+            return
+        self._last_rotation_check = now
+        assert self._fd is not None
+        current = os.fstat(self._fd)
+        try:
+            named = os.stat(self.target)
+            if (named.st_dev, named.st_ino) == (current.st_dev, current.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(self.target, _APPEND_FLAGS, 0o600)
+        except OSError:  # the write that follows goes to the old file; the next check tries again
+            return
+        os.fdatasync(self._fd)  # what went to the rotated file is kept
+        os.close(self._fd)
+        self._fd = fd
+        log.info("the audit file was rotated; writing to a new one")
+
     def _write(self, data: bytearray) -> int:
         """Writes ``data``; returns how many bytes went (all, unless the write failed)."""
         assert self._fd is not None
+        try:
+            self._reopen_if_rotated()
+        except OSError as exc:
+            log.warning(
+                "the audit file's rotation check failed (%s)", errno.errorcode.get(exc.errno or 0, "?")
+            )
         view = memoryview(data)
         done = 0
         try:

@@ -429,6 +429,12 @@ def _open_remote(url: str, options: dict[str, str], timeout: float) -> RemoteSto
         connection_string = connection_string or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection_string:
             options = {**azure_connection_options(connection_string), **options}
+    # a client option may be written with its backend's prefix (aws_allow_http, as object_store's
+    # environment variables are): obstore wants it bare (it panics on the prefixed form)
+    for name in list(options):
+        bare = name.split("_", 1)[1] if name.startswith(("aws_", "azure_", "google_")) else name
+        if bare != name and bare in _CLIENT_OPTIONS:
+            options.setdefault(bare, options.pop(name))
     client: dict[str, Any] = {k: options.pop(k) for k in list(options) if k in _CLIENT_OPTIONS}
     for name in _BOOLEAN_CLIENT_OPTIONS & client.keys():
         client[name] = client[name].lower() in ("1", "true", "yes", "on")
@@ -450,7 +456,9 @@ def _open_remote(url: str, options: dict[str, str], timeout: float) -> RemoteSto
         return from_url(
             url, config=cast(Any, options), client_options=cast("ClientConfig", client), retry_config=retry
         )
-    except (ObstoreError, ValueError, TypeError) as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # obstore panics (pyo3 PanicException) on some options
         # the message may quote an option's value: name the store and the option keys only
         raise ValueError(
             f"object store {public_url(url)}: invalid storage_url or storage_options "
