@@ -78,16 +78,20 @@ def main() -> None:
         )
         try:
             bearer = f"Authorization: Bearer {token}\r\n".encode()
-            for server, headers in ((plain, {}), (secured, {"Authorization": f"Bearer {token}"})):
-                with httpx.Client(base_url=server.v2, timeout=30, headers=headers) as client:
+            seeding: tuple[tuple[Server, dict[str, str]], ...] = (
+                (plain, {}),
+                (secured, {"Authorization": f"Bearer {token}"}),
+            )
+            for server, auth in seeding:
+                with httpx.Client(base_url=server.v2, timeout=30, headers=auth) as client:
                     for _ in range(50):  # something for QIDO to find
                         body, content_type = _multipart_body(make_instance(patient_id="BENCH-SEED"))
                         client.post("/studies", content=body, headers={"Content-Type": content_type})
             results: dict[tuple[str, str], list[float]] = {}
             for kind in ("qido", "stow"):
                 for _ in range(args.rounds):
-                    for name, server, headers in (("off", plain, b""), ("on", secured, bearer)):
-                        rate = asyncio.run(_load(server, kind, headers, args.seconds, args.concurrency))
+                    for name, target, head in (("off", plain, b""), ("on", secured, bearer)):
+                        rate = asyncio.run(_load(target, kind, head, args.seconds, args.concurrency))
                         results.setdefault((kind, name), []).append(rate)
             for kind in ("qido", "stow"):
                 off = statistics.median(results[(kind, "off")])

@@ -8,6 +8,8 @@ line says what the client cost.
 A job is a JSON-able dict:
   kind        "stow" | "get" | "mixed"
   host, port, root
+  targets     optional [[host, port], ...]: connection k (counted over all client processes) goes to
+              targets[k % len]: client-side round-robin over replicas, no proxy in between
   concurrency connections (one request in flight each, no pipelining)
   duration    seconds after which no new request starts; max_ops caps the number of requests
   warmup      seconds of requests not recorded (GET jobs)
@@ -376,7 +378,9 @@ class OpSource:
 async def _run(job: dict[str, Any], proc_index: int) -> dict[str, Any]:
     conc = int(job["concurrency"])
     src = OpSource(job, job.get("seed", 1) * 1000 + proc_index)
-    conns = [HttpConn(job["host"], job["port"]) for _ in range(conc)]
+    targets = [(str(h), int(p)) for h, p in job.get("targets") or [(job["host"], job["port"])]]
+    first = int(job.get("conn_offset", 0))
+    conns = [HttpConn(*targets[(first + k) % len(targets)]) for k in range(conc)]
     await asyncio.gather(*(c.connect() for c in conns))
     start_at = float(job.get("start_at", 0))
     delay = start_at - time.time()
@@ -505,9 +509,12 @@ class Pool:
         procs = max(1, min(procs, self.procs, int(job["concurrency"])))
         jobs = []
         conc = int(job["concurrency"])
+        offset = 0
         for p in range(procs):
             j = dict(job)
             j["concurrency"] = conc // procs + (1 if p < conc % procs else 0)
+            j["conn_offset"] = offset  # the round-robin over `targets` continues across processes
+            offset += j["concurrency"]
             if job.get("max_ops"):
                 j["max_ops"] = max(1, int(job["max_ops"]) // procs)
             if "start" in job and procs > 1:  # split the write range

@@ -72,17 +72,8 @@ def _bound(ln: Line, cores: int) -> str:
     return "latency"
 
 
-def render(
-    mode: str,
-    results: dict[str, dict[str, Line]],
-    infos: dict[str, dict[str, Any]],
-    meta: dict[str, Any],
-    cores: int | None = None,
-) -> str:
-    """The Markdown report of a run. ``cores`` (default: this machine's) is what the "bound" column's
-    guess compares CPU use with; pass the measuring machine's when rendering elsewhere."""
-    cores = cores or os.cpu_count() or 1
-    names = list(results)
+def _header(mode: str, names: list[str], meta: dict[str, Any]) -> list[str]:
+    """Title and the machine table (machine, ceilings, versions, client)."""
     out = [f"# dicomd benchmark, {mode} mode: {meta['date']}", ""]
     out += ["| machine | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
@@ -100,6 +91,23 @@ def render(
             f"at {cal['large_us_req'] / 10:.0f} us CPU/MB (10 MB answers) |"
         )
     out.append("")
+    return out
+
+
+def render(
+    mode: str,
+    results: dict[str, dict[str, Line]],
+    infos: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    cores: int | None = None,
+) -> str:
+    """The Markdown report of a run. ``cores`` (default: this machine's) is what the "bound" column's
+    guess compares CPU use with; pass the measuring machine's when rendering elsewhere."""
+    cores = cores or os.cpu_count() or 1
+    if mode == "replicas":
+        return render_replicas(results, infos, meta, cores)
+    names = list(results)
+    out = _header(mode, names, meta)
     if meta.get("notes"):
         out += [f"- {n}" for n in meta["notes"]] + [""]
     all_keys: list[str] = []
@@ -232,3 +240,147 @@ def rerender(path: Path) -> str:
     md.write_text(text)
     update_readme(mode, text, md)
     return text
+
+
+# ---- the scale-out run (--replicas) ---------------------------------------------------------------
+
+_PART_NAMES = {"dicomd": "dicomd", "postgresql": "PostgreSQL", "s3": "S3 emulator", "client": "client"}
+
+
+def _cpu_parts(ln: Line) -> dict[str, float]:
+    """CPU % of one core per part of a line (the server's alone for lines measured without parts)."""
+    parts = dict(ln.extra.get("cpu_parts") or {"dicomd": ln.srv_cpu})
+    parts["client"] = ln.cli_cpu
+    return parts
+
+
+def _replica_bound(ln: Line, cores: int, workers: int | None, server: str = "dicomd") -> str:
+    """What limits a line on a machine whose `cores` all parts share; `workers`: dicomd worker processes
+    of the setup (None when not dicomd, or unknown); `server`: what the server part is called."""
+    if ln.errors and not ln.ops:
+        return "errors"
+    parts = _cpu_parts(ln)
+    total = sum(parts.values())
+    top = sorted(((v, k) for k, v in parts.items() if v >= 1), reverse=True)
+    names = {**_PART_NAMES, "dicomd": server}
+    share = ", ".join(f"{names.get(k, k)} {v:.0f}%" for v, k in top[:3])
+    # one Python process: its threads share one interpreter lock, so ~75% of a core is its ceiling here
+    if parts.get("s3", 0.0) >= 75:
+        return f"S3 emulator (one Python process, ~1 core; {share})"
+    if total >= 85 * cores:
+        return f"CPU: {cores} cores shared ({share})"
+    if workers and parts.get("dicomd", 0.0) >= 85 * workers:
+        return f"dicomd workers ({workers} x ~1 core; {share})"
+    by_replica: list[float] = ln.extra.get("cpu_by_replica", [])
+    if workers and by_replica and max(by_replica) >= 85 * workers / len(by_replica):
+        return f"one replica's worker(s) ({share})"
+    if not workers and 85 <= parts.get("dicomd", 0.0) <= 115:
+        return f"~1 core busy (serialized?) ({share})"
+    if top and top[0][1] == "s3":
+        return f"latency: S3 emulator round trips ({share})"
+    return ("latency (commit round trips)" if ln.key.startswith("stow") else "latency") + f" ({share})"
+
+
+def _per_core(ln: Line, part: str) -> str:
+    """The line's figure per busy core of one part: what that part carries per core of its own."""
+    busy = _cpu_parts(ln).get(part, 0.0)
+    if busy < 5 or not math.isfinite(ln.value):
+        return "-"
+    return _f(100 * ln.value / busy)
+
+
+def render_replicas(
+    results: dict[str, dict[str, Line]], infos: dict[str, dict[str, Any]], meta: dict[str, Any], cores: int
+) -> str:
+    """The scale-out report: a summary (line x setup), the details with CPU per part and a bound guess,
+    and each part's figure per busy core (how the figures would move with the parts on separate machines)."""
+    names = list(results)
+    extra = [n for n in meta["versions"] if n not in names]  # e.g. the S3 emulator
+    out = _header("replicas", names + extra, meta)
+    if meta.get("notes"):
+        out += [f"- {n}" for n in meta["notes"]] + [""]
+    keys: list[str] = []
+    for n in names:
+        keys += [k for k in results[n] if k not in keys]
+    scaled = [n for n in names if infos.get(n, {}).get("replicas")]
+
+    hdr = ["test", "unit", *names]
+    if len(scaled) > 1:
+        hdr.append(f"{scaled[-1]} / {scaled[0]}")
+    out += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for k in keys:
+        ls = {n: results[n].get(k) for n in names}
+        first = next(x for x in ls.values() if x is not None)
+        row = [first.title, first.unit]
+        for n in names:
+            x = ls[n]
+            cell = "-" if x is None else _f(x.value)
+            if x is not None and k.startswith("qido") and x.p99_ms is not None:
+                cell += f" (p99 {_f(x.p99_ms)} ms)"
+            if x is not None and x.errors:
+                cell += f" [{x.errors} err]"
+            row.append(cell)
+        if len(scaled) > 1:
+            a, z = ls.get(scaled[0]), ls.get(scaled[-1])
+            ok = a and z and a.value and math.isfinite(a.value) and math.isfinite(z.value)
+            row.append(f"**{_ratio(z.value / a.value)}x**" if ok else "-")  # type: ignore[union-attr]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+
+    out += [
+        "Details: CPU is % of one core, per part; all parts share the machine's "
+        f"{cores} cores (the server part is Orthanc, or dicomd's supervisors and workers of all replicas).",
+        "",
+    ]
+    hdr = ["test", "setup", "value", "p50 / p99 ms", "CPU % server / PostgreSQL / S3 emu / client"]
+    hdr.append("CPU % per replica")
+    s3_requests = any("s3_requests_per_op" in ln.extra for lines in results.values() for ln in lines.values())
+    if s3_requests:
+        hdr.append("S3 requests per op")
+    hdr.append("bound (guess)")
+    out += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for k in keys:
+        for n in names:
+            ln = results[n].get(k)
+            if ln is None:
+                continue
+            workers = infos.get(n, {}).get("workers")  # dicomd worker processes in all
+            p = _cpu_parts(ln)
+            cpu = " / ".join(f"{p.get(x, 0.0):.0f}" for x in ("dicomd", "postgresql", "s3", "client"))
+            per_replica = " / ".join(str(v) for v in ln.extra.get("cpu_by_replica", [])) or "-"
+            value = f"{_f(ln.value)} {ln.unit}" + (f" [{ln.errors} err]" if ln.errors else "")
+            row = [ln.title, n, value, f"{_f(ln.p50_ms)} / {_f(ln.p99_ms)}", cpu, per_replica]
+            if s3_requests:
+                per_op: dict[str, float] = ln.extra.get("s3_requests_per_op", {})
+                row.append(", ".join(f"{k} {v:g}" for k, v in per_op.items() if v >= 0.1) or "-")
+            row.append(_replica_bound(ln, cores, workers, "Orthanc" if n.startswith("orthanc") else "dicomd"))
+            out.append("| " + " | ".join(row) + " |")
+    out.append("")
+
+    if scaled:
+        out += [
+            "Per busy core (the figure / (CPU % / 100) of each part): what each part carries per core of its "
+            "own. On separate machines the setup's ceiling is the smallest of (cores given to a part) x "
+            "(its figure per core), with dicomd's cores being the sum over the replicas' machines.",
+            "",
+        ]
+        hdr = ["test", "setup", "dicomd", "PostgreSQL", "S3 emulator", "client"]
+        out += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        for k in keys:
+            for n in scaled:
+                ln = results[n].get(k)
+                if ln is not None:
+                    per = [_per_core(ln, x) for x in ("dicomd", "postgresql", "s3", "client")]
+                    out.append("| " + " | ".join([ln.title, n, *per]) + " |")
+        out.append("")
+
+    for n in names:
+        inf = infos.get(n, {})
+        if inf:
+            out.append(f"- {n}: " + ", ".join(f"{k}={_fmt_info(v)}" for k, v in inf.items()))
+    for n in names:
+        for ln in results[n].values():
+            if ln.note or ln.extra.get("err_sample"):
+                out.append(f"- {n} {ln.key}: {ln.note} {ln.extra.get('err_sample', '')}".rstrip())
+    out.append("")
+    return "\n".join(out)

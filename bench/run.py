@@ -4,6 +4,7 @@
   .venv/bin/python -m bench.run --full      # 50k corpus, STOW matrix, all lines (~15-25 min)
   .venv/bin/python -m bench.run --scale     # dicomd QIDO/metadata latency at 10k, 100k, 1M instances
   .venv/bin/python -m bench.run --memory    # 2 GB instance: STOW + retrieve, peak RSS per server process
+  .venv/bin/python -m bench.run --replicas  # 1, 2, 3 replicas on PostgreSQL + S3 emulator vs single node
 
 Results: bench/results/<date>-<mode>.md (+ .json), latest summary copied into bench/README.md.
 See bench/README.md for what each line means.
@@ -742,6 +743,23 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_const", dest="mode", const="full")
     g.add_argument("--scale", action="store_const", dest="mode", const="scale")
     g.add_argument("--memory", action="store_const", dest="mode", const="memory")
+    g.add_argument(
+        "--replicas",
+        action="store_const",
+        dest="mode",
+        const="replicas",
+        help="scale-out: 1..N dicomd replicas on PostgreSQL + S3 emulator, single-node dicomd, Orthanc",
+    )
+    ap.add_argument("--replica-counts", default="1,2,3", help="--replicas: replica counts to run")
+    ap.add_argument(
+        "--replica-storage",
+        default="s3",
+        choices=["s3", "file"],
+        help="--replicas: object store shared by the replicas: moto's S3 server, or a shared directory",
+    )
+    ap.add_argument(
+        "--replica-workers", type=int, default=1, help="--replicas: `dicomd serve --workers` per replica"
+    )
     ap.add_argument("--servers", default="dicomd,orthanc", help="comma list (default: both)")
     ap.add_argument("--count", type=int, help="override the main corpus size")
     ap.add_argument("--dur", type=float, help="override seconds per read line")
@@ -837,6 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate_client(pool)
     meta["client_ceiling"] = cal
     log(f"  client ceiling: {cal}")
+    if mode == "replicas":
+        return replicas_main(a, pool, workdir, wanted, meta)
     results: dict[str, dict[str, Line]] = {}
     infos: dict[str, dict[str, Any]] = {}
     stopped: list[servers.Server] = []
@@ -930,6 +950,42 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 with contextlib.suppress(Exception):
                     sc.drop()
+    return 0
+
+
+def replicas_main(
+    a: argparse.Namespace, pool: Pool, workdir: str, wanted: list[str], meta: dict[str, Any]
+) -> int:
+    """--replicas: see bench/replicas.py."""
+    from bench import replicas
+
+    rc = replicas.ReplicaConfig(
+        counts=[int(x) for x in a.replica_counts.split(",") if x.strip()],
+        storage=a.replica_storage,
+        workers=a.replica_workers,
+        pg_url=a.pg_url,
+    )
+    if a.count:
+        rc.corpus = a.count
+        rc.stow_max = min(rc.stow_max, a.count)
+    if a.dur:
+        rc.dur = a.dur
+    meta["client"] = (
+        "bench.client (raw HTTP/1.1 on asyncio+uvloop), 1 separate process; connections spread "
+        "round-robin over the replicas' ports (client-side balancing, no proxy); Accept-Encoding: identity"
+    )
+    try:
+        results, infos = replicas.run_replicas(rc, pool, workdir, wanted, meta, a.keep)
+        if not results:
+            log("nothing ran")
+            return 1
+        meta["fsync_per_s"] = sysinfo.fsync_rate(workdir)
+        text = render("replicas", results, infos, meta)
+        path = write_report("replicas", text, raw_results(results, infos, meta))
+        print(text)
+        log(f"written {path}")
+    finally:
+        pool.close()
     return 0
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -220,7 +222,9 @@ def start_dicomd(
     workers: int | None = None,
     extra: list[str] | None = None,
     index_url: str = "",
+    env: dict[str, str] | None = None,
 ) -> Server:
+    """`dicomd serve` on a fresh data dir and a free port; `env` is added to this process' environment."""
     if not dicomd_available():
         raise RuntimeError(f"{DICOMD_BIN} not found")
     wd = tempfile.mkdtemp(prefix="dicomd-", dir=workroot)
@@ -235,7 +239,9 @@ def start_dicomd(
     log = os.path.join(wd, "dicomd.log")
     os.makedirs(os.path.join(wd, "data"), exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=wd)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=wd, env={**os.environ, **(env or {})}
+        )
     srv = Server("dicomd", "127.0.0.1", port, "/v2", wd, proc, dicomd_version(), index_url=index_url)
     try:
         _wait(f"http://127.0.0.1:{port}/health/check", proc, log, timeout=90)
@@ -243,6 +249,147 @@ def start_dicomd(
         srv.stop()
         raise
     return srv
+
+
+# ---- replicas: several dicomd serve processes sharing one index and one object store ----------------
+
+
+@dataclass
+class ReplicaGroup:
+    """N `dicomd serve` processes on one PostgreSQL schema and one object store, each with its own data
+    dir and port. The client spreads its connections over `targets` (no proxy); `host`/`port`/`base` are
+    the first replica's, for the runner's single requests (any replica answers the same)."""
+
+    name: str
+    replicas: list[Server]
+    helper_pids: Callable[[], list[int]] | None = None  # the PostgreSQL backends serving the replicas
+    keep: bool = False
+
+    @property
+    def host(self) -> str:
+        return self.replicas[0].host
+
+    @property
+    def port(self) -> int:
+        return self.replicas[0].port
+
+    @property
+    def root(self) -> str:
+        return self.replicas[0].root
+
+    @property
+    def base(self) -> str:
+        return self.replicas[0].base
+
+    @property
+    def targets(self) -> list[list[object]]:
+        return [[r.host, r.port] for r in self.replicas]
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.replicas[0].proc
+
+    def dicomd_pids(self) -> list[int]:
+        return [p for r in self.replicas for p in (descendants(r.proc.pid) if r.proc else [])]
+
+    def pids(self) -> list[int]:
+        return self.dicomd_pids() + (self.helper_pids() if self.helper_pids else [])
+
+    def exited(self) -> list[int]:
+        """Exit codes of replicas that are no longer running."""
+        return [r.proc.returncode for r in self.replicas if r.proc and r.proc.poll() is not None]
+
+    def stop(self, cleanup: bool = True) -> None:
+        for r in self.replicas:
+            r.keep = self.keep
+            r.stop(cleanup)
+
+
+_ACCESS_LINE = re.compile(rb'\] "(GET|PUT|HEAD|POST|DELETE) ')
+
+
+class S3Emulator:
+    """moto's S3 server (from the project venv) on a free port with one empty bucket; objects in memory.
+
+    It runs on the same cores as everything else, so `pids()` lets the runner count its CPU."""
+
+    ACCESS = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self, workroot: str | None, bucket: str = "dicomd-bench") -> None:
+        binary = REPO / ".venv" / "bin" / "moto_server"
+        if not binary.exists():
+            raise RuntimeError(f"{binary} not found (pip install 'moto[server]' in the venv)")
+        self.bucket = bucket
+        self.port = free_port()
+        self.workdir = tempfile.mkdtemp(prefix="s3emu-", dir=workroot)
+        self.log = os.path.join(self.workdir, "moto.log")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        try:
+            _wait(f"{self.endpoint}/moto-api/", self.proc, self.log, timeout=60)
+            req = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT", data=b"")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+        except Exception:
+            self.stop()
+            raise
+        try:
+            from importlib.metadata import version
+
+            self.version = f"moto {version('moto')} (S3 server, objects in memory)"
+        except Exception:
+            self.version = "moto (S3 server)"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def storage_args(self, prefix: str) -> list[str]:
+        """`dicomd serve` flags for this bucket under `prefix` (credentials go in the environment)."""
+        # plain http to the endpoint is allowed by dicomd itself for an http:// endpoint
+        options = f"aws_endpoint={self.endpoint},aws_region=us-east-1"
+        return ["--storage-url", f"s3://{self.bucket}/{prefix}", "--storage-options", options]
+
+    def object_count(self, prefix: str, most: int = 1000) -> int:
+        """Objects under `prefix` (at most `most`): proof that the replicas stored into S3."""
+        q = urllib.parse.urlencode({"list-type": "2", "prefix": prefix, "max-keys": str(most)})
+        with urllib.request.urlopen(f"{self.endpoint}/{self.bucket}?{q}", timeout=30) as r:
+            body = r.read().decode()
+        return body.count("<Key>")
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc.poll() is None else []
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests served so far, by method (from the server's access log: one line per request)."""
+        counts: dict[str, int] = {}
+        with contextlib.suppress(OSError), open(self.log, "rb") as f:
+            for line in f:
+                m = _ACCESS_LINE.search(line)
+                if m:
+                    method = m.group(1).decode()
+                    counts[method] = counts.get(method, 0) + 1
+        return counts
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # ---- PostgreSQL index -----------------------------------------------------------------------------
