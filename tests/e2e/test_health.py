@@ -4,9 +4,6 @@ behind a TCP relay the test cuts): 503 with Retry-After, never a hang, then reco
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ from sqlalchemy.engine import make_url
 from support.backends import PG_URL, pg_schema_url
 from support.dicom_files import make_instance
 from support.dicomweb import failed_items, stow
+from support.relay import Relay
 from support.server import Server, start_server, stop_server
 
 
@@ -34,53 +32,6 @@ def test_health_reports_each_dependency_with_its_latency(fresh_server: Server) -
     assert httpx.get(fresh_server.url + "/health/live", timeout=10).json()["status"] == "alive"
 
 
-class Relay:
-    """A TCP relay to the database that the test can cut (every connection closed, new ones refused)
-    and restore on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self.open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            self.open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for s in (source, sink):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up.clear()
-        for s in self.open:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        self.open.clear()
-
-    def restore(self) -> None:
-        self.up.set()
-
-
 @pytest.fixture
 def relayed_server(tmp_path: Path) -> Iterator[tuple[Server, Relay]]:
     if not PG_URL:
@@ -94,7 +45,7 @@ def relayed_server(tmp_path: Path) -> Iterator[tuple[Server, Relay]]:
             yield server, relay
         finally:
             stop_server(server)
-            relay.listener.close()
+            relay.close()
 
 
 def test_an_index_outage_gives_503_with_retry_after_and_recovers(
