@@ -7,13 +7,10 @@ instance and, after its restart and a sweep, leaves nothing orphaned in storage.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from dicomd.config import Settings
@@ -30,9 +27,9 @@ from support.dicomweb import (
 )
 from support.replicas import (
     Sent,
+    acknowledged_until_killed,
     api_client,
     assert_the_same_on_every_replica,
-    kill_group,
     retrieve,
     store_overlapping,
 )
@@ -113,45 +110,7 @@ def _staged(storage: Path) -> list[Path]:
 
 
 def test_a_replica_killed_mid_ingest_loses_no_acknowledged_instance(cluster: Cluster) -> None:
-    victim = cluster.servers[2]
-    patient = unique_id("KILL")
-    acknowledged: list[Sent] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def load(number: int) -> None:
-        with api_client(victim) as client:
-            while not stop.is_set():
-                study, series = new_uid(), new_uid()
-                sops = (new_uid(), new_uid(), new_uid())
-                batch = [
-                    Sent(
-                        study,
-                        series,
-                        sop,
-                        make_instance(study=study, series=series, sop=sop, patient_id=patient),
-                    )
-                    for sop in sops
-                ]
-                try:
-                    r = stow(client, [s.data for s in batch])
-                except httpx.HTTPError:
-                    return  # the replica died under this request: not acknowledged
-                if r.status_code == 200:
-                    with lock:
-                        acknowledged.extend(batch)
-
-    senders = [threading.Thread(target=load, args=(n,)) for n in range(4)]
-    for t in senders:
-        t.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill_group(victim)
-    stop.set()
-    for t in senders:
-        t.join(30)
-    assert len(acknowledged) >= 30
+    acknowledged = acknowledged_until_killed(cluster.servers[2])
 
     cluster.servers[2] = cluster.start(2)  # its start-up recovers what the dead one had staged
     for server in cluster.servers:

@@ -35,9 +35,9 @@ from support.relay import Relay
 from support.replicas import (
     SOP_INSTANCE,
     Sent,
+    acknowledged_until_killed,
     api_client,
     assert_the_same_on_every_replica,
-    kill_group,
     new_series,
     referenced_sops,
     retrieve,
@@ -143,35 +143,7 @@ def test_concurrent_overlapping_stores_read_back_the_same_on_every_replica(clust
 def test_a_replica_killed_mid_ingest_loses_nothing_and_the_sweep_leaves_no_orphan(
     cluster: CloudCluster,
 ) -> None:
-    victim = cluster.servers[2]
-    patient = unique_id("KILL")
-    acknowledged: list[Sent] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def load() -> None:
-        with api_client(victim) as client:
-            while not stop.is_set():
-                batch = new_series(patient, 3)
-                try:
-                    r = stow(client, [s.data for s in batch])
-                except httpx.HTTPError:
-                    return  # the replica died under this request: not acknowledged
-                if r.status_code == 200:
-                    with lock:
-                        acknowledged.extend(batch)
-
-    senders = [threading.Thread(target=load) for _ in range(4)]
-    for t in senders:
-        t.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill_group(victim)
-    stop.set()
-    for t in senders:
-        t.join(30)
-    assert len(acknowledged) >= 30
+    acknowledged = acknowledged_until_killed(cluster.servers[2])
 
     cluster.servers[2] = cluster.start(2)  # its start-up recovers what the dead one had staged
     for server in cluster.servers:

@@ -211,3 +211,38 @@ def assert_the_same_on_every_replica(servers: list[Server], overlap: Overlap) ->
     sequences = [e["Sequence"] for e in feeds[0]]
     assert sequences == sorted(set(sequences))
     assert overlap.paged == sequences  # the pager, reading while the replicas wrote, missed nothing
+
+
+def acknowledged_until_killed(victim: Server, least: int = 30) -> list[Sent]:
+    """Store three-instance series through ``victim`` from four threads until at least ``least``
+    instances were acknowledged (or 20 s passed), then SIGKILL its process group mid-ingest. Returns the
+    acknowledged instances (the requests the kill cut short are not: their clients saw no answer)."""
+    patient = unique_id("KILL")
+    acknowledged: list[Sent] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load() -> None:
+        with api_client(victim) as client:
+            while not stop.is_set():
+                batch = new_series(patient, 3)
+                try:
+                    r = stow(client, [s.data for s in batch])
+                except httpx.HTTPError:
+                    return  # the replica died under this request: not acknowledged
+                if r.status_code == 200:
+                    with lock:
+                        acknowledged.extend(batch)
+
+    senders = [threading.Thread(target=load) for _ in range(4)]
+    for t in senders:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_group(victim)
+    stop.set()
+    for t in senders:
+        t.join(30)
+    assert len(acknowledged) >= least
+    return acknowledged
