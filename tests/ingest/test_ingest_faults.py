@@ -7,6 +7,7 @@ tests/e2e/test_disk_full.py."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from sqlalchemy import event
 
 from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from dicomd.index import Index
+from dicomd.ingest import committer as committer_module
 from dicomd.ingest.committer import GroupCommitter, same_bytes
 from dicomd.ingest.prepare import StoreOutcome, fault_reason
 from dicomd.ingest.service import IngestService
@@ -264,3 +266,60 @@ async def test_same_bytes_compares_whole_files(archive: Archive, monkeypatch: py
     assert not same_bytes(archive.store, stored.object_key, staged(data[:-1] + b"\x01"))
     assert not same_bytes(archive.store, stored.object_key, staged(data[:5000] + b"\x01" + data[5001:]))
     assert not same_bytes(archive.store, "missing", staged(data))  # a lost file is not the same
+
+
+async def test_a_resent_instance_is_compared_outside_the_writer_lock(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison reads the whole stored file (GBs, from a remote store): under the index's writer
+    lock, cluster-wide on PostgreSQL, every other writer would wait for it."""
+    data = make_instance()
+    await archive.stow(data)
+    in_lock = False
+    write = archive.index._write
+
+    @contextlib.contextmanager
+    def watched_write() -> Iterator[Any]:
+        nonlocal in_lock
+        with write() as conn:
+            in_lock = True
+            try:
+                yield conn
+            finally:
+                in_lock = False
+
+    compared: list[bool] = []
+    real_same_bytes = committer_module.same_bytes
+
+    def spying(*args: Any) -> bool:
+        compared.append(in_lock)
+        return real_same_bytes(*args)
+
+    monkeypatch.setattr(archive.index, "_write", watched_write)
+    monkeypatch.setattr(committer_module, "same_bytes", spying)
+    again = await archive.stow(data)
+    assert again.failure_reason is None  # identical: a success
+    assert compared == [False]
+
+
+async def test_a_commit_that_failed_after_committing_keeps_its_objects(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost during COMMIT: the transaction may have committed. The committer asks the index
+    again and keeps (publishes) the objects of rows that exist: no index row without its object."""
+    real_add = archive.index.add_instances
+
+    def committed_then_lost(*args: Any, **kwargs: Any) -> Any:
+        real_add(*args, **kwargs)
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
+
+    data = make_instance()
+    monkeypatch.setattr(archive.index, "add_instances", committed_then_lost)
+    outcome = await archive.stow(data)
+    assert outcome.failure_reason is not None  # the client was told it failed (and will re-send)
+    [stored] = archive.index.find_instances(1, outcome.study_instance_uid)
+    assert archive.store.read(stored.object_key) == data  # the committed row kept its object
+    assert archive.staged() == []
+    monkeypatch.setattr(archive.index, "add_instances", real_add)
+    again = await archive.stow(data)  # the re-send: identical, a success
+    assert again.failure_reason is None

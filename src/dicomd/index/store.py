@@ -624,6 +624,28 @@ class Index:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
 
+    def stored_versions(self, wanted: Iterable[tuple[int, str]]) -> dict[tuple[int, str], tuple[str, int]]:
+        """The object key and file size of the indexed instances among these (partition key, SOP
+        Instance UID) pairs. Read without the writer lock: a hint that may be stale by the commit (the
+        committer compares re-sent bytes outside the lock and the writer re-checks the key)."""
+        by_partition: dict[int, list[str]] = {}
+        for pk, sop in wanted:
+            by_partition.setdefault(pk, []).append(sop)
+        found: dict[tuple[int, str], tuple[str, int]] = {}
+        i_t = _schema.instance
+        with self._read() as conn:
+            for pk, sops in by_partition.items():
+                for start in range(0, len(sops), _KNOWN_CHUNK):
+                    chunk = sops[start : start + _KNOWN_CHUNK]
+                    rows = conn.execute(
+                        select(i_t.c.sop_instance_uid, i_t.c.object_key, i_t.c.file_size).where(
+                            i_t.c.partition_key == pk, i_t.c.sop_instance_uid.in_(chunk)
+                        )
+                    )
+                    for sop, object_key, size in rows:
+                        found[(pk, sop)] = (object_key, size)
+        return found
+
     def known_objects(self, keys: Iterable[str]) -> set[str]:
         """Which of these object keys the index names: an instance's, or one queued for removal (the
         cleanup job removes those after the grace period). The orphan sweep removes the others."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomd.index.store import AddResult, Index, PreparedInstance
@@ -118,6 +118,49 @@ def same_bytes(store: ObjectStore, stored_key: str, staged_key: str) -> bool:
         return False
 
 
+def _compared_before_the_lock(
+    index: Index, store: ObjectStore, items: list[PreparedInstance]
+) -> Callable[[str, str], bool]:
+    """``same_file`` for ``add_instances``, with the re-sent instances compared now, before the index's
+    writer lock (held cluster-wide on PostgreSQL): comparing a large file, a remote one above all, takes
+    seconds that every other writer would wait. The writer asks about the key it finds under the lock;
+    only when that changed meanwhile (a concurrent overwrite) is the comparison made there."""
+    stored = index.stored_versions(
+        (prepared.item.partition_key, prepared.item.parsed.sop_instance_uid) for prepared in items
+    )
+    compared: dict[tuple[str, str], bool] = {}
+    for prepared in items:
+        item = prepared.item
+        version = stored.get((item.partition_key, item.parsed.sop_instance_uid))
+        if version is not None and version[1] == item.file_size:
+            compared[(version[0], item.object_key)] = same_bytes(store, version[0], item.object_key)
+
+    def same_file(stored_key: str, staged_key: str) -> bool:
+        found = compared.get((stored_key, staged_key))
+        return same_bytes(store, stored_key, staged_key) if found is None else found
+
+    return same_file
+
+
+def _after_a_failed_commit(index: Index, store: ObjectStore, keys: list[str]) -> None:
+    """The index transaction raised, but a connection lost during COMMIT may have committed it all the
+    same: drop the objects only of keys the index (asked again) does not name, publish the others. When
+    the index cannot be asked, keep everything: a committed row must never lose its objects, and what
+    was not committed is found by ``recover`` (staged) or the orphan sweep (uploaded)."""
+    try:
+        committed = index.known_objects(keys)
+    except Exception:
+        log.warning("a commit failed and its outcome is unknown; its %d objects are kept", len(keys))
+        return
+    for key in keys:
+        if key not in committed:
+            store.discard_staged(key)
+    if committed:
+        log.warning("a commit reported a failure but had committed %d instances", len(committed))
+        with contextlib.suppress(OSError):
+            store.publish(committed)
+
+
 def commit_batch(
     index: Index, store: ObjectStore, items: list[PreparedInstance], *, overwrite: bool
 ) -> list[AddResult]:
@@ -128,12 +171,15 @@ def commit_batch(
     keys = [prepared.item.object_key for prepared in items]
     try:
         store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them
-        results = index.add_instances(
-            items, overwrite=overwrite, same_file=functools.partial(same_bytes, store)
-        )
+        same_file = _compared_before_the_lock(index, store, items)
     except Exception:
         for key in keys:
             store.discard_staged(key)
+        raise
+    try:
+        results = index.add_instances(items, overwrite=overwrite, same_file=same_file)
+    except Exception:
+        _after_a_failed_commit(index, store, keys)
         raise
     try:
         store.publish(k for k, r in zip(keys, results, strict=True) if r.status in STORED)
