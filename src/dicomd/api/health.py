@@ -43,7 +43,34 @@ def _probe_store(store: ObjectStore) -> None:
         store.size(_PROBE_KEY)
 
 
+# Health answers are public and exempt from rate limits: a flood of them must not become a flood of
+# database and object-store round trips (each a thread and a pooled connection). A worker probes at most
+# once per PROBE_REUSE seconds; callers meanwhile share the last answer or the probe in flight.
+PROBE_REUSE = 1.0
+
+
+class _LastProbe:
+    """The worker's latest probe (one application per worker; tests build others, which start anew)."""
+
+    services: Services | None = None
+    started = 0.0
+    task: asyncio.Task[dict[str, dict[str, Any]]] | None = None
+
+
 async def dependencies(found: Services) -> dict[str, dict[str, Any]]:
+    """Each dependency's status and latency, probed at most once a second per worker (a probe still
+    running is shared, however long it takes)."""
+    now = time.monotonic()
+    last = _LastProbe
+    stale = last.task is None or (last.task.done() and now - last.started >= PROBE_REUSE)
+    if last.services is not found or stale:
+        last.services, last.started = found, now
+        last.task = asyncio.ensure_future(_probe_dependencies(found))
+    assert last.task is not None
+    return dict(await asyncio.shield(last.task))
+
+
+async def _probe_dependencies(found: Services) -> dict[str, dict[str, Any]]:
     index_timeout = min(PROBE_TIMEOUT, float(found.settings.db_timeout))
     store_timeout = min(PROBE_TIMEOUT, float(found.settings.storage_timeout))
     index, storage = await asyncio.gather(
