@@ -345,8 +345,9 @@ class Settings:
     )
     orphan_grace_period: int = _setting(
         3600,
-        "seconds an object may exist in the object store without an index row before the sweep removes it",
-        minimum=60,
+        "seconds an object may exist in the object store without an index row before the sweep removes it "
+        "(longer than any upload and commit can take: S3 dates a multipart object by its upload's start)",
+        minimum=600,
     )
     # ---- authentication and authorisation (docs/security.md) ----------------------------------------
     oidc_issuer: str = _setting(

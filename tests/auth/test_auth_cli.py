@@ -131,6 +131,21 @@ def test_a_malformed_key_file_is_named_and_never_quoted(tmp_path: Path) -> None:
             "setting 'oidc_algorithms' (from flag --oidc-algorithms): must be among RS256",
         ),
         (["--api-keys-file", "k", "--oidc-algorithms", "none"], "got 'none'"),
+        (
+            ["--oidc-issuer", "http://login.example.org", "--oidc-audience", "x"],
+            "setting 'oidc_issuer' (from flag --oidc-issuer) must be https://",
+        ),
+        (
+            [
+                "--oidc-issuer",
+                "https://l.example",
+                "--oidc-jwks-url",
+                "http://l.example/jwks",
+                "--oidc-audience",
+                "x",
+            ],
+            "setting 'oidc_jwks_url' (from flag --oidc-jwks-url) must be https://",
+        ),
         (["--api-keys-file", "k", "--roles", "Viewer=read+print"], "unknown action 'print'"),
     ],
 )

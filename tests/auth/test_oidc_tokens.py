@@ -83,16 +83,26 @@ async def test_a_repeated_token_costs_a_lookup(issuer: Issuer) -> None:
     assert repeated < 50e-6 and repeated < first / 20, (first, repeated)
 
 
-async def test_the_keys_are_refreshed_in_the_background_when_old(issuer: Issuer) -> None:
+async def test_old_keys_are_refreshed_before_a_token_is_verified_with_them(issuer: Issuer) -> None:
     jwks = Jwks(issuer.url, "", {"ES256"}, refresh_seconds=0)
     await jwks.key(issuer.keys[0].kid)
     fetches = issuer.jwks_fetches()
-    await jwks.key(issuer.keys[0].kid)  # answered from the keys held, a refresh started
-    for _ in range(100):
-        if issuer.jwks_fetches() > fetches:
-            break
-        await asyncio.sleep(0.02)
+    await jwks.key(issuer.keys[0].kid)  # stale keys: fetched again before the answer
     assert issuer.jwks_fetches() == fetches + 1
+
+
+async def test_a_key_withdrawn_while_the_keys_were_idle_verifies_no_token() -> None:
+    """After an idle spell the first token is not verified with a key the issuer withdrew meanwhile."""
+    old = make_key("RS256")
+    with running_issuer(old) as rotating:
+        settings = load_settings(flags={"oidc_issuer": rotating.url, "oidc_audience": AUDIENCE})
+        verifier = TokenVerifier(settings, RoleMap(settings.roles))
+        verifier.jwks._refresh_seconds = 0.5  # the keys go stale quickly
+        await verifier.principal_for(rotating.token().encode())
+        rotating.rotate(make_key("RS256"), withdraw=old.kid)
+        await asyncio.sleep(0.6)
+        with pytest.raises(TokenRefused):
+            await verifier.principal_for(rotating.token(old).encode())  # a token never seen before
 
 
 async def test_a_configured_jwks_url_skips_discovery(issuer: Issuer) -> None:

@@ -105,7 +105,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("storage_timeout", 0, "must be positive, got 0"),
     ("db_pool_size", 0, "must be between 1 and 256, got 0"),
     ("db_timeout", 0, "must be positive, got 0"),
-    ("orphan_grace_period", 10, "must be at least 60, got 10"),
+    ("orphan_grace_period", 60, "must be at least 600, got 60"),
     ("oidc_issuer", "issuer.example", "must start with http:// or https://"),
     ("oidc_jwks_url", "jwks.example", "must start with http:// or https://"),
     ("oidc_algorithms", "RS256,none", "must be among RS256"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -17,6 +18,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,29 +137,44 @@ def write_records(path: Path, records: list[ApiKeyRecord]) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """One editor of the key file at a time (an `add` that read the file before a concurrent `revoke`
+    wrote it would bring the revoked key back): an exclusive lock on ``<file>.lock`` around read and
+    write. The server only reads, and the file is replaced whole, so it never sees half an edit."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def add_key(path: Path, name: str, roles: tuple[str, ...], partitions: tuple[str, ...] | None) -> str:
     """Create a key named ``name`` (unique among the keys not revoked); returns the key, shown once."""
-    records = read_records(path)
-    if any(r.name == name and not r.revoked for r in records):
-        raise ApiKeyFileError(f"an API key named {name!r} exists already (revoke it first)")
-    key = new_key()
-    records.append(ApiKeyRecord(name, key_hash(key), roles, partitions, _now()))
-    write_records(path, records)
+    with _editing(path):
+        records = read_records(path)
+        if any(r.name == name and not r.revoked for r in records):
+            raise ApiKeyFileError(f"an API key named {name!r} exists already (revoke it first)")
+        key = new_key()
+        records.append(ApiKeyRecord(name, key_hash(key), roles, partitions, _now()))
+        write_records(path, records)
     return key
 
 
 def revoke_key(path: Path, name: str) -> bool:
     """Mark the key named ``name`` revoked; False when there is no such key that is not revoked."""
-    records = read_records(path)
-    found = False
-    for i, record in enumerate(records):
-        if record.name == name and not record.revoked:
-            records[i] = ApiKeyRecord(
-                record.name, record.sha256, record.roles, record.partitions, record.created, _now()
-            )
-            found = True
-    if found:
-        write_records(path, records)
+    with _editing(path):
+        records = read_records(path)
+        found = False
+        for i, record in enumerate(records):
+            if record.name == name and not record.revoked:
+                records[i] = ApiKeyRecord(
+                    record.name, record.sha256, record.roles, record.partitions, record.created, _now()
+                )
+                found = True
+        if found:
+            write_records(path, records)
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dicomd.auth.api_keys import ApiKeyFileError, read_records
 from dicomd.auth.roles import parse_roles
@@ -27,6 +28,14 @@ def check_auth_settings(settings: Settings) -> None:
             f"setting 'oidc_jwks_url' (from {_source(settings, 'oidc_jwks_url')}) needs 'oidc_issuer' "
             "(the tokens' issuer is checked)"
         )
+    for name in ("oidc_issuer", "oidc_jwks_url"):
+        url = urlsplit(getattr(settings, name))
+        if url.scheme == "http" and not is_loopback(url.hostname or ""):
+            # whoever is on the network path could hand out signing keys: every token would be forged
+            raise ConfigError(
+                f"setting '{name}' (from {_source(settings, name)}) must be https:// (plain http:// only on "
+                "loopback, e.g. a test issuer)"
+            )
     try:
         parse_roles(settings.roles)
     except ValueError as exc:

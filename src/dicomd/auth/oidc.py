@@ -13,6 +13,7 @@ token's bytes until its expiry, so a repeated token costs one dict lookup."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import urllib.request
@@ -36,6 +37,10 @@ FETCH_TIMEOUT = 10.0
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_TOKEN_BYTES = 16 * 1024
 TOKEN_CACHE_SIZE = 10_000
+
+
+# seconds a request waits for the refresh of stale keys before it is verified with them
+STALE_KEYS_WAIT = 5.0
 
 
 class TokenRefused(Exception):
@@ -102,8 +107,13 @@ class Jwks:
             await self.refresh()
             if self._keys is None:
                 raise IssuerUnavailable
-        elif now - self._fetched_at >= self._refresh_seconds and self._background is None:
-            self._background = asyncio.create_task(self._refresh_in_background())
+        elif now - self._fetched_at >= self._refresh_seconds and now - self._failed_at >= self._retry_seconds:
+            # stale keys: a key the issuer has withdrawn must not verify one more token, so wait (bounded)
+            # for fresh ones; an issuer that does not answer in time leaves the keys held in use
+            if self._background is None:
+                self._background = asyncio.create_task(self._refresh_in_background())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._background), STALE_KEYS_WAIT)
         found = self._select(kid)
         if found is not None:
             return found
