@@ -142,7 +142,11 @@ def _editing(path: Path) -> Iterator[None]:
     """One editor of the key file at a time (an `add` that read the file before a concurrent `revoke`
     wrote it would bring the revoked key back): an exclusive lock on ``<file>.lock`` around read and
     write. The server only reads, and the file is replaced whole, so it never sees half an edit."""
-    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ApiKeyFileError(f"the API key file cannot be written: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
