@@ -4,6 +4,7 @@ recovery, the orphan listing, a large instance in bounded memory, and an unreach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import socket
@@ -107,6 +108,82 @@ def test_a_batch_is_uploaded_whole_and_discard_removes_uploaded_objects(
     store.publish(keys[1:])
     assert store.staged_names() == []
     assert store.read(keys[1], METADATA) == b"{}\n"
+
+
+class _SlowRelay:
+    """A TCP relay to the emulator that holds each piece a client sends for a moment (a distant store)
+    and records the most connections open through it at once: concurrent requests need connections of
+    their own."""
+
+    def __init__(self, target: tuple[str, int], delay: float = 0.05) -> None:
+        self.delay = delay
+        self.peak = 0
+        self._open = 0
+        self._lock = threading.Lock()
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._open += 1
+                self.peak = max(self.peak, self._open)
+            server = socket.create_connection(self._target)
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, 0.0), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        self._pipe(client, server, self.delay)
+        with self._lock:
+            self._open -= 1
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                time.sleep(delay)
+                sink.sendall(data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_read_many_reads_concurrently_in_order_with_none_for_a_missing_object(
+    emulator: Emulator, make_store: tuple[CloudObjectStore, str, str], tmp_path: Path
+) -> None:
+    writer, url, options = make_store
+    keys = [writer.new_key() for _ in range(32)]
+    for i, key in enumerate(keys):
+        _stage(writer, key, f"instance {i}".encode() * 50, metadata=f'{{"i": {i}}}\n'.encode())
+    writer.sync(keys)
+    writer.publish(keys)
+    host_port = emulator.endpoint.split("//", 1)[1].split("/", 1)[0]
+    relay = _SlowRelay(("127.0.0.1", int(host_port.rsplit(":", 1)[1])))
+    store = CloudObjectStore(
+        url, options.replace(host_port, f"127.0.0.1:{relay.port}"), staging_dir=tmp_path / "r", timeout=10
+    )
+    try:
+        missing = store.new_key()
+        wanted = [*reversed(keys[:16]), missing, *keys[16:]]
+        got = store.read_many(wanted)
+        assert got == [None if k == missing else f"instance {keys.index(k)}".encode() * 50 for k in wanted]
+        # one after the other needs one connection at a time; 16 GETs held in flight need their own
+        assert relay.peak >= 8
+        assert store.read_many(keys[:3], METADATA) == [b'{"i": 0}\n', b'{"i": 1}\n', b'{"i": 2}\n']
+        assert store.read_many([missing]) == [None]
+        assert store.read_many([]) == []
+    finally:
+        store.close()
+        relay.close()
 
 
 def test_sync_of_a_missing_staged_file_fails(make_store: tuple[CloudObjectStore, str, str]) -> None:
@@ -275,6 +352,7 @@ def test_a_silent_store_times_out_as_unavailable(silent_endpoint: str, tmp_path:
         lambda: store.sync([key]),
         lambda: store.read(key),
         lambda: store.read_range(key, 0, 2),
+        lambda: store.read_many([key, store.new_key()]),  # not "missing": unavailable
     ):
         started = time.monotonic()
         with pytest.raises(StorageUnavailable):

@@ -395,3 +395,34 @@ def test_iter_stored_lists_each_old_enough_published_key_once(tmp_path: Path) ->
     assert list(store.iter_stored(older_than=60)) == [old]  # once, though two objects; staged ones not
     assert sorted(store.iter_stored(older_than=-1)) == sorted([old, new])
     assert list(LocalObjectStore(tmp_path / "empty").iter_stored(older_than=0)) == []
+
+
+def test_read_many_keeps_the_order_and_gives_none_for_a_missing_object(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    published, staged = new_key(), new_key()  # staged: committed, not yet moved into place
+    for key in (published, staged):
+        store.write_staged(key, DICOM, f"dicom {key}".encode())
+        store.write_staged(key, METADATA, f"json {key}".encode())
+    store.sync([published, staged])
+    store.publish([published])
+    missing = new_key()
+    assert store.read_many([staged, missing, published, staged]) == [
+        f"dicom {staged}".encode(),
+        None,
+        f"dicom {published}".encode(),
+        f"dicom {staged}".encode(),
+    ]
+    assert store.read_many([published, staged], METADATA) == [
+        f"json {published}".encode(),
+        f"json {staged}".encode(),
+    ]
+    assert store.read_many([]) == []
+
+
+def test_read_many_raises_other_errors_than_a_missing_object(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    key = new_key()
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).mkdir()  # not a file: IsADirectoryError, which is no "missing object"
+    with pytest.raises(IsADirectoryError):
+        store.read_many([new_key(), key])

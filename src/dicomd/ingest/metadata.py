@@ -35,17 +35,18 @@ def is_complete(blob: bytes) -> bool:
     return blob.startswith(b"{") and blob.endswith(b"}" + _END)
 
 
-def read_metadata(store: ObjectStore, key: str, bulk: Callable[[], BulkRanges]) -> bytes:
+def read_metadata(
+    store: ObjectStore, key: str, bulk: Callable[[], BulkRanges], data: bytes | None = None
+) -> bytes:
     """The instance's DICOM JSON object (without the end marker).
 
-    A missing or incomplete object is rebuilt from the DICOM file; `bulk` gives the bulk data ranges
-    the index recorded at ingest (asked only then), so that the rebuilt object names the same bulk data
-    whatever the bulk threshold is now. Raises FileNotFoundError when the instance itself is gone.
+    `data` is the stored object when the caller read it already (``ObjectStore.read_many``, b"" for a
+    missing one); None reads it here. A missing or incomplete object is rebuilt from the DICOM file;
+    `bulk` gives the bulk data ranges the index recorded at ingest (asked only then), so that the rebuilt
+    object names the same bulk data whatever the bulk threshold is now. Raises FileNotFoundError when
+    the instance itself is gone.
     """
-    try:
-        blob = store.read(key, METADATA)
-    except FileNotFoundError:
-        blob = b""
+    blob = data if data is not None else _read_stored(store, key)
     if is_complete(blob):
         return blob[:-1]
     if _is_unmarked_object(blob):
@@ -53,6 +54,13 @@ def read_metadata(store: ObjectStore, key: str, bulk: Callable[[], BulkRanges]) 
         return blob
     log.warning("rebuilding metadata object %s from its DICOM file", key)  # random key: no PHI
     return rebuild(store, key, bulk())[:-1]
+
+
+def _read_stored(store: ObjectStore, key: str) -> bytes:
+    try:
+        return store.read(key, METADATA)
+    except FileNotFoundError:
+        return b""
 
 
 def _is_unmarked_object(blob: bytes) -> bool:

@@ -113,6 +113,13 @@ class ObjectStore(Stager, Protocol):
 
     def read(self, key: str, suffix: str = DICOM) -> bytes: ...
 
+    def read_many(self, keys: Sequence[str], suffix: str = DICOM) -> list[bytes | None]:
+        """The objects of ``keys`` (each read whole, as ``read`` does), in the order of ``keys``; None
+        for a key whose object is missing. Any other error (``StorageUnavailable``, an OSError)
+        propagates. A cloud store reads them concurrently (one GET each, a bounded number at once);
+        the local store one after the other (page-cache reads: threads would only add overhead)."""
+        ...
+
     def read_range(self, key: str, offset: int, length: int, suffix: str = DICOM) -> bytes: ...
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:

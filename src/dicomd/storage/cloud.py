@@ -5,8 +5,8 @@ Writes stage locally exactly as ``LocalObjectStore``'s do (``StagingStore``: the
 file; staging areas are claimed by flock and recovered when their owner dies). ``sync`` uploads each
 staged DICOM object and its metadata object and returns only once the store acknowledged all of them:
 that acknowledgement is the durability behind a 2xx. ``publish`` then only removes the local copies.
-Reads go to the store: ranged GETs for frames and bulk data, a streamed GET for whole files, a temporary
-download for the parser.
+Reads go to the store: ranged GETs for frames and bulk data, a streamed GET for whole files, concurrent
+GETs for the many objects of a study (``read_many``), a temporary download for the parser.
 
 Objects are named ``<prefix>/<key[:3]>/<key>.dcm|json``; keys are random (no PHI in names). Credentials
 come from ``storage_options`` or the backend's usual environment variables (obstore reads AWS_*,
@@ -52,6 +52,9 @@ _PART_BYTES = 8 << 20
 _PARTS_IN_FLIGHT = 4
 # objects uploaded at once: a batch of small instances costs a few round trips, not one per object
 _UPLOAD_THREADS = 16
+# GETs at once for read_many (per process, shared by its requests): a study's instances or metadata
+# objects cost a few round trips instead of one per object
+_READ_THREADS = 16
 # pieces of a download for the parser (local_file)
 _READ_BUFFER = 1 << 20
 
@@ -144,6 +147,7 @@ class CloudObjectStore(StagingStore):
         self.timeout = timeout
         self._remote = _open_remote(url, parse_options(options), timeout)
         self._uploads: ThreadPoolExecutor | None = None
+        self._reads: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         # keys this process uploaded at sync and has not published yet: discard_staged removes their
         # remote objects too (others were never uploaded: no request needed)
@@ -170,9 +174,10 @@ class CloudObjectStore(StagingStore):
 
     def close(self) -> None:
         super().close()
-        if self._uploads is not None:
-            self._uploads.shutdown(wait=True)
-            self._uploads = None
+        for pool in (self._uploads, self._reads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._uploads = self._reads = None
 
     # ---- names and errors ----------------------------------------------------------------------
     @staticmethod
@@ -197,6 +202,14 @@ class CloudObjectStore(StagingStore):
                 if self._uploads is None:
                     self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="dicomd-upload")
         return self._uploads
+
+    def _read_pool(self) -> ThreadPoolExecutor:
+        # separate from the uploads: a retrieve does not queue behind a sync, nor a sync behind retrieves
+        if self._reads is None:
+            with self._pool_lock:
+                if self._reads is None:
+                    self._reads = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="dicomd-read")
+        return self._reads
 
     # ---- writes --------------------------------------------------------------------------------
     def _upload(self, path: str, name: str) -> None:
@@ -309,6 +322,25 @@ class CloudObjectStore(StagingStore):
     def read(self, key: str, suffix: str = DICOM) -> bytes:
         with self._errors():
             return obstore.get(self._remote, self._name(key, suffix)).bytes().to_bytes()
+
+    def read_many(self, keys: Sequence[str], suffix: str = DICOM) -> list[bytes | None]:
+        """Concurrent GETs (at most ``_READ_THREADS`` at once per process), in the order of ``keys``.
+        On an error the reads not started yet are dropped and the first error (in key order) raised."""
+        if len(keys) <= 1:  # no hand-off to a thread for one object
+            return [self._read_or_none(key, suffix) for key in keys]
+        pool = self._read_pool()
+        futures = [pool.submit(self._read_or_none, key, suffix) for key in keys]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()  # a no-op for those done or running
+
+    def _read_or_none(self, key: str, suffix: str) -> bytes | None:
+        try:
+            return self.read(key, suffix)
+        except FileNotFoundError:
+            return None
 
     def read_range(self, key: str, offset: int, length: int, suffix: str = DICOM) -> bytes:
         return self._get_range(self._name(key, suffix), offset, length)

@@ -39,7 +39,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -508,6 +508,16 @@ class LocalObjectStore(StagingStore):
     def read(self, key: str, suffix: str = DICOM) -> bytes:
         with self.open_object(key, suffix) as f:
             return f.read()
+
+    def read_many(self, keys: Sequence[str], suffix: str = DICOM) -> list[bytes | None]:
+        """One after the other: local reads are fastest so (see ``ObjectStore.read_many``)."""
+        found: list[bytes | None] = []
+        for key in keys:
+            try:
+                found.append(self.read(key, suffix))
+            except FileNotFoundError:
+                found.append(None)
+        return found
 
     def read_range(self, key: str, offset: int, length: int, suffix: str = DICOM) -> bytes:
         with self.open_object(key, suffix) as f:
