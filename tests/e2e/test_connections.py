@@ -117,7 +117,7 @@ def test_trickled_headers_do_not_extend_the_deadline(timed: Server) -> None:
 def test_a_trickled_body_is_closed_and_a_slow_steady_one_is_stored(timed: Server) -> None:
     # below 1 KiB per body timeout: 100 bytes every 0.5 s
     head = (
-        b"POST /v2/studies HTTP/1.1\r\nHost: test\r\nAccept: application/dicom+json\r\n"
+        b"POST /v2/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/dicom+json\r\n"
         b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
         b"Content-Length: 100000\r\n\r\n"
     )
@@ -180,7 +180,7 @@ def test_a_response_its_client_does_not_read_is_closed(timed: Server) -> None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # before connecting: a small window
         conn.connect(("127.0.0.1", urlsplit(timed.url).port or 0))
         conn.sendall(
-            f"GET {url.path} HTTP/1.1\r\nHost: test\r\n"
+            f"GET {url.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Accept: multipart/related; type=application/dicom; transfer-syntax=*\r\n\r\n".encode()
         )
         time.sleep(BODY_TIMEOUT + SLACK + 1)  # reading nothing

@@ -23,7 +23,7 @@ from dicomd.index.changefeed import partition_changes, partition_latest
 from dicomd.index.normalize import parse_int
 from dicomd.index.store import ChangeEntry, Index
 from dicomd.ingest.metadata import read_metadata
-from dicomd.storage import ObjectStore
+from dicomd.storage import METADATA, ObjectStore
 
 _V1_LIMIT = (10, 100)  # (default, maximum)
 _V2_LIMIT = (100, 200)
@@ -127,6 +127,15 @@ async def latest(request: Request) -> Response:
 
 def _render(entries: list[ChangeEntry], store: ObjectStore, index: Index, include_metadata: bool) -> bytes:
     out: list[dict[str, Any]] = []
+    # the page's metadata objects in one batch (concurrent GETs on a cloud store); "" for a missing one
+    wanted = [e for e in entries if include_metadata and e.state == "Current" and e.object_key]
+    blobs = dict(
+        zip(
+            (e.sequence for e in wanted),
+            store.read_many([e.object_key for e in wanted], METADATA),
+            strict=True,
+        )
+    )
     for e in entries:
         item: dict[str, Any] = {
             "Sequence": e.sequence,
@@ -140,7 +149,10 @@ def _render(entries: list[ChangeEntry], store: ObjectStore, index: Index, includ
         }
         if include_metadata and e.state == "Current" and e.object_key:
             try:
-                metadata = read_metadata(store, e.object_key, partial(_bulk_ranges, index, e))
+                blob = blobs[e.sequence]
+                metadata = read_metadata(
+                    store, e.object_key, partial(_bulk_ranges, index, e), b"" if blob is None else blob
+                )
                 item["Metadata"] = orjson.Fragment(metadata)
             except FileNotFoundError:  # deleted between the query and this read
                 item["State"] = "deleted"

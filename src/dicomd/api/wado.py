@@ -138,7 +138,7 @@ async def retrieve(request: Request) -> Response:
     if choice.media_type == "application/dicom":
         inst = instances[0]
         return StreamingResponse(
-            _file_chunks(store, inst),
+            await _first_read_now(_file_chunks(store, inst)),
             media_type=f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
             headers={"content-length": str(inst.file_size)},  # known from the index: no stat
         )
@@ -151,7 +151,7 @@ async def retrieve(request: Request) -> Response:
     # the length is known up front (sizes are in the index): no chunked encoding for clients to undo
     length = sum(map(len, headers)) + sum(inst.file_size for inst in instances) + len(tail)
     return StreamingResponse(
-        _multipart_instances(store, instances, headers, tail),
+        await _first_read_now(_multipart_instances(store, instances, headers, tail)),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
         headers={"content-length": str(length)},
     )
@@ -183,8 +183,9 @@ async def _multipart_instances(
             if pending:
                 yield await asyncio.to_thread(pack, pending)
                 pending, pending_bytes = [], 0
-            yield headers[i]
-            async for chunk in _file_chunks(store, inst):
+            chunks = _file_chunks(store, inst)
+            yield headers[i] + await anext(chunks, b"")  # the header with data read from the store
+            async for chunk in chunks:
                 yield chunk
             continue
         pending.append(i)
@@ -197,9 +198,30 @@ async def _multipart_instances(
     yield tail
 
 
+async def _first_read_now(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body`` with its first chunk (which reads the store) already read: an unavailable store raises
+    here, before the response starts, and is answered 503 + Retry-After instead of a cut 200 (an object
+    deleted under the request: 404)."""
+    try:
+        first = await anext(body, None)
+    except FileNotFoundError:
+        raise ApiError(404, "the instance was deleted") from None
+
+    async def chained() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+        async for chunk in body:
+            yield chunk
+
+    return chained()
+
+
 async def _file_chunks(store: ObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
     if inst.file_size < _SMALL:
-        yield store.read(inst.object_key)
+        if store.reads_are_local:
+            yield store.read(inst.object_key)
+        else:
+            yield await asyncio.to_thread(store.read, inst.object_key)
         return
     chunks: Iterator[bytes] = store.iter_chunks(inst.object_key)
     while chunk := await asyncio.to_thread(next, chunks, b""):
@@ -401,6 +423,17 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _small_range_body(
+    store: ObjectStore,
+    inst: StoredInstance,
+    pieces: Sequence[Sequence[tuple[int, int]]],
+    first: bytes,
+    rest: bytes,
+    tail: bytes,
+) -> bytes:
+    return b"".join(_range_body(_open_ranges(store, inst), pieces, first, rest, tail))
+
+
 async def _range_parts(
     store: ObjectStore,
     inst: StoredInstance,
@@ -417,9 +450,11 @@ async def _range_parts(
     media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
     small = data < _SMALL and inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     try:
-        if small:  # read on the event loop, as small instances are: thread hand-offs cost more
-            body = b"".join(_range_body(_open_ranges(store, inst), pieces, first, rest, tail))
+        if small and not store.reads_are_local:
+            body = await asyncio.to_thread(_small_range_body, store, inst, pieces, first, rest, tail)
             return Response(body, media_type=media_type)
+        if small:  # read on the event loop, as small instances are: thread hand-offs cost more
+            return Response(_small_range_body(store, inst, pieces, first, rest, tail), media_type=media_type)
         ranges = await asyncio.to_thread(_open_ranges, store, inst)
     except FileNotFoundError:
         raise ApiError(404, "the instance was deleted") from None

@@ -78,6 +78,10 @@ class ObjectStore(Stager, Protocol):
     - Everything is written owner-only (the archive holds PHI).
     """
 
+    # True when a read is a local file read (microseconds from the page cache): small reads may then be
+    # made on the event loop. A remote store's reads are network round trips, always made in a thread.
+    reads_are_local: bool
+
     def new_key(self) -> str:
         """A fresh object key."""
         ...

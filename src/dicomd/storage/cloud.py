@@ -141,6 +141,8 @@ def _summary(exc: BaseException) -> str:
 class CloudObjectStore(StagingStore):
     """The ``ObjectStore`` on S3, Azure Blob Storage or GCS (see the module's docstring)."""
 
+    reads_are_local = False  # every read is a request to the store: never on the event loop
+
     def __init__(self, url: str, options: str = "", *, staging_dir: Path, timeout: float = 30) -> None:
         super().__init__(staging_dir)
         self.url = public_url(url)

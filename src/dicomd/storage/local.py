@@ -366,6 +366,8 @@ class StagingStore(abc.ABC):
 class LocalObjectStore(StagingStore):
     """The ``ObjectStore`` on a local file system (see the module's docstring)."""
 
+    reads_are_local = True
+
     def __init__(self, root: Path) -> None:
         super().__init__(root / "staging")
         self.root = root
