@@ -110,6 +110,7 @@ def test_every_flag_reaches_the_settings_under_its_name(
         "tls_cert_file": str(tmp_path / "cert.pem"),
         "tls_key_file": str(tmp_path / "key.pem"),
         "trusted_hosts": "pacs.example.org",
+        "forwarded_allow_ips": "10.0.0.0/8,192.0.2.1",
         "rate_limit": "100",
     }
     assert set(values) == set(SETTINGS)

@@ -139,9 +139,11 @@ def _single_part_digest(response: httpx.Response) -> tuple[dict[str, str], str, 
 # ---- frame-count amplification ----------------------------------------------------------------
 
 
-def _frame_bomb(tmp_path: Path, pixel_length: int, name: str = "") -> tuple[Path, pydicom.Dataset, bytes]:
+def _frame_bomb(
+    tmp_path: Path, pixel_length: int, name: str = "", ds: pydicom.Dataset | None = None
+) -> tuple[Path, pydicom.Dataset, bytes]:
     """1x1 pixels of 1 bit and NumberOfFrames 2,000,000,000: one frame per bit of the pixel data."""
-    ds = image_dataset(rows=1, columns=1, bits=1, frames=2_000_000_000)
+    ds = ds or image_dataset(rows=1, columns=1, bits=1, frames=2_000_000_000)
     pixels = random.Random(pixel_length).randbytes(pixel_length)
     path = tmp_path / f"frame-bomb-{pixel_length}{name}.dcm"
     write_part10(path, ds, EXPLICIT, [long_element(0x7FE00010, b"OB", len(pixels)), pixels])
@@ -192,9 +194,11 @@ def test_frame_bomb_is_stored_and_served_in_constant_time(server: Server, tmp_pa
 def test_small_frame_bomb_does_not_stall_the_worker(server: Server, tmp_path: Path) -> None:
     """A part of at most 64 KiB is prepared on the event loop: before, a 64 KiB frame bomb held the
     worker's other requests for 0.6-0.7 s (more on a slower or busier machine)."""
-    probe, _, _ = _frame_bomb(tmp_path, 2, "-probe")
-    pixel_length = (65_536 - probe.stat().st_size + 2) & ~1  # the largest part prepared on the loop
-    bombs = [_frame_bomb(tmp_path, pixel_length, f"-{i}") for i in range(4)]
+    bombs = []
+    for i in range(4):  # each with its own UIDs, whose lengths vary: sized for its own header
+        probe, ds, _ = _frame_bomb(tmp_path, 2, f"-probe{i}")
+        pixel_length = (65_536 - probe.stat().st_size + 2) & ~1  # the largest part prepared on the loop
+        bombs.append(_frame_bomb(tmp_path, pixel_length, f"-{i}", ds))
     assert all(64_000 < path.stat().st_size <= 65_536 for path, _, _ in bombs)
     latencies: list[float] = []
     done = threading.Event()
