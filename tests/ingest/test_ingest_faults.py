@@ -272,7 +272,9 @@ async def test_a_resent_instance_is_compared_outside_the_writer_lock(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The comparison reads the whole stored file (GBs, from a remote store): under the index's writer
-    lock, cluster-wide on PostgreSQL, every other writer would wait for it."""
+    lock, cluster-wide on PostgreSQL, every other writer would wait for it. (A small local file is
+    compared under the lock: that spares every commit a query.)"""
+    monkeypatch.setattr(committer_module, "_COMPARE_IN_LOCK_MAX", 0)  # as for a large file
     data = make_instance()
     await archive.stow(data)
     in_lock = False
