@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from support.dicom_files import make_instance
 from support.dicomweb import stow, unique_id, value
-from support.server import free_port
+from support.server import Server, free_port, start_server, stop_server
 
 
 @dataclass
@@ -79,53 +79,37 @@ def trusting(cert: Certificate) -> ssl.SSLContext:
 
 @dataclass
 class TlsServer:
-    url: str  # https://127.0.0.1:port
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    server: Server
     cert_file: Path
     key_file: Path
 
+    @property
+    def url(self) -> str:
+        return self.server.url  # https://127.0.0.1:port
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.server.process
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.server.log()
 
 
 def start_tls_server(tmp_path: Path, cert: Certificate, workers: int) -> TlsServer:
-    """`dicomd serve` with TLS (support/server.py's start_server polls http://)."""
+    """`dicomd serve` with TLS, reached over https trusting ``cert``."""
     cert_file, key_file = tmp_path / "server.crt", tmp_path / "server.key"
     cert_file.write_bytes(cert.pem)
     key_file.write_bytes(cert.key_pem)
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    cmd = [
-        sys.executable, "-m", "dicomd", "serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
-        "--workers", str(workers), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    server = TlsServer(f"https://127.0.0.1:{port}", port, process, log_path, cert_file, key_file)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dicomd exited with {process.returncode}:\n{server.log()}")
-        try:
-            r = httpx.get(server.url + "/health/check", verify=trusting(cert), timeout=1)
-            if r.status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"dicomd did not become healthy:\n{server.log()}")
-
-
-def stop(server: TlsServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    server = start_server(
+        tmp_path / "data",
+        "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+        workers=workers, tls=trusting(cert),
+    )  # fmt: skip
+    return TlsServer(server, cert_file, key_file)
 
 
 @pytest.fixture(params=[2, 1], ids=["handed-over", "one-worker"])
@@ -133,7 +117,7 @@ def tls_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
     cert = make_certificate("dicomd-test-first")
     server = start_tls_server(tmp_path, cert, workers=request.param)
     yield server, cert
-    stop(server)
+    stop_server(server.server)
 
 
 def served_certificate(port: int) -> bytes:

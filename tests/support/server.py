@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -46,7 +47,15 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *extra: str, workers: int = 2, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    data_dir: Path,
+    *extra: str,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Server:
+    """``tls``: the server was given a certificate (--tls-cert-file ...): reach it over https, trusting
+    this context."""
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,13 +65,14 @@ def start_server(data_dir: Path, *extra: str, workers: int = 2, env: dict[str, s
         "--port", str(port), "--workers", str(workers), *extra,
     ]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log_path)
+    scheme = "https" if tls is not None else "http"
+    server = Server(f"{scheme}://127.0.0.1:{port}", data_dir, process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"dicomd exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(server.url + "/health/check", timeout=1).status_code == 200:
+            if httpx.get(server.url + "/health/check", timeout=1, verify=tls or True).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
