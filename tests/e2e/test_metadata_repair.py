@@ -131,3 +131,17 @@ def test_a_rebuilt_object_names_the_bulk_data_recorded_at_ingest(tmp_path: Path)
             assert document in got.content
     finally:
         stop_server(srv)
+
+
+def test_metadata_of_an_instance_whose_objects_are_gone_is_a_404(fresh_server: Server) -> None:
+    """What a delete leaves under a request once its grace period is over: the index row was read, then
+    both objects went. Nothing to rebuild from: a 404, not a 500."""
+    study = new_uid()
+    with httpx.Client(base_url=fresh_server.v2, timeout=30) as client:
+        assert stow(client, [make_instance(study=study)]).status_code == 200
+        (path,) = _metadata_files(fresh_server.data_dir)
+        path.unlink()
+        path.with_suffix(".dcm").unlink()
+        r = client.get(f"/studies/{study}/metadata", headers={"Accept": "application/dicom+json"})
+        assert r.status_code == 404, r.text
+        assert "deleted" in r.json()["message"]

@@ -241,7 +241,10 @@ async def metadata(request: Request) -> Response:
     cache = services(request).metadata_cache
     body = cache.get((etag, base))
     if body is None:
-        body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
+        try:
+            body = await asyncio.to_thread(_metadata_body, _store(request), instances, base)
+        except FileNotFoundError:  # an instance deleted (and its grace period over) under the request
+            raise ApiError(404, "an instance was deleted while its metadata was read") from None
         cache.put((etag, base), body)
     return raw_json_response(body, headers={"etag": etag})
 
