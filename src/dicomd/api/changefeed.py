@@ -19,7 +19,6 @@ from starlette.responses import Response
 from dicomd.api.common import ApiError, api_version
 from dicomd.api.partitions import partition, partition_name
 from dicomd.api.services import services
-from dicomd.index.changefeed import partition_changes, partition_latest
 from dicomd.index.normalize import parse_int
 from dicomd.index.store import ChangeEntry, Index
 from dicomd.ingest.metadata import read_metadata
@@ -101,9 +100,8 @@ async def changefeed(request: Request) -> Response:
     include = _bool(params, "includemetadata", True)
     svc = services(request)
     entries = await asyncio.to_thread(
-        partition_changes,
-        svc.index.engine,
-        partition(request),
+        svc.index.changefeed,
+        partition_key=partition(request),
         offset=offset,
         limit=limit,
         start=start,
@@ -118,7 +116,7 @@ async def latest(request: Request) -> Response:
     params = _params(request, {"includemetadata"})
     include = _bool(params, "includemetadata", True)
     svc = services(request)
-    entry = await asyncio.to_thread(partition_latest, svc.index.engine, partition(request))
+    entry = await asyncio.to_thread(svc.index.latest_change, partition(request))
     if entry is None:
         return Response(b"{}", media_type="application/json")
     body = await asyncio.to_thread(_render, [entry], svc.store, svc.index, include)

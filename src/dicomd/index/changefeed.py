@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, select
 
 from dicomd.index.schema import changefeed, instance
 from dicomd.index.types import ChangeEntry, State
@@ -110,26 +110,3 @@ def read_latest(conn: Connection, partition_key: int | None = None) -> ChangeEnt
     page = page.order_by(changefeed.c.sequence.desc()).limit(1)
     row = conn.execute(_entries_select(page.subquery())).first()
     return _entry(row) if row is not None else None
-
-
-def partition_changes(
-    engine: Engine,
-    partition_key: int,
-    *,
-    offset: int,
-    limit: int,
-    start: datetime | None,
-    end: datetime | None,
-    v2: bool,
-) -> list[ChangeEntry]:
-    """``read_changes`` of one partition in a read transaction of its own."""
-    with engine.connect() as conn, conn.begin():
-        return read_changes(
-            conn, offset=offset, limit=limit, start=start, end=end, v2=v2, partition_key=partition_key
-        )
-
-
-def partition_latest(engine: Engine, partition_key: int) -> ChangeEntry | None:
-    """The newest entry of one partition, if any."""
-    with engine.connect() as conn, conn.begin():
-        return read_latest(conn, partition_key)

@@ -55,12 +55,12 @@ from dicomd.index import schema as _schema
 from dicomd.index.changefeed import read_changes, read_latest
 from dicomd.index.compiled import CompiledStatements
 from dicomd.index.frames import FrameTable
+from dicomd.index.partitions import create_partition, find_partition, list_partitions
 from dicomd.index.qido import QidoQuery
 from dicomd.index.rows import prepare_instance
 from dicomd.index.schema import (
     DEFAULT_PARTITION_KEY,
     changefeed,
-    partition,
     study_name_key,
     study_series_instance,
 )
@@ -409,40 +409,18 @@ class Index:
 
     # -- partitions -------------------------------------------------------------------------
 
+    # (index/partitions.py holds the queries; these are its short forms for callers holding an Index)
+
     def partitions(self) -> list[tuple[int, str]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                select(partition.c.partition_key, partition.c.partition_name).order_by(
-                    partition.c.partition_key
-                )
-            )
-            return [(r[0], r[1]) for r in rows]
+        return [(p.key, p.name) for p in list_partitions(self.engine)]
 
     def partition_key(self, name: str) -> int | None:
-        with self._read() as conn:
-            key = conn.execute(
-                select(partition.c.partition_key).where(partition.c.partition_name == name)
-            ).scalar()
-            return int(key) if key is not None else None
+        found = find_partition(self.engine, name)
+        return found.key if found is not None else None
 
     def ensure_partition(self, name: str) -> int:
-        """Key of the named partition, created if missing."""
-        existing = self.partition_key(name)
-        if existing is not None:
-            return existing
-        with self._write() as conn:
-            key = conn.execute(
-                select(partition.c.partition_key).where(partition.c.partition_name == name)
-            ).scalar()
-            if key is None:
-                # explicit key: the default partition was inserted without using the sequence
-                key = conn.execute(
-                    select(func.coalesce(func.max(partition.c.partition_key), 0) + 1)
-                ).scalar_one()
-                conn.execute(
-                    insert(partition).values(partition_key=key, partition_name=name, created_at=_now_ms())
-                )
-            return int(key)
+        """Key of the named partition, created if missing (race-free across processes)."""
+        return create_partition(self.engine, name).key
 
     # -- store ------------------------------------------------------------------------------
 
@@ -722,18 +700,22 @@ class Index:
         start: datetime | None = None,
         end: datetime | None = None,
         v2: bool,
+        partition_key: int | None = None,
     ) -> list[ChangeEntry]:
-        """v1: entries after sequence `offset`; v2: [start, end) time window, skip `offset` rows."""
+        """v1: entries after sequence `offset`; v2: [start, end) time window, skip `offset` rows. Of one
+        partition, or of all when `partition_key` is None."""
         with self._read() as conn:
-            return read_changes(conn, offset=offset, limit=limit, start=start, end=end, v2=v2)
+            return read_changes(
+                conn, offset=offset, limit=limit, start=start, end=end, v2=v2, partition_key=partition_key
+            )
 
     def ping(self) -> None:
         """One round trip to the database (health checks); raises when it is unreachable."""
         self._fetch("SELECT 1", ())
 
-    def latest_change(self) -> ChangeEntry | None:
+    def latest_change(self, partition_key: int | None = None) -> ChangeEntry | None:
         with self._read() as conn:
-            return read_latest(conn)
+            return read_latest(conn, partition_key)
 
 
 __all__ = [
