@@ -29,6 +29,7 @@ from support.replicas import (
     Sent,
     acknowledged_until_killed,
     api_client,
+    assert_retrievable_everywhere,
     assert_the_same_on_every_replica,
     retrieve,
     store_overlapping,
@@ -113,10 +114,7 @@ def test_a_replica_killed_mid_ingest_loses_no_acknowledged_instance(cluster: Clu
     acknowledged = acknowledged_until_killed(cluster.servers[2])
 
     cluster.servers[2] = cluster.start(2)  # its start-up recovers what the dead one had staged
-    for server in cluster.servers:
-        with api_client(server) as client:
-            for sent in acknowledged:
-                assert retrieve(client, sent) == sent.data
+    assert_retrievable_everywhere(cluster.servers, acknowledged)
 
     # an object that reached the store without ever being committed (as an upload before a crash does)
     source = cluster.root / "orphan-source.dcm"

@@ -37,6 +37,7 @@ from support.replicas import (
     Sent,
     acknowledged_until_killed,
     api_client,
+    assert_retrievable_everywhere,
     assert_the_same_on_every_replica,
     new_series,
     referenced_sops,
@@ -146,10 +147,7 @@ def test_a_replica_killed_mid_ingest_loses_nothing_and_the_sweep_leaves_no_orpha
     acknowledged = acknowledged_until_killed(cluster.servers[2])
 
     cluster.servers[2] = cluster.start(2)  # its start-up recovers what the dead one had staged
-    for server in cluster.servers:
-        with api_client(server) as client:
-            for sent in acknowledged:
-                assert retrieve(client, sent) == sent.data
+    assert_retrievable_everywhere(cluster.servers, acknowledged)
 
     orphan = cluster.put_orphan()
     assert orphan in cluster.bucket_keys()

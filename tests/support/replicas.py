@@ -246,3 +246,11 @@ def acknowledged_until_killed(victim: Server, least: int = 30) -> list[Sent]:
         t.join(30)
     assert len(acknowledged) >= least
     return acknowledged
+
+
+def assert_retrievable_everywhere(servers: list[Server], sents: list[Sent]) -> None:
+    """Every instance is retrieved byte for byte from every replica."""
+    for server in servers:
+        with api_client(server) as client:
+            for sent in sents:
+                assert retrieve(client, sent) == sent.data
