@@ -37,6 +37,7 @@ from dicomd.index.schema import DEFAULT_PARTITION_KEY, DEFAULT_PARTITION_NAME
 from dicomd.index.store import Index
 
 _SCOPE_KEY = "dicomd.partition_key"
+_NAME_SCOPE_KEY = "dicomd.partition_name"
 
 
 class _KnownPartitions:
@@ -121,11 +122,18 @@ def resolve_partition(app: ASGIApp) -> ASGIApp:
             and _is_store(app, scope)
         )
         scope[_SCOPE_KEY] = await _partition_key(request, name, create=create)
+        scope[_NAME_SCOPE_KEY] = name
         if named is not None:
             scope[PARTITION_PATH_KEY] = f"/partitions/{name}"  # RetrieveURLs and BulkDataURIs point here
         await app(scope, receive, send)
 
     return wrapped
+
+
+def resolved_partition_name(scope: Scope) -> str | None:
+    """The name of the partition the request was resolved to; None before (or without) resolution."""
+    name: str | None = scope.get(_NAME_SCOPE_KEY)
+    return name
 
 
 def partition(request: Request) -> int:

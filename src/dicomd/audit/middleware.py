@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomd import logs
 from dicomd.api.common import error_response
+from dicomd.api.partitions import resolved_partition_name
 from dicomd.api.routes import VERSIONED
 from dicomd.audit.events import (
     AUDIT_SCOPE_KEY,
@@ -38,7 +39,6 @@ from dicomd.audit.events import (
 from dicomd.audit.sink import AuditSink
 from dicomd.auth.principal import principal_of
 from dicomd.config import Settings
-from dicomd.index.schema import DEFAULT_PARTITION_KEY, DEFAULT_PARTITION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ UID_PARAMS = ("study", "series", "instance")
 
 # /v{n}/... and, when partitions come from the URL, /v{n}/partitions/{name}/...
 _VERSIONED_PATH = re.compile(r"/v([^/]*)(/partitions/([^/]+))?(/.*)?")
-_PARTITION_KEY = "dicomd.partition_key"
 _AUDIT_SOURCE = socket.gethostname()
 
 
@@ -274,13 +273,8 @@ def _client(scope: Scope) -> dict[str, Any] | None:
 def _partition(scope: Scope, path_match: re.Match[str]) -> str | None:
     """The partition's name: from the URL (/partitions/{name}/...), else the default one once resolved;
     None when the request was refused before (no partition named, none resolved)."""
-    named = path_match.group(3)
-    if named is not None:
-        return named
-    key = scope.get(_PARTITION_KEY)
-    if key is None:
-        return None
-    return DEFAULT_PARTITION_NAME if key == DEFAULT_PARTITION_KEY else str(key)
+    named: str | None = path_match.group(3)
+    return named if named is not None else resolved_partition_name(scope)
 
 
 def _client_audit_headers(scope: Scope, budget: int) -> dict[str, Any] | None:

@@ -97,11 +97,6 @@ class Authenticator:
         return principal
 
 
-def authenticate(app: ASGIApp, settings: Settings) -> ASGIApp:
-    """Wraps the versioned routes: a request without valid credentials gets 401 before routing."""
-    return authentication(settings)(app)
-
-
 def authentication(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
     """A wrapper for any number of mounts of one application, sharing one Authenticator (one JWKS
     fetch, one token cache)."""
