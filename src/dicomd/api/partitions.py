@@ -84,14 +84,14 @@ def _check_name(name: str) -> None:
         )
 
 
-async def _partition_key(request: Request, name: str, *, create: bool) -> int:
+async def _partition_key(request: Request, name: str, *, may_create: Callable[[], bool]) -> int:
     index = services(request).index
     known = _known_in(index)
     key = known.keys.get(name)
     if key is not None:
         return key
     found = await asyncio.to_thread(find_partition, index.engine, name)
-    if found is None and create:
+    if found is None and may_create():
         found = await asyncio.to_thread(create_partition, index.engine, name)
     if found is None:
         raise ApiError(404, "partition not found")
@@ -115,13 +115,19 @@ def resolve_partition(app: ASGIApp) -> ASGIApp:
         caller = principal_of(scope)
         if caller is not None and not caller.may_use_partition(name):
             raise ApiError(403, "the caller is not allowed in this partition")
-        request = Request(scope)
-        create = (
-            services(request).settings.create_partitions
-            and (caller is None or caller.may("write"))
-            and _is_store(app, scope)
-        )
-        scope[_SCOPE_KEY] = await _partition_key(request, name, create=create)
+        if named is None:  # the default partition: its key is fixed, nothing to look up
+            scope[_SCOPE_KEY] = DEFAULT_PARTITION_KEY
+        else:
+            request = Request(scope)
+
+            def may_create() -> bool:  # asked only for a partition that does not exist
+                return (
+                    services(request).settings.create_partitions
+                    and (caller is None or caller.may("write"))
+                    and _is_store(app, scope)
+                )
+
+            scope[_SCOPE_KEY] = await _partition_key(request, name, may_create=may_create)
         scope[_NAME_SCOPE_KEY] = name
         if named is not None:
             scope[PARTITION_PATH_KEY] = f"/partitions/{name}"  # RetrieveURLs and BulkDataURIs point here
