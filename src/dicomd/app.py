@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomd.api.common import SUPPORTED_VERSIONS, SUPPORTED_VERSIONS_HEADER, ApiError, error_response
 from dicomd.api.health import RETRY_AFTER
-from dicomd.api.metadata_cache import MetadataCache
 from dicomd.api.partitions import partition_routes, resolve_partition
+from dicomd.api.response_cache import ResponseCache
 from dicomd.api.routes import dicomweb_routes, unversioned_routes
 from dicomd.api.services import Lifecycle, Services
 from dicomd.audit.middleware import audited
@@ -38,6 +38,7 @@ from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
 from dicomd.jobs.sweep import OrphanSweep
+from dicomd.pixels.service import PixelService
 from dicomd.startup import prepare
 from dicomd.storage import StorageUnavailable, open_store
 
@@ -206,7 +207,9 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             store=store,
             ingest=IngestService(store, committer, bulk_threshold=settings.bulk_threshold),
             cleanup=cleanup,
-            metadata_cache=MetadataCache(METADATA_CACHE_BYTES),
+            metadata_cache=ResponseCache(METADATA_CACHE_BYTES),
+            pixels=PixelService(workers=settings.pixel_workers, memory_limit=settings.pixel_memory_limit),
+            render_cache=ResponseCache(settings.render_cache_bytes),
             sweep=sweep,
             lifecycle=lifecycle,
         )
@@ -221,6 +224,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             await sweep.stop()
             await cleanup.stop()
             await committer.stop()
+            services.pixels.close()
             store.close()
             index.close()
 

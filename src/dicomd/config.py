@@ -222,6 +222,48 @@ def _key_values(value: str) -> str:
     return pairs
 
 
+# PS3.8 9.3.1.1: 1-16 characters of the default repertoire, no backslash or control characters
+_AE_TITLE_MAX = 16
+
+
+def _ae_title_text(title: str) -> str:
+    stripped = title.strip()
+    if not stripped or len(title.rstrip()) > _AE_TITLE_MAX:
+        raise ValueError(f"AE titles are 1-{_AE_TITLE_MAX} characters, got {title!r}")
+    if not stripped.isascii() or "\\" in stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        raise ValueError(f"AE titles are printable ASCII without backslashes, got {title!r}")
+    return stripped
+
+
+def _ae_title(value: str) -> str:
+    return _ae_title_text(value)
+
+
+def _dicom_peers(value: str) -> str:
+    """AE=host:port,... (C-MOVE destinations)."""
+    peers = _comma_list(value)
+    for peer in peers.split(",") if peers else []:
+        title, equals, address = peer.partition("=")
+        host, colon, port = address.strip().rpartition(":")
+        if not equals or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected AE=host:port entries separated by commas, got {peer!r}")
+        _ae_title_text(title)
+    return peers
+
+
+def _dicom_callers(value: str) -> str:
+    """AE or AE@host entries: the calling AE titles (and where they may call from) that may associate."""
+    callers = _comma_list(value)
+    for caller in callers.split(",") if callers else []:
+        if caller == "*":
+            continue
+        title, _, host = caller.partition("@")
+        _ae_title_text(title)
+        if "@" in caller and (not host.strip() or " " in host.strip()):
+            raise ValueError(f"expected AE or AE@host entries separated by commas, got {caller!r}")
+    return callers
+
+
 def _audit_log(value: str) -> str:
     value = value.strip()
     if value not in ("", "-", "off") and Path(value).expanduser().is_dir():
@@ -417,6 +459,51 @@ class Settings:
     )
     rate_limit: int = _setting(
         0, "requests per second one client address may make (per worker share); 0 = unlimited", minimum=0
+    )
+    # ---- pixel services: transcoding, rendered, thumbnails ------------------------------------------
+    pixel_workers: int = _setting(
+        2, "threads per worker process that decode, encode and render pixel data", minimum=1, maximum=64
+    )
+    pixel_memory_limit: int = _setting(
+        512 * 1024**2,
+        "most bytes of decoded pixel data one request may hold at once (transcoding works frame by frame); "
+        "beyond it the representation is refused with 406",
+        minimum=1024**2,
+    )
+    render_cache_bytes: int = _setting(
+        64 * 1024**2, "bytes of rendered images and thumbnails cached per worker process; 0 = none", minimum=0
+    )
+    # ---- DIMSE gateway (docs/conformance-statement.md) ------------------------------------------------
+    dicom_port: int = _setting(
+        0,
+        "TCP port of the DICOM (DIMSE) listener: C-ECHO/STORE/FIND/MOVE/GET; 0 = off",
+        minimum=0,
+        maximum=65535,
+    )
+    dicom_ae_title: str = _setting("DICOMD", "the DICOM listener's own AE title", check=_ae_title)
+    dicom_peers: str = _setting(
+        "",
+        "C-MOVE destinations as AE=host:port,... (a move to an AE not listed is refused)",
+        check=_dicom_peers,
+        shown_default="none",
+    )
+    dicom_allowed_callers: str = _setting(
+        "",
+        "calling AE titles that may associate, as AE or AE@host,...; * = any (others are rejected)",
+        check=_dicom_callers,
+        shown_default="none: only loopback callers",
+    )
+    dicom_max_associations: int = _setting(
+        16, "most concurrent DICOM associations (more are rejected, transient)", minimum=1, maximum=1024
+    )
+    dicom_max_pdu: int = _setting(
+        262144, "largest P-DATA PDU accepted, in bytes", minimum=4096, maximum=2**31 - 1
+    )
+    dicom_timeout: int = _setting(
+        60, "seconds a DICOM peer may stay silent (network, ACSE and DIMSE timeouts)", minimum=1
+    )
+    dicom_tls: bool = _setting(
+        False, "speak TLS on the DICOM port, with tls_cert_file and tls_key_file (peers: DICOM TLS profile)"
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 

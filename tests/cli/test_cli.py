@@ -112,6 +112,17 @@ def test_every_flag_reaches_the_settings_under_its_name(
         "trusted_hosts": "pacs.example.org",
         "forwarded_allow_ips": "10.0.0.0/8,192.0.2.1",
         "rate_limit": "100",
+        "pixel_workers": "3",
+        "pixel_memory_limit": "268435456",
+        "render_cache_bytes": "0",
+        "dicom_port": "11112",
+        "dicom_ae_title": "ARCHIVE",
+        "dicom_peers": "VIEWER=10.0.0.5:104",
+        "dicom_allowed_callers": "CT1@10.0.0.7,MR1",
+        "dicom_max_associations": "8",
+        "dicom_max_pdu": "65536",
+        "dicom_timeout": "30",
+        "dicom_tls": "true",
     }
     assert set(values) == set(SETTINGS)
     received: list[Settings] = []

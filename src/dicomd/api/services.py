@@ -9,12 +9,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dicomd.api.metadata_cache import MetadataCache
+from dicomd.api.response_cache import ResponseCache
 from dicomd.config import Settings
 from dicomd.index.store import Index
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.cleanup import CleanupJob
 from dicomd.jobs.sweep import OrphanSweep
+from dicomd.pixels.service import PixelService
 from dicomd.storage import ObjectStore
 
 
@@ -36,7 +37,9 @@ class Services:
     store: ObjectStore
     ingest: IngestService
     cleanup: CleanupJob  # woken after a delete, to remove the deleted objects once their grace is over
-    metadata_cache: MetadataCache
+    metadata_cache: ResponseCache
+    pixels: PixelService  # decode, encode and render off the event loop
+    render_cache: ResponseCache  # rendered images and thumbnails
     sweep: OrphanSweep  # removes stored objects no index row names (one pass at a time across replicas)
     lifecycle: Lifecycle  # draining: /health/ready answers 503
 

@@ -1,12 +1,12 @@
-"""The per-worker cache of assembled metadata responses (dicomd.api.wado.MetadataCache)."""
+"""The per-worker cache of assembled metadata responses (dicomd.api.wado.ResponseCache)."""
 
 from __future__ import annotations
 
-from dicomd.api.metadata_cache import MetadataCache
+from dicomd.api.response_cache import ResponseCache
 
 
 def test_metadata_cache_is_bounded_and_least_recently_used_goes_first() -> None:
-    cache = MetadataCache(max_bytes=100)
+    cache = ResponseCache(max_bytes=100)
     cache.put(("a", "base"), b"x" * 20)
     cache.put(("c", "base"), b"y" * 20)
     cache.put(("big", "base"), b"z" * 26)  # over a quarter of the budget: not kept
@@ -20,6 +20,6 @@ def test_metadata_cache_is_bounded_and_least_recently_used_goes_first() -> None:
 
 
 def test_metadata_cache_keys_include_the_base_url() -> None:
-    cache = MetadataCache(max_bytes=1000)
+    cache = ResponseCache(max_bytes=1000)
     cache.put(("etag", "http://a/v2"), b"[1]")
     assert cache.get(("etag", "http://b/v2")) is None
