@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from itertools import pairwise
 from operator import attrgetter
-from typing import BinaryIO, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -35,7 +34,7 @@ from dicomd.api.common import (
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
 from dicomd.audit.events import annotate
-from dicomd.dicom.parser import InflatedReader
+from dicomd.dicom.ranges import RANGE_READ, Ranges, open_ranges
 from dicomd.dicom.tags import PIXEL_DATA_KEYS
 from dicomd.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -51,9 +50,6 @@ from dicomd.storage import METADATA, ObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
 _CHUNK = 4 << 20  # multipart retrieve bodies are written in pieces of about this size
-# frames and bulk data are read (or inflated) off the event loop in pieces of this size: a 1 GiB frame
-# costs a worker about this much memory, not the frame
-_RANGE_READ = 1 << 20
 # metadata objects read at once (concurrently on a cloud store); the body is assembled in memory anyway
 _METADATA_BATCH = 256
 _FRAME_TABLE_ON_LOOP = 64 << 10  # a listed frame table longer than this (JSON) is decoded in a thread
@@ -314,93 +310,14 @@ def _not_acceptable(what_is: str, ts: str, compressed_pixels: bool) -> ApiError:
     )
 
 
-class _Ranges(Protocol):
-    def read(self, offset: int, length: int) -> Iterator[bytes]: ...
-
-    def close(self) -> None: ...
-
-
-def _descriptor(f: BinaryIO) -> int:
-    """The file's descriptor, or -1 for a file object without one (a cloud store's remote object)."""
-    try:
-        return f.fileno()
-    except OSError:  # io.UnsupportedOperation
-        return -1
-
-
-class _FileRanges:
-    """Byte ranges of a stored file, read in pieces of at most _RANGE_READ bytes. Owns `f`."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-
-    def read(self, offset: int, length: int) -> Iterator[bytes]:
-        fd = _descriptor(self._f)
-        while length > 0:
-            if fd >= 0:
-                piece = os.pread(fd, min(_RANGE_READ, length), offset)
-            else:  # a cloud object: each read is a ranged GET
-                self._f.seek(offset)
-                piece = self._f.read(min(_RANGE_READ, length))
-            if not piece:
-                raise OSError(f"stored object ends before byte {offset} of a recorded range")
-            offset += len(piece)
-            length -= len(piece)
-            yield piece
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _ForwardRanges:
-    """A deflated instance's ranges (an InflatedReader), with the last bytes read kept: a range that
-    starts among them (bit-packed frames share a byte with their neighbour) goes on forwards instead of
-    inflating again from the data set's start."""
-
-    _KEEP = 8
-
-    def __init__(self, reader: _Ranges) -> None:
-        self._reader = reader
-        self._end = 0  # where the last range read ended
-        self._last = b""  # the bytes just before _end
-
-    def read(self, offset: int, length: int) -> Iterator[bytes]:
-        kept = self._end - len(self._last)
-        if kept <= offset < self._end and length > 0:
-            head = self._last[offset - kept :][:length]
-            offset, length = offset + len(head), length - len(head)
-            yield head
-        if length <= 0:
-            return
-        if offset != self._end:
-            self._last = b""
-        for piece in self._reader.read(offset, length):
-            offset += len(piece)
-            self._end = offset
-            self._last = (self._last + piece[-self._KEEP :])[-self._KEEP :]
-            yield piece
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-def _open_ranges(store: ObjectStore, inst: StoredInstance) -> _Ranges:
-    """The instance's byte ranges: of the file, or of the inflated data set of a deflated instance (whose
-    ranges were recorded there)."""
-    f = store.open_object(inst.object_key)
-    if inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        return _FileRanges(f)
-    try:
-        return _ForwardRanges(InflatedReader(f, _RANGE_READ))
-    except BaseException:
-        f.close()
-        raise
+def _open_ranges(store: ObjectStore, inst: StoredInstance) -> Ranges:
+    return open_ranges(store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
 
 
 def _range_body(
-    ranges: _Ranges, pieces: Sequence[Sequence[tuple[int, int]]], first: bytes, rest: bytes, tail: bytes
+    ranges: Ranges, pieces: Sequence[Sequence[tuple[int, int]]], first: bytes, rest: bytes, tail: bytes
 ) -> Iterator[bytes]:
-    """The multipart body in chunks of at most about _RANGE_READ bytes (small parts packed together,
+    """The multipart body in chunks of at most about RANGE_READ bytes (small parts packed together,
     large ones in pieces): memory stays bounded whatever the size of a frame or value."""
     try:
         out = bytearray()
@@ -408,10 +325,10 @@ def _range_body(
             out += rest if i else first
             for offset, length in frame:
                 for piece in ranges.read(offset, length):
-                    if out and len(out) + len(piece) > _RANGE_READ:
+                    if out and len(out) + len(piece) > RANGE_READ:
                         yield bytes(out)
                         out.clear()
-                    if len(piece) >= _RANGE_READ:
+                    if len(piece) >= RANGE_READ:
                         yield piece
                     else:
                         out += piece
