@@ -5,6 +5,7 @@
   .venv/bin/python -m bench.run --scale     # dicomd QIDO/metadata latency at 10k, 100k, 1M instances
   .venv/bin/python -m bench.run --memory    # 2 GB instance: STOW + retrieve, peak RSS per server process
   .venv/bin/python -m bench.run --replicas  # 1, 2, 3 replicas on PostgreSQL + S3 emulator vs single node
+  .venv/bin/python -m bench.run --pixels    # frame transcoding, rendered JPEG, thumbnails (bench/pixels.py)
 
 Results: bench/results/<date>-<mode>.md (+ .json), latest summary copied into bench/README.md.
 See bench/README.md for what each line means.
@@ -83,6 +84,10 @@ MODES: dict[str, Config] = {
         cell_secs=10,
         dur=10,
         client_procs=2,
+    ),
+    # bench/pixels.py: its own 48-instance corpus; 3 s per line
+    "pixels": Config(
+        mode="pixels", count=0, large=0, big_study=False, matrix=[], cell_max=0, cell_secs=0, dur=3
     ),
 }
 
@@ -743,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_const", dest="mode", const="full")
     g.add_argument("--scale", action="store_const", dest="mode", const="scale")
     g.add_argument("--memory", action="store_const", dest="mode", const="memory")
+    g.add_argument("--pixels", action="store_const", dest="mode", const="pixels")
     g.add_argument(
         "--replicas",
         action="store_const",
@@ -909,6 +915,10 @@ def main(argv: list[str] | None = None) -> int:
                         infos[label]["index_bytes"] = index_bytes(srv, schema)
                 elif mode == "memory":
                     results[label] = bench_memory(srv, a.memory_gib)
+                elif mode == "pixels":
+                    from bench.pixels import bench_pixels
+
+                    results[label], infos[label] = bench_pixels(srv, pool, cfg)
                 if mode == "full" and not a.no_memory:  # on a fresh server: VmHWM is a lifetime peak
                     # its data dir goes after the report, like the others: on ext4 without a journal,
                     # creating files costs up to twice the CPU for ~30 s after a mass delete

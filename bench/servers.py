@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 DICOMD_BIN = REPO / ".venv" / "bin" / "dicomd"
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+# Orthanc's JPEG 2000 / JPEG-LS codecs (and transcoding of them) come from its GDCM plugin
+GDCM_PLUGIN = "/usr/share/orthanc/plugins/libOrthancGdcm.so"
 
 
 def free_port() -> int:
@@ -45,14 +47,17 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def ensure_orthanc(install: bool = True) -> None:
-    """apt-get install orthanc + orthanc-dicomweb when missing (the package's service is never used)."""
-    if os.path.exists(ORTHANC_BIN) and os.path.exists(DICOMWEB_PLUGIN):
+    """apt-get install orthanc + orthanc-dicomweb + orthanc-gdcm when missing (the package's service is
+    never used)."""
+    if all(os.path.exists(p) for p in (ORTHANC_BIN, DICOMWEB_PLUGIN, GDCM_PLUGIN)):
         return
     if not install:
-        raise RuntimeError("Orthanc not installed: apt-get install -y orthanc orthanc-dicomweb")
+        raise RuntimeError("Orthanc not installed: apt-get install -y orthanc orthanc-dicomweb orthanc-gdcm")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update"], check=False, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "orthanc", "orthanc-dicomweb"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "orthanc", "orthanc-dicomweb", "orthanc-gdcm"], check=True, env=env
+    )
     # the package may start its own service (on 8042/4242); ours never depends on it
     subprocess.run(["service", "orthanc", "stop"], check=False, capture_output=True)
 
@@ -156,7 +161,7 @@ def orthanc_config(storage: str, http_port: int, threads: int = 50) -> dict[str,
         "StorageAccessOnFind": "Never",
         "OverwriteInstances": False,
         "SaveJobs": False,
-        "Plugins": [DICOMWEB_PLUGIN],
+        "Plugins": [DICOMWEB_PLUGIN, GDCM_PLUGIN],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": "", "Ssl": False, "EnableWado": True},
     }
 
