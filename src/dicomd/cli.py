@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,6 +186,9 @@ def _check_authentication(settings: Settings) -> None:
         )
 
 
+_FAILURES_SHOWN = 20  # failures listed on the terminal when they also go to --failed-list
+
+
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @_setting_options("data_dir")
@@ -192,43 +197,98 @@ def _check_authentication(settings: Settings) -> None:
     "index_url", "duplicate_policy", "storage_path", "storage_url", "storage_options", "staging_dir"
 )
 @click.option("--processes", type=int, default=0, help="parser processes (default: one per core)")
+@click.option(
+    "--failed-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write each failed file and its reason (tab-separated) to this file",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the record of imported files that lets a run resume (default: <data_dir>/import-journal.sqlite)",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="seconds between progress lines when standard error is not a terminal",
+)
 @_lock_timeout_option
 def import_command(
-    paths: tuple[Path, ...], config_file: str | None, processes: int, lock_timeout: float, **flags: object
+    paths: tuple[Path, ...],
+    config_file: str | None,
+    processes: int,
+    failed_list: Path | None,
+    journal: Path | None,
+    progress_interval: float,
+    lock_timeout: float,
+    **flags: object,
 ) -> None:
-    """Import DICOM files or directories (recursively) without HTTP; safe while the server runs."""
-    import time
+    """Import DICOM files or directories (recursively) without HTTP; safe while the server runs.
+
+    Progress goes to standard error (a bar on a terminal, else a line every --progress-interval seconds).
+    Ctrl-C stops after the files in progress; running the same command again resumes, skipping unchanged
+    files it imported."""
+    import threading
 
     from dicomd.index.store import Index
-    from dicomd.ingest.bulk_import import import_files
+    from dicomd.ingest.bulk_import import ImportReport, import_files
+    from dicomd.ingest.import_journal import ImportJournal
+    from dicomd.ingest.import_progress import ImportProgress, summary_counts
     from dicomd.startup import prepare
     from dicomd.storage import open_store
 
     settings = _settings_or_exit(config_file, flags)
+    stop = threading.Event()
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nimport: stopping after the files in progress (Ctrl-C again to abort)", err=True)
+
     with _index_errors():
         prepare(settings, lock_timeout=lock_timeout)
         index = Index(settings.effective_index_url, lock_timeout=lock_timeout)
         store = open_store(settings)
-        started = time.monotonic()
+        record = ImportJournal(journal or settings.data_dir / "import-journal.sqlite")
+        report = ImportReport()
+        previous = signal.signal(signal.SIGINT, interrupted)
         try:
-            report = import_files(
-                paths,
-                index,
-                store,
-                processes=processes or settings.effective_workers,
-                bulk_threshold=settings.bulk_threshold,
-                overwrite=settings.duplicate_policy == "overwrite",
-            )
+            with ImportProgress(report, every=progress_interval):
+                import_files(
+                    paths,
+                    index,
+                    store,
+                    processes=processes or settings.effective_workers,
+                    bulk_threshold=settings.bulk_threshold,
+                    overwrite=settings.duplicate_policy == "overwrite",
+                    journal=record,
+                    report=report,
+                    stop=stop,
+                )
         finally:
+            signal.signal(signal.SIGINT, previous)
+            record.close()
             store.close()
             index.close()
-    seconds = time.monotonic() - started
-    for source, reason in sorted(report.failed.items()):
+    seconds = time.monotonic() - report.started
+    failures = sorted(report.failed.items())
+    if failed_list is not None:
+        failed_list.write_text("".join(f"{source}\t{reason}\n" for source, reason in failures))
+    shown = failures if failed_list is None else failures[:_FAILURES_SHOWN]
+    for source, reason in shown:
         click.echo(f"failed: {source}: {reason}", err=True)
+    if len(shown) < len(failures):
+        click.echo(f"... and {len(failures) - len(shown)} more failures in {failed_list}", err=True)
     click.echo(
-        f"stored {report.stored}, already stored {report.already_stored}, failed {len(report.failed)} "
-        f"in {seconds:.1f} s ({report.stored / max(seconds, 1e-9):.0f} instances/s)"
+        f"{summary_counts(report)} in {seconds:.1f} s ({report.done / max(seconds, 1e-9):.0f} files/s, "
+        f"{report.stored / max(seconds, 1e-9):.0f} instances/s stored)"
     )
+    if report.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
     sys.exit(1 if report.failed else 0)
 
 

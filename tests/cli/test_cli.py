@@ -43,6 +43,9 @@ def test_import_and_optimize_keep_their_flags() -> None:
         "storage_options": ["--storage-options"],
         "staging_dir": ["--staging-dir"],
         "processes": ["--processes"],
+        "failed_list": ["--failed-list"],
+        "journal": ["--journal"],
+        "progress_interval": ["--progress-interval"],
         "lock_timeout": ["--lock-timeout"],
     }
     assert _options(cli.optimize_command) == {

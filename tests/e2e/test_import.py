@@ -37,7 +37,8 @@ def test_import_directory_then_serve(tmp_path: Path) -> None:
     assert "notes.txt" in first.stderr and "DICM" in first.stderr
 
     again = run_import(data_dir, src / "nested")
-    assert "stored 0, already stored 6, failed 0" in again.stdout and again.returncode == 0
+    # imported before and unchanged: not even read again (the import journal)
+    assert "stored 0, already stored 6 (6 skipped unread" in again.stdout and again.returncode == 0
     assert not staged_files(data_dir)
 
     server = start_server(data_dir, workers=1)

@@ -4,50 +4,109 @@ For migrations and large test corpora. Files are copied (byte-exact) and parsed 
 (both cores), then committed in large batches through the same path as STOW: staged objects are synced,
 the index is committed, the objects are published. It may run while `dicomd serve` uses the same data
 directory: writers of the two queue on the index's writer lock and object keys never collide.
+
+A journal (ingest/import_journal.py) remembers each imported file's size and modification time: a run
+that was interrupted, or run again, skips those files without reading them, once the index confirms
+that their instances are still stored. Only a bounded number of files is in flight between the walk, the
+parser processes and the commits, so memory stays flat over millions of files.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import Index, PreparedInstance
 from dicomd.ingest.committer import STORED, commit_batch
+from dicomd.ingest.import_journal import ImportJournal, JournalEntry
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
 from dicomd.storage import ObjectStore, Stager
+
+_CHUNK = 32  # files per task sent to a parser process
+_IN_FLIGHT_PER_PROCESS = 4  # tasks queued per parser process: enough to keep it busy, no more
+_SKIP_CHECK = 512  # journal hits confirmed against the index at once
+
+# what a parser process returns per file: (path, staged key, prepared instance or None, messages)
+_Staged = tuple[str, str, PreparedInstance | None, str]
 
 
 @dataclass
 class ImportReport:
+    """Counts so far (the progress display reads them while the import runs) and, at the end, totals."""
+
+    found: int = 0  # files seen by the counting walk (the total, once `counted`)
+    counted: bool = False
     stored: int = 0
-    already_stored: int = 0
+    already_stored: int = 0  # parsed and found stored (identical, or kept by the duplicate policy)
+    skipped: int = 0  # found in the journal unchanged and still stored: not read at all
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.stored + self.already_stored + self.skipped + len(self.failed)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str
+    size: int
+    mtime_ns: int
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            for root, _dirs, files in os.walk(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
                 for name in sorted(files):
                     yield Path(root) / name
         else:
             yield path
 
 
-def _stage_one(stager: Stager, args: tuple[str, PrepareJob]) -> tuple[str, str, PreparedInstance | None, str]:
-    """In a pool process: copy the file into the importer's staging, then prepare it as STOW does."""
-    source, job = args
-    try:
-        stager.stage_file(job.key, source)
-        outcome, prepared = prepare_staged(job, stager)
-    except OSError as exc:
-        return source, job.key, None, str(exc)
-    return source, job.key, prepared, "; ".join(outcome.messages)
+def _sources(paths: Iterable[Path], report: ImportReport) -> Iterator[_Source]:
+    for path in iter_files(paths):
+        try:
+            st = path.stat()
+        except OSError as exc:
+            report.failed[str(path)] = exc.strerror or str(exc)
+            continue
+        yield _Source(str(path.absolute()), st.st_size, st.st_mtime_ns)
+
+
+def _count(paths: list[Path], report: ImportReport, stop: threading.Event) -> None:
+    """The total for the progress display, walked in a thread of its own (a walk of a million files
+    takes seconds; the import starts at once)."""
+    for _ in iter_files(paths):
+        report.found += 1
+        if stop.is_set():
+            return
+    report.counted = True
+
+
+def _stage_chunk(stager: Stager, jobs: list[tuple[str, PrepareJob]]) -> list[_Staged]:
+    """In a pool process: copy each file into the importer's staging, then prepare it as STOW does."""
+    out: list[_Staged] = []
+    for source, job in jobs:
+        try:
+            stager.stage_file(job.key, source)
+            outcome, prepared = prepare_staged(job, stager)
+        except OSError as exc:
+            out.append((source, job.key, None, exc.strerror or str(exc)))
+            continue
+        out.append((source, job.key, prepared, "; ".join(outcome.messages)))
+    return out
 
 
 def import_files(
@@ -60,11 +119,24 @@ def import_files(
     bulk_threshold: int = 1024,
     overwrite: bool = False,
     partition_key: int = DEFAULT_PARTITION_KEY,
+    journal: ImportJournal | None = None,
+    report: ImportReport | None = None,
+    on_commit: Callable[[ImportReport], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ImportReport:
-    report = ImportReport()
+    """Import the files. Setting `stop` (Ctrl-C, in the CLI) ends the import after committing what was
+    already parsed; the report then says `interrupted`. `report` may be given to watch the counts from
+    another thread."""
+    report = report or ImportReport()
+    stop = stop or threading.Event()
+    paths = list(paths)
+    stop_counting = threading.Event()
+    threading.Thread(target=_count, args=(paths, report, stop_counting), daemon=True).start()
+    sources: dict[str, _Source] = {}
+    pending: list[tuple[str, PreparedInstance]] = []
 
-    def job(path: Path) -> tuple[str, PrepareJob]:
-        return str(path), PrepareJob(
+    def job(source: _Source) -> tuple[str, PrepareJob]:
+        return source.path, PrepareJob(
             store.new_key(),
             url_study=None,
             version=2,
@@ -72,30 +144,81 @@ def import_files(
             bulk_threshold=bulk_threshold,
         )
 
-    jobs = (job(path) for path in iter_files(paths))
-    pending: list[tuple[str, PreparedInstance]] = []
-
     def commit() -> None:
         results = commit_batch(index, store, [prepared for _, prepared in pending], overwrite=overwrite)
-        for (source, _), result in zip(pending, results, strict=True):
+        entries = []
+        for (path, prepared), result in zip(pending, results, strict=True):
+            source = sources.pop(path)
             if result.status in STORED:
                 report.stored += 1
             elif result.status in ("identical", "exists"):  # identical: the same bytes again
                 report.already_stored += 1
             else:
-                report.failed[source] = "the SOP Instance UID is stored under another study or series"
+                report.failed[path] = "the SOP Instance UID is stored under another study or series"
+                continue
+            sop = prepared.item.parsed.sop_instance_uid
+            entries.append(JournalEntry(path, source.size, source.mtime_ns, partition_key, sop))
+        if journal is not None:
+            journal.record(entries)  # after the index commit: a recorded file is stored
         pending.clear()
+        if on_commit is not None:
+            on_commit(report)
 
-    with ProcessPoolExecutor(max_workers=processes) as pool:
-        stage_one = functools.partial(_stage_one, store.stager())
-        for source, key, prepared, error in pool.map(stage_one, jobs, chunksize=16):
+    def take(results: list[_Staged]) -> None:
+        for path, key, prepared, error in results:
             if prepared is None:
                 store.discard_staged(key)
-                report.failed[source] = error
+                report.failed[path] = error
+                sources.pop(path, None)
                 continue
-            pending.append((source, prepared))
+            pending.append((path, prepared))
             if len(pending) >= batch:
                 commit()
+
+    def unjournaled(candidates: list[_Source]) -> list[_Source]:
+        """The candidates that must be read: not in the journal unchanged, or no longer stored."""
+        if journal is None:
+            return candidates
+        known = journal.lookup(candidates)
+        if not known:
+            return candidates
+        stored = index.stored_versions({(pk, sop) for pk, sop in known.values()})
+        todo = []
+        for source in candidates:
+            entry = known.get(source.path)
+            if entry is not None and entry in stored:
+                report.skipped += 1
+            else:
+                todo.append(source)
+        return todo
+
+    in_flight: deque[Future[list[_Staged]]] = deque()
+    with ProcessPoolExecutor(max_workers=processes, initializer=_ignore_interrupts) as pool:
+        stage_chunk = functools.partial(_stage_chunk, store.stager())
+        walk = _sources(paths, report)
+        while not stop.is_set():
+            candidates = [s for _, s in zip(range(_SKIP_CHECK), walk, strict=False)]
+            if not candidates:
+                break
+            todo = unjournaled(candidates)
+            for start in range(0, len(todo), _CHUNK):
+                chunk = todo[start : start + _CHUNK]
+                for source in chunk:
+                    sources[source.path] = source
+                while len(in_flight) >= processes * _IN_FLIGHT_PER_PROCESS:
+                    take(in_flight.popleft().result())
+                in_flight.append(pool.submit(stage_chunk, [job(s) for s in chunk]))
+        # what is in flight was read already: finish it (a few seconds of work at most)
+        while in_flight:
+            take(in_flight.popleft().result())
         if pending:
             commit()
+    report.interrupted = stop.is_set()
+    stop_counting.set()
     return report
+
+
+def _ignore_interrupts() -> None:
+    """Parser processes leave Ctrl-C (sent to the whole process group) to the importer, which stops in
+    order: a parser killed mid-file would break the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,83 @@
+"""What `dicomd import` has imported: each file's path, size and modification time with the instance it
+holds, so that a run that was interrupted (or repeated) skips the files it already stored without
+reading them. A small SQLite file of its own next to the data (not the index: it is the importer's
+memory of the source files, not archive data). A file is recorded only after its instance's index
+commit; a hit is trusted only while the index still has that instance."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    path: str
+    size: int
+    mtime_ns: int
+    partition_key: int
+    sop_instance_uid: str
+
+
+class _Source(Protocol):
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS imported_file (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    partition_key INTEGER NOT NULL,
+    sop_instance_uid TEXT NOT NULL
+) WITHOUT ROWID
+"""
+_LOOKUP_CHUNK = 500  # paths per query (SQLite's parameter limit is far above)
+
+
+class ImportJournal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        # losing the last records in a crash only costs re-reading those files
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+
+    def lookup(self, sources: Sequence[_Source]) -> dict[str, tuple[int, str]]:
+        """(partition key, SOP Instance UID) of each source recorded with its current size and mtime."""
+        found: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(sources), _LOOKUP_CHUNK):
+            chunk = {s.path: s for s in sources[start : start + _LOOKUP_CHUNK]}
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, partition_key, sop_instance_uid FROM imported_file "
+                f"WHERE path IN ({marks})",
+                list(chunk),
+            )
+            for path, size, mtime_ns, partition_key, sop in rows:
+                source = chunk[path]
+                if source.size == size and source.mtime_ns == mtime_ns:
+                    found[path] = (partition_key, sop)
+        return found
+
+    def record(self, entries: Iterable[JournalEntry]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO imported_file VALUES (?, ?, ?, ?, ?)",
+            [(e.path, e.size, e.mtime_ns, e.partition_key, e.sop_instance_uid) for e in entries],
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
