@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -71,6 +72,30 @@ class VersionHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+# /v{n} or /v{n}/partitions/{name} with a WADO-URI query: OHIF's wadoUriRoot + "?requestType=WADO&..."
+_WADO_URI_ROOT = re.compile(r"/v[^/]+(/partitions/[^/]+)?")
+
+
+class WadoUriRoot:
+    """A WADO-URI request to /v{n} or /v{n}/partitions/{name} without the closing slash is served as
+    .../ (the WADO-URI route, api/wado_uri.py) rather than redirected: some viewers do not follow a
+    redirect of an image request, and the partition prefix would not match at all."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and _WADO_URI_ROOT.fullmatch(scope["path"])
+            and b"requesttype=" in scope.get("query_string", b"").lower()
+        ):
+            scope = {**scope, "path": scope["path"] + "/"}
+            if scope.get("raw_path"):
+                scope["raw_path"] = scope["raw_path"] + b"/"
+        await self.app(scope, receive, send)
 
 
 class ClientDisconnects:
@@ -254,8 +279,9 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.add_middleware(_wrapping(protected, settings))  # Host check, security headers, rate limit
     # outside them: audit sees every request's final outcome (a 401 from authentication, a 429 included)
     app.add_middleware(_wrapping(audited, settings))
-    if settings.cors_origins:  # outermost: error responses carry the CORS headers too
+    if settings.cors_origins:  # error responses carry the CORS headers too
         app.add_middleware(_wrapping(cors, settings))
+    app.add_middleware(WadoUriRoot)  # outermost: every layer sees the path that is served
     return app
 
 

@@ -339,3 +339,27 @@ async def test_the_partition_list_is_not_audited_but_a_partitioned_search_is(tmp
         assert (await client.get("/v2/partitions/default/studies")).status_code in (200, 204)
     (search,) = _events(_audit_file(tmp_path), 1)
     assert (search["route"], search["partition"]) == ("qido.search_studies", "default")
+
+
+async def test_rendered_thumbnail_and_wado_uri_are_audited_as_instance_access(tmp_path: Path) -> None:
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    async with _app(tmp_path) as client:
+        assert (
+            await stow_async(client, [make_instance(study=study, series=series, sop=sop)])
+        ).status_code == 200
+        instance = f"/v2/studies/{study}/series/{series}/instances/{sop}"
+        assert (await client.get(instance + "/rendered")).status_code == 200
+        assert (await client.get(f"/v2/studies/{study}/thumbnail")).status_code == 200
+        uri = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+        assert (await client.get("/v2/wado", params=uri)).status_code == 200
+    _, rendered, thumbnail, wado_uri = _events(_audit_file(tmp_path), 4)
+    for event, route in (
+        (rendered, "rendered.instance"),
+        (thumbnail, "rendered.thumbnail_study"),
+        (wado_uri, "wado_uri.wado"),
+    ):
+        assert _event_code(event) == ("110103", "DICOM Instances Accessed") and event["action"] == "R"
+        assert event["route"] == route and event["outcome"] == 0 and event["study"] == study
+    assert (rendered["series"], rendered["instance"]) == (series, sop)
+    # WADO-URI names its UIDs in the query: the handler reports them
+    assert (wado_uri["series"], wado_uri["instance"], wado_uri["instances"]) == (series, sop, 1)

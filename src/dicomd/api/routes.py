@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dicomd.api import changefeed, delete, health, openapi, qido, stow, wado
+from dicomd.api import changefeed, delete, health, openapi, qido, rendered, stow, wado, wado_uri
 from dicomd.api.services import services
 from dicomd.auth.authorize import require
 
@@ -65,7 +65,9 @@ _RETRIEVE = "Retrieve instances (WADO-RS)"
 _METADATA = "Retrieve metadata (WADO-RS)"
 _BULKDATA = "Retrieve bulk data (WADO-RS)"
 _FRAMES = "Retrieve frames (WADO-RS)"
-_NOT_OFFERED = "Rendered / thumbnail (not offered yet: 406)"
+_RENDERED = "Retrieve rendered images (WADO-RS)"
+_THUMBNAIL = "Retrieve a thumbnail (WADO-RS)"
+_WADO_URI = "Retrieve an instance or a rendered image (WADO-URI: ?requestType=WADO&...)"
 _DELETE = "Delete a study, series or instance"
 
 # Routes of one API version, mounted under /v{n} (n in SUPPORTED_VERSIONS).
@@ -97,22 +99,31 @@ VERSIONED: tuple[Endpoint, ...] = (
         "wado.retrieve_bulkdata", "GET", _INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, "read", _BULKDATA
     ),
     Endpoint("wado.retrieve_frames", "GET", _FRAMES_PATH, wado.frames, "read", _FRAMES),
-    Endpoint("wado.rendered_study", "GET", _STUDY + "/rendered", wado.not_offered, "read", _NOT_OFFERED),
-    Endpoint("wado.rendered_series", "GET", _SERIES + "/rendered", wado.not_offered, "read", _NOT_OFFERED),
+    # Rendered and thumbnail (PS3.18 8.3.5)
+    Endpoint("rendered.study", "GET", _STUDY + "/rendered", rendered.rendered, "read", _RENDERED),
+    Endpoint("rendered.series", "GET", _SERIES + "/rendered", rendered.rendered, "read", _RENDERED),
+    Endpoint("rendered.instance", "GET", _INSTANCE + "/rendered", rendered.rendered, "read", _RENDERED),
+    Endpoint("rendered.frames", "GET", _FRAMES_PATH + "/rendered", rendered.rendered, "read", _RENDERED),
     Endpoint(
-        "wado.rendered_instance", "GET", _INSTANCE + "/rendered", wado.not_offered, "read", _NOT_OFFERED
+        "rendered.thumbnail_study", "GET", _STUDY + "/thumbnail", rendered.thumbnail, "read", _THUMBNAIL
     ),
     Endpoint(
-        "wado.rendered_frames", "GET", _FRAMES_PATH + "/rendered", wado.not_offered, "read", _NOT_OFFERED
-    ),
-    Endpoint("wado.thumbnail_study", "GET", _STUDY + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED),
-    Endpoint("wado.thumbnail_series", "GET", _SERIES + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED),
-    Endpoint(
-        "wado.thumbnail_instance", "GET", _INSTANCE + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED
+        "rendered.thumbnail_series", "GET", _SERIES + "/thumbnail", rendered.thumbnail, "read", _THUMBNAIL
     ),
     Endpoint(
-        "wado.thumbnail_frames", "GET", _FRAMES_PATH + "/thumbnail", wado.not_offered, "read", _NOT_OFFERED
+        "rendered.thumbnail_instance", "GET", _INSTANCE + "/thumbnail", rendered.thumbnail, "read", _THUMBNAIL
     ),
+    Endpoint(
+        "rendered.thumbnail_frames",
+        "GET",
+        _FRAMES_PATH + "/thumbnail",
+        rendered.thumbnail,
+        "read",
+        _THUMBNAIL,
+    ),
+    # WADO-URI (PS3.18 chapter 9): at the version root (OHIF's wadouri) and at /wado
+    Endpoint("wado_uri.root", "GET", "/", wado_uri.retrieve, "read", _WADO_URI),
+    Endpoint("wado_uri.wado", "GET", "/wado", wado_uri.retrieve, "read", _WADO_URI),
     # Delete
     Endpoint("delete.study", "DELETE", _STUDY, delete.delete, "delete", _DELETE),
     Endpoint("delete.series", "DELETE", _SERIES, delete.delete, "delete", _DELETE),

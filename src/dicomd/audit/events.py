@@ -47,6 +47,8 @@ _BY_RESOURCE: dict[str, tuple[EventId, ActionCode]] = {
     "qido": (QUERY, "E"),
     "changefeed": (QUERY, "E"),  # lists UIDs of what changed
     "wado": (INSTANCES_ACCESSED, "R"),
+    "rendered": (INSTANCES_ACCESSED, "R"),  # rendered images and thumbnails show an instance's pixels
+    "wado_uri": (INSTANCES_ACCESSED, "R"),  # its UIDs are in the query: the handler reports them
     "delete": (STUDY_DELETED, "D"),
 }
 _BY_ROUTE: dict[str, tuple[EventId, ActionCode]] = {
