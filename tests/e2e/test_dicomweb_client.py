@@ -147,6 +147,43 @@ def test_metadata_frames_and_bulkdata(dw: DICOMwebClient, study: dict[str, objec
     assert bulk == [native.PixelData]
 
 
+def test_transcoding_requests(dw: DICOMwebClient, study: dict[str, object]) -> None:
+    datasets: list[pydicom.Dataset] = study["datasets"]  # type: ignore[assignment]
+    jpeg = datasets[3]  # JPEG baseline YBR_FULL, 100x100 RGB
+    uids = (study["study"], study["jpeg_series"], jpeg.SOPInstanceUID)
+    # retrieve_series / retrieve_study without media types: Explicit VR Little Endian (PS3.18 default)
+    [series] = dw.retrieve_series(study["study"], study["jpeg_series"])
+    assert series.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    np.testing.assert_array_equal(series.pixel_array, jpeg.pixel_array)
+    for ts in (
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.80",
+    ):
+        one = dw.retrieve_instance(*uids, media_types=(("application/dicom", ts),))
+        assert one.file_meta.TransferSyntaxUID == ts
+        assert one.SOPInstanceUID == jpeg.SOPInstanceUID
+        np.testing.assert_array_equal(one.pixel_array, jpeg.pixel_array)
+    # frames uncompressed, and in another compressed syntax
+    [frame] = dw.retrieve_instance_frames(*uids, frame_numbers=[1], media_types=("application/octet-stream",))
+    assert frame == np.ascontiguousarray(jpeg.pixel_array).tobytes()
+    [j2k] = dw.retrieve_instance_frames(
+        *uids, frame_numbers=[1], media_types=(("image/jp2", "1.2.840.10008.1.2.4.90"),)
+    )
+    assert j2k[:4] == b"\xff\x4f\xff\x51"  # a JPEG 2000 codestream (SOC, SIZ)
+    # what cannot be produced is refused: the native 12-bit CT as JPEG baseline
+    native = datasets[0]
+    with pytest.raises(HTTPError) as refused:
+        dw.retrieve_instance(
+            study["study"],
+            study["native_series"],
+            native.SOPInstanceUID,
+            media_types=(("application/dicom", "1.2.840.10008.1.2.4.50"),),
+        )
+    assert refused.value.response.status_code == 406
+
+
 def test_delete(dw: DICOMwebClient, server: Server) -> None:
     study_uid, series_uid = new_uid(), new_uid()
     sops = [new_uid(), new_uid()]

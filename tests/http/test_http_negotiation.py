@@ -12,6 +12,7 @@ from dicomd.http.negotiation import (
     MediaRange,
     Offer,
     accept_header_allows,
+    candidates,
     negotiate,
     parse_accept,
 )
@@ -96,11 +97,11 @@ def test_parse_accept_drops_malformed_elements_but_keeps_others() -> None:
 @pytest.mark.parametrize(
     ("accept", "expected"),
     [
-        # Absent / wildcard -> first offer with its default syntax.
-        (None, ("multipart/related", "application/dicom", EXPLICIT_LE)),
-        ("*/*", ("multipart/related", "application/dicom", EXPLICIT_LE)),
-        ("multipart/*", ("multipart/related", "application/dicom", EXPLICIT_LE)),
-        ("multipart/related", ("multipart/related", "application/dicom", EXPLICIT_LE)),
+        # Absent / wildcard -> first offer, as stored (no transcoding).
+        (None, ("multipart/related", "application/dicom", "*")),
+        ("*/*", ("multipart/related", "application/dicom", "*")),
+        ("multipart/*", ("multipart/related", "application/dicom", "*")),
+        ("multipart/related", ("multipart/related", "application/dicom", "*")),
         (
             'multipart/related; type="application/dicom"',
             ("multipart/related", "application/dicom", EXPLICIT_LE),
@@ -146,10 +147,15 @@ def test_parse_accept_drops_malformed_elements_but_keeps_others() -> None:
             f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}; q=0.8',
             ("multipart/related", "application/dicom", J2K_LOSSLESS),
         ),
-        # Equal q: header order wins.
+        # Equal q: the stored syntax (*) wins, then header order.
         (
             f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}, '
             'multipart/related; type="application/dicom"; transfer-syntax=*',
+            ("multipart/related", "application/dicom", "*"),
+        ),
+        (
+            f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}, '
+            'multipart/related; type="application/dicom"',
             ("multipart/related", "application/dicom", J2K_LOSSLESS),
         ),
     ],
@@ -161,13 +167,13 @@ def test_negotiate_instances(accept: str | None, expected: tuple[str, str, str] 
 @pytest.mark.parametrize(
     ("accept", "expected"),
     [
-        (None, ("multipart/related", "application/octet-stream", EXPLICIT_LE)),
+        (None, ("multipart/related", "application/octet-stream", "*")),
         # OHIF's default frame / bulkdata Accept (unquoted type).
         (
             "multipart/related; type=application/octet-stream; transfer-syntax=*",
             ("multipart/related", "application/octet-stream", "*"),
         ),
-        ('multipart/related; type="*/*"', ("multipart/related", "application/octet-stream", EXPLICIT_LE)),
+        ('multipart/related; type="*/*"', ("multipart/related", "application/octet-stream", "*")),
         ('multipart/related; type="image/*"', ("multipart/related", "image/jp2", J2K_LOSSLESS)),
         ('multipart/related; type="image/jp2"', ("multipart/related", "image/jp2", J2K_LOSSLESS)),
         (
@@ -229,7 +235,37 @@ def test_single_part_application_dicom_offer() -> None:
     ]
     assert pick("application/dicom", offers) == ("application/dicom", None, EXPLICIT_LE)
     assert pick("application/dicom; transfer-syntax=*", offers) == ("application/dicom", None, "*")
-    assert pick("*/*", offers) == ("multipart/related", "application/dicom", EXPLICIT_LE)
+    assert pick("*/*", offers) == ("multipart/related", "application/dicom", "*")
+
+
+def test_equal_q_prefers_the_stored_syntax_then_header_order() -> None:
+    accept = parse_accept(
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}, '
+        f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}'
+    )
+    first = negotiate(accept, INSTANCE_OFFERS)
+    assert first is not None and first.transfer_syntax == EXPLICIT_LE
+    stored = negotiate(accept, INSTANCE_OFFERS, prefer={J2K_LOSSLESS})
+    assert stored is not None and stored.transfer_syntax == J2K_LOSSLESS
+    # a higher q still beats the stored syntax
+    accept = parse_accept(
+        f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}; q=0.5, '
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
+    )
+    best = negotiate(accept, INSTANCE_OFFERS, prefer={J2K_LOSSLESS})
+    assert best is not None and best.transfer_syntax == EXPLICIT_LE
+
+
+def test_candidates_list_every_acceptable_syntax_best_first() -> None:
+    accept = parse_accept(
+        f'multipart/related; type="application/dicom"; transfer-syntax={J2K_LOSSLESS}, '
+        'multipart/related; type="application/dicom"; q=0.5, */*; q=0.1'
+    )
+    found = [(c.transfer_syntax, c.q) for c in candidates(accept, INSTANCE_OFFERS)]
+    assert found == [(J2K_LOSSLESS, 1.0), (EXPLICIT_LE, 0.5), ("*", 0.1)]
+    # a wildcard also covers the default, behind the original
+    found = [(c.transfer_syntax, c.q) for c in candidates(parse_accept("*/*"), INSTANCE_OFFERS)]
+    assert found == [("*", 1.0), (EXPLICIT_LE, 1.0)]
 
 
 # --------------------------------------------------------------------------- accept_header_allows
@@ -325,7 +361,7 @@ def dicomweb_client_headers(call: Callable[[DICOMwebClient], Any]) -> dict[str, 
             lambda c: c.retrieve_instance_frames("1", "2", "3", [1]),
             'multipart/related; type="*/*"',
             FRAME_OFFERS,
-            ("multipart/related", "application/octet-stream", EXPLICIT_LE),
+            ("multipart/related", "application/octet-stream", "*"),
         ),
         (
             lambda c: c.retrieve_instance_frames(
@@ -347,7 +383,7 @@ def dicomweb_client_headers(call: Callable[[DICOMwebClient], Any]) -> dict[str, 
             lambda c: c.retrieve_bulkdata("http://localhost/dicomweb/bulk/1"),
             'multipart/related; type="*/*"',
             FRAME_OFFERS,
-            ("multipart/related", "application/octet-stream", EXPLICIT_LE),
+            ("multipart/related", "application/octet-stream", "*"),
         ),
     ],
 )

@@ -4,18 +4,25 @@ Metadata and frame/bulk byte ranges were computed once at ingest, so a retrieve 
 (unless its metadata object was lost: ingest/metadata.py rebuilds it). Frames and bulk data are read in
 pieces off the event loop (a deflated instance's are inflated again as they stream), so a worker's memory
 does not grow with their size.
-Transcoding, rendered and thumbnail representations are not offered yet: those requests get 406 (so do
-compressed frames asked for as application/octet-stream without transfer-syntax, i.e. uncompressed).
+
+Transcoding (PS3.18 8.7.3) follows the Accept header: q-values, the stored syntax winning ties,
+``transfer-syntax=*`` = as stored, a media type named without transfer-syntax = its default (Explicit VR
+Little Endian for application/dicom and application/octet-stream), a wildcard (``*/*``, no Accept,
+multipart/related without type) = the stored bytes, so the byte-exact paths with known lengths stay as
+they were. Transcoded bodies are produced frame by frame in the pixel pool (pixels/transcode.py) and sent
+chunked; what cannot be produced is a 406 before the response starts, naming what was asked and why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
-from functools import partial
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from itertools import pairwise
 from operator import attrgetter
 
@@ -43,9 +50,19 @@ from dicomd.dicom.uids import (
     NATIVE_SYNTAXES,
 )
 from dicomd.http.multipart import closing, new_boundary, part_header
-from dicomd.http.negotiation import ANY_TRANSFER_SYNTAX, Offer, negotiate, parse_accept
+from dicomd.http.negotiation import ANY_TRANSFER_SYNTAX, Candidate, Offer, candidates, negotiate, parse_accept
 from dicomd.index.store import FrameTable, StoredInstance
 from dicomd.ingest.metadata import read_metadata
+from dicomd.pixels import transcode
+from dicomd.pixels.frames import PixelDataError
+from dicomd.pixels.service import PixelLimitError
+from dicomd.pixels.syntaxes import (
+    ENCODABLE,
+    MEDIA_TYPE_SYNTAXES,
+    OCTET_STREAM,
+    frame_media_type,
+    syntax_name,
+)
 from dicomd.storage import METADATA, ObjectStore
 
 _SMALL = 1 << 20  # files below this are read on the event loop (page-cache reads are microseconds)
@@ -56,23 +73,9 @@ _FRAME_TABLE_ON_LOOP = 64 << 10  # a listed frame table longer than this (JSON) 
 _MAX_FRAME_DIGITS = 18  # more than any frame count (NumberOfFrames is an IS: at most 12 characters)
 MAX_FRAME_LIST = 1024  # frame numbers in one request; more: 400
 
-# PS3.18 Table 8.7.3-2: media types of compressed frames / bulk pixel data by transfer syntax
-_FRAME_MEDIA_TYPES: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
+_PLAN_BATCH = 256  # instances whose headers one pixel-pool call checks before a transcoded retrieve
+_PIXEL_DATA_PATH = "7FE00010"
+_ENCODABLE_NAMES = ", ".join(syntax_name(ts) for ts in ENCODABLE)
 
 
 def _store(request: Request) -> ObjectStore:
@@ -107,37 +110,37 @@ def _not_modified(request: Request, etag: str) -> bool:
 # ---- instances ----------------------------------------------------------------------------------
 
 
+def _instance_syntaxes(stored: set[str]) -> frozenset[str]:
+    """What instances can be sent as: stored (``*`` or their own syntax) or transcoded to any target."""
+    return frozenset(stored | {ANY_TRANSFER_SYNTAX} | ENCODABLE.keys())
+
+
 async def retrieve(request: Request) -> Response:
     instances = await _find(request)
     single = "instance" in request.path_params
     accept = parse_accept(request.headers.get("accept"))
     stored_syntaxes = {inst.transfer_syntax_uid for inst in instances}
-    offers = [Offer("multipart/related", "application/dicom", frozenset(stored_syntaxes | {"*"}), "*")]
+    syntaxes = _instance_syntaxes(stored_syntaxes)
+    offers = [Offer("multipart/related", "application/dicom", syntaxes, EXPLICIT_VR_LITTLE_ENDIAN)]
     if single:
-        offers.append(Offer("application/dicom", None, frozenset(stored_syntaxes | {"*"}), "*"))
-    choice = negotiate(accept, offers)
-    if choice is None:
+        offers.append(Offer("application/dicom", None, syntaxes, EXPLICIT_VR_LITTLE_ENDIAN))
+    found = candidates(accept, offers, stored_syntaxes)
+    if not found:
         raise ApiError(
             406,
             'instances are available as multipart/related; type="application/dicom"'
             + (" or application/dicom" if single else "")
-            + " in their stored transfer syntax (transfer-syntax=*); transcoding is not supported yet",
+            + " in their stored transfer syntax (transfer-syntax=*) or transcoded to "
+            + _ENCODABLE_NAMES,
         )
-    wanted = choice.transfer_syntax
-    if wanted not in ("*", None) and stored_syntaxes != {wanted}:
-        raise ApiError(
-            406,
-            f"transfer syntax {wanted} is not available for every requested instance; "
-            "use transfer-syntax=* for the stored syntax",
-        )
+    chosen = found[0].offer_index
+    wanted = [c for c in found if c.offer_index == chosen]
+    targets = await _instance_targets(request, instances, wanted)
     store = _store(request)
-    if choice.media_type == "application/dicom":
-        inst = instances[0]
-        return StreamingResponse(
-            await _first_read_now(_file_chunks(store, inst)),
-            media_type=f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
-            headers={"content-length": str(inst.file_size)},  # known from the index: no stat
-        )
+    if offers[chosen].media_type == "application/dicom":
+        return await instance_response(request, instances[0], targets[0])
+    if any(targets):
+        return await _transcoded_multipart(request, instances, targets)
     boundary = new_boundary()
     headers = [
         part_header(boundary, f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}", first=i == 0)
@@ -150,6 +153,126 @@ async def retrieve(request: Request) -> Response:
         await _first_read_now(_multipart_instances(store, instances, headers, tail)),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
         headers={"content-length": str(length)},
+    )
+
+
+async def instance_response(request: Request, inst: StoredInstance, transfer_syntax: str | None) -> Response:
+    """One instance as application/dicom: its stored bytes (``transfer_syntax`` None, ``*`` or the stored
+    syntax: byte-exact, with Content-Length) or transcoded to ``transfer_syntax`` (streamed, chunked).
+    Raises ApiError 406 (naming the syntax and why) when it cannot be produced."""
+    if transfer_syntax in (None, ANY_TRANSFER_SYNTAX, inst.transfer_syntax_uid):
+        return StreamingResponse(
+            await _first_read_now(_file_chunks(_store(request), inst)),
+            media_type=f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
+            headers={"content-length": str(inst.file_size)},  # known from the index: no stat
+        )
+    assert transfer_syntax is not None
+    body = await _first_read_now(_transcoded_file(request, inst, transfer_syntax), transfer_syntax)
+    return StreamingResponse(body, media_type=f"application/dicom; transfer-syntax={transfer_syntax}")
+
+
+async def _instance_targets(
+    request: Request, instances: list[StoredInstance], wanted: list[Candidate]
+) -> list[str | None]:
+    """Per instance, the transfer syntax to transcode it to (None: send it as stored): the best acceptable
+    syntax, its stored one winning ties, that it can be produced in. An instance whose acceptable
+    syntaxes all need transcoding is checked from its header (cached), so a request is refused with 406
+    before its response starts; a request that needs no transcoding reads no header."""
+    ranked: dict[str, list[str]] = {}
+    for stored in {inst.transfer_syntax_uid for inst in instances}:
+        order = sorted(
+            wanted,
+            key=lambda c: (
+                -c.q,
+                0 if c.transfer_syntax in (ANY_TRANSFER_SYNTAX, stored) else 1,
+                c.range_index,
+            ),
+        )
+        ranked[stored] = [c.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN for c in order]
+    if all(ranked[s][0] in (ANY_TRANSFER_SYNTAX, s) for s in ranked):
+        return [None] * len(instances)
+    pixels = services(request).pixels
+    store = _store(request)
+    targets: list[str | None] = []
+    for start in range(0, len(instances), _PLAN_BATCH):
+        batch = instances[start : start + _PLAN_BATCH]
+        targets += await pixels.run(_choose_targets, store, batch, ranked, pixels.memory_limit)
+    return targets
+
+
+def _choose_targets(
+    store: ObjectStore, instances: list[StoredInstance], ranked: dict[str, list[str]], memory_limit: int
+) -> list[str | None]:
+    targets: list[str | None] = []
+    for inst in instances:
+        reasons: list[str] = []
+        for ts in ranked[inst.transfer_syntax_uid]:
+            if ts in (ANY_TRANSFER_SYNTAX, inst.transfer_syntax_uid):
+                targets.append(None)
+                break
+            try:
+                transcode.plan(store, inst, ts, memory_limit)
+            except (PixelDataError, PixelLimitError) as exc:
+                reasons.append(f"{syntax_name(ts)}: {exc}")
+                continue
+            except FileNotFoundError:
+                raise ApiError(404, "an instance was deleted while it was read") from None
+            targets.append(ts)
+            break
+        else:
+            raise ApiError(
+                406,
+                f"instance {inst.sop_instance_uid} cannot be produced in any transfer syntax asked for "
+                f"(it is stored as {syntax_name(inst.transfer_syntax_uid)}; transfer-syntax=* sends it as "
+                f"stored): {'; '.join(reasons)}"[:1000],
+            )
+    return targets
+
+
+async def _transcoded_file(request: Request, inst: StoredInstance, target: str) -> AsyncIterator[bytes]:
+    """``inst`` as a Part 10 file in ``target``, each chunk produced in the pixel pool."""
+    pixels = services(request).pixels
+    store = _store(request)
+    plan = await pixels.run(transcode.plan, store, inst, target, pixels.memory_limit)
+    chunks = transcode.part10_chunks(store, plan)
+    async for chunk in _pulled(request, chunks):
+        yield chunk
+
+
+async def _pulled(request: Request, chunks: Generator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks of a blocking generator, each pulled in the pixel pool (never on the event loop)."""
+    pixels = services(request).pixels
+    try:
+        while (chunk := await pixels.run(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        # a client gone mid-frame: the pool thread finishes that frame, and the generator's files
+        # close when it is collected ("already executing" now)
+        with contextlib.suppress(ValueError):
+            chunks.close()
+
+
+async def _transcoded_multipart(
+    request: Request, instances: list[StoredInstance], targets: list[str | None]
+) -> Response:
+    """A multipart retrieve where some instances are transcoded: chunked (lengths unknown), one instance
+    at a time (memory: one frame and its encoding, or a read's worth of a stored file)."""
+    boundary = new_boundary()
+    store = _store(request)
+
+    async def body() -> AsyncIterator[bytes]:
+        for i, (inst, target) in enumerate(zip(instances, targets, strict=True)):
+            syntax = target or inst.transfer_syntax_uid
+            header = part_header(boundary, f"application/dicom; transfer-syntax={syntax}", first=i == 0)
+            parts = _file_chunks(store, inst) if target is None else _transcoded_file(request, inst, target)
+            yield header + await anext(parts, b"")
+            async for chunk in parts:
+                yield chunk
+        yield closing(boundary)
+
+    return StreamingResponse(
+        await _first_read_now(body(), "the requested transfer syntax"),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
 
 
@@ -194,14 +317,20 @@ async def _multipart_instances(
     yield tail
 
 
-async def _first_read_now(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _first_read_now(body: AsyncIterator[bytes], producing: str | None = None) -> AsyncIterator[bytes]:
     """``body`` with its first chunk (which reads the store) already read: an unavailable store raises
     here, before the response starts, and is answered 503 + Retry-After instead of a cut 200 (an object
-    deleted under the request: 404)."""
+    deleted under the request: 404). When the body is transcoded (``producing`` names the transfer
+    syntax), a first frame that cannot be produced is a 406; a later one ends the response early (the
+    client sees a cut body, never a wrong image)."""
     try:
         first = await anext(body, None)
     except FileNotFoundError:
         raise ApiError(404, "the instance was deleted") from None
+    except (PixelDataError, PixelLimitError) as exc:
+        if producing is None:
+            raise
+        raise ApiError(406, f"{_shown_syntax(producing)} cannot be produced: {exc}"[:1000]) from None
 
     async def chained() -> AsyncIterator[bytes]:
         if first is not None:
@@ -210,6 +339,10 @@ async def _first_read_now(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield chunk
 
     return chained()
+
+
+def _shown_syntax(ts: str) -> str:
+    return syntax_name(ts) if ts.replace(".", "").isdigit() else ts
 
 
 async def _file_chunks(store: ObjectStore, inst: StoredInstance) -> AsyncIterator[bytes]:
@@ -275,38 +408,125 @@ def _compressed(ts: str) -> bool:
     return ts not in NATIVE_SYNTAXES and ts != EXPLICIT_VR_BIG_ENDIAN
 
 
-def _octet_offers(ts: str, compressed_pixels: bool) -> list[Offer]:
-    """What frames or bulk data can be sent as, without transcoding."""
+def _octet_offers(ts: str) -> list[Offer]:
+    """What bulk data other than pixel data can be sent as: the stored bytes (for the little endian
+    syntaxes these are Explicit VR Little Endian, the default, PS3.18 8.7.3.5.2)."""
     stored = frozenset({ts, ANY_TRANSFER_SYNTAX})
-    if not compressed_pixels:
-        # native frames and other bulk data: the stored bytes, which for the little endian syntaxes
-        # are Explicit VR Little Endian, the default (PS3.18 8.7.3.5.2), asked for or not
-        syntaxes = stored | {EXPLICIT_VR_LITTLE_ENDIAN} if ts in NATIVE_SYNTAXES else stored
-        return [Offer("multipart/related", "application/octet-stream", syntaxes, ANY_TRANSFER_SYNTAX)]
-    # compressed: application/octet-stream without a transfer syntax means uncompressed Explicit VR Little
-    # Endian (the default), which needs transcoding: not offered, so only transfer-syntax=* (or the
-    # stored UID) gets these bytes as octet-stream; a wildcard (*/*, no Accept) still gets the stored bytes
-    offers = [Offer("multipart/related", "application/octet-stream", stored, EXPLICIT_VR_LITTLE_ENDIAN)]
-    media = _FRAME_MEDIA_TYPES.get(ts)
-    if media:
-        offers.append(Offer("multipart/related", media, stored, ANY_TRANSFER_SYNTAX))
-    return offers
+    syntaxes = stored | {EXPLICIT_VR_LITTLE_ENDIAN} if ts in NATIVE_SYNTAXES else stored
+    return [Offer("multipart/related", OCTET_STREAM, syntaxes, ANY_TRANSFER_SYNTAX)]
 
 
-def _not_acceptable(what_is: str, ts: str, compressed_pixels: bool) -> ApiError:
-    """406 for frames or bulk data, saying what can be asked for (`what_is`: "these frames are")."""
-    if not compressed_pixels:
-        return ApiError(
-            406,
-            f'{what_is} available as multipart/related; type="application/octet-stream" in transfer syntax '
-            f"{EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts}; transcoding is not supported yet",
-        )
-    media = _FRAME_MEDIA_TYPES.get(ts, "application/octet-stream")
-    return ApiError(
-        406,
-        f"{what_is} compressed ({ts}) and available in that transfer syntax only: ask for "
-        f'multipart/related; type="application/octet-stream"; transfer-syntax=* (or type="{media}"); '
-        "transcoding to uncompressed data is not supported yet",
+@lru_cache(maxsize=128)  # by stored syntax: computed once per worker, not per frame request
+def _pixel_offers(ts: str, *, single_part: bool) -> tuple[Offer, ...]:
+    """What frames (or pixel data as bulk data) can be sent as: the stored bytes (``*``, the stored
+    syntax, or Explicit VR Little Endian for native little endian data) or transcoded; per media type
+    (PS3.18 Table 8.7.3-5), a media type named without transfer-syntax means its default syntax. Offers
+    are listed stored-first, so a wildcard gets the stored bytes as today."""
+    octet = {EXPLICIT_VR_LITTLE_ENDIAN, ts, ANY_TRANSFER_SYNTAX}
+    kinds: list[tuple[str, frozenset[str], str]] = [
+        (OCTET_STREAM, frozenset(octet), EXPLICIT_VR_LITTLE_ENDIAN)
+    ]
+    for media, syntaxes in MEDIA_TYPE_SYNTAXES.items():
+        if media == OCTET_STREAM:
+            continue
+        available = {s for s in syntaxes if s == ts or s in ENCODABLE}
+        if ts in syntaxes:
+            available.add(ANY_TRANSFER_SYNTAX)
+        if available:
+            kinds.insert(1 if ts in syntaxes else len(kinds), (media, frozenset(available), syntaxes[0]))
+    offers = [Offer("multipart/related", media, available, default) for media, available, default in kinds]
+    if single_part:
+        offers += [Offer(media, None, available, default) for media, available, default in kinds]
+    return tuple(offers)
+
+
+def _pixel_not_acceptable(what_is: str, ts: str, single_part: bool, reasons: list[str]) -> ApiError:
+    """406 for frames or pixel data, saying what can be asked for and why what was asked cannot be made."""
+    media = frame_media_type(ts)
+    message = (
+        f"{what_is} stored as {syntax_name(ts)} and available as multipart/related"
+        + (" or single-part (one frame)" if single_part else "")
+        + f' with type="application/octet-stream" (uncompressed, or transfer-syntax=* as stored), '
+        f'type="{media}" as stored, or transcoded to {_ENCODABLE_NAMES} (type="image/jpeg", "image/jls", '
+        '"image/jp2", "image/dicom-rle" with their transfer-syntax)'
+    )
+    if reasons:
+        message += ": " + "; ".join(reasons)
+    return ApiError(406, message[:1500])
+
+
+@dataclass(frozen=True)
+class _PixelChoice:
+    """How frames / pixel data will be sent: ``target`` None means the stored bytes."""
+
+    media_type: str  # of each part, or of the single-part body
+    single_part: bool
+    syntax: str  # the transfer syntax the bytes are in
+    target: str | None
+    plan: transcode.Plan | None
+
+
+async def _choose_pixels(
+    request: Request, inst: StoredInstance, what_is: str, *, single_part: bool, frames: bool
+) -> _PixelChoice:
+    """The best acceptable representation of ``inst``'s pixels that can be produced (406 when none).
+    ``frames``: for frames rather than bulk data (big endian frames are never sent as stored)."""
+    ts = inst.transfer_syntax_uid
+    offers = _pixel_offers(ts, single_part=single_part)
+    accept = parse_accept(request.headers.get("accept"))
+    native_le = ts in NATIVE_SYNTAXES
+    reasons: list[str] = []
+    pixels = services(request).pixels
+    for candidate in candidates(accept, offers, {ts}):
+        offer = offers[candidate.offer_index]
+        media = offer.part_type or offer.media_type
+        single = offer.part_type is None
+        wanted = candidate.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+        if frames and ts == EXPLICIT_VR_BIG_ENDIAN and wanted in (ANY_TRANSFER_SYNTAX, ts):
+            wanted = EXPLICIT_VR_LITTLE_ENDIAN  # big endian (retired) frames go out as little endian
+        if wanted in (ANY_TRANSFER_SYNTAX, ts) or (wanted == EXPLICIT_VR_LITTLE_ENDIAN and native_le):
+            syntax = EXPLICIT_VR_LITTLE_ENDIAN if native_le else ts
+            return _PixelChoice(media, single, syntax, None, None)
+        try:
+            plan = await pixels.run(transcode.plan, _store(request), inst, wanted, pixels.memory_limit)
+        except (PixelDataError, PixelLimitError) as exc:
+            reasons.append(f"{media} in {syntax_name(wanted)}: {exc}")
+            continue
+        except FileNotFoundError:
+            raise ApiError(404, "the instance was deleted") from None
+        return _PixelChoice(media, single, wanted, wanted, plan)
+    raise _pixel_not_acceptable(what_is, ts, single_part, reasons)
+
+
+async def _transcoded_parts(
+    request: Request, choice: _PixelChoice, chunks: Generator[bytes], *, one_part: bool = False
+) -> Response:
+    """Frames produced in the pixel pool: one part per item of ``chunks`` (or all of them one part, or
+    a single-part body), chunked; a first frame that cannot be produced is a 406."""
+    content_type = f"{choice.media_type}; transfer-syntax={choice.syntax}"
+    if choice.single_part:
+        pixels = services(request).pixels
+        try:
+            data = await pixels.run(b"".join, chunks)
+        except (PixelDataError, PixelLimitError) as exc:
+            raise ApiError(406, f"{_shown_syntax(choice.syntax)} cannot be produced: {exc}"[:1000]) from None
+        except FileNotFoundError:
+            raise ApiError(404, "the instance was deleted") from None
+        return Response(data, media_type=content_type)
+    boundary = new_boundary()
+    first = part_header(boundary, content_type, first=True)
+    rest = part_header(boundary, content_type)
+
+    async def body() -> AsyncIterator[bytes]:
+        index = 0
+        async for chunk in _pulled(request, chunks):
+            yield (first if index == 0 else b"" if one_part else rest) + chunk
+            index += 1
+        yield closing(boundary)
+
+    return StreamingResponse(
+        await _first_read_now(body(), choice.syntax),
+        media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}',
     )
 
 
@@ -399,19 +619,30 @@ async def bulkdata(request: Request) -> Response:
     if byte_range is None:
         raise ApiError(404, f"the instance has no bulk data at '{path}'")
     ts = inst.transfer_syntax_uid
-    compressed_pixels = path in PIXEL_DATA_KEYS and _compressed(ts)
-    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts, compressed_pixels))
-    if choice is None:
-        raise _not_acceptable("this bulk data is", ts, compressed_pixels)
-    if compressed_pixels:
+    store = _store(request)
+    if path != _PIXEL_DATA_PATH or path not in PIXEL_DATA_KEYS:
+        if negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts)) is None:
+            raise ApiError(
+                406,
+                'this bulk data is available as multipart/related; type="application/octet-stream" in '
+                f"transfer syntax {EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts}",
+            )
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
+        return await _range_parts(store, inst, [[byte_range]], f"{OCTET_STREAM}; transfer-syntax={syntax}")
+    choice = await _choose_pixels(request, inst, "this pixel data is", single_part=False, frames=False)
+    if choice.plan is not None:
+        if choice.syntax == EXPLICIT_VR_LITTLE_ENDIAN:  # all frames as one uncompressed value
+            _length, chunks = transcode.native_pixel_data(store, choice.plan, as_rgb=True)
+            return await _transcoded_parts(request, choice, chunks, one_part=True)
+        numbers = list(range(1, len(await _frames_of(inst)) + 1))
+        return await _transcoded_parts(request, choice, transcode.frame_chunks(store, choice.plan, numbers))
+    if _compressed(ts):
         table = await _frames_of(inst)
         if table:
             # encapsulated pixel data: one part per frame, each the frame's compressed bitstream
-            media = choice.part_type or "application/octet-stream"
-            return await _range_parts(_store(request), inst, table, f"{media}; transfer-syntax={ts}")
-    syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
+            return await _range_parts(store, inst, table, f"{choice.media_type}; transfer-syntax={ts}")
     return await _range_parts(
-        _store(request), inst, [[byte_range]], f"application/octet-stream; transfer-syntax={syntax}"
+        store, inst, [[byte_range]], f"{choice.media_type}; transfer-syntax={choice.syntax}"
     )
 
 
@@ -453,21 +684,29 @@ async def frames(request: Request) -> Response:
             f"frame list '{_shown(request.path_params['frames'])}': frames of a deflated instance must be "
             "asked for in strictly ascending order (each at most once)",
         )
-    if ts == EXPLICIT_VR_BIG_ENDIAN:
-        raise ApiError(
-            406, "frames of Explicit VR Big Endian instances need transcoding, which is not supported yet"
-        )
-    compressed = _compressed(ts)
-    choice = negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts, compressed))
-    if choice is None:
-        raise _not_acceptable("these frames are", ts, compressed)
-    syntax = EXPLICIT_VR_LITTLE_ENDIAN if ts in NATIVE_SYNTAXES else ts
-    media = choice.part_type or "application/octet-stream"
+    choice = await _choose_pixels(
+        request, inst, "these frames are", single_part=len(numbers) == 1, frames=True
+    )
+    store = _store(request)
+    if choice.plan is not None:
+        return await _transcoded_parts(request, choice, transcode.frame_chunks(store, choice.plan, numbers))
+    content_type = f"{choice.media_type}; transfer-syntax={choice.syntax}"
     pieces = [table[n - 1] for n in numbers]
-    return await _range_parts(_store(request), inst, pieces, f"{media}; transfer-syntax={syntax}")
+    if choice.single_part:
+        return await _range_single(store, inst, pieces[0], content_type)
+    return await _range_parts(store, inst, pieces, content_type)
 
 
-async def not_offered(request: Request) -> Response:
-    """Rendered and thumbnail resources: honest 406 until rendering lands."""
-    await _find(request)
-    raise ApiError(406, "rendered and thumbnail representations are not supported yet")
+async def _range_single(
+    store: ObjectStore, inst: StoredInstance, frame: Sequence[tuple[int, int]], content_type: str
+) -> Response:
+    """One stored frame as a single-part body (its fragments joined), streamed with its length."""
+    try:
+        ranges = await asyncio.to_thread(_open_ranges, store, inst)
+    except FileNotFoundError:
+        raise ApiError(404, "the instance was deleted") from None
+    return StreamingResponse(
+        _in_thread(_range_body(ranges, [frame], b"", b"", b"")),
+        media_type=content_type,
+        headers={"content-length": str(sum(length for _, length in frame))},
+    )

@@ -11,6 +11,9 @@ from .model import InvalidDicom
 from .values import LONG_VRS, VR_FROM_BYTES
 
 # group 0002 is explicit VR little endian (PS3.10 7.1)
+# bytes read from the start of a remote object to find its File Meta Information's end (real ones are
+# a few hundred bytes)
+_REMOTE_META_READ = 1 << 16
 _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<L").unpack_from
 
@@ -43,12 +46,37 @@ def _skip_element(buf: Any, pos: int, size: int) -> int:
 
 def data_set_start(f: IO[bytes]) -> int:
     """Offset in a stored Part 10 file where its data set (for a deflated file, the deflate stream)
-    starts: after the File Meta Information."""
-    size = os.fstat(f.fileno()).st_size
+    starts: after the File Meta Information. A local file is mapped; a cloud store's object (no file
+    descriptor) is read by one ranged GET of its first bytes."""
+    try:
+        descriptor = f.fileno()
+    except OSError:  # io.UnsupportedOperation
+        return _remote_data_set_start(f)
+    size = os.fstat(descriptor).st_size
     if size < 132:
         raise InvalidDicom("not a DICOM Part 10 file: shorter than preamble + 'DICM'")
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ) as mm:
         try:
             return meta_end(mm, size)
         except struct.error as exc:
             raise InvalidDicom(f"malformed File Meta Information: {exc}") from None
+
+
+def _remote_data_set_start(f: IO[bytes]) -> int:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    head = f.read(min(size, _REMOTE_META_READ))
+    if len(head) < 132:
+        raise InvalidDicom("not a DICOM Part 10 file: shorter than preamble + 'DICM'")
+    too_long = InvalidDicom(f"File Meta Information longer than {_REMOTE_META_READ} bytes")
+    try:
+        end = meta_end(head, len(head))
+    except struct.error as exc:
+        raise InvalidDicom(f"malformed File Meta Information: {exc}") from None
+    except InvalidDicom:
+        if len(head) < size:  # an element runs past what was read
+            raise too_long from None
+        raise
+    if end + 8 > len(head) and len(head) < size:  # group 0002 may go on beyond what was read
+        raise too_long
+    return end

@@ -13,17 +13,19 @@ Parsing is deliberately lenient because real viewers send slightly broken header
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from dicomd.http.multipart import parse_content_type, split_header_list
 
 __all__ = [
     "ANY_TRANSFER_SYNTAX",
+    "Candidate",
     "Choice",
     "MediaRange",
     "Offer",
     "accept_header_allows",
+    "candidates",
     "negotiate",
     "parse_accept",
 ]
@@ -119,12 +121,12 @@ class Offer:
     :data:`ANY_TRANSFER_SYNTAX` meaning "the original is available" (Accept
     ``transfer-syntax=*``).  An empty set means the parameter does not apply (JSON,
     rendered media) and is ignored.  ``default_transfer_syntax`` is chosen when the
-    client names none.  A default that is not among ``transfer_syntaxes`` (say,
-    uncompressed frames of a compressed instance, which would need transcoding)
-    cannot be sent: a range that names this media type without a transfer syntax
-    asks for exactly that default and does not match; a wildcard range (``*/*``,
-    ``multipart/related`` without ``type``) accepts any representation and gets the
-    original, when ``transfer_syntaxes`` has :data:`ANY_TRANSFER_SYNTAX`.
+    client names the media type but no transfer syntax (PS3.18 8.7.3: e.g. Explicit VR
+    Little Endian for application/dicom); a default that is not among
+    ``transfer_syntaxes`` cannot be sent, and such a range does not match. A wildcard
+    range (``*/*``, ``multipart/related`` without ``type``) accepts any representation
+    and gets the original when ``transfer_syntaxes`` has :data:`ANY_TRANSFER_SYNTAX`
+    (no transcoding), else the default.
     """
 
     media_type: str
@@ -163,10 +165,10 @@ def _specificity(rng: MediaRange) -> int:
     return base + ("type" in rng.params) + ("transfer-syntax" in rng.params)
 
 
-def _match(rng: MediaRange, offer: Offer) -> tuple[bool, str | None]:
-    """Whether ``rng`` covers ``offer`` and the transfer syntax it asks for."""
+def _matches(rng: MediaRange, offer: Offer) -> list[str | None]:
+    """The transfer syntaxes of ``offer`` that ``rng`` asks for (empty: it does not cover the offer)."""
     if not _type_matches(rng.media_type, offer.media_type.lower()):
-        return False, None
+        return []
     # A missing `type` means "whatever this resource sends by default"; offers are
     # listed default-first, so no check is needed for that case.
     if (
@@ -174,20 +176,19 @@ def _match(rng: MediaRange, offer: Offer) -> tuple[bool, str | None]:
         and rng.part_type is not None
         and not _type_matches(rng.part_type, offer.part_type.lower())
     ):
-        return False, None
+        return []
     wanted = rng.transfer_syntax
+    default = offer.default_transfer_syntax
     if not offer.transfer_syntaxes:
-        return True, offer.default_transfer_syntax
-    if wanted is None:
-        default = offer.default_transfer_syntax
-        if default is None or default in offer.transfer_syntaxes:
-            return True, default
-        if _names(rng, offer) or ANY_TRANSFER_SYNTAX not in offer.transfer_syntaxes:
-            return False, None  # the default representation is asked for and cannot be produced
-        return True, ANY_TRANSFER_SYNTAX
-    if wanted in offer.transfer_syntaxes:
-        return True, wanted
-    return False, None
+        return [default]
+    if wanted is not None:
+        return [wanted] if wanted in offer.transfer_syntaxes else []
+    found: list[str | None] = []
+    if not _names(rng, offer) and ANY_TRANSFER_SYNTAX in offer.transfer_syntaxes:
+        found.append(ANY_TRANSFER_SYNTAX)  # a wildcard accepts any representation: the original first
+    if default is None or default in offer.transfer_syntaxes:
+        found.append(default)  # the default representation (when it cannot be produced: no match)
+    return found
 
 
 def _names(rng: MediaRange, offer: Offer) -> bool:
@@ -197,38 +198,53 @@ def _names(rng: MediaRange, offer: Offer) -> bool:
     return rng.part_type is not None and "*" not in rng.part_type
 
 
-def negotiate(accept: Sequence[MediaRange], offers: Sequence[Offer]) -> Choice | None:
-    """Pick the best offer for ``accept``; ``None`` means answer 406.
+@dataclass(frozen=True)
+class Candidate:
+    """A representation the Accept header allows: an offer (by index) in a transfer syntax, with the q
+    of the most specific range covering it and that range's position in the header."""
 
-    Every (offer, transfer syntax) candidate takes its q from the most specific range
-    that covers it (so ``application/dicom+json, */*;q=0`` still allows JSON); q=0
-    excludes.  Among the rest the highest q wins, then the earliest range in the
-    header, then the earliest offer (which is how ``*/*`` selects the first offer).
-    """
+    offer_index: int
+    transfer_syntax: str | None
+    q: float
+    range_index: int
+
+
+def candidates(
+    accept: Sequence[MediaRange], offers: Sequence[Offer], prefer: Collection[str] = ()
+) -> list[Candidate]:
+    """Every acceptable (offer, transfer syntax), best first: highest q, then (on equal q) a syntax in
+    ``prefer`` or ``*`` (the stored one: no transcoding), then the earliest range in the header, then the
+    earliest offer. Each takes its q from the most specific range that covers it (so
+    ``application/dicom+json, */*;q=0`` still allows JSON); q=0 excludes."""
     # (offer index, transfer syntax) -> (specificity, q, range index)
     governing: dict[tuple[int, str | None], tuple[int, float, int]] = {}
     for r_idx, rng in enumerate(accept):
         spec = _specificity(rng)
         for o_idx, offer in enumerate(offers):
-            ok, ts = _match(rng, offer)
-            if not ok:
-                continue
-            key = (o_idx, ts)
-            prev = governing.get(key)
-            if prev is None or spec > prev[0]:
-                governing[key] = (spec, rng.q, r_idx)
-    best: tuple[float, int, int] | None = None
-    best_key: tuple[int, str | None] | None = None
-    for key, (_spec, q, r_idx) in governing.items():
-        if q <= 0:
-            continue
-        rank = (-q, r_idx, key[0])
-        if best is None or rank < best:
-            best, best_key = rank, key
-    if best_key is None:
+            for ts in _matches(rng, offer):
+                key = (o_idx, ts)
+                prev = governing.get(key)
+                if prev is None or spec > prev[0]:
+                    governing[key] = (spec, rng.q, r_idx)
+    found = [Candidate(o_idx, ts, q, r_idx) for (o_idx, ts), (_spec, q, r_idx) in governing.items() if q > 0]
+
+    def rank(c: Candidate) -> tuple[float, int, int, int]:
+        preferred = c.transfer_syntax == ANY_TRANSFER_SYNTAX or c.transfer_syntax in prefer
+        return (-c.q, 0 if preferred else 1, c.range_index, c.offer_index)
+
+    return sorted(found, key=rank)
+
+
+def negotiate(
+    accept: Sequence[MediaRange], offers: Sequence[Offer], prefer: Collection[str] = ()
+) -> Choice | None:
+    """Pick the best offer for ``accept`` (the first of :func:`candidates`); ``None`` means answer 406.
+    ``prefer``: the stored transfer syntaxes, which win ties (``*/*`` thus selects the first offer)."""
+    found = candidates(accept, offers, prefer)
+    if not found:
         return None
-    offer = offers[best_key[0]]
-    return Choice(offer.media_type, offer.part_type, best_key[1], offer)
+    offer = offers[found[0].offer_index]
+    return Choice(offer.media_type, offer.part_type, found[0].transfer_syntax, offer)
 
 
 def accept_header_allows(accept: Sequence[MediaRange] | str | None, media_type: str) -> bool:

@@ -4,6 +4,7 @@ would give that frame."""
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
@@ -91,6 +92,7 @@ class ImageDescription:
             "photometric_interpretation": self.photometric_interpretation,
             "planar_configuration": self.planar_configuration,
             "number_of_frames": 1,
+            "pixel_keyword": "PixelData",
         }
 
 
@@ -135,9 +137,16 @@ def read_header(store: ObjectStore, inst: StoredInstance) -> Dataset:
     read (a cloud object is read by ranged GETs as far as the pixel data's header)."""
     header = _HEADER_CACHE.get(inst.object_key)
     if header is None:
+        pixel_data = inst.bulk.get("7FE00010")
         with store.open_object(inst.object_key) as f:
             try:
-                header = dcmread(f, stop_before_pixels=True, force=True)
+                if pixel_data is not None and inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                    # everything before the pixel data's value in one read (one ranged GET on a cloud
+                    # store, where pydicom's many small reads would each be a request)
+                    head = io.BytesIO(f.read(pixel_data[0]))
+                    header = dcmread(head, stop_before_pixels=True, force=True)
+                else:
+                    header = dcmread(f, stop_before_pixels=True, force=True)
             except Exception as exc:  # pydicom raises many types on malformed input
                 raise PixelDataError(f"the stored instance cannot be parsed ({type(exc).__name__})") from None
         _HEADER_CACHE.put(inst.object_key, header)
@@ -179,11 +188,11 @@ def decode_frame(store: ObjectStore, inst: StoredInstance, number: int, *, memor
             f"{memory_limit / 2**20:.0f} MiB (pixel_memory_limit)"
         )
     data = read_frame_bytes(store, inst, number)
-    pixels, photometric = decode_frame_bytes(data, description, _bit_offset(inst, number))
+    pixels, photometric = decode_frame_bytes(data, description, bit_offset(inst, number))
     return DecodedFrame(pixels, photometric, header, description)
 
 
-def _bit_offset(inst: StoredInstance, number: int) -> int:
+def bit_offset(inst: StoredInstance, number: int) -> int:
     """Where a 1-bit native frame starts within its first byte."""
     table = inst.frames
     if isinstance(table, NativeFrames):
@@ -192,9 +201,10 @@ def _bit_offset(inst: StoredInstance, number: int) -> int:
 
 
 def decode_frame_bytes(
-    data: bytes, description: ImageDescription, bit_offset: int = 0
+    data: bytes, description: ImageDescription, bit_offset: int = 0, *, as_rgb: bool = True
 ) -> tuple[np.ndarray, str]:
-    """One frame's stored bytes decoded: (pixels, their photometric interpretation)."""
+    """One frame's stored bytes decoded: (pixels, their photometric interpretation). ``as_rgb``: YBR
+    colour data converted to RGB (for display); without, they keep their values (for transcoding)."""
     syntax = UID(description.transfer_syntax_uid)
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:  # ranges were read from the inflated data set
         syntax = UID("1.2.840.10008.1.2.1")
@@ -204,7 +214,7 @@ def decode_frame_bytes(
         raise PixelDataError(f"no decoder for transfer syntax {syntax}") from None
     if not decoder.is_available:
         raise PixelDataError(f"the decoder for transfer syntax {syntax} is not installed")
-    options = description.decoder_options
+    options = description.decoder_options | {"as_rgb": as_rgb}
     if syntax.is_encapsulated:
         source: bytes = encapsulate([data])
     elif description.bits_allocated == 1 and bit_offset:
