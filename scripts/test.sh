@@ -6,9 +6,9 @@ set -eu
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-# the object store emulators (Azurite from npm; moto's S3 server came with the test extras). Without npm the
-# Azure tests skip on a developer's machine; in CI (CI=true) they fail instead
-./scripts/test-services.sh || echo "test.sh: Azurite not installed; its tests skip (and fail in CI)" >&2
+# what the tests start besides dicomd (scripts/test-services.sh: Azurite, OHIF, Chromium, DCMTK, Orthanc).
+# What cannot be installed here skips its tests on a developer's machine; in CI (CI=true) they fail instead
+./scripts/test-services.sh || echo "test.sh: some test services are not installed (see above); their tests skip (and fail in CI)" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
