@@ -12,6 +12,7 @@ import copy
 import io
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from bench import servers
-from bench.client import Pool
+from bench.client import ACCEPT_JSON, Pool
 from bench.corpus import build_template
 from bench.report import Line
 from bench.run import Bench, Config, http_get, log, multipart_payloads, stow_one
@@ -173,6 +174,37 @@ def _restart_orthanc(srv: servers.Server) -> None:
     servers._wait(f"{srv.base}/studies?limit=1", srv.proc, log_path)
 
 
+def _qido_while_transcoding(b: Bench, c: PixelCorpus, frames: list[str]) -> None:
+    """Study searches at 1 connection while two other clients keep asking for JPEG 2000 frames as
+    uncompressed: what a heavy decode costs everyone else's requests."""
+    search = [f"/studies?StudyInstanceUID={c.study}"]
+    b.get("px_qido_idle", "QIDO study search, idle server, 1 conn", search, ACCEPT_JSON, 1, b.cfg.dur)
+    stop = threading.Event()
+
+    def load(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            http_get(b.srv.base + frames[i % len(frames)], ACCEPT_UNCOMPRESSED)
+            i += 2
+
+    loaders = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(2)]
+    for t in loaders:
+        t.start()
+    try:
+        b.get(
+            "px_qido_busy",
+            "QIDO study search while 2 clients transcode JPEG 2000 frames, 1 conn",
+            search,
+            ACCEPT_JSON,
+            1,
+            b.cfg.dur,
+        )
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join()
+
+
 def bench_pixels(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str, Line], dict[str, Any]]:
     """Every line checked, then each timed over 1 and 4 connections; a server that crashes has the
     figures of the lines before."""
@@ -220,4 +252,6 @@ def bench_pixels(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
     for w in workloads:  # the transcoding lines last: Debian's Orthanc crashes on them (bench/README.md)
         for conc in (1, 4):
             _timed(b, w, conc)
+    if not workloads[-1].problem:  # searches while 2 clients keep the server transcoding
+        _qido_while_transcoding(b, c, frames_j2k)
     return b.lines, {"instances": 2 * COUNT, "frame_bytes": int(c.pixels.nbytes)}

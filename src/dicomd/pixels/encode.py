@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
+from dicomd.pixels import codec_processes
 from dicomd.pixels.frames import ImageDescription, PixelDataError
 from dicomd.pixels.syntaxes import (
     ENCODABLE,
@@ -119,15 +120,25 @@ def encode_frame(
     elif target == JPEG_LS_NEAR_LOSSLESS:
         options["jls_error"] = _JLS_NEAR_LOSSLESS_ERROR
     try:
+        data = codec_processes.run(
+            _encode, np.ascontiguousarray(pixels), target, options, decoded_bytes=pixels.nbytes
+        )
+    except codec_processes.CodecCrashed as exc:
+        raise EncodeError(f"the frame cannot be encoded in {syntax_name(target)} ({exc})") from None
+    return EncodedFrame(data, attributes)
+
+
+def _encode(pixels: np.ndarray, target: str, options: dict[str, Any]) -> bytes:
+    """The codec call of encode_frame (in a codec process for a large frame)."""
+    try:
         encoder = get_encoder(UID(target))
         if not encoder.is_available:
             raise EncodeError(f"the encoder for {syntax_name(target)} is not installed")
-        data = encoder.encode(np.ascontiguousarray(pixels), **options)
+        return bytes(encoder.encode(pixels, **options))
     except EncodeError:
         raise
     except Exception as exc:  # the encoders raise many types on values they cannot take
         raise EncodeError(f"the frame cannot be encoded in {syntax_name(target)} ({exc})"[:300]) from None
-    return EncodedFrame(bytes(data), attributes)
 
 
 def _jpeg_baseline(pixels: np.ndarray, photometric: str, attributes: dict[str, Any]) -> EncodedFrame:

@@ -20,6 +20,7 @@ from dicomd.dicom.model import NativeFrames
 from dicomd.dicom.ranges import open_ranges
 from dicomd.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from dicomd.index.types import StoredInstance
+from dicomd.pixels import codec_processes
 from dicomd.storage import ObjectStore
 
 _HEADERS = 256  # data sets (without pixel data) kept per worker: a viewer asks for a series frame by frame
@@ -204,7 +205,21 @@ def decode_frame_bytes(
     data: bytes, description: ImageDescription, bit_offset: int = 0, *, as_rgb: bool = True
 ) -> tuple[np.ndarray, str]:
     """One frame's stored bytes decoded: (pixels, their photometric interpretation). ``as_rgb``: YBR
-    colour data converted to RGB (for display); without, they keep their values (for transcoding)."""
+    colour data converted to RGB (for display); without, they keep their values (for transcoding).
+    A large compressed frame is decoded in a codec process (pixels/codec_processes.py)."""
+    if not UID(description.transfer_syntax_uid).is_encapsulated:  # a copy or a byte swap: no codec
+        return _decode(data, description, bit_offset, as_rgb)
+    try:
+        return codec_processes.run(
+            _decode, data, description, bit_offset, as_rgb, decoded_bytes=description.decoded_frame_bytes
+        )
+    except codec_processes.CodecCrashed as exc:
+        raise PixelDataError(f"frame cannot be decoded ({exc})") from None
+
+
+def _decode(
+    data: bytes, description: ImageDescription, bit_offset: int, as_rgb: bool
+) -> tuple[np.ndarray, str]:
     syntax = UID(description.transfer_syntax_uid)
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:  # ranges were read from the inflated data set
         syntax = UID("1.2.840.10008.1.2.1")

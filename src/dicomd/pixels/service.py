@@ -1,5 +1,6 @@
 """Where pixel work runs: a bounded pool of threads per worker process, never the event loop, with a bound
-on the decoded pixel data one request may hold."""
+on the decoded pixel data one request may hold; the codec calls of large frames run in codec processes
+(pixels/codec_processes.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+from dicomd.pixels import codec_processes
+
 _T = TypeVar("_T")
 
 
@@ -17,12 +20,16 @@ class PixelLimitError(ValueError):
 
 
 class PixelService:
-    """Runs decode/encode/render work in `workers` threads (the codecs are C code; numpy and most of them
-    release the GIL while they work), so searches and stores go on while a frame is transcoded."""
+    """Runs decode/encode/render work in `workers` threads (reads, numpy and Pillow release the GIL) and
+    the codecs of large frames in as many processes, so searches and stores go on while frames are
+    transcoded."""
 
     def __init__(self, *, workers: int, memory_limit: int) -> None:
         self.memory_limit = memory_limit
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="dicomd-pixels")
+        # the codec calls of large frames, which hold the GIL, go on to processes of their own
+        self._codecs = codec_processes.CodecProcesses(workers)
+        codec_processes.use(self._codecs)
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
@@ -38,3 +45,5 @@ class PixelService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        codec_processes.use(None)
+        self._codecs.close()

@@ -1,0 +1,81 @@
+"""Codec calls in processes of their own.
+
+The codec wheels (openjpeg, libjpeg, CharLS, RLE) hold the GIL while they decode or encode: a 512x512
+JPEG 2000 frame keeps it for 10-40 ms. Run in a thread of the worker, that stalls the worker's event loop
+(its searches and stores) for as long; run in a process, it costs one copy of the frame each way. A codec
+that crashes on a hostile bitstream takes down only its process: that frame fails, the worker goes on.
+Small frames are decoded in the calling thread, where the GIL is held for well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
+
+# frames with less decoded data than this are coded in the calling thread (the round trip to a process
+# would cost more than the GIL is held)
+INLINE_BYTES = 256 << 10
+
+
+class CodecCrashed(RuntimeError):
+    """The codec process died while coding a frame (a crash on a malformed bitstream)."""
+
+
+class CodecProcesses:
+    """A pool of `processes` codec processes, started on first use (spawned: a fork of a worker that runs
+    an event loop and threads would copy their locks)."""
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                context = multiprocessing.get_context("spawn")
+                self._executor = ProcessPoolExecutor(self._processes, mp_context=context)
+            return self._executor
+
+    def call(self, fn: Callable[..., _T], *args: object) -> _T:
+        pool = self._pool()
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            with self._lock:  # the next call starts a new pool
+                if self._executor is pool:
+                    self._executor = None
+            log.warning("a codec process died while coding a frame; the pool is restarted")
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise CodecCrashed("the codec crashed on this frame") from None
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+_processes: CodecProcesses | None = None  # set in a server worker (PixelService); None: all inline
+
+
+def use(processes: CodecProcesses | None) -> None:
+    global _processes
+    _processes = processes
+
+
+def run(fn: Callable[..., _T], *args: object, decoded_bytes: int) -> _T:
+    """``fn(*args)``: in a codec process when the frame is large and this process has them, else here."""
+    processes = _processes
+    if processes is None or decoded_bytes < INLINE_BYTES:
+        return fn(*args)
+    return processes.call(fn, *args)
