@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import random
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -215,13 +216,25 @@ def bench_pixels(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
     frames_j2k = [p + "/frames/1" for p in c.j2k]
     rendered = [p + "/rendered" for p in c.uncompressed]
     thumbnails = [p + "/thumbnail" for p in c.uncompressed]
+    # every request a different window (center, width): a server's rendered-image cache never hits
+    windows = random.Random(5).sample(range(20_000), 5_000)
+    uncached = [
+        f"{rendered[i % COUNT]}?window={w % 200 + 20},{w // 200 + 300},linear" for i, w in enumerate(windows)
+    ]
     workloads = [
         _Workload(
             "px_rendered",
-            "Rendered JPEG of a 512x512 CT instance",
+            "Rendered JPEG of a 512x512 CT instance (24 instances, cached after the first pass)",
             rendered,
             ACCEPT_JPEG,
             _check_image(srv, rendered[0], ACCEPT_JPEG, (512, 512)),
+        ),
+        _Workload(
+            "px_rendered_uncached",
+            "Rendered JPEG of a 512x512 CT instance, a new window each time (no cache hit)",
+            uncached,
+            ACCEPT_JPEG,
+            _check_image(srv, uncached[0], ACCEPT_JPEG, (512, 512)),
         ),
         _Workload(
             "px_thumbnail",

@@ -1,6 +1,6 @@
-"""Large frames are decoded and encoded in codec processes, not in the worker: the codec wheels hold the
-GIL for the whole frame (tens of milliseconds for a 512x512 JPEG 2000 frame), which in a thread would
-stall the worker's event loop, its searches and stores."""
+"""Compressed frames are decoded and encoded in codec processes, not in the worker: the codec wheels hold
+the GIL for the whole frame (tens of milliseconds for a 512x512 JPEG 2000 frame), which in a thread would
+stall the worker's event loop, its searches and stores; and some are not thread-safe."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _j2k_ct(study: str, series: str, sop: str) -> tuple[bytes, np.ndarray]:
     return buffer.getvalue(), pixels
 
 
-def test_large_frames_are_coded_outside_the_worker(one_worker: Server) -> None:
+def test_frames_are_coded_outside_the_worker(one_worker: Server) -> None:
     study, series, sop = new_uid(), new_uid(), new_uid()
     data, pixels = _j2k_ct(study, series, sop)
     base = f"/studies/{study}/series/{series}/instances/{sop}"

@@ -2,9 +2,10 @@
 
 The codec wheels (openjpeg, libjpeg, CharLS, RLE) hold the GIL while they decode or encode: a 512x512
 JPEG 2000 frame keeps it for 10-40 ms. Run in a thread of the worker, that stalls the worker's event loop
-(its searches and stores) for as long; run in a process, it costs one copy of the frame each way. A codec
-that crashes on a hostile bitstream takes down only its process: that frame fails, the worker goes on.
-Small frames are decoded in the calling thread, where the GIL is held for well under a millisecond.
+(its searches and stores) for as long; run in a process, it costs one copy of the frame each way. Some
+are not safe to call from several threads at once either (openjpeg's encoder crashed a worker under 4
+concurrent requests): each codec process codes one frame at a time. A codec that crashes on a hostile
+bitstream takes down only its process: that frame fails, the worker goes on.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from typing import TypeVar
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
-
-# frames with less decoded data than this are coded in the calling thread (the round trip to a process
-# would cost more than the GIL is held)
-INLINE_BYTES = 256 << 10
 
 
 class CodecCrashed(RuntimeError):
@@ -73,9 +70,10 @@ def use(processes: CodecProcesses | None) -> None:
     _processes = processes
 
 
-def run(fn: Callable[..., _T], *args: object, decoded_bytes: int) -> _T:
-    """``fn(*args)``: in a codec process when the frame is large and this process has them, else here."""
+def run(fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)``: in a codec process when this process has them (a server worker), else here (the
+    command line, tests)."""
     processes = _processes
-    if processes is None or decoded_bytes < INLINE_BYTES:
+    if processes is None:
         return fn(*args)
     return processes.call(fn, *args)

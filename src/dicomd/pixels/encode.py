@@ -120,16 +120,14 @@ def encode_frame(
     elif target == JPEG_LS_NEAR_LOSSLESS:
         options["jls_error"] = _JLS_NEAR_LOSSLESS_ERROR
     try:
-        data = codec_processes.run(
-            _encode, np.ascontiguousarray(pixels), target, options, decoded_bytes=pixels.nbytes
-        )
+        data = codec_processes.run(_encode, np.ascontiguousarray(pixels), target, options)
     except codec_processes.CodecCrashed as exc:
         raise EncodeError(f"the frame cannot be encoded in {syntax_name(target)} ({exc})") from None
     return EncodedFrame(data, attributes)
 
 
 def _encode(pixels: np.ndarray, target: str, options: dict[str, Any]) -> bytes:
-    """The codec call of encode_frame (in a codec process for a large frame)."""
+    """The codec call of encode_frame (in a codec process, in a server worker)."""
     try:
         encoder = get_encoder(UID(target))
         if not encoder.is_available:

@@ -206,13 +206,11 @@ def decode_frame_bytes(
 ) -> tuple[np.ndarray, str]:
     """One frame's stored bytes decoded: (pixels, their photometric interpretation). ``as_rgb``: YBR
     colour data converted to RGB (for display); without, they keep their values (for transcoding).
-    A large compressed frame is decoded in a codec process (pixels/codec_processes.py)."""
+    A compressed frame is decoded in a codec process (pixels/codec_processes.py)."""
     if not UID(description.transfer_syntax_uid).is_encapsulated:  # a copy or a byte swap: no codec
         return _decode(data, description, bit_offset, as_rgb)
     try:
-        return codec_processes.run(
-            _decode, data, description, bit_offset, as_rgb, decoded_bytes=description.decoded_frame_bytes
-        )
+        return codec_processes.run(_decode, data, description, bit_offset, as_rgb)
     except codec_processes.CodecCrashed as exc:
         raise PixelDataError(f"frame cannot be decoded ({exc})") from None
 

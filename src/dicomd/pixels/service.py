@@ -1,5 +1,5 @@
 """Where pixel work runs: a bounded pool of threads per worker process, never the event loop, with a bound
-on the decoded pixel data one request may hold; the codec calls of large frames run in codec processes
+on the decoded pixel data one request may hold; codec calls run in codec processes
 (pixels/codec_processes.py)."""
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ class PixelLimitError(ValueError):
 
 class PixelService:
     """Runs decode/encode/render work in `workers` threads (reads, numpy and Pillow release the GIL) and
-    the codecs of large frames in as many processes, so searches and stores go on while frames are
+    the codec calls in as many processes, so searches and stores go on while frames are
     transcoded."""
 
     def __init__(self, *, workers: int, memory_limit: int) -> None:
         self.memory_limit = memory_limit
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="dicomd-pixels")
-        # the codec calls of large frames, which hold the GIL, go on to processes of their own
+        # codec calls, which hold the GIL (and are not all thread-safe), go on to processes of their own
         self._codecs = codec_processes.CodecProcesses(workers)
         codec_processes.use(self._codecs)
 
