@@ -14,6 +14,8 @@ import os
 import random
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,12 +150,18 @@ class _Workload:
 
 
 def _timed(b: Bench, w: _Workload, conc: int) -> None:
-    key, title = f"{w.key}_c{conc}", f"{w.title}, {conc} conn"
-    if w.problem:
-        b.lines[key] = Line(key=key, title=title, unit="req/s", value=float("nan"), errors=1, note=w.problem)
+    _line(b, f"{w.key}_c{conc}", f"{w.title}, {conc} conn", w.paths, w.accept, conc, w.problem)
+
+
+def _line(
+    b: Bench, key: str, title: str, paths: list[str], accept: str, conc: int, problem: str = ""
+) -> None:
+    """One timed line; a problem found before (or a server that dies under the load) is its note."""
+    if problem:
+        b.lines[key] = Line(key=key, title=title, unit="req/s", value=float("nan"), errors=1, note=problem)
         return
     try:
-        b.get(key, title, w.paths, w.accept, conc, b.cfg.dur)
+        b.get(key, title, paths, accept, conc, b.cfg.dur)
     except Exception as exc:  # a server that dies under the load is reported; the run goes on
         died = b.srv.proc.poll() if b.srv.proc else None
         note = f"server exited (code {died}) during this line" if died is not None else repr(exc)
@@ -179,31 +187,41 @@ def _qido_while_transcoding(b: Bench, c: PixelCorpus, frames: list[str]) -> None
     """Study searches at 1 connection while two other clients keep asking for JPEG 2000 frames as
     uncompressed: what a heavy decode costs everyone else's requests."""
     search = [f"/studies?StudyInstanceUID={c.study}"]
-    b.get("px_qido_idle", "QIDO study search, idle server, 1 conn", search, ACCEPT_JSON, 1, b.cfg.dur)
+    _line(b, "px_qido_idle", "QIDO study search, idle server, 1 conn", search, ACCEPT_JSON, 1)
     stop = threading.Event()
 
     def load(offset: int) -> None:
         i = offset
         while not stop.is_set():
-            http_get(b.srv.base + frames[i % len(frames)], ACCEPT_UNCOMPRESSED)
+            try:
+                http_get(b.srv.base + frames[i % len(frames)], ACCEPT_UNCOMPRESSED)
+            except OSError:  # the server went away (Orthanc crashes under this load): the line says so
+                time.sleep(0.1)
             i += 2
 
     loaders = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(2)]
     for t in loaders:
         t.start()
     try:
-        b.get(
-            "px_qido_busy",
-            "QIDO study search while 2 clients transcode JPEG 2000 frames, 1 conn",
-            search,
-            ACCEPT_JSON,
-            1,
-            b.cfg.dur,
-        )
+        title = "QIDO study search while 2 clients transcode JPEG 2000 frames, 1 conn"
+        _line(b, "px_qido_busy", title, search, ACCEPT_JSON, 1)
     finally:
         stop.set()
         for t in loaders:
             t.join()
+
+
+def _checked(srv: servers.Server, check: Callable[..., str], *args: Any) -> str:
+    """``check(srv, *args)``; a server that crashes on it (Orthanc on JPEG 2000 encoding) is the problem."""
+    try:
+        return check(srv, *args)
+    except OSError as exc:
+        died = srv.proc.poll() if srv.proc else None
+        if died is None:
+            return f"{type(exc).__name__}: {exc}"
+        if srv.name == "orthanc":
+            _restart_orthanc(srv)
+        return f"the server exited (code {died}) on the first request"
 
 
 def bench_pixels(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str, Line], dict[str, Any]]:
@@ -227,35 +245,35 @@ def bench_pixels(srv: servers.Server, pool: Pool, cfg: Config) -> tuple[dict[str
             "Rendered JPEG of a 512x512 CT instance (24 instances, cached after the first pass)",
             rendered,
             ACCEPT_JPEG,
-            _check_image(srv, rendered[0], ACCEPT_JPEG, (512, 512)),
+            _checked(srv, _check_image, rendered[0], ACCEPT_JPEG, (512, 512)),
         ),
         _Workload(
             "px_rendered_uncached",
             "Rendered JPEG of a 512x512 CT instance, a new window each time (no cache hit)",
             uncached,
             ACCEPT_JPEG,
-            _check_image(srv, uncached[0], ACCEPT_JPEG, (512, 512)),
+            _checked(srv, _check_image, uncached[0], ACCEPT_JPEG, (512, 512)),
         ),
         _Workload(
             "px_thumbnail",
             "Thumbnail of a 512x512 CT instance (JPEG)",
             thumbnails,
             ACCEPT_JPEG,
-            _check_image(srv, thumbnails[0], ACCEPT_JPEG, None),
+            _checked(srv, _check_image, thumbnails[0], ACCEPT_JPEG, None),
         ),
         _Workload(
             "px_j2k_to_le",
             "Frame 512x512 JPEG 2000 lossless -> Explicit VR LE",
             frames_j2k,
             ACCEPT_UNCOMPRESSED,
-            _check_uncompressed(srv, frames_j2k[0], c.pixels),
+            _checked(srv, _check_uncompressed, frames_j2k[0], c.pixels),
         ),
         _Workload(
             "px_le_to_j2k",
             "Frame 512x512 Explicit VR LE -> JPEG 2000 lossless",
             frames_plain,
             ACCEPT_J2K,
-            _check_j2k(srv, frames_plain[0], c.pixels),
+            _checked(srv, _check_j2k, frames_plain[0], c.pixels),
         ),
     ]
     for w in workloads:

@@ -214,6 +214,9 @@ def frame_attributes(header: Dataset, number: int) -> Dataset:
 # ---- the pipeline -------------------------------------------------------------------------------
 
 
+_TABLE_MIN_PIXELS = 1 << 16  # smaller frames go through the pipeline pixel by pixel
+
+
 def _window(values: np.ndarray, window: Window) -> np.ndarray:
     """PS3.3 C.11.2.1.2.1 and C.11.2.1.3.2 to output 0.0-255.0. Values are float64 so that any finite
     center and width a request gives stays finite (extremes saturate to black or white)."""
@@ -292,6 +295,30 @@ def _grayscale(frame: DecodedFrame, attrs: Dataset, window: Window | None) -> np
     pixels = frame.pixels
     if pixels.dtype == np.bool_:
         pixels = pixels.astype(np.uint8)
+    inverse = frame.photometric == "MONOCHROME1"
+    if str(attrs.get("PresentationLUTShape", "")).strip() == "INVERSE":
+        inverse = not inverse
+    if pixels.dtype.kind in "ui" and pixels.dtype.itemsize <= 2 and pixels.size > _TABLE_MIN_PIXELS:
+        # integer pixels of at most 16 bits: the pipeline runs once per stored value between the frame's
+        # lowest and highest (at most 65,536) and the frame is a table look-up: the same output, several
+        # times faster than the pipeline over every pixel of a 512x512 image
+        # unsigned values index the table directly (from 0); signed ones from the frame's lowest
+        low = int(pixels.min()) if pixels.dtype.kind == "i" else 0
+        indices = pixels if low == 0 else pixels.astype(np.int32) - low
+        domain = np.arange(low, int(pixels.max()) + 1, dtype=np.int64).astype(pixels.dtype)
+        present = None
+        if window is None and _file_window(attrs) is None:  # the range of the values present may be used
+            present = np.bincount(indices.ravel(), minlength=domain.size) > 0
+        table = _display_values(domain, attrs, window, inverse, present)
+        return table[indices]
+    return _display_values(pixels, attrs, window, inverse, None)
+
+
+def _display_values(
+    pixels: np.ndarray, attrs: Dataset, window: Window | None, inverse: bool, present: np.ndarray | None
+) -> np.ndarray:
+    """Modality LUT, VOI (the request's window, else the file's, else its VOI LUT, else the range of the
+    values present: ``present`` marks which of ``pixels`` occur in the frame, None = all) and inversion."""
     try:
         values = apply_modality_lut(pixels, attrs)
     except Exception:  # a malformed modality LUT or rescale: show the stored values
@@ -306,10 +333,8 @@ def _grayscale(frame: DecodedFrame, attrs: Dataset, window: Window | None) -> np
             shown = _window(values, file_window)
         else:
             from_lut = _file_voi_lut(np.rint(values).astype(np.int64), attrs)
-            shown = from_lut if from_lut is not None else _window(values, _range_window(values))
-    inverse = frame.photometric == "MONOCHROME1"
-    if str(attrs.get("PresentationLUTShape", "")).strip() == "INVERSE":
-        inverse = not inverse
+            occurring = values if present is None else values[present]
+            shown = from_lut if from_lut is not None else _window(values, _range_window(occurring))
     out = np.rint(shown).astype(np.uint8)
     return 255 - out if inverse else out
 
