@@ -243,6 +243,100 @@ def _worker(
     _handed_server(config, channel, certificate_files(settings), settings.header_timeout).run()
 
 
+def _dicom_listener(listener: socket.socket, log_config: dict[str, Any], environ: dict[str, str]) -> None:
+    from dicomd.dimse.listener import run
+
+    _exit_with_parent()
+    os.environ.update(environ)
+    logging.config.dictConfig(log_config)
+    run(listener, _settings(environ))
+
+
+class _DicomListener:
+    """The DICOM listener process (dimse/listener.py), serving on a socket the supervisor bound (so a taken
+    port fails the start-up, and connections wait in the backlog while a listener restarts): started with
+    the workers, restarted when it dies (after a growing pause when it dies young), stopped with them."""
+
+    def __init__(self, listener: socket.socket, log_config: dict[str, Any], environ: dict[str, str]) -> None:
+        self.listener = listener
+        self.log_config = log_config
+        self.environ = environ
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._started = 0.0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, name="dicom-listener-watch", daemon=True)
+
+    def start(self) -> None:
+        with self._lock:
+            self._process = self._spawn()
+        self._watcher.start()
+
+    def _spawn(self) -> BaseProcess:
+        process = self._context.Process(
+            target=_dicom_listener, args=(self.listener, self.log_config, self.environ), daemon=False
+        )
+        process.start()
+        self._started = time.monotonic()
+        return process
+
+    def _watch(self) -> None:
+        pause = 0.0
+        while not self._stopping.wait(0.2):
+            process = self._process
+            if process is None or process.is_alive():
+                continue
+            log.warning("the DICOM listener %s exited with %s; restarting it", process.pid, process.exitcode)
+            pause = min(max(2 * pause, 0.5), 30.0) if time.monotonic() - self._started < 5 else 0.0
+            if pause and self._stopping.wait(pause):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._process = self._spawn()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is not None and process.is_alive() and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()  # SIGTERM: open associations get a few seconds to finish
+        if process is not None:
+            process.join(15)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.listener.close()
+
+
+def _open_dicom_listener(
+    host: str, settings: Settings, log_config: dict[str, Any], environ: dict[str, str]
+) -> _DicomListener | None:
+    """The DICOM listener when ``dicom_port`` is set (not started yet); exits with a message when its
+    settings are wrong (2) or its port cannot be taken (1)."""
+    from dicomd.config import ConfigError
+    from dicomd.dimse.listener import check_dimse_settings
+
+    if not settings.dicom_port:
+        return None
+    try:
+        check_dimse_settings(settings)
+    except ConfigError as exc:
+        print(f"dicomd: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        listener = _listen(host, settings.dicom_port)
+    except OSError as exc:
+        print(
+            f"dicomd: cannot listen for DICOM on {host}:{settings.dicom_port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    return _DicomListener(listener, log_config, environ)
+
+
 class _Dispatcher:
     """Accepts connections on the listening socket and hands each to the next ready worker.
 
@@ -343,12 +437,19 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
         descriptors,
         worker_share(settings.max_connections, workers),
     )
+    dicom = _open_dicom_listener(host, settings, log_config, environ)
     if workers == 1:
         sys.setswitchinterval(_SWITCH_INTERVAL)
         listener = _listen(host, port)
         config = _uvicorn_config(log_config, settings, 1)
         tls = certificate_files(settings)
-        _handed_server(config, None, tls, settings.header_timeout, listener=listener).run()
+        if dicom is not None:
+            dicom.start()
+        try:
+            _handed_server(config, None, tls, settings.header_timeout, listener=listener).run()
+        finally:
+            if dicom is not None:
+                dicom.stop()
         return
     listener = _listen(host, port)  # a taken port fails here, with a clear message, before workers start
     dispatcher = _Dispatcher(listener)
@@ -392,6 +493,8 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
     processes = [start(i) for i in range(workers)]
     dispatcher.start()
     log.info("started %d worker processes", workers)
+    if dicom is not None:
+        dicom.start()
     try:
         while not stopping:
             time.sleep(0.05 if pending else 0.2)
@@ -403,6 +506,8 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
                     processes[i] = start(i)
     finally:
         dispatcher.close()  # no new connections; the workers finish the ones they have
+        if dicom is not None:
+            dicom.stop()
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):

@@ -38,3 +38,8 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = frozenset(
     {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 )
+
+
+# dicomd's Implementation Class UID (a UUID-derived 2.25 UID): the File Meta Information of the files it
+# writes (transcoded instances, instances received over DIMSE) and its DIMSE associations
+IMPLEMENTATION_CLASS_UID = "2.25.166416390766226519392745669163393720011"

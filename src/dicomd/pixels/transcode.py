@@ -35,6 +35,7 @@ from dicomd.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLEMENTATION_CLASS_UID,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
 from dicomd.index.types import StoredInstance
@@ -50,8 +51,6 @@ from dicomd.pixels.service import PixelLimitError
 from dicomd.pixels.syntaxes import ENCODABLE, NATIVE_PIXEL_SYNTAXES, NATIVE_TARGETS, is_decodable, syntax_name
 from dicomd.storage import ObjectStore
 
-# dicomd's implementation class UID (a UUID-derived 2.25 root: no registered root needed)
-IMPLEMENTATION_CLASS_UID = "2.25.166416390766226519392745669163393720011"
 IMPLEMENTATION_VERSION_NAME = "DICOMD"
 
 _PIXEL_DATA = "7FE00010"

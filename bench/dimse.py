@@ -1,0 +1,347 @@
+"""DIMSE benchmark: dicomd's DICOM listener against Orthanc's DICOM port, same corpus, same clients, one run.
+
+  .venv/bin/python -m bench.dimse --count 2000      # N CT instances (bench/corpus.py, ct128 by default)
+
+Lines (each server started fresh on its own temp dir):
+  C-STORE x1 / x4   DCMTK storescu of N instances over 1 association, then of N other instances spread
+                    over 4 concurrent associations (one storescu process each): instances/s, wall clock
+  C-FIND study      study-level queries by PatientID (single value) on one pynetdicom association, with
+                    a few return keys: p50 / p95 latency in ms
+  C-MOVE study      one whole study (series_per_study x per_series instances) moved to DCMTK's storescp
+                    (--ignore: it receives and drops): instances/s, median of 3 moves
+The table gives each figure for both servers and dicomd's advantage (throughput: dicomd / Orthanc;
+latency: Orthanc / dicomd; above 1 = dicomd better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from bench import servers
+from bench.client import percentile
+from bench.corpus import Corpus, CorpusSpec
+
+BENCH = Path(__file__).resolve().parent
+DESTINATION_AE = "BENCHSCP"
+# DCMTK keeps Nagle's algorithm on unless told: each of its small writes would then wait for the peer's
+# delayed ACK (~40 ms here, for both servers alike); the clients must not be what is measured
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+FIND_QUERIES = 200
+MOVES = 3
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class DicomServer:
+    """A server under test with its DICOM port."""
+
+    name: str
+    server: servers.Server
+    ae_title: str
+    dicom_port: int
+
+    def stop(self, keep: bool) -> None:
+        self.server.keep = keep
+        self.server.stop()
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on DICOM port {port} after {timeout} s")
+
+
+def start_dicomd(workdir: str, destination_port: int) -> DicomServer:
+    port = servers.free_port()
+    extra = ["--dicom-port", str(port), "--dicom-ae-title", "DICOMD"]
+    extra += ["--dicom-peers", f"{DESTINATION_AE}=127.0.0.1:{destination_port}"]
+    srv = servers.start_dicomd(workdir, extra=extra)
+    try:
+        _wait_for_port(port)
+    except Exception:
+        srv.stop()
+        raise
+    return DicomServer("dicomd", srv, "DICOMD", port)
+
+
+def start_orthanc(workdir: str, destination_port: int) -> DicomServer:
+    """Orthanc with the fair configuration of bench/servers.py, its DICOM server on, the destination
+    declared as a modality and C-FIND/C-MOVE allowed from any calling AE (as dicomd allows loopback)."""
+    servers.ensure_orthanc()
+    wd = tempfile.mkdtemp(prefix="orthanc-", dir=workdir)
+    http_port, dicom_port = servers.free_port(), servers.free_port()
+    cfg = servers.orthanc_config(os.path.join(wd, "storage"), http_port)
+    cfg |= {
+        "DicomServerEnabled": True,
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "DicomModalities": {"bench": [DESTINATION_AE, "127.0.0.1", destination_port]},
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomCheckModalityHost": False,
+    }
+    cfg_path = os.path.join(wd, "orthanc.json")
+    Path(cfg_path).write_text(json.dumps(cfg, indent=2))
+    log_path = os.path.join(wd, "orthanc.log")
+    with open(log_path, "wb") as out:
+        # Orthanc's DICOM server is DCMTK's: the same switch turns Nagle off for it
+        proc = subprocess.Popen(
+            [servers.ORTHANC_BIN, cfg_path], stdout=out, stderr=subprocess.STDOUT, cwd=wd, env=DCMTK_ENV
+        )
+    srv = servers.Server("orthanc", "127.0.0.1", http_port, "/dicom-web", wd, proc, servers.orthanc_version())
+    try:
+        _wait_for_port(dicom_port, timeout=60)
+    except Exception:
+        srv.stop()
+        raise
+    return DicomServer("orthanc", srv, "ORTHANC", dicom_port)
+
+
+# ---- the corpus on disk ----------------------------------------------------------------------------
+
+
+def write_corpus(corpus: Corpus, directory: Path, parts: int) -> list[Path]:
+    """The corpus's instances as files, dealt round-robin into `parts` sub-directories."""
+    dirs = [directory / f"part{k}" for k in range(parts)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    for i in range(corpus.spec.count):
+        (dirs[i % parts] / f"{i:08d}.dcm").write_bytes(corpus.instance(i))
+    return dirs
+
+
+# ---- the lines -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    values: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def store(target: DicomServer, dirs: list[Path], count: int) -> float:
+    """storescu of every file of `dirs`, one association (process) per directory: instances/s."""
+    cmd = ["storescu", "-aet", "BENCHSCU", "-aec", target.ae_title, "+sd", "+r"]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [*cmd, "127.0.0.1", str(target.dicom_port), str(d)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for d in dirs
+    ]
+    errors = [p.communicate()[1].decode(errors="replace") for p in procs]
+    elapsed = time.perf_counter() - started
+    failed = [e for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"storescu failed against {target.name}: {failed[0][-500:]}")
+    return count / elapsed
+
+
+def _no_delay(event: Any) -> None:
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextlib.contextmanager
+def association(target: DicomServer, model: str) -> Iterator[object]:
+    ae = AE(ae_title="BENCHSCU")
+    ae.add_requested_context(model)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    assoc = ae.associate(
+        "127.0.0.1",
+        target.dicom_port,
+        ae_title=target.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
+    )
+    if not assoc.is_established:
+        raise RuntimeError(f"{target.name} refused the association")
+    try:
+        yield assoc
+    finally:
+        assoc.release()
+
+
+def find_latencies(target: DicomServer, corpus: Corpus) -> tuple[list[float], int]:
+    """Study-level C-FINDs by PatientID: the latency of each (s) and the matches found in all."""
+    model = StudyRootQueryRetrieveInformationModelFind
+    latencies: list[float] = []
+    matches = 0
+    with association(target, model) as assoc:
+        for q in range(FIND_QUERIES):
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.PatientID = corpus.study(q % corpus.spec.n_studies).patient.pid
+            identifier.StudyInstanceUID = identifier.StudyDate = identifier.PatientName = ""
+            identifier.AccessionNumber = identifier.ModalitiesInStudy = ""
+            started = time.perf_counter()
+            for status, ds in assoc.send_c_find(identifier, model):  # type: ignore[attr-defined]
+                if status is None or "Status" not in status:
+                    raise RuntimeError(f"{target.name}: C-FIND got no response")
+                if ds is not None and status.Status in (0xFF00, 0xFF01):
+                    matches += 1
+                elif status.Status not in (0xFF00, 0xFF01, 0x0000):
+                    raise RuntimeError(f"{target.name}: C-FIND failed with 0x{status.Status:04X}")
+            latencies.append(time.perf_counter() - started)
+    return latencies, matches
+
+
+@contextlib.contextmanager
+def storescp(port: int) -> Iterator[None]:
+    proc = subprocess.Popen(
+        ["storescp", "-aet", DESTINATION_AE, "--ignore", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+    )
+    try:
+        _wait_for_port(port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def move_rate(target: DicomServer, corpus: Corpus) -> float:
+    """C-MOVE of the corpus's first study to storescp: instances/s, the median of MOVES moves."""
+    model = StudyRootQueryRetrieveInformationModelMove
+    expected = min(corpus.spec.per_study, corpus.spec.count)
+    rates: list[float] = []
+    with association(target, model) as assoc:
+        for _ in range(MOVES):
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = corpus.study(0).uid
+            started = time.perf_counter()
+            final = None
+            for status, _ds in assoc.send_c_move(identifier, DESTINATION_AE, model):  # type: ignore[attr-defined]
+                if status is None or "Status" not in status:
+                    raise RuntimeError(f"{target.name}: C-MOVE got no response")
+                if status.Status != 0xFF00:
+                    final = status
+            elapsed = time.perf_counter() - started
+            completed = int(getattr(final, "NumberOfCompletedSuboperations", 0) or 0)
+            if final is None or final.Status != 0x0000 or completed != expected:
+                status_text = "none" if final is None else f"0x{final.Status:04X}"
+                raise RuntimeError(f"{target.name}: C-MOVE ended {status_text}, {completed}/{expected} sent")
+            rates.append(expected / elapsed)
+    return statistics.median(rates)
+
+
+def run_server(
+    start: Callable[[str, int], DicomServer],
+    workdir: str,
+    corpora: tuple[Corpus, Corpus],
+    files: Path,
+    keep: bool,
+) -> Figures:
+    figures = Figures()
+    destination_port = servers.free_port()
+    target = start(workdir, destination_port)
+    one, four = corpora
+    try:
+        log(f"{target.name}: C-STORE over 1 association")
+        figures.values["store1"] = store(target, [files / "one" / "part0"], one.spec.count)
+        log(f"{target.name}: C-STORE over 4 associations")
+        four_dirs = sorted((files / "four").iterdir())
+        figures.values["store4"] = store(target, four_dirs, four.spec.count)
+        log(f"{target.name}: C-FIND")
+        latencies, matches = find_latencies(target, one)
+        if matches < FIND_QUERIES:
+            figures.notes.append(f"C-FIND found {matches} studies for {FIND_QUERIES} queries")
+        figures.values["find_p50"] = percentile(latencies, 50) * 1000
+        figures.values["find_p95"] = percentile(latencies, 95) * 1000
+        log(f"{target.name}: C-MOVE")
+        with storescp(destination_port):
+            figures.values["move"] = move_rate(target, one)
+    finally:
+        target.stop(keep)
+    return figures
+
+
+LINES = [
+    ("store1", "C-STORE, 1 association (instances/s)", True),
+    ("store4", "C-STORE, 4 associations (instances/s)", True),
+    ("find_p50", "C-FIND study level p50 (ms)", False),
+    ("find_p95", "C-FIND study level p95 (ms)", False),
+    ("move", "C-MOVE of a study (instances/s)", True),
+]
+
+
+def render(results: dict[str, Figures]) -> str:
+    d, o = results.get("dicomd", Figures()), results.get("orthanc", Figures())
+    rows = ["| line | dicomd | Orthanc | dicomd advantage |", "|---|---:|---:|---:|"]
+    for key, label, higher_is_better in LINES:
+        dv, ov = d.values.get(key), o.values.get(key)
+        ratio = ""
+        if dv and ov:
+            ratio = f"{(dv / ov if higher_is_better else ov / dv):.2f}x"
+        shown = ["" if v is None else f"{v:.1f}" for v in (dv, ov)]
+        rows.append(f"| {label} | {shown[0]} | {shown[1]} | {ratio} |")
+    notes = [f"- {name}: {n}" for name, f in results.items() for n in f.notes]
+    return "\n".join(rows + notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=2000, help="instances per C-STORE line (two corpora)")
+    ap.add_argument("--size", default="ct128", choices=["tiny", "ct128", "ct512"])
+    ap.add_argument("--servers", default="dicomd,orthanc", help="comma list (default: both)")
+    ap.add_argument("--workdir", default=None, help="where data dirs go (default: bench/work)")
+    ap.add_argument("--keep", action="store_true", help="keep server data dirs")
+    a = ap.parse_args(argv)
+    workroot = a.workdir or str(BENCH / "work")
+    os.makedirs(workroot, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="dimse-", dir=workroot)
+    try:
+        corpora = (
+            Corpus(CorpusSpec(name="dimse1", size=a.size, count=a.count, seed=11)),
+            Corpus(CorpusSpec(name="dimse4", size=a.size, count=a.count, seed=12)),
+        )
+        files = Path(workdir) / "corpus"
+        log(f"writing 2 x {a.count} {a.size} instances")
+        write_corpus(corpora[0], files / "one", 1)
+        write_corpus(corpora[1], files / "four", 4)
+        starters = {"dicomd": start_dicomd, "orthanc": start_orthanc}
+        results: dict[str, Figures] = {}
+        for name in a.servers.split(","):
+            results[name] = run_server(starters[name], workdir, corpora, files, a.keep)
+        print(render(results))
+    finally:
+        if not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The DICOM listener process: one per `dicomd serve` with `dicom_port` set, started (and restarted when it
+dies) by the supervisor (server.py), which binds the port and hands the listening socket over.
+
+It holds what a web worker's lifespan holds for storing (an Index, an ObjectStore, a GroupCommitter and
+the IngestService over them) on an asyncio loop in a thread of its own, and runs pynetdicom's association
+server (dimse/transport.py) in another; the handlers run in pynetdicom's association threads and submit
+coroutines to the loop. It stops on SIGTERM or SIGINT: no new associations, those open get a few seconds
+to finish and are then aborted, queued commits fail, the store and index close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+
+from dicomd.audit.dimse import DimseAudit
+from dicomd.audit.sink import AuditSink
+from dicomd.config import ConfigError, Settings
+from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID
+from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
+from dicomd.dimse.context import Gateway
+from dicomd.dimse.negotiation import supported_contexts
+from dicomd.dimse.operations import audited_operation, note_response
+from dicomd.dimse.store import (
+    IMPLEMENTATION_VERSION_NAME,
+    handle_echo,
+    handle_store,
+)
+from dicomd.dimse.transport import GatewayServer, Limits
+from dicomd.index.store import Index
+from dicomd.ingest.committer import GroupCommitter
+from dicomd.ingest.service import IngestService
+from dicomd.storage import open_store
+
+log = logging.getLogger("dicomd.dimse")
+
+# on shutdown, open associations get this long to end before they are aborted
+DRAIN_SECONDS = 10.0
+
+
+def check_dimse_settings(settings: Settings) -> None:
+    """Start-up check (ConfigError): TLS on the DICOM port needs the certificate files."""
+    if settings.dicom_tls and not (settings.tls_cert_file and settings.tls_key_file):
+        raise ConfigError("setting 'dicom_tls' needs 'tls_cert_file' and 'tls_key_file'")
+
+
+def parse_peers(text: str) -> dict[str, tuple[str, int]]:
+    """``dicom_peers`` (validated by config.py) as AE title -> (host, port)."""
+    peers: dict[str, tuple[str, int]] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        title, _, address = entry.partition("=")
+        host, _, port = address.strip().rpartition(":")
+        peers[title.strip()] = (host.strip("[]"), int(port))
+    return peers
+
+
+async def _open_gateway(settings: Settings) -> Gateway:
+    index = Index(
+        settings.effective_index_url,
+        delete_grace_period=settings.delete_grace_period,
+        pool_size=settings.db_pool_size,
+        timeout=settings.db_timeout,
+    )
+    # the supervisor migrated; a newer replica may have since: never serve its schema
+    await asyncio.to_thread(index.check_schema)
+    store = open_store(settings)
+    # the listener this one replaces (it died) may have left staged parts behind
+    await asyncio.to_thread(store.recover, index.has_object)
+    committer = GroupCommitter(
+        index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
+    )
+    committer.start()
+    ingest = IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
+    loop = asyncio.get_running_loop()
+    return Gateway(settings, index, store, ingest, loop, parse_peers(settings.dicom_peers))
+
+
+async def _close_gateway(gateway: Gateway) -> None:
+    await gateway.ingest.committer.stop()
+    gateway.store.close()
+    gateway.index.close()
+
+
+@contextlib.contextmanager
+def _event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="dicomd-dimse-loop", daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+
+
+def _handlers(gateway: Gateway, audit: DimseAudit, policy: CallerPolicy) -> list[Any]:
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, check_association, [policy, audit]),
+        (evt.EVT_ACCEPTED, note_accepted, [audit]),
+        (evt.EVT_REJECTED, note_rejected, [audit]),
+        (evt.EVT_DIMSE_SENT, note_response, [audit]),
+        (evt.EVT_C_ECHO, handle_echo, [audit]),
+        (evt.EVT_C_STORE, handle_store, [gateway, audit]),
+    ]
+    # C-FIND, C-MOVE, C-GET (dimse/query.py, dimse/retrieve.py), each audited when answered
+    from dicomd.dimse.query import handle_find
+    from dicomd.dimse.retrieve import handle_get, handle_move
+
+    operations: list[tuple[Any, Callable[..., Any], str]] = [
+        (evt.EVT_C_FIND, handle_find, "C-FIND"),
+        (evt.EVT_C_MOVE, handle_move, "C-MOVE"),
+        (evt.EVT_C_GET, handle_get, "C-GET"),
+    ]
+    for event, handler, name in operations:
+        handlers.append((event, audited_operation(handler, name, audit), [gateway]))
+    return handlers
+
+
+def application_entity(settings: Settings) -> AE:
+    """The listener's AE: its limits and timeouts (also those of its C-MOVE associations)."""
+    _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's standard handlers log identifiers (PHI) at debug
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    timeout = float(settings.dicom_timeout)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    for context in supported_contexts():  # (the supported_contexts setter would drop the roles)
+        ae.add_supported_context(
+            str(context.abstract_syntax),
+            context.transfer_syntax,
+            scu_role=context.scu_role,
+            scp_role=context.scp_role,
+        )
+    return ae
+
+
+def serve_dicom(listener: socket.socket, settings: Settings, stop: threading.Event) -> None:
+    """Serve associations on ``listener`` until ``stop`` is set."""
+    from dicomd.http.tls import certificate_files
+
+    check_dimse_settings(settings)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its info lines are per association
+    # pydicom warns of invalid values in identifiers with the value itself (PHI): errors only
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    target = settings.effective_audit_log
+    sink = None if target.lower() == "off" else AuditSink(target)
+    if sink is not None:
+        sink.open()
+    audit = DimseAudit(sink)
+    try:
+        with _event_loop() as loop:
+            gateway = asyncio.run_coroutine_threadsafe(_open_gateway(settings), loop).result()
+            try:
+                _serve(
+                    listener,
+                    settings,
+                    gateway,
+                    audit,
+                    stop,
+                    certificate_files(settings) if settings.dicom_tls else None,
+                )
+            finally:
+                asyncio.run_coroutine_threadsafe(_close_gateway(gateway), loop).result(30)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _serve(
+    listener: socket.socket,
+    settings: Settings,
+    gateway: Gateway,
+    audit: DimseAudit,
+    stop: threading.Event,
+    tls: Any,
+) -> None:
+    ae = application_entity(settings)
+    host, port = listener.getsockname()[:2]
+    limits = Limits(
+        timeout=float(settings.dicom_timeout),
+        max_pdu=settings.dicom_max_pdu,
+        max_message=settings.max_request_bytes,
+        max_connections=2 * settings.dicom_max_associations,
+    )
+    server = ae.make_server(
+        (host, port),
+        evt_handlers=_handlers(gateway, audit, CallerPolicy.from_settings(settings)),
+        server_class=GatewayServer,
+        listener=listener,
+        limits=limits,
+        tls=tls,
+        audit=audit,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="dicomd-dimse-accept", daemon=True)
+    thread.start()
+    log.info(
+        "DICOM listener %s on %s:%d%s (process %d)",
+        settings.dicom_ae_title,
+        host,
+        port,
+        " (TLS)" if tls is not None else "",
+        os.getpid(),
+    )
+    stop.wait()
+    server.shutdown()  # no new associations
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for assoc in server.active_associations:
+        with contextlib.suppress(Exception):
+            assoc.abort()
+    log.info("DICOM listener stopped")
+
+
+def run(listener: socket.socket, settings: Settings) -> None:
+    """The listener process's main: serve until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def stopping(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    serve_dicom(listener, settings, stop)

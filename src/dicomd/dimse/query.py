@@ -1,0 +1,249 @@
+"""C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root queries answered from the SQL index.
+
+A request identifier is translated into the equivalent QIDO-RS query (index/qido.py): each key with a
+value is a matching parameter, every key is an includefield; the QIDO level is the query level
+(PATIENT: studies, grouped by PatientID). So wildcards, ranges, UID lists, person name case and accent
+folding and the validation of values are QIDO's by construction. DIMSE specifics:
+- an empty value (or only '*') is universal matching: a return key;
+- the identifier's Specific Character Set decodes its values (pydicom); answers are in UTF-8
+  (ISO_IR 192), whatever the stored files were in;
+- relational queries (a matching key of a level below the query level) are refused (0xC000), and so is a
+  level the information model lacks (0xA900); keys of the levels above may use any matching kind;
+- matching on keys the index does not search (optional keys: the other attributes, sequences) is not
+  supported: they are return keys, and the responses say so (pending 0xFF01, PS3.4 C.4.1.1.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomd.dimse.q_common import (
+    CANCELLED,
+    IDENTIFIER_DOES_NOT_MATCH,
+    LEVEL_RANK,
+    PENDING,
+    PENDING_OPTIONAL_KEYS_UNSUPPORTED,
+    QIDO_LEVEL,
+    QUERY_RETRIEVE_LEVEL,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    IdentifierError,
+    QueryLevel,
+    element_text,
+    failure_status,
+    query_level,
+    run_checked,
+    top_level_elements,
+)
+from dicomd.index.levels import level_of
+from dicomd.index.qido import MAX_LIMIT, SEARCHABLE, QidoQuery, QueryError, parse_qido
+from dicomd.index.schema import DEFAULT_PARTITION_KEY
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from dicomd.dimse.context import Gateway
+    from dicomd.index.store import Index
+
+log = logging.getLogger(__name__)
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+PATIENT_ID = "00100020"
+ISSUER_OF_PATIENT_ID = "00100021"
+NUMBER_OF_STUDY_RELATED_SERIES = "00201206"
+NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+# PATIENT level counts, summed over the patient's studies
+NUMBER_OF_PATIENT_RELATED_STUDIES = "00201200"
+NUMBER_OF_PATIENT_RELATED_SERIES = "00201202"
+NUMBER_OF_PATIENT_RELATED_INSTANCES = "00201204"
+_NOT_KEYS = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
+_PAGE = MAX_LIMIT
+_UTF8 = "ISO_IR 192"
+
+
+@dataclass
+class Translation:
+    """A C-FIND identifier as a QIDO query: matching parameters, and the keys to answer with."""
+
+    params: list[tuple[str, str]] = field(default_factory=list)
+    return_keys: list[DataElement] = field(default_factory=list)
+    optional_keys_unsupported: bool = False
+
+
+def _attribute_rank(tag: str, searchable_level: str) -> int:
+    """The query level an attribute belongs to (patient attributes are study-level in the index)."""
+    if searchable_level == "study":
+        return LEVEL_RANK["PATIENT"] if tag.startswith("0010") else LEVEL_RANK["STUDY"]
+    return LEVEL_RANK["SERIES"] if searchable_level == "series" else LEVEL_RANK["IMAGE"]
+
+
+def _has_matching_values(sequence: Sequence) -> bool:
+    return any(element_text(e).strip() for item in sequence for e in item if e.VR != "SQ")
+
+
+def translate(identifier: Dataset, level: QueryLevel) -> Translation:
+    """The QIDO parameters of a C-FIND identifier at `level` (values decoded in its character set)."""
+    out = Translation()
+    include: list[str] = []
+    for elem in top_level_elements(identifier):
+        if elem.tag in _NOT_KEYS:
+            continue
+        tag = f"{elem.tag:08X}"
+        out.return_keys.append(elem)
+        include.append(tag)
+        if elem.VR == "SQ":
+            # sequence matching (PS3.4 C.2.2.2.6) is not supported: a return key
+            if elem.value and _has_matching_values(elem.value):
+                out.optional_keys_unsupported = True
+            continue
+        text = element_text(elem)
+        if not text.strip("*").strip():
+            continue  # universal matching: a return key
+        searchable = None if elem.tag.is_private else SEARCHABLE.get(tag)
+        if searchable is None:
+            out.optional_keys_unsupported = True
+            continue
+        if _attribute_rank(tag, searchable.level) > LEVEL_RANK[level]:
+            raise IdentifierError(
+                UNABLE_TO_PROCESS, f"relational queries are not supported ({searchable.keyword})"
+            )
+        out.params.append((tag, text))
+    if include:
+        out.params.append(("includefield", ",".join(include)))
+    return out
+
+
+def parse_translation(translation: Translation, level: QueryLevel) -> QidoQuery:
+    try:
+        query = parse_qido(QIDO_LEVEL[level], translation.params, partition_key=DEFAULT_PARTITION_KEY)
+    except QueryError as exc:
+        raise IdentifierError(UNABLE_TO_PROCESS, str(exc).removeprefix("Invalid query parameter ")) from None
+    query.limit = _PAGE
+    # grouping studies into patients needs these
+    if level == "PATIENT":
+        query.include_tags += [PATIENT_ID, ISSUER_OF_PATIENT_ID]
+    return query
+
+
+def search_all(index: Index, query: QidoQuery) -> Iterator[dict[str, Any]]:
+    """Every match of a QIDO query, a page at a time."""
+    query.offset = 0
+    while True:
+        page = index.search(query)
+        yield from page
+        if len(page) < query.limit:
+            return
+        query.offset += len(page)
+
+
+def _first_value(result: dict[str, Any], tag: str) -> Any:
+    values = (result.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+def _count(result: dict[str, Any], tag: str) -> int:
+    value = _first_value(result, tag)
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+
+
+def _is_patient_attribute(tag: str) -> bool:
+    return tag.startswith("0010") and level_of(tag) == "study"
+
+
+def group_patients(studies: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PATIENT level: one result per patient (PatientID and its issuer), with the patient's counts.
+
+    The index has no patient table: the attributes are those of one of the patient's studies."""
+    patients: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for study in studies:
+        key = (_first_value(study, PATIENT_ID), _first_value(study, ISSUER_OF_PATIENT_ID))
+        patient = patients.get(key)
+        if patient is None:
+            # the patient's attributes only: a study's would answer for one of several studies
+            patient = patients[key] = {t: v for t, v in study.items() if _is_patient_attribute(t)}
+            patient[NUMBER_OF_PATIENT_RELATED_STUDIES] = {"vr": "IS", "Value": [0]}
+            patient[NUMBER_OF_PATIENT_RELATED_SERIES] = {"vr": "IS", "Value": [0]}
+            patient[NUMBER_OF_PATIENT_RELATED_INSTANCES] = {"vr": "IS", "Value": [0]}
+        patient[NUMBER_OF_PATIENT_RELATED_STUDIES]["Value"][0] += 1
+        patient[NUMBER_OF_PATIENT_RELATED_SERIES]["Value"][0] += _count(study, NUMBER_OF_STUDY_RELATED_SERIES)
+        patient[NUMBER_OF_PATIENT_RELATED_INSTANCES]["Value"][0] += _count(
+            study, NUMBER_OF_STUDY_RELATED_INSTANCES
+        )
+    return list(patients.values())
+
+
+def _answer_element(request: DataElement, found: dict[str, Any] | None) -> DataElement:
+    """The answer to one requested key: its value from the index JSON, else empty."""
+    tag = f"{request.tag:08X}"
+    if found and ("Value" in found or "InlineBinary" in found):
+        try:
+            elem = Dataset.from_json({tag: found})[request.tag]
+        except Exception:  # a stored value pydicom cannot take back: answer the key empty
+            elem = None
+        if elem is not None:
+            if elem.VR == "SQ" and request.VR == "SQ" and request.value:
+                _keep_requested_items_keys(elem.value, request.value[0])
+            return elem
+    vr = request.VR if " or " not in request.VR else (found or {}).get("vr", "UN")
+    return DataElement(request.tag, vr, [] if vr == "SQ" else None)
+
+
+def _keep_requested_items_keys(items: Sequence, requested_item: Dataset) -> None:
+    """A sequence key with keys in its item asks for those keys of each item (PS3.4 C.2.2.1.3)."""
+    wanted = {e.tag for e in requested_item}
+    if not wanted:
+        return
+    for item in items:
+        for tag in [e.tag for e in item if e.tag not in wanted]:
+            del item[tag]
+
+
+def answer(result: dict[str, Any], translation: Translation, level: QueryLevel, ae_title: str) -> Dataset:
+    """The response identifier for one match: the requested keys, in UTF-8."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = _UTF8
+    for request in translation.return_keys:
+        ds.add(_answer_element(request, result.get(f"{request.tag:08X}")))
+    ds.QueryRetrieveLevel = level
+    ds.RetrieveAETitle = ae_title
+    return ds
+
+
+def handle_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """pynetdicom EVT_C_FIND handler: yields (pending status, identifier) per match, then the final
+    status; a failure status with an ErrorComment for a bad identifier, never an exception."""
+    try:
+        identifier = run_checked(lambda: event.identifier, "identifier")
+        sop_class = str(event.request.AffectedSOPClassUID or "")
+        level: QueryLevel = run_checked(lambda: query_level(identifier, sop_class), "identifier")
+        translation: Translation = run_checked(lambda: translate(identifier, level), "identifier")
+        query = parse_translation(translation, level)
+    except IdentifierError as exc:
+        yield failure_status(exc.status, exc.comment), None
+        return
+    pending = PENDING_OPTIONAL_KEYS_UNSUPPORTED if translation.optional_keys_unsupported else PENDING
+    ae_title = gateway.settings.dicom_ae_title
+    try:
+        results: Iterator[dict[str, Any]] = search_all(gateway.index, query)
+        if level == "PATIENT":
+            results = iter(group_patients(results))
+        for result in results:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            yield pending, answer(result, translation, level, ae_title)
+    except Exception as exc:  # the index failed: the peer gets a status, the log no PHI
+        log.error("C-FIND: the index search failed (%s)", type(exc).__name__)
+        yield failure_status(UNABLE_TO_PROCESS, "the index could not be searched"), None
+        return
+    yield SUCCESS, None
+
+
+__all__ = ["IDENTIFIER_DOES_NOT_MATCH", "handle_find", "search_all", "translate"]

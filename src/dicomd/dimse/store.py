@@ -1,0 +1,190 @@
+"""C-ECHO and C-STORE SCP (PS3.4 Annexes A and B) on the STOW ingest path.
+
+A C-STORE carries a data set, not a file: what is stored is that data set byte for byte, as the peer
+encoded it in the association's transfer syntax, behind a File Meta Information of dicomd's own
+(implementation class UID and version name, the accepted transfer syntax, the command's SOP class and
+instance, the calling AE as Sending AE Title). That file is staged, parsed and validated (the /v2 rules),
+then group-committed, exactly as a one-instance STOW: the response is sent once the file is durable and
+indexed. WADO then returns exactly that file.
+
+Statuses (PS3.4 B.2.3, PS3.7 C): success 0x0000, also for an identical re-send; stored with a warning
+0xB007 (the data set breaks the standard somewhere; the comment says where); out of resources 0xA700 (a full
+disk, the index or object store unavailable: retry later); data set does not match SOP class 0xA900 (a key
+attribute invalid or missing, its SOP Instance UID stored in another study or series, or not the one of the
+command); cannot understand 0xC000 (not a readable data set); duplicate SOP instance 0x0111 (stored already
+with other content, duplicate_policy "reject"); processing failure 0x0110 (any other fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from dicomd.audit.dimse import DimseAudit
+from dicomd.audit.events import instance_reference
+from dicomd.dicom.status import (
+    ALREADY_EXISTS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    VALIDATION_FAILURE,
+)
+from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, is_valid_uid
+from dicomd.index.schema import DEFAULT_PARTITION_KEY
+from dicomd.ingest.prepare import StoreOutcome, fault_outcome
+
+if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.events import Event
+
+    from dicomd.dimse.context import Gateway
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_VERSION_NAME = "DICOMD"
+API_VERSION = 2  # the validation rules a C-STORE is held to: those of /v2 STOW
+
+SUCCESS = 0x0000
+WARNING_DOES_NOT_MATCH = 0xB007
+REFUSED_OUT_OF_RESOURCES = 0xA700
+ERROR_DOES_NOT_MATCH = 0xA900
+ERROR_CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_SOP_INSTANCE = 0x0111
+PROCESSING_FAILURE_STATUS = 0x0110
+
+_ERROR_COMMENT_MAX = 64
+_AE_TITLE_MAX = 16  # (0000,0902) is LO
+# a received data set is staged in slices, yielding to the event loop between them: the loop also serves
+# the other associations' commits
+_STAGE_SLICE = 1 << 20
+
+
+def handle_echo(event: Event, audit: DimseAudit) -> int:
+    """EVT_C_ECHO: success (counted in the association's audit event)."""
+    audit.record_of(event.assoc).count("C-ECHO")
+    return SUCCESS
+
+
+def part10_header(
+    sop_class: str, sop_instance: str, transfer_syntax: str, sending_ae: str, own_ae: str
+) -> bytes:
+    """Preamble, 'DICM' and the File Meta Information of a received data set."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = own_ae  # the AE that wrote the file
+    if 0 < len(sending_ae) <= _AE_TITLE_MAX and "\\" not in sending_ae:
+        meta.SendingApplicationEntityTitle = sending_ae  # the calling AE (PS3.10 7.1)
+    meta.ReceivingApplicationEntityTitle = own_ae
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def status_of(outcome: StoreOutcome) -> int:
+    """The C-STORE status of an ingest outcome (module docstring)."""
+    if outcome.stored:
+        return SUCCESS if outcome.warning_reason is None else WARNING_DOES_NOT_MATCH
+    reason = outcome.failure_reason
+    if reason == OUT_OF_RESOURCES:
+        return REFUSED_OUT_OF_RESOURCES
+    if reason == ALREADY_EXISTS:
+        return DUPLICATE_SOP_INSTANCE
+    if reason == VALIDATION_FAILURE:
+        return ERROR_DOES_NOT_MATCH
+    if reason == PROCESSING_FAILURE and not outcome.sop_instance_uid:
+        return ERROR_CANNOT_UNDERSTAND  # it did not parse: its UIDs are unknown
+    return PROCESSING_FAILURE_STATUS
+
+
+def _response(status: int, messages: list[str]) -> Dataset:
+    response = Dataset()
+    response.Status = status
+    if messages and status != SUCCESS:
+        response.ErrorComment = messages[0][:_ERROR_COMMENT_MAX]
+    return response
+
+
+async def _slices(header: bytes, body: memoryview) -> AsyncIterator[bytes]:
+    yield header
+    for start in range(0, len(body), _STAGE_SLICE):
+        yield bytes(body[start : start + _STAGE_SLICE])
+        await asyncio.sleep(0)
+
+
+async def store_received(
+    gateway: Gateway, header: bytes, body: memoryview, sop_class: str, sop_instance: str
+) -> StoreOutcome:
+    """Stage, prepare and commit one received instance (on the gateway's loop). Never raises."""
+    ingest = gateway.ingest
+    try:
+        part = await ingest.stage(_slices(header, body))
+    except OSError as exc:
+        failed = StoreOutcome(sop_class_uid=sop_class, sop_instance_uid=sop_instance)
+        log.warning("a received instance could not be staged: %s", type(exc).__name__)
+        return fault_outcome(failed, "the instance could not be staged", exc)
+    outcome, prepared = await ingest.prepare(
+        part, url_study=None, version=API_VERSION, partition_key=DEFAULT_PARTITION_KEY
+    )
+    if prepared is None:
+        return outcome
+    if (outcome.sop_class_uid, outcome.sop_instance_uid) != (sop_class, sop_instance):
+        gateway.store.discard_staged(part.key)
+        outcome.failure_reason = VALIDATION_FAILURE
+        outcome.messages = ["the data set is not the SOP instance the C-STORE request names"]
+        return outcome
+    return await ingest.commit(outcome, prepared)
+
+
+def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
+    """EVT_C_STORE: store the received data set as a Part 10 file; the status once durable and indexed."""
+    started = time.time()
+    record = audit.record_of(event.assoc)
+    record.count("C-STORE")
+    request = cast("C_STORE", event.request)
+    sop_class = str(request.AffectedSOPClassUID or "").strip()
+    sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
+    outcome = StoreOutcome(sop_class_uid=sop_class, sop_instance_uid=sop_instance)
+    if not is_valid_uid(sop_class) or not is_valid_uid(sop_instance):
+        outcome.failure_reason = VALIDATION_FAILURE
+        outcome.messages = ["the request's Affected SOP Class or Instance UID is not a valid UID"]
+    else:
+        transfer_syntax = str(event.context.transfer_syntax)
+        own_ae = gateway.settings.dicom_ae_title
+        header = part10_header(sop_class, sop_instance, transfer_syntax, record.calling_ae, own_ae)
+        body = request.DataSet.getbuffer()  # type: ignore[union-attr]  # the received bytes, not a copy
+        try:
+            future = asyncio.run_coroutine_threadsafe(
+                store_received(gateway, header, body, sop_class, sop_instance), gateway.loop
+            )
+            outcome = future.result()
+        except Exception as exc:  # the loop is gone (shutting down) or a bug: this instance fails alone
+            log.error("a received instance could not be stored (%s)", type(exc).__name__)
+            outcome = fault_outcome(outcome, "the instance could not be stored", exc)
+        finally:
+            body.release()
+    status = status_of(outcome)
+    uids = (outcome.study_instance_uid, outcome.series_instance_uid, sop_instance, sop_class)
+    reference = instance_reference(*uids)
+    if not outcome.stored:
+        reference["failure_reason"] = outcome.failure_reason
+    audit.operation(
+        record,
+        "C-STORE",
+        status,
+        started,
+        stored=[reference] if outcome.stored else [],
+        failed=[] if outcome.stored else [reference],
+    )
+    return _response(status, outcome.messages)

@@ -1,0 +1,231 @@
+"""Who may associate with the DICOM listener, and its limits: the calling AE allow-list (titles, titles at a
+host, loopback-only by default), the called AE title, the association limit (a transient rejection), TLS on
+the DICOM port; every association in the audit trail, refused ones with their reason."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from support.dicomweb import wait_for
+from support.dimse import DICOMD_AE, DimseServer, client_ae, dimse_server, echo
+
+# A-ASSOCIATE-RJ (result, source, reason)
+CALLING_AE_REFUSED = (0x01, 0x01, 0x03)
+CALLED_AE_REFUSED = (0x01, 0x01, 0x07)
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+
+
+def rejection(port: int, calling: str, called: str = DICOMD_AE) -> tuple[int, int, int] | None:
+    """The A-ASSOCIATE-RJ's result, source and reason; None when the association was accepted."""
+    ae = client_ae(calling, 10)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if assoc.is_established:
+        assoc.release()
+        return None
+    assert assoc.is_rejected, "neither accepted nor rejected"
+    answer = assoc.acceptor.primitive
+    return int(answer.result), int(answer.result_source), int(answer.diagnostic)
+
+
+def _audit_events(server: DimseServer) -> list[dict[str, Any]]:
+    path = server.http.data_dir / "audit.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseServer]:
+    callers = "GOODAE,HOSTAE@127.0.0.1,FARAE@10.9.8.7"
+    data_dir = tmp_path_factory.mktemp("dimse-guarded") / "data"
+    with dimse_server(
+        data_dir, "--dicom-max-associations", "2", allowed_callers=callers, calling="GOODAE"
+    ) as server:
+        yield server
+
+
+def test_only_allowed_calling_ae_titles_associate(guarded: DimseServer) -> None:
+    assert rejection(guarded.port, "GOODAE") is None
+    assert rejection(guarded.port, "HOSTAE") is None  # allowed from 127.0.0.1
+    assert rejection(guarded.port, "FARAE") == CALLING_AE_REFUSED  # allowed from another host only
+    assert rejection(guarded.port, "STRANGER") == CALLING_AE_REFUSED
+    result = subprocess.run(
+        ["echoscu", "-aet", "STRANGER", "-aec", DICOMD_AE, "127.0.0.1", str(guarded.port)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert b"Calling AE Title Not Recognized" in result.stdout + result.stderr
+
+    def refused() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in _audit_events(guarded)
+            if e["event_id"]["code"] == "110114" and (e.get("who") or {}).get("subject") == "STRANGER"
+        ]
+
+    assert wait_for(lambda: len(refused()) == 2)
+    event = refused()[0]
+    assert event["ended"] == "rejected" and event["outcome"] == 8
+    assert "not recognised" in event["rejection"]
+    assert event["client"]["address"] == "127.0.0.1"
+
+
+def test_a_wrong_called_ae_title_is_refused(guarded: DimseServer) -> None:
+    assert rejection(guarded.port, "GOODAE", called="NOTDICOMD") == CALLED_AE_REFUSED
+    assert echo(guarded.port, calling="GOODAE") == 0x0000
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently(guarded: DimseServer) -> None:
+    open_ones = []
+    for _ in range(2):
+        ae = client_ae("GOODAE")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", guarded.port, ae_title=DICOMD_AE)
+        assert assoc.is_established
+        open_ones.append(assoc)
+    try:
+        assert rejection(guarded.port, "GOODAE") == LOCAL_LIMIT_EXCEEDED
+    finally:
+        for assoc in open_ones:
+            assoc.release()
+    # room again once they are released (the listener's threads end just after)
+    assert wait_for(lambda: rejection(guarded.port, "GOODAE") is None, timeout=10)
+
+
+def test_loopback_callers_only_by_default(tmp_path: Path) -> None:
+    with dimse_server(tmp_path / "data", allowed_callers=None) as server:
+        assert echo(server.port, calling="ANYONE") == 0x0000
+    from dicomd.config import Settings
+    from dicomd.dimse.acceptance import CallerPolicy
+
+    policy = CallerPolicy.from_settings(Settings(data_dir=tmp_path))
+    assert policy.refusal(DICOMD_AE, "ANYONE", "127.0.0.1") is None
+    assert policy.refusal(DICOMD_AE, "ANYONE", "::ffff:127.0.0.1") is None
+    assert policy.refusal(DICOMD_AE, "ANYONE", "10.0.0.7") is not None
+
+
+_HOST = "127.0.0.1"
+
+
+def _certificate(directory: Path) -> tuple[Path, Path, str]:
+    """A self-signed certificate for 127.0.0.1: its file, its key's file, its PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dicomd-dimse-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file, pem.decode()
+
+
+def test_tls_on_the_dicom_port(tmp_path: Path) -> None:
+    cert_file, key_file, pem = _certificate(tmp_path)
+    args = ("--dicom-tls", "true", "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file))
+    from support.server import free_port, start_server, stop_server
+
+    port = free_port()
+    http = start_server(
+        tmp_path / "data",
+        *args,
+        "--dicom-port",
+        str(port),
+        "--dicom-allowed-callers",
+        "*",
+        "--dicom-timeout",
+        "3",
+        workers=1,
+        tls=ssl.create_default_context(cadata=pem),
+    )
+    try:
+        trusted = ssl.create_default_context(cadata=pem)
+
+        def tls_echo() -> int | None:
+            ae = client_ae("TLSSCU")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", port, ae_title=DICOMD_AE, tls_args=(trusted, "127.0.0.1"))
+            if not assoc.is_established:
+                return None
+            status = assoc.send_c_echo()
+            assoc.release()
+            return int(status.Status)
+
+        assert wait_for(lambda: tls_echo() == 0x0000, timeout=20)
+        # a peer that connects and never starts its handshake holds up nobody
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            assert tls_echo() == 0x0000
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(100) == b""  # closed once the handshake times out
+            assert time.monotonic() - started < 9
+        # without TLS there is no association
+        assert echo(port, timeout=5) is None
+        assert tls_echo() == 0x0000
+    finally:
+        stop_server(http)
+
+
+def test_start_up_refuses_tls_without_certificates_and_a_taken_dicom_port(tmp_path: Path) -> None:
+    import sys
+
+    from support.server import free_port
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dicomd", "serve", "--data-dir", str(tmp_path / "data")]
+        command += ["--port", str(free_port()), "--workers", "1", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    result = serve("--dicom-port", str(free_port()), "--dicom-tls", "true")
+    assert result.returncode == 2 and "'dicom_tls' needs 'tls_cert_file'" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        result = serve("--dicom-port", str(taken.getsockname()[1]))
+    assert result.returncode == 1 and "cannot listen for DICOM" in result.stderr
+
+
+def test_allowed_callers_at_a_host_name(tmp_path: Path) -> None:
+    from dicomd.config import Settings
+    from dicomd.dimse.acceptance import CALLING_AE_NOT_RECOGNISED, CallerPolicy
+
+    settings = Settings(data_dir=tmp_path, dicom_allowed_callers="CT1@localhost, MR1")
+    policy = CallerPolicy.from_settings(settings)
+    assert policy.refusal(DICOMD_AE, "CT1", "127.0.0.1") is None
+    assert policy.refusal(DICOMD_AE, "MR1", "192.0.2.7") is None
+    refused = policy.refusal(DICOMD_AE, "CT1", "192.0.2.7")
+    assert refused is not None and refused[0] == CALLING_AE_NOT_RECOGNISED
+    assert policy.refusal(DICOMD_AE, "OTHER", "127.0.0.1") is not None
