@@ -158,6 +158,7 @@ def store(target: DicomServer, dirs: list[Path], count: int) -> float:
             [*cmd, "127.0.0.1", str(target.dicom_port), str(d)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=DCMTK_ENV,  # without it storescu waits for a delayed ACK after every request
         )
         for d in dirs
     ]

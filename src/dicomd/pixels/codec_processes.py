@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,7 +43,9 @@ class CodecProcesses:
         with self._lock:
             if self._executor is None:
                 context = multiprocessing.get_context("spawn")
-                self._executor = ProcessPoolExecutor(self._processes, mp_context=context)
+                self._executor = ProcessPoolExecutor(
+                    self._processes, mp_context=context, initializer=_follow_parent, initargs=(os.getpid(),)
+                )
             return self._executor
 
     def call(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -60,6 +65,22 @@ class CodecProcesses:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+_PARENT_CHECK_SECONDS = 1.0
+
+
+def _follow_parent(parent: int) -> None:
+    """In a codec process: leave Ctrl-C to the worker (it stops the pool), and exit when the worker is gone
+    (killed: nothing else would end this process, which waits on its task queue)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 _processes: CodecProcesses | None = None  # set in a server worker (PixelService); None: all inline
