@@ -180,7 +180,10 @@ def _restart_orthanc(srv: servers.Server) -> None:
         srv.proc = subprocess.Popen(
             [servers.ORTHANC_BIN, config], stdout=out, stderr=subprocess.STDOUT, cwd=srv.workdir
         )
-    servers._wait(f"{srv.base}/studies?limit=1", srv.proc, log_path)
+    try:
+        servers._wait(f"{srv.base}/studies?limit=1", srv.proc, log_path)
+    except RuntimeError as exc:  # it crashed again at once: the next lines report it gone
+        log(f"  ! orthanc did not come back: {str(exc).splitlines()[0]}")
 
 
 def _qido_while_transcoding(b: Bench, c: PixelCorpus, frames: list[str]) -> None:
