@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import subprocess
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,15 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import encode
 
 from support.backends import PG_URL, pg_schema_url
-from support.dicom_files import CHARSET_FILES, DEFLATED, EXPLICIT, TEST_FILES, make_instance, new_uid
+from support.dicom_files import (
+    CHARSET_FILES,
+    DEFLATED,
+    EXPLICIT,
+    TEST_FILES,
+    make_instance,
+    new_uid,
+    rounds_by_sop,
+)
 from support.dicomweb import wait_for
 from support.dimse import (
     DICOMD_AE,
@@ -73,21 +80,6 @@ def storable_bundled_files() -> list[Path]:
         if sendable and all(str(ds.get(k, "")) for k in _REQUIRED) and "PatientID" in ds:
             chosen.append(path)
     return chosen
-
-
-def rounds(files: list[Path]) -> list[list[Path]]:
-    """Files in rounds with one file per SOP Instance UID each (several bundled files are one image in
-    several transfer syntaxes); each round is deleted before the next."""
-    by_sop: dict[str, list[Path]] = defaultdict(list)
-    for path in files:
-        by_sop[str(_read(path).SOPInstanceUID)].append(path)
-    result: list[list[Path]] = []
-    for group in by_sop.values():
-        for i, path in enumerate(group):
-            if len(result) <= i:
-                result.append([])
-            result[i].append(path)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +134,7 @@ def test_every_bundled_file_stored_by_c_store_is_found_by_qido_and_retrieved_byt
 ) -> None:
     files = storable_bundled_files()
     assert len(files) > 40
-    for batch in rounds(files):
+    for batch in rounds_by_sop(files):
         sent = [_encoded_file(path) for path in batch]
         responses = store_encoded(dicom.port, sent)
         for path, response in zip(batch, responses, strict=True):

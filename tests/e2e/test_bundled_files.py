@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import re
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import get_expected_length
 
-from support.dicom_files import CHARSET_FILES, TEST_FILES
+from support.dicom_files import CHARSET_FILES, TEST_FILES, rounds_by_sop
 from support.dicomweb import (
     DICOM_ANY,
     OCTET_ANY,
@@ -69,19 +68,6 @@ def bundled_files() -> list[Path]:
         if all(u and len(u) <= 64 and _UID.match(u) for u in uids) and "PatientID" in ds:
             chosen.append(path)
     return chosen
-
-
-def rounds(files: list[Path]) -> list[list[Path]]:
-    by_sop: dict[str, list[Path]] = defaultdict(list)
-    for path in files:
-        by_sop[str(_read(path).SOPInstanceUID)].append(path)
-    result: list[list[Path]] = []
-    for group in by_sop.values():
-        for i, path in enumerate(group):
-            if len(result) <= i:
-                result.append([])
-            result[i].append(path)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +220,7 @@ def test_all_bundled_files_round_trip(archive: Server) -> None:
     errors: list[str] = []
     stored = 0
     with httpx.Client(base_url=archive.v2, timeout=60) as client:
-        all_rounds = rounds(files)
+        all_rounds = rounds_by_sop(files)
         for round_number, round_files in enumerate(all_rounds):
             urls: dict[str, str] = {}
             for start in range(0, len(round_files), _BATCH):

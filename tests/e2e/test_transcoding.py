@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from support.dicom_files import TEST_FILES, make_instance, new_uid
-from support.dicomweb import parse_multipart, stow, unique_id
+from support.dicom_files import TEST_FILES, make_instance, new_uid, with_fresh_uids
+from support.dicomweb import instance_url, parse_multipart, stow, unique_id
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -56,25 +56,8 @@ BUNDLED = [
 ]
 
 
-def rewritten(name: str) -> tuple[bytes, pydicom.Dataset]:
-    """A bundled file with fresh UIDs, in its own transfer syntax (pixel data bytes unchanged)."""
-    ds = pydicom.dcmread(TEST_FILES / name)
-    sop = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PatientID = unique_id("TC")
-    out = io.BytesIO()
-    ds.save_as(out)
-    data = out.getvalue()
-    return data, pydicom.dcmread(io.BytesIO(data))
-
-
-def instance_url(ds: pydicom.Dataset) -> str:
-    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-
-
 def stored(client: httpx.Client, name: str) -> tuple[bytes, pydicom.Dataset]:
-    data, ds = rewritten(name)
+    data, ds = with_fresh_uids(name, unique_id("TC"))
     r = stow(client, [data])
     assert r.status_code in (200, 202), r.text
     return data, ds

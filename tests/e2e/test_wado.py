@@ -10,10 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import generate_frames
-from pydicom.uid import generate_uid
 
-from support.dicom_files import TEST_FILES, make_instance, new_uid
-from support.dicomweb import DICOM_ANY, OCTET_ANY, parse_multipart, stow, unique_id, value
+from support.dicom_files import make_instance, new_uid, with_fresh_uids
+from support.dicomweb import DICOM_ANY, OCTET_ANY, instance_url, parse_multipart, stow, unique_id, value
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -55,23 +54,6 @@ def store_study(client: httpx.Client, layout: tuple[int, ...] = (2, 1), **attrs:
 
 def same_file(got: bytes, original: bytes) -> bool:
     return got[128:] == original[128:] and got[:128] in (original[:128], bytes(128))
-
-
-def rewritten(path_name: str) -> tuple[bytes, pydicom.Dataset]:
-    """A bundled file with fresh UIDs (the pixel data keeps its original bytes)."""
-    ds = pydicom.dcmread(TEST_FILES / path_name)
-    sop = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PatientID = unique_id("ENC")
-    out = io.BytesIO()
-    ds.save_as(out)
-    data = out.getvalue()
-    return data, pydicom.dcmread(io.BytesIO(data))
-
-
-def instance_url(ds: pydicom.Dataset) -> str:
-    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
 
 
 # ---- instances ----------------------------------------------------------------------------------
@@ -306,7 +288,7 @@ def test_native_multiframe_frames(client: httpx.Client) -> None:
     ],
 )
 def test_encapsulated_frames(client: httpx.Client, name: str, media_type: str, numbers: list[int]) -> None:
-    data, ds = rewritten(name)
+    data, ds = with_fresh_uids(name, unique_id("ENC"))
     ts = str(ds.file_meta.TransferSyntaxUID)
     assert stow(client, [data]).status_code in (200, 202)
     count = int(ds.get("NumberOfFrames") or 1)

@@ -222,3 +222,39 @@ def hashed(pieces: Iterable[bytes], digest: Any) -> Iterator[bytes]:
     for piece in pieces:
         digest.update(piece)
         yield piece
+
+
+def read_quietly(source: Path | bytes) -> Dataset:
+    """A file (or its bytes) read by pydicom without its warnings about real-world oddities."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def rounds_by_sop(files: list[Path]) -> list[list[Path]]:
+    """Files in rounds with one file per SOP Instance UID each (several bundled files are one image in
+    several transfer syntaxes): store a round, check it, delete it before the next."""
+    by_sop: dict[str, list[Path]] = {}
+    for path in files:
+        by_sop.setdefault(str(read_quietly(path).SOPInstanceUID), []).append(path)
+    result: list[list[Path]] = []
+    for group in by_sop.values():
+        for i, path in enumerate(group):
+            if len(result) <= i:
+                result.append([])
+            result[i].append(path)
+    return result
+
+
+def with_fresh_uids(name: str, patient_id: str) -> tuple[bytes, Dataset]:
+    """A bundled file with fresh Study/Series/SOP Instance UIDs and this Patient ID, in its own transfer
+    syntax (the pixel data keep their bytes): the file and its data set as read back."""
+    ds = pydicom.dcmread(TEST_FILES / name)
+    sop = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.PatientID = patient_id
+    out = io.BytesIO()
+    ds.save_as(out)
+    data = out.getvalue()
+    return data, pydicom.dcmread(io.BytesIO(data))

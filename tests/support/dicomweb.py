@@ -105,3 +105,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: flo
             return True
         time.sleep(interval)
     return condition()
+
+
+def instance_url(ds: Any) -> str:
+    """The instance's path below /v{n} (a pydicom Dataset or anything with the three UIDs)."""
+    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
