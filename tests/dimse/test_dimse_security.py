@@ -4,8 +4,6 @@ the DICOM port; every association in the audit trail, refused ones with their re
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import subprocess
@@ -16,12 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from support.certificates import make_certificate
 from support.dicomweb import wait_for
 from support.dimse import DICOMD_AE, DimseServer, client_ae, dimse_server, echo
 
@@ -125,32 +120,11 @@ _HOST = "127.0.0.1"
 
 def _certificate(directory: Path) -> tuple[Path, Path, str]:
     """A self-signed certificate for 127.0.0.1: its file, its key's file, its PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dicomd-dimse-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
+    made = make_certificate("dicomd-dimse-test")
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(pem)
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file, pem.decode()
+    cert_file.write_bytes(made.pem)
+    key_file.write_bytes(made.key_pem)
+    return cert_file, key_file, made.pem.decode()
 
 
 def test_tls_on_the_dicom_port(tmp_path: Path) -> None:
