@@ -188,3 +188,16 @@ def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "300/300" in text and "stored 300" in text, text[-2000:]
     assert "━" in text  # rich's bar
+
+
+def test_a_file_named_twice_is_imported_once(tmp_path: Path) -> None:
+    """The same file reached twice (a directory and a file in it) is one stored instance and one already
+    stored, not a crash."""
+    source = tmp_path / "in"
+    _corpus(source, 1, study_count=1)
+    [only] = list(source.rglob("*.dcm"))
+    done = subprocess.run(
+        _command(tmp_path / "data", str(source), str(only)), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert _counts(done.stdout) == {"stored": 1, "already": 1, "skipped": 0, "failed": 0}

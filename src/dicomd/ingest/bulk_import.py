@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.index.store import Index, PreparedInstance
 from dicomd.ingest.committer import STORED, commit_batch
-from dicomd.ingest.import_journal import ImportJournal, JournalEntry
+from dicomd.ingest.import_journal import ImportJournal, JournalEntry, SourceFile
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
 from dicomd.storage import ObjectStore, Stager
 
@@ -35,8 +35,8 @@ _CHUNK = 32  # files per task sent to a parser process
 _IN_FLIGHT_PER_PROCESS = 4  # tasks queued per parser process: enough to keep it busy, no more
 _SKIP_CHECK = 512  # journal hits confirmed against the index at once
 
-# what a parser process returns per file: (path, staged key, prepared instance or None, messages)
-_Staged = tuple[str, str, PreparedInstance | None, str]
+# what a parser process returns per file: (staged key, prepared instance or None, messages)
+_Staged = tuple[str, PreparedInstance | None, str]
 
 
 @dataclass
@@ -57,13 +57,6 @@ class ImportReport:
         return self.stored + self.already_stored + self.skipped + len(self.failed)
 
 
-@dataclass(frozen=True)
-class _Source:
-    path: str
-    size: int
-    mtime_ns: int
-
-
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
@@ -75,23 +68,28 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _sources(paths: Iterable[Path], report: ImportReport) -> Iterator[_Source]:
+def _sources(paths: Iterable[Path], report: ImportReport) -> Iterator[SourceFile]:
     for path in iter_files(paths):
         try:
             st = path.stat()
         except OSError as exc:
             report.failed[str(path)] = exc.strerror or str(exc)
             continue
-        yield _Source(str(path.absolute()), st.st_size, st.st_mtime_ns)
+        yield SourceFile(str(path.absolute()), st.st_size, st.st_mtime_ns)
 
 
 def _count(paths: list[Path], report: ImportReport, stop: threading.Event) -> None:
     """The total for the progress display, walked in a thread of its own (a walk of a million files
-    takes seconds; the import starts at once)."""
-    for _ in iter_files(paths):
-        report.found += 1
-        if stop.is_set():
-            return
+    takes seconds; the import starts at once). It counts the names iter_files would yield without
+    building or sorting them: this thread shares the importer's GIL."""
+    for path in paths:
+        if not path.is_dir():
+            report.found += 1
+            continue
+        for _, _, files in os.walk(path):
+            report.found += len(files)
+            if stop.is_set():
+                return
     report.counted = True
 
 
@@ -103,9 +101,9 @@ def _stage_chunk(stager: Stager, jobs: list[tuple[str, PrepareJob]]) -> list[_St
             stager.stage_file(job.key, source)
             outcome, prepared = prepare_staged(job, stager)
         except OSError as exc:
-            out.append((source, job.key, None, exc.strerror or str(exc)))
+            out.append((job.key, None, exc.strerror or str(exc)))
             continue
-        out.append((source, job.key, prepared, "; ".join(outcome.messages)))
+        out.append((job.key, prepared, "; ".join(outcome.messages)))
     return out
 
 
@@ -121,7 +119,6 @@ def import_files(
     partition_key: int = DEFAULT_PARTITION_KEY,
     journal: ImportJournal | None = None,
     report: ImportReport | None = None,
-    on_commit: Callable[[ImportReport], None] | None = None,
     stop: threading.Event | None = None,
 ) -> ImportReport:
     """Import the files. Setting `stop` (Ctrl-C, in the CLI) ends the import after committing what was
@@ -132,10 +129,9 @@ def import_files(
     paths = list(paths)
     stop_counting = threading.Event()
     threading.Thread(target=_count, args=(paths, report, stop_counting), daemon=True).start()
-    sources: dict[str, _Source] = {}
-    pending: list[tuple[str, PreparedInstance]] = []
+    pending: list[tuple[SourceFile, PreparedInstance]] = []
 
-    def job(source: _Source) -> tuple[str, PrepareJob]:
+    def job(source: SourceFile) -> tuple[str, PrepareJob]:
         return source.path, PrepareJob(
             store.new_key(),
             url_study=None,
@@ -147,35 +143,31 @@ def import_files(
     def commit() -> None:
         results = commit_batch(index, store, [prepared for _, prepared in pending], overwrite=overwrite)
         entries = []
-        for (path, prepared), result in zip(pending, results, strict=True):
-            source = sources.pop(path)
+        for (source, prepared), result in zip(pending, results, strict=True):
             if result.status in STORED:
                 report.stored += 1
             elif result.status in ("identical", "exists"):  # identical: the same bytes again
                 report.already_stored += 1
             else:
-                report.failed[path] = "the SOP Instance UID is stored under another study or series"
+                report.failed[source.path] = "the SOP Instance UID is stored under another study or series"
                 continue
             sop = prepared.item.parsed.sop_instance_uid
-            entries.append(JournalEntry(path, source.size, source.mtime_ns, partition_key, sop))
+            entries.append(JournalEntry(source.path, source.size, source.mtime_ns, partition_key, sop))
         if journal is not None:
             journal.record(entries)  # after the index commit: a recorded file is stored
         pending.clear()
-        if on_commit is not None:
-            on_commit(report)
 
-    def take(results: list[_Staged]) -> None:
-        for path, key, prepared, error in results:
+    def take(chunk: list[SourceFile], results: list[_Staged]) -> None:
+        for source, (key, prepared, error) in zip(chunk, results, strict=True):
             if prepared is None:
                 store.discard_staged(key)
-                report.failed[path] = error
-                sources.pop(path, None)
+                report.failed[source.path] = error
                 continue
-            pending.append((path, prepared))
+            pending.append((source, prepared))
             if len(pending) >= batch:
                 commit()
 
-    def unjournaled(candidates: list[_Source]) -> list[_Source]:
+    def unjournaled(candidates: list[SourceFile]) -> list[SourceFile]:
         """The candidates that must be read: not in the journal unchanged, or no longer stored."""
         if journal is None:
             return candidates
@@ -192,7 +184,8 @@ def import_files(
                 todo.append(source)
         return todo
 
-    in_flight: deque[Future[list[_Staged]]] = deque()
+    # each task with the files it was given, in order: its results line up with them
+    in_flight: deque[tuple[list[SourceFile], Future[list[_Staged]]]] = deque()
     with ProcessPoolExecutor(max_workers=processes, initializer=_ignore_interrupts) as pool:
         stage_chunk = functools.partial(_stage_chunk, store.stager())
         walk = _sources(paths, report)
@@ -203,14 +196,14 @@ def import_files(
             todo = unjournaled(candidates)
             for start in range(0, len(todo), _CHUNK):
                 chunk = todo[start : start + _CHUNK]
-                for source in chunk:
-                    sources[source.path] = source
                 while len(in_flight) >= processes * _IN_FLIGHT_PER_PROCESS:
-                    take(in_flight.popleft().result())
-                in_flight.append(pool.submit(stage_chunk, [job(s) for s in chunk]))
+                    done, task = in_flight.popleft()
+                    take(done, task.result())
+                in_flight.append((chunk, pool.submit(stage_chunk, [job(s) for s in chunk])))
         # what is in flight was read already: finish it (a few seconds of work at most)
         while in_flight:
-            take(in_flight.popleft().result())
+            done, task = in_flight.popleft()
+            take(done, task.result())
         if pending:
             commit()
     report.interrupted = stop.is_set()

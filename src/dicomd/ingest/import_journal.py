@@ -10,7 +10,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to import as the walk found it: what a journal entry must match to be skipped."""
+
+    path: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -22,17 +30,6 @@ class JournalEntry:
     sop_instance_uid: str
 
 
-class _Source(Protocol):
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def mtime_ns(self) -> int: ...
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS imported_file (
     path TEXT PRIMARY KEY,
@@ -42,7 +39,6 @@ CREATE TABLE IF NOT EXISTS imported_file (
     sop_instance_uid TEXT NOT NULL
 ) WITHOUT ROWID
 """
-_LOOKUP_CHUNK = 500  # paths per query (SQLite's parameter limit is far above)
 
 
 class ImportJournal:
@@ -55,21 +51,22 @@ class ImportJournal:
         self._db.execute(_SCHEMA)
         self._db.commit()
 
-    def lookup(self, sources: Sequence[_Source]) -> dict[str, tuple[int, str]]:
-        """(partition key, SOP Instance UID) of each source recorded with its current size and mtime."""
+    def lookup(self, sources: Sequence[SourceFile]) -> dict[str, tuple[int, str]]:
+        """(partition key, SOP Instance UID) of each source recorded with its current size and mtime.
+        One query: the importer asks a few hundred paths at a time, far below SQLite's parameter limit
+        (32766)."""
+        by_path = {s.path: s for s in sources}
+        marks = ",".join("?" * len(by_path))
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, partition_key, sop_instance_uid FROM imported_file "
+            f"WHERE path IN ({marks})",
+            list(by_path),
+        )
         found: dict[str, tuple[int, str]] = {}
-        for start in range(0, len(sources), _LOOKUP_CHUNK):
-            chunk = {s.path: s for s in sources[start : start + _LOOKUP_CHUNK]}
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT path, size, mtime_ns, partition_key, sop_instance_uid FROM imported_file "
-                f"WHERE path IN ({marks})",
-                list(chunk),
-            )
-            for path, size, mtime_ns, partition_key, sop in rows:
-                source = chunk[path]
-                if source.size == size and source.mtime_ns == mtime_ns:
-                    found[path] = (partition_key, sop)
+        for path, size, mtime_ns, partition_key, sop in rows:
+            source = by_path[path]
+            if source.size == size and source.mtime_ns == mtime_ns:
+                found[path] = (partition_key, sop)
         return found
 
     def record(self, entries: Iterable[JournalEntry]) -> None:
