@@ -226,17 +226,13 @@ def _key_values(value: str) -> str:
 _AE_TITLE_MAX = 16
 
 
-def _ae_title_text(title: str) -> str:
+def _ae_title(title: str) -> str:
     stripped = title.strip()
     if not stripped or len(title.rstrip()) > _AE_TITLE_MAX:
         raise ValueError(f"AE titles are 1-{_AE_TITLE_MAX} characters, got {title!r}")
     if not stripped.isascii() or "\\" in stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
         raise ValueError(f"AE titles are printable ASCII without backslashes, got {title!r}")
     return stripped
-
-
-def _ae_title(value: str) -> str:
-    return _ae_title_text(value)
 
 
 def _dicom_peers(value: str) -> str:
@@ -247,7 +243,7 @@ def _dicom_peers(value: str) -> str:
         host, colon, port = address.strip().rpartition(":")
         if not equals or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"expected AE=host:port entries separated by commas, got {peer!r}")
-        _ae_title_text(title)
+        _ae_title(title)
     return peers
 
 
@@ -258,7 +254,7 @@ def _dicom_callers(value: str) -> str:
         if caller == "*":
             continue
         title, _, host = caller.partition("@")
-        _ae_title_text(title)
+        _ae_title(title)
         if "@" in caller and (not host.strip() or " " in host.strip()):
             raise ValueError(f"expected AE or AE@host entries separated by commas, got {caller!r}")
     return callers
