@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
@@ -101,7 +100,7 @@ def _check_j2k(srv: servers.Server, path: str, pixels: np.ndarray) -> str:
     rows, columns = pixels.shape
     try:
         decoded, _ = get_decoder(JPEG2000Lossless).as_array(
-            _encapsulated(parts[0]),
+            encapsulate([parts[0]]),
             rows=rows,
             columns=columns,
             samples_per_pixel=1,
@@ -116,12 +115,6 @@ def _check_j2k(srv: servers.Server, path: str, pixels: np.ndarray) -> str:
     if not np.array_equal(decoded, pixels):
         return f"200 ({ct}) but the decoded frame differs from the source"
     return ""
-
-
-def _encapsulated(frame: bytes) -> bytes:
-    from pydicom.encaps import encapsulate
-
-    return encapsulate([frame])
 
 
 def _check_image(srv: servers.Server, path: str, accept: str, size: tuple[int, int] | None) -> str:
@@ -174,14 +167,8 @@ def _line(
 def _restart_orthanc(srv: servers.Server) -> None:
     """Orthanc again on the same configuration, port and storage (the corpus is still there)."""
     log("  restarting orthanc on the same storage")
-    config = os.path.join(srv.workdir, "orthanc.json")
-    log_path = os.path.join(srv.workdir, "orthanc.log")
-    with open(log_path, "ab") as out:
-        srv.proc = subprocess.Popen(
-            [servers.ORTHANC_BIN, config], stdout=out, stderr=subprocess.STDOUT, cwd=srv.workdir
-        )
     try:
-        servers._wait(f"{srv.base}/studies?limit=1", srv.proc, log_path)
+        servers.restart_orthanc(srv)
     except RuntimeError as exc:  # it crashed again at once: the next lines report it gone
         log(f"  ! orthanc did not come back: {str(exc).splitlines()[0]}")
 

@@ -181,16 +181,33 @@ def orthanc_version() -> str:
     return f"Orthanc {v} + DICOMweb plugin {plug or '?'}"
 
 
+def _launch_orthanc(workdir: str, log_mode: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Orthanc on the configuration in workdir/orthanc.json, its output in workdir/orthanc.log."""
+    log = os.path.join(workdir, "orthanc.log")
+    with open(log, log_mode) as out:
+        proc = subprocess.Popen(
+            [ORTHANC_BIN, os.path.join(workdir, "orthanc.json")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    return proc, log
+
+
+def restart_orthanc(srv: Server) -> None:
+    """Orthanc again on the same configuration, port and storage (after a crash: its data are still
+    there); raises RuntimeError when it does not come back."""
+    srv.proc, log = _launch_orthanc(srv.workdir, "ab")
+    _wait(f"{srv.base}/studies?limit=1", srv.proc, log)
+
+
 def start_orthanc(workroot: str | None = None, threads: int = 50) -> Server:
     ensure_orthanc()
     wd = tempfile.mkdtemp(prefix="orthanc-", dir=workroot)
     port = free_port()
     cfg = orthanc_config(os.path.join(wd, "storage"), port, threads)
-    cfgpath = os.path.join(wd, "orthanc.json")
-    Path(cfgpath).write_text(json.dumps(cfg, indent=2))
-    log = os.path.join(wd, "orthanc.log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([ORTHANC_BIN, cfgpath], stdout=out, stderr=subprocess.STDOUT, cwd=wd)
+    Path(wd, "orthanc.json").write_text(json.dumps(cfg, indent=2))
+    proc, log = _launch_orthanc(wd, "wb")
     srv = Server("orthanc", "127.0.0.1", port, "/dicom-web", wd, proc, orthanc_version())
     try:
         _wait(f"http://127.0.0.1:{port}/system", proc, log)
