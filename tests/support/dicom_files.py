@@ -250,8 +250,8 @@ def with_fresh_uids(name: str, patient_id: str) -> tuple[bytes, Dataset]:
     """A bundled file with fresh Study/Series/SOP Instance UIDs and this Patient ID, in its own transfer
     syntax (the pixel data keep their bytes): the file and its data set as read back."""
     ds = pydicom.dcmread(TEST_FILES / name)
-    sop = pydicom.uid.generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    sop = new_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
     ds.PatientID = patient_id
     out = io.BytesIO()

@@ -44,13 +44,18 @@ def summary_counts(report: ImportReport) -> str:
     return f"stored {report.stored}, already stored {already}{skipped}, failed {len(report.failed)}"
 
 
+def _eta(report: ImportReport, rate: float) -> str:
+    """The ETA (e.g. ETA 1m05s) once the total is known and files are moving, else nothing."""
+    if not report.counted or rate <= 0:
+        return ""
+    return f"ETA {_duration(max(0, report.found - report.done) / rate)}"
+
+
 def status_line(report: ImportReport, rate: float) -> str:
     done, found = report.done, report.found
     total = f"{done} of {found} files" if report.counted else f"{done} files ({found}+ found)"
-    eta = ""
-    if report.counted and rate > 0:
-        eta = f", ETA {_duration(max(0, found - done) / rate)}"
-    return f"import: {total}: {summary_counts(report)}; {rate:.0f} files/s{eta}"
+    eta = _eta(report, rate)
+    return f"import: {total}: {summary_counts(report)}; {rate:.0f} files/s{', ' + eta if eta else ''}"
 
 
 class ImportProgress:
@@ -108,14 +113,13 @@ class ImportProgress:
             while True:
                 stopping = self._stop.wait(0.25)
                 per_second = rate.update(time.monotonic(), report.done)
-                remaining = max(0, report.found - report.done)
                 bar.update(
                     task,
                     completed=report.done,
                     total=report.found if report.counted else None,
                     counts=summary_counts(report),
                     speed=f"{per_second:.0f}/s",
-                    eta=f"ETA {_duration(remaining / per_second)}" if report.counted and per_second else "",
+                    eta=_eta(report, per_second),
                 )
                 if stopping:
                     return
