@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import io
 import struct
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import orjson
 import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 
-from dicomd.dicom.parser import parse_bytes, parse_file
-from dicomd.index.frames import encode_frames
-from dicomd.index.types import StoredInstance
+from dicomd.dicom.parser import parse_file
 from dicomd.pixels.frames import ImageDescription, PixelDataError, decode_frame, read_frame_bytes
 from dicomd.pixels.service import PixelLimitError
 
 from support.dicom_files import TEST_FILES, image_dataset, long_element, part10_head
+from support.pixel_store import FileStore, put, stored_instance
 
 LIMIT = 512 << 20
 
@@ -58,42 +55,15 @@ class CountingFile(io.RawIOBase):
         super().close()
 
 
-class FileStore:
-    """The part of ObjectStore the pixel functions use: objects are files in a directory."""
+class CountingFileStore(FileStore):
+    """Objects read by seek + read only (as a cloud object is), the bytes read counted."""
 
-    reads_are_local = True
-
-    def __init__(self, root: Path, counting: bool = False) -> None:
-        self.root = root
-        self.counting = counting
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self.read = [0]
 
     def open_object(self, key: str, suffix: str = ".dcm") -> BinaryIO:
-        if self.counting:
-            return CountingFile(self.root / key, self.read)  # type: ignore[return-value]
-        return open(self.root / key, "rb")
-
-
-def instance(key: str, parsed: Any, size: int) -> StoredInstance:
-    return StoredInstance(
-        study_instance_uid=parsed.study_instance_uid,
-        series_instance_uid=parsed.series_instance_uid,
-        sop_instance_uid=parsed.sop_instance_uid,
-        sop_class_uid=parsed.sop_class_uid,
-        transfer_syntax_uid=parsed.transfer_syntax_uid,
-        object_key=key,
-        file_size=size,
-        number_of_frames=parsed.number_of_frames,
-        frames_json=encode_frames(parsed.frames),
-        bulk_json=orjson.dumps({p: [r.offset, r.length] for p, r in parsed.bulk.items()}).decode(),
-        instance_number=None,
-    )
-
-
-def put(store: FileStore, data: bytes) -> StoredInstance:
-    key = uuid.uuid4().hex
-    (store.root / key).write_bytes(data)
-    return instance(key, parse_bytes(data, temp_dir=str(store.root)), len(data))
+        return CountingFile(self.root / key, self.read)  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -218,8 +188,8 @@ def test_a_frame_of_a_2_gib_instance_reads_only_that_frame(tmp_path: Path) -> No
         f.truncate(start + frames * frame_bytes)  # sparse: no disk used for the other frames
         f.seek(start + (wanted - 1) * frame_bytes)
         f.write(pattern.tobytes())
-    store = FileStore(tmp_path, counting=True)
-    inst = instance("big", parse_file(path), path.stat().st_size)
+    store = CountingFileStore(tmp_path)
+    inst = stored_instance("big", parse_file(path), path.stat().st_size)
     frame = decode_frame(store, inst, wanted, memory_limit=LIMIT)  # type: ignore[arg-type]
     np.testing.assert_array_equal(frame.pixels, pattern)
     assert store.read[0] < frame_bytes + (1 << 20), store.read[0]  # the header and that frame only

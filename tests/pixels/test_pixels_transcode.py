@@ -7,19 +7,14 @@ from __future__ import annotations
 import io
 import os
 import re
-import uuid
 import warnings
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
-import orjson
 import pydicom
 import pytest
 from pydicom.encaps import generate_fragments
 
-from dicomd.dicom.parser import parse_bytes
-from dicomd.index.frames import encode_frames
 from dicomd.index.types import StoredInstance
 from dicomd.pixels import transcode
 from dicomd.pixels.encode import EncodeError
@@ -28,6 +23,7 @@ from dicomd.pixels.service import PixelLimitError
 from dicomd.pixels.syntaxes import is_decodable
 
 from support.dicom_files import TEST_FILES, make_instance
+from support.pixel_store import FileStore, put
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -36,38 +32,6 @@ J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 LIMIT = 512 << 20
-
-
-class FileStore:
-    """The part of ObjectStore the pixel functions use: objects are files in a directory."""
-
-    reads_are_local = True
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def open_object(self, key: str, suffix: str = ".dcm") -> BinaryIO:
-        return open(self.root / key, "rb")
-
-
-def put(store: FileStore, data: bytes) -> StoredInstance:
-    """Store ``data`` as ingest would: parsed once, its frame and bulk data byte ranges recorded."""
-    parsed = parse_bytes(data, temp_dir=str(store.root))
-    key = uuid.uuid4().hex
-    (store.root / key).write_bytes(data)
-    return StoredInstance(
-        study_instance_uid=parsed.study_instance_uid,
-        series_instance_uid=parsed.series_instance_uid,
-        sop_instance_uid=parsed.sop_instance_uid,
-        sop_class_uid=parsed.sop_class_uid,
-        transfer_syntax_uid=parsed.transfer_syntax_uid,
-        object_key=key,
-        file_size=len(data),
-        number_of_frames=parsed.number_of_frames,
-        frames_json=encode_frames(parsed.frames),
-        bulk_json=orjson.dumps({p: [r.offset, r.length] for p, r in parsed.bulk.items()}).decode(),
-        instance_number=None,
-    )
 
 
 @pytest.fixture
