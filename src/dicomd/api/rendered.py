@@ -21,8 +21,9 @@ ETag from the same, so If-None-Match is answered 304 before anything is read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -31,19 +32,19 @@ from starlette.responses import Response, StreamingResponse
 from dicomd.api.common import ApiError, not_found, uid_scope
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
+from dicomd.api.wado import frame_numbers, not_modified
 from dicomd.audit.events import annotate
 from dicomd.http.multipart import closing, new_boundary, part_header
 from dicomd.http.negotiation import Offer, negotiate, parse_accept
 from dicomd.index.types import StoredInstance
 from dicomd.pixels import render as rendering
-from dicomd.pixels.frames import PixelDataError, decode_frame
+from dicomd.pixels.frames import PixelDataError, decode_frame, decode_frames
 from dicomd.pixels.render import RenderParameterError, RenderParams, Viewport
 from dicomd.pixels.service import PixelLimitError, PixelService
 from dicomd.storage import ObjectStore
 
 THUMBNAIL_SIZE = 128  # pixels: a thumbnail fits in a square of this side unless `viewport` says otherwise
 MAX_RENDERED_FRAMES = 256  # frames in one frame list, and in one animated GIF
-_MAX_FRAME_DIGITS = 12  # NumberOfFrames is an IS: at most 12 characters
 
 _SINGLE_OFFERS = [Offer(media) for media in rendering.RENDERED_MEDIA_TYPES]
 _MULTIPART_OFFERS = [Offer("multipart/related", media) for media in rendering.RENDERED_MEDIA_TYPES]
@@ -65,16 +66,14 @@ def has_image(inst: StoredInstance) -> bool:
     return inst.frames_json != "[]" and inst.number_of_frames > 0
 
 
-def etag_of(*parts: object) -> str:
-    # object keys are unique per stored version: the key and the parameters identify the image exactly
-    return f'"{hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()}"'
+def render_key(kind: str, inst: StoredInstance, frame: int, params: RenderParams) -> tuple[object, ...]:
+    """What identifies a rendered image: its key in the render cache and the source of its ETag (object
+    keys are unique per stored version)."""
+    return (kind, inst.object_key, frame, params.cache_key)
 
 
-def not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    return header.strip() == "*" or etag in [t.strip() for t in header.split(",")]
+def _etag(key: tuple[object, ...]) -> str:
+    return f'"{hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()}"'
 
 
 def _render_frame(store: ObjectStore, pixels: PixelService, target: Target, params: RenderParams) -> bytes:
@@ -95,13 +94,13 @@ def _render_animation(
     decoded frames and their rendered images are held together, within the memory limit."""
     decoded = []
     held = 0
-    for number in numbers:
-        frame = decode_frame(store, inst, number, memory_limit=pixels.memory_limit)
-        description = frame.description
-        width, height = rendering.output_size(description.columns, description.rows, params.viewport)
-        held += description.decoded_frame_bytes + width * height * 3
-        pixels.check_memory(held, f"an animation of {len(numbers)} frames")
-        decoded.append((number, frame))
+    with contextlib.closing(decode_frames(store, inst, numbers, memory_limit=pixels.memory_limit)) as frames:
+        for frame, number in zip(frames, numbers, strict=True):
+            description = frame.description
+            width, height = rendering.output_size(description.columns, description.rows, params.viewport)
+            held += description.decoded_frame_bytes + width * height * 3
+            pixels.check_memory(held, f"an animation of {len(numbers)} frames")
+            decoded.append((number, frame))
     return rendering.render_animation(decoded, params)
 
 
@@ -113,27 +112,47 @@ def _pixel_error(exc: Exception) -> ApiError:
     return ApiError(406, f"the image cannot be rendered: {exc}")
 
 
-async def render_image(
-    request: Request, target: Target, params: RenderParams, kind: str = "rendered"
+async def _rendered(
+    request: Request, key: tuple[object, ...], render: Callable[..., bytes], *args: object
 ) -> bytes:
-    """One frame rendered, from the worker's cache or the pixel pool. Raises ApiError (400, 404, 406)."""
+    """The image of ``key``, from the worker's cache or made in the pixel pool by ``render(store, pixels,
+    *args)``. Raises ApiError (400, 404, 406)."""
     service = services(request)
-    key = (kind, target.instance.object_key, target.frame, params.cache_key)
-    cached = service.render_cache.get(key)
-    if cached is not None:
-        return cached
-    try:
-        body = await service.pixels.run(_render_frame, service.store, service.pixels, target, params)
-    except (PixelDataError, PixelLimitError, RenderParameterError) as exc:
-        raise _pixel_error(exc) from None
-    except FileNotFoundError:
-        raise ApiError(404, "the instance was deleted") from None
-    service.render_cache.put(key, body)
+    body = service.render_cache.get(key)
+    if body is None:
+        try:
+            body = await service.pixels.run(render, service.store, service.pixels, *args)
+        except (PixelDataError, PixelLimitError, RenderParameterError) as exc:
+            raise _pixel_error(exc) from None
+        except FileNotFoundError:
+            raise ApiError(404, "the instance was deleted") from None
+        service.render_cache.put(key, body)
     return body
 
 
-def image_response(body: bytes, media_type: str, etag: str) -> Response:
+async def render_image(request: Request, target: Target, params: RenderParams) -> bytes:
+    """One frame rendered, from the worker's cache or the pixel pool. Raises ApiError (400, 404, 406)."""
+    key = render_key("rendered", target.instance, target.frame, params)
+    return await _rendered(request, key, _render_frame, target, params)
+
+
+async def _image_response(
+    request: Request, key: tuple[object, ...], media_type: str, render: Callable[..., bytes], *args: object
+) -> Response:
+    """The image of ``key`` with its ETag: 304, before anything is read, when If-None-Match names it."""
+    etag = _etag(key)
+    if not_modified(request, etag):
+        return Response(status_code=304, headers={"etag": etag})
+    body = await _rendered(request, key, render, *args)
     return Response(body, media_type=media_type, headers={"etag": etag, "cache-control": "private, no-cache"})
+
+
+async def frame_response(
+    request: Request, target: Target, params: RenderParams, kind: str = "rendered"
+) -> Response:
+    """One frame rendered (``kind``: "rendered" or "thumbnail"), with its ETag."""
+    key = render_key(kind, target.instance, target.frame, params)
+    return await _image_response(request, key, params.media_type, _render_frame, target, params)
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -176,21 +195,6 @@ def negotiate_image(accept: str | None, *, multipart: bool) -> str:
     return choice.media_type
 
 
-def _frame_list(text: str, count: int) -> list[int]:
-    items = text.replace("%2C", ",").split(",")
-    if len(items) > MAX_RENDERED_FRAMES:
-        raise ApiError(400, f"at most {MAX_RENDERED_FRAMES} frames can be rendered in one request")
-    numbers = []
-    for item in items:
-        item = item.strip()
-        if not (item.isascii() and item.isdigit()) or len(item) > _MAX_FRAME_DIGITS or int(item) < 1:
-            raise ApiError(400, "the frame list must be positive integers separated by commas")
-        if int(item) > count:
-            raise ApiError(404, f"frame {item} does not exist: the instance has {count} frame(s)")
-        numbers.append(int(item))
-    return numbers
-
-
 # ---- handlers -----------------------------------------------------------------------------------
 
 
@@ -225,7 +229,7 @@ async def rendered(request: Request) -> Response:
     if not has_image(inst):
         raise ApiError(406, "the instance has no pixel data: rendered images are offered for images only")
     if "frames" in params_of:
-        numbers = _frame_list(params_of["frames"], inst.number_of_frames)
+        numbers = frame_numbers(params_of["frames"], inst.number_of_frames, MAX_RENDERED_FRAMES)
         if len(numbers) > 1:
             media = negotiate_image(_accept(request), multipart=True)
             return await _multipart(request, [Target(inst, n) for n in numbers], _params(request, media))
@@ -246,7 +250,7 @@ async def thumbnail(request: Request) -> Response:
         if not has_image(inst):
             raise ApiError(406, "the instance has no pixel data: thumbnails are offered for images only")
         if "frames" in params_of:
-            numbers = _frame_list(params_of["frames"], inst.number_of_frames)
+            numbers = frame_numbers(params_of["frames"], inst.number_of_frames, MAX_RENDERED_FRAMES)
             if len(numbers) != 1:
                 raise ApiError(400, "a thumbnail is of one frame")
             target = Target(inst, numbers[0])
@@ -274,33 +278,15 @@ def representative(found: list[StoredInstance]) -> Target | None:
 
 async def _single(request: Request, target: Target, kind: str, media: str | None = None) -> Response:
     media = media or negotiate_image(_accept(request), multipart=False)
-    params = _params(request, media, thumbnail=kind == "thumbnail")
-    etag = etag_of(kind, target.instance.object_key, target.frame, params.cache_key)
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"etag": etag})
-    body = await render_image(request, target, params, kind)
-    return image_response(body, media, etag)
+    return await frame_response(request, target, _params(request, media, thumbnail=kind == "thumbnail"), kind)
 
 
 async def _animation(request: Request, inst: StoredInstance, params: RenderParams) -> Response:
     count = min(inst.number_of_frames, MAX_RENDERED_FRAMES)
-    etag = etag_of("animation", inst.object_key, count, params.cache_key)
-    if not_modified(request, etag):
-        return Response(status_code=304, headers={"etag": etag})
-    service = services(request)
-    key = ("animation", inst.object_key, count, params.cache_key)
-    body = service.render_cache.get(key)
-    if body is None:
-        try:
-            body = await service.pixels.run(
-                _render_animation, service.store, service.pixels, inst, list(range(1, count + 1)), params
-            )
-        except (PixelDataError, PixelLimitError, RenderParameterError) as exc:
-            raise _pixel_error(exc) from None
-        except FileNotFoundError:
-            raise ApiError(404, "the instance was deleted") from None
-        service.render_cache.put(key, body)
-    return image_response(body, rendering.GIF, etag)
+    key = render_key("animation", inst, count, params)
+    return await _image_response(
+        request, key, rendering.GIF, _render_animation, inst, list(range(1, count + 1)), params
+    )
 
 
 async def _multipart(request: Request, targets: list[Target], params: RenderParams) -> Response:

@@ -41,8 +41,8 @@ from dicomd.api.common import (
 from dicomd.api.partitions import partition
 from dicomd.api.services import services
 from dicomd.audit.events import annotate
-from dicomd.dicom.ranges import RANGE_READ, Ranges, open_ranges
-from dicomd.dicom.tags import PIXEL_DATA_KEYS
+from dicomd.dicom.ranges import RANGE_READ, Ranges
+from dicomd.dicom.tags import PIXEL_DATA
 from dicomd.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -54,7 +54,7 @@ from dicomd.http.negotiation import ANY_TRANSFER_SYNTAX, Candidate, Offer, candi
 from dicomd.index.store import FrameTable, StoredInstance
 from dicomd.ingest.metadata import read_metadata
 from dicomd.pixels import transcode
-from dicomd.pixels.frames import PixelDataError
+from dicomd.pixels.frames import PixelDataError, open_instance_ranges
 from dicomd.pixels.service import PixelLimitError
 from dicomd.pixels.syntaxes import (
     ENCODABLE,
@@ -74,7 +74,6 @@ _MAX_FRAME_DIGITS = 18  # more than any frame count (NumberOfFrames is an IS: at
 MAX_FRAME_LIST = 1024  # frame numbers in one request; more: 400
 
 _PLAN_BATCH = 256  # instances whose headers one pixel-pool call checks before a transcoded retrieve
-_PIXEL_DATA_PATH = "7FE00010"
 _ENCODABLE_NAMES = ", ".join(syntax_name(ts) for ts in ENCODABLE)
 
 
@@ -100,7 +99,8 @@ def _etag(instances: list[StoredInstance], kind: str) -> str:
     return f'"{digest.hexdigest()}"'
 
 
-def _not_modified(request: Request, etag: str) -> bool:
+def not_modified(request: Request, etag: str) -> bool:
+    """Whether If-None-Match names ``etag`` (or is ``*``): answer 304."""
     header = request.headers.get("if-none-match")
     if not header:
         return False
@@ -364,7 +364,7 @@ async def metadata(request: Request) -> Response:
     require_json_accept(request, "metadata")
     instances = await _find(request)
     etag = _etag(instances, "metadata")
-    if _not_modified(request, etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers={"etag": etag})
     base = base_url(request)
     cache = services(request).metadata_cache
@@ -530,10 +530,6 @@ async def _transcoded_parts(
     )
 
 
-def _open_ranges(store: ObjectStore, inst: StoredInstance) -> Ranges:
-    return open_ranges(store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
-
-
 def _range_body(
     ranges: Ranges, pieces: Sequence[Sequence[tuple[int, int]]], first: bytes, rest: bytes, tail: bytes
 ) -> Iterator[bytes]:
@@ -571,7 +567,7 @@ def _small_range_body(
     rest: bytes,
     tail: bytes,
 ) -> bytes:
-    return b"".join(_range_body(_open_ranges(store, inst), pieces, first, rest, tail))
+    return b"".join(_range_body(open_instance_ranges(store, inst), pieces, first, rest, tail))
 
 
 async def _range_parts(
@@ -595,7 +591,7 @@ async def _range_parts(
             return Response(body, media_type=media_type)
         if small:  # read on the event loop, as small instances are: thread hand-offs cost more
             return Response(_small_range_body(store, inst, pieces, first, rest, tail), media_type=media_type)
-        ranges = await asyncio.to_thread(_open_ranges, store, inst)
+        ranges = await asyncio.to_thread(open_instance_ranges, store, inst)
     except FileNotFoundError:
         raise ApiError(404, "the instance was deleted") from None
     return StreamingResponse(
@@ -620,7 +616,7 @@ async def bulkdata(request: Request) -> Response:
         raise ApiError(404, f"the instance has no bulk data at '{path}'")
     ts = inst.transfer_syntax_uid
     store = _store(request)
-    if path != _PIXEL_DATA_PATH or path not in PIXEL_DATA_KEYS:
+    if path != PIXEL_DATA:
         if negotiate(parse_accept(request.headers.get("accept")), _octet_offers(ts)) is None:
             raise ApiError(
                 406,
@@ -650,12 +646,12 @@ def _shown(text: str) -> str:
     return text if len(text) <= 64 else text[:64] + "..."
 
 
-def _frame_numbers(text: str, count: int) -> list[int]:
-    """The frame numbers of a frame list (1-based, in the order given, repeats kept), at most
-    MAX_FRAME_LIST of them."""
-    items = text.replace("%2C", ",").split(",", MAX_FRAME_LIST)
-    if len(items) > MAX_FRAME_LIST:
-        raise ApiError(400, f"frame list '{_shown(text)}' has more than {MAX_FRAME_LIST} frame numbers")
+def frame_numbers(text: str, count: int, limit: int = MAX_FRAME_LIST) -> list[int]:
+    """The frame numbers of a frame list (1-based, in the order given, repeats kept), at most ``limit``
+    of them: 400 when malformed, 404 naming a frame past ``count``."""
+    items = text.replace("%2C", ",").split(",", limit)
+    if len(items) > limit:
+        raise ApiError(400, f"frame list '{_shown(text)}' has more than {limit} frame numbers")
     numbers: list[int] = []
     for item in items:
         item = item.strip()
@@ -674,7 +670,7 @@ async def frames(request: Request) -> Response:
     table = await _frames_of(inst)
     if not table:
         raise ApiError(404, "the instance has no retrievable pixel data frames")
-    numbers = _frame_numbers(request.path_params["frames"], len(table))
+    numbers = frame_numbers(request.path_params["frames"], len(table))
     ts = inst.transfer_syntax_uid
     if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and any(b <= a for a, b in pairwise(numbers)):
         # a deflate stream is read forwards only: a frame before the one read last (or the same again)
@@ -702,7 +698,7 @@ async def _range_single(
 ) -> Response:
     """One stored frame as a single-part body (its fragments joined), streamed with its length."""
     try:
-        ranges = await asyncio.to_thread(_open_ranges, store, inst)
+        ranges = await asyncio.to_thread(open_instance_ranges, store, inst)
     except FileNotFoundError:
         raise ApiError(404, "the instance was deleted") from None
     return StreamingResponse(

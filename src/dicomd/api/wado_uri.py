@@ -134,12 +134,7 @@ async def retrieve(request: Request) -> Response:
         raise ApiError(
             404, f"frame {frame} does not exist: the instance has {inst.number_of_frames} frame(s)"
         )
-    target = rendered.Target(inst, frame)
-    etag = rendered.etag_of("rendered", inst.object_key, frame, params.cache_key)
-    if rendered.not_modified(request, etag):
-        return Response(status_code=304, headers={"etag": etag})
-    body = await rendered.render_image(request, target, params)
-    return rendered.image_response(body, media, etag)
+    return await rendered.frame_response(request, rendered.Target(inst, frame), params)
 
 
 async def _dicom(request: Request, inst: StoredInstance) -> Response:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
+from collections.abc import Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from threading import Lock
 from typing import Any
@@ -17,10 +19,12 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
 from dicomd.dicom.model import NativeFrames
-from dicomd.dicom.ranges import open_ranges
+from dicomd.dicom.ranges import Ranges, open_ranges
+from dicomd.dicom.tags import PIXEL_DATA
 from dicomd.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from dicomd.index.types import StoredInstance
 from dicomd.pixels import codec_processes
+from dicomd.pixels.service import check_pixel_memory
 from dicomd.storage import ObjectStore
 
 _HEADERS = 256  # data sets (without pixel data) kept per worker: a viewer asks for a series frame by frame
@@ -74,6 +78,11 @@ class ImageDescription:
                 "cannot be decoded"
             )
         return description
+
+    @property
+    def size(self) -> str:
+        """The frame's size for messages: "512x512x3 pixels"."""
+        return f"{self.rows}x{self.columns}x{self.samples_per_pixel} pixels"
 
     @property
     def decoded_frame_bytes(self) -> int:
@@ -138,7 +147,7 @@ def read_header(store: ObjectStore, inst: StoredInstance) -> Dataset:
     read (a cloud object is read by ranged GETs as far as the pixel data's header)."""
     header = _HEADER_CACHE.get(inst.object_key)
     if header is None:
-        pixel_data = inst.bulk.get("7FE00010")
+        pixel_data = inst.bulk.get(PIXEL_DATA)
         with store.open_object(inst.object_key) as f:
             try:
                 if pixel_data is not None and inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
@@ -159,38 +168,53 @@ def describe(store: ObjectStore, inst: StoredInstance) -> tuple[Dataset, ImageDe
     return header, ImageDescription.of(header, inst.transfer_syntax_uid)
 
 
-def read_frame_bytes(store: ObjectStore, inst: StoredInstance, number: int) -> bytes:
-    """The stored bytes of frame ``number`` (1-based): its compressed bitstream (fragments joined), or
-    the native frame's bytes (for 1-bit data: the enclosing bytes; see NativeFrames)."""
+def open_instance_ranges(store: ObjectStore, inst: StoredInstance) -> Ranges:
+    """The byte ranges recorded at ingest of ``inst``: of its file, or of a deflated instance's inflated
+    data set."""
+    return open_ranges(store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def read_frames(store: ObjectStore, inst: StoredInstance, numbers: Sequence[int]) -> Generator[bytes]:
+    """The stored bytes of frames ``numbers`` (1-based; ascending for a deflated instance), one open of
+    the stored object: each its compressed bitstream (fragments joined), or the native frame's bytes (for
+    1-bit data: the enclosing bytes; see NativeFrames)."""
     table = inst.frames
-    if not 1 <= number <= len(table):
-        raise PixelDataError(f"frame {number} does not exist: the instance has {len(table)} frame(s)")
-    ranges = open_ranges(
-        store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    )
+    for number in numbers:
+        if not 1 <= number <= len(table):
+            raise PixelDataError(f"frame {number} does not exist: the instance has {len(table)} frame(s)")
+    ranges = open_instance_ranges(store, inst)
     try:
-        return b"".join(
-            piece for offset, length in table[number - 1] for piece in ranges.read(offset, length)
-        )
+        for number in numbers:
+            yield b"".join(
+                piece for offset, length in table[number - 1] for piece in ranges.read(offset, length)
+            )
     finally:
         ranges.close()
 
 
-def decode_frame(store: ObjectStore, inst: StoredInstance, number: int, *, memory_limit: int) -> DecodedFrame:
-    """Frame ``number`` (1-based) decoded. Blocking (file reads, codecs): run it in the pixel pool.
-    Raises PixelDataError, or pixels.service.PixelLimitError past ``memory_limit``."""
-    from dicomd.pixels.service import PixelLimitError
+def read_frame_bytes(store: ObjectStore, inst: StoredInstance, number: int) -> bytes:
+    """The stored bytes of frame ``number`` (1-based); see read_frames."""
+    return b"".join(read_frames(store, inst, [number]))
 
+
+def decode_frames(
+    store: ObjectStore, inst: StoredInstance, numbers: Sequence[int], *, memory_limit: int
+) -> Generator[DecodedFrame]:
+    """Frames ``numbers`` (1-based) decoded, the header described and the stored object opened once.
+    Blocking (file reads, codecs): run it in the pixel pool. Raises PixelDataError, or
+    pixels.service.PixelLimitError when one frame needs more than ``memory_limit``."""
     header, description = describe(store, inst)
-    if description.decoded_frame_bytes > memory_limit:
-        raise PixelLimitError(
-            f"a frame of {description.rows}x{description.columns}x{description.samples_per_pixel} pixels "
-            f"needs {description.decoded_frame_bytes / 2**20:.0f} MiB, more than the server's limit of "
-            f"{memory_limit / 2**20:.0f} MiB (pixel_memory_limit)"
-        )
-    data = read_frame_bytes(store, inst, number)
-    pixels, photometric = decode_frame_bytes(data, description, bit_offset(inst, number))
-    return DecodedFrame(pixels, photometric, header, description)
+    check_pixel_memory(description.decoded_frame_bytes, memory_limit, f"a frame of {description.size}")
+    with closing(read_frames(store, inst, numbers)) as stored:
+        for data, number in zip(stored, numbers, strict=True):
+            pixels, photometric = decode_frame_bytes(data, description, bit_offset(inst, number))
+            yield DecodedFrame(pixels, photometric, header, description)
+
+
+def decode_frame(store: ObjectStore, inst: StoredInstance, number: int, *, memory_limit: int) -> DecodedFrame:
+    """Frame ``number`` (1-based) decoded; see decode_frames."""
+    with closing(decode_frames(store, inst, [number], memory_limit=memory_limit)) as frames:
+        return next(frames)
 
 
 def bit_offset(inst: StoredInstance, number: int) -> int:

@@ -19,6 +19,16 @@ class PixelLimitError(ValueError):
     """The representation would need more decoded pixel data at once than `pixel_memory_limit` allows."""
 
 
+def check_pixel_memory(nbytes: int, limit: int, what: str) -> None:
+    """Raise PixelLimitError, naming the setting, when `what` (e.g. "a frame of 512x512x3 pixels") needs
+    more than `limit` bytes at once."""
+    if nbytes > limit:
+        raise PixelLimitError(
+            f"{what} needs {nbytes / 2**20:.0f} MiB, more than the server's limit of "
+            f"{limit / 2**20:.0f} MiB (pixel_memory_limit)"
+        )
+
+
 class PixelService:
     """Runs decode/encode/render work in `workers` threads (reads, numpy and Pillow release the GIL) and
     the codec calls in as many processes, so searches and stores go on while frames are
@@ -35,13 +45,7 @@ class PixelService:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
     def check_memory(self, nbytes: int, what: str) -> None:
-        """Raise PixelLimitError when `what` (e.g. "frame 3 (512x512x3, 16 bits)") needs more than the
-        limit."""
-        if nbytes > self.memory_limit:
-            raise PixelLimitError(
-                f"{what} needs {nbytes / 2**20:.0f} MiB of decoded pixel data, more than the server's "
-                f"limit of {self.memory_limit / 2**20:.0f} MiB (pixel_memory_limit)"
-            )
+        check_pixel_memory(nbytes, self.memory_limit, what)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

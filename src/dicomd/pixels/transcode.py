@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -30,9 +31,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
-from dicomd.dicom.ranges import open_ranges
+from dicomd.dicom.tags import PIXEL_DATA
 from dicomd.dicom.uids import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID,
@@ -45,15 +45,16 @@ from dicomd.pixels.frames import (
     PixelDataError,
     bit_offset,
     decode_frame_bytes,
+    open_instance_ranges,
+    read_frames,
     read_header,
 )
-from dicomd.pixels.service import PixelLimitError
+from dicomd.pixels.service import check_pixel_memory
 from dicomd.pixels.syntaxes import ENCODABLE, NATIVE_PIXEL_SYNTAXES, NATIVE_TARGETS, is_decodable, syntax_name
 from dicomd.storage import ObjectStore
 
 IMPLEMENTATION_VERSION_NAME = "DICOMD"
 
-_PIXEL_DATA = "7FE00010"
 _LOSSY_SOURCES = frozenset(
     {
         "1.2.840.10008.1.2.4.50",
@@ -97,12 +98,8 @@ def plan(store: ObjectStore, inst: StoredInstance, target: str, memory_limit: in
     if target not in ENCODABLE:
         raise EncodeError(f"dicomd cannot produce {syntax_name(target)}")
     header = read_header(store, inst)
-    if _PIXEL_DATA not in inst.bulk or "Rows" not in header:
-        if inst.file_size > memory_limit:  # re-encoded whole, in memory
-            raise PixelLimitError(
-                f"an instance without pixel data of {inst.file_size / 2**20:.0f} MiB is re-encoded whole, "
-                f"more than the server's limit of {memory_limit / 2**20:.0f} MiB (pixel_memory_limit)"
-            )
+    if PIXEL_DATA not in inst.bulk or "Rows" not in header:
+        check_pixel_memory(inst.file_size, memory_limit, "re-encoding an instance without pixel data (whole)")
         return Plan(inst, target, header, None)
     source = inst.transfer_syntax_uid
     if not is_decodable(source):
@@ -110,17 +107,18 @@ def plan(store: ObjectStore, inst: StoredInstance, target: str, memory_limit: in
     description = ImageDescription.of(header, source)
     photometric = _decoded_photometric(description)
     check_encodable(description, photometric, target)
-    needed = description.decoded_frame_bytes * (1 if target in NATIVE_TARGETS else 2)
-    what = f"a frame of {description.rows}x{description.columns}x{description.samples_per_pixel} pixels"
     if source == EXPLICIT_VR_BIG_ENDIAN:
-        needed = description.decoded_frame_bytes * description.number_of_frames * 2
-        what = (
-            f"an Explicit VR Big Endian instance of {description.number_of_frames} frame(s) (decoded whole)"
+        check_pixel_memory(
+            description.decoded_frame_bytes * description.number_of_frames * 2,
+            memory_limit,
+            f"transcoding an Explicit VR Big Endian instance of {description.number_of_frames} frame(s) "
+            "(decoded whole)",
         )
-    if needed > memory_limit:
-        raise PixelLimitError(
-            f"{what} needs {needed / 2**20:.0f} MiB to transcode, more than the server's limit of "
-            f"{memory_limit / 2**20:.0f} MiB (pixel_memory_limit)"
+    else:
+        check_pixel_memory(
+            description.decoded_frame_bytes * (1 if target in NATIVE_TARGETS else 2),
+            memory_limit,
+            f"transcoding a frame of {description.size}",
         )
     return Plan(inst, target, header, description, photometric)
 
@@ -292,18 +290,11 @@ def _decoded_frames(
         raise PixelDataError(
             f"the instance declares {d.number_of_frames} frame(s) but its pixel data hold {len(table)}"
         )
-    ranges = open_ranges(
-        store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    )
-    try:
-        for number in numbers or range(1, len(table) + 1):
-            data = b"".join(
-                piece for offset, length in table[number - 1] for piece in ranges.read(offset, length)
-            )
+    numbers = numbers or range(1, len(table) + 1)
+    with closing(read_frames(store, inst, numbers)) as stored:
+        for data, number in zip(stored, numbers, strict=True):
             pixels, photometric = decode_frame_bytes(data, d, bit_offset(inst, number), as_rgb=as_rgb)
             yield pixels, decoded_photometric(photometric)
-    finally:
-        ranges.close()
 
 
 def frame_chunks(store: ObjectStore, plan: Plan, numbers: Sequence[int]) -> Generator[bytes]:
@@ -334,7 +325,7 @@ def native_pixel_data(
     d = plan.description
     inst = plan.inst
     if plan.stored_bytes_pass_through:
-        offset, length = inst.bulk[_PIXEL_DATA]
+        offset, length = inst.bulk[PIXEL_DATA]
         return length, _stored_range(store, inst, offset, length)
     length = _native_length(d)
     return length, _native_chunks(_decoded_frames(store, plan, as_rgb=as_rgb), d, length)
@@ -348,9 +339,7 @@ def _native_length(d: ImageDescription) -> int:
 
 
 def _stored_range(store: ObjectStore, inst: StoredInstance, offset: int, length: int) -> Generator[bytes]:
-    ranges = open_ranges(
-        store, inst.object_key, inst.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    )
+    ranges = open_instance_ranges(store, inst)
     try:
         yield from ranges.read(offset, length)
     finally:
