@@ -387,3 +387,33 @@ def test_dicomd_echo_and_send_commands(dicom: DimseServer, tmp_path: Path) -> No
     rle = _read(compressed)
     for study_uid in (study, str(rle.StudyInstanceUID)):
         httpx.delete(f"{dicom.http.v2}/studies/{study_uid}", timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "sending_ae"),
+    [("1.2.3.4", "TESTSCU"), ("1.2.3.45", "ODD"), ("1.2.3", ""), ("1.2.3.4", "A\\B"), ("1.2.3.4", "X" * 17)],
+)
+def test_the_file_meta_is_what_pydicom_writes(sop_instance: str, sending_ae: str) -> None:
+    """part10_header encodes the File Meta Information itself (a hot path): byte for byte pydicom's."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID
+    from dicomd.dimse.store import IMPLEMENTATION_VERSION_NAME, part10_header
+
+    sop_class, syntax = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.4.90"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = "DICOMD"
+    if sending_ae in ("TESTSCU", "ODD"):  # empty, with a backslash or too long: left out
+        meta.SendingApplicationEntityTitle = sending_ae
+    meta.ReceivingApplicationEntityTitle = "DICOMD"
+    expected = DicomBytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    assert part10_header(sop_class, sop_instance, syntax, sending_ae, "DICOMD") == expected.getvalue()
