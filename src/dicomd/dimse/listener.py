@@ -28,6 +28,7 @@ from dicomd.audit.sink import AuditSink
 from dicomd.config import ConfigError, Settings
 from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID
 from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
+from dicomd.dimse.client import parse_address
 from dicomd.dimse.context import Gateway
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
@@ -61,8 +62,7 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
         if not entry:
             continue
         title, _, address = entry.partition("=")
-        host, _, port = address.strip().rpartition(":")
-        peers[title.strip()] = (host.strip("[]"), int(port))
+        peers[title.strip()] = parse_address(address)
     return peers
 
 
