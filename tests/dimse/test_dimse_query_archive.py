@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,17 +18,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
 from dicomd.config import Settings
 from dicomd.dimse.context import Gateway
+from dicomd.dimse.negotiation import QUERY_RETRIEVE_SOP_CLASSES
 from dicomd.dimse.query import handle_find
 from dicomd.dimse.retrieve import handle_get, handle_move
 from dicomd.index import Index
@@ -40,14 +35,6 @@ from dicomd.storage.local import LocalObjectStore
 from support.dicom_files import make_instance, new_uid
 
 AE_TITLE = "DICOMD"
-QR_MODELS = [
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelMove,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelGet,
-]
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:
@@ -109,7 +96,7 @@ def start_scp(
     )
     ae = AE(ae_title=AE_TITLE)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for model in QR_MODELS:
+    for model in QUERY_RETRIEVE_SOP_CLASSES:
         ae.add_supported_context(model)
     # C-GET: this side is the storage SCU on the requestor's association (SCP/SCU role selection)
     for cx in AllStoragePresentationContexts:
@@ -121,12 +108,6 @@ def start_scp(
     ]
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
     return Scp(index, store, gateway, ae, server, server.socket.getsockname()[1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- a client -------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from test_dimse_query_archive import (
     AE_TITLE,
     Receiver,
     Scp,
-    free_port,
     part10,
     query,
     start_receiver,
@@ -49,6 +48,7 @@ from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
 from support.backends import BACKENDS, backend_url
 from support.dicom_files import TEST_FILES, make_instance, new_uid
+from support.server import free_port
 
 STUDY_MOVE = StudyRootQueryRetrieveInformationModelMove
 PATIENT_MOVE = PatientRootQueryRetrieveInformationModelMove

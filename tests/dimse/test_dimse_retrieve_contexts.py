@@ -10,7 +10,7 @@ import pytest
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicomd.dimse.q_syntax import choose_syntax
-from dicomd.dimse.retrieve import MAX_PRESENTATION_CONTEXTS, _reactor_resumed, storage_contexts
+from dicomd.dimse.retrieve import MAX_PRESENTATION_CONTEXTS, reactor_resumed, storage_contexts
 from dicomd.index.types import StoredInstance
 
 from support.dicom_files import new_uid
@@ -65,7 +65,7 @@ def test_choose_syntax(stored: str, accepted: list[str], chosen: str | None) -> 
 
 
 class _Reactor:
-    """What _reactor_resumed reads of a pynetdicom association."""
+    """What reactor_resumed reads of a pynetdicom association."""
 
     def __init__(self, paused: bool) -> None:
         self._is_paused = paused
@@ -76,13 +76,13 @@ def test_the_next_c_store_waits_for_the_reactor_to_resume() -> None:
     reactor = _Reactor(paused=True)  # the previous send_c_store resumed it; its thread has not run yet
     threading.Timer(0.05, lambda: setattr(reactor, "_is_paused", False)).start()
     started = time.monotonic()
-    _reactor_resumed(reactor)()  # type: ignore[arg-type]
+    reactor_resumed(reactor)()  # type: ignore[arg-type]
     assert 0.04 < time.monotonic() - started < 0.4
     running = _Reactor(paused=False)
     started = time.monotonic()
-    _reactor_resumed(running)()  # type: ignore[arg-type]
+    reactor_resumed(running)()  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.01
     stuck = _Reactor(paused=True)
     started = time.monotonic()
-    _reactor_resumed(stuck)()  # type: ignore[arg-type]
+    reactor_resumed(stuck)()  # type: ignore[arg-type]
     assert 0.4 < time.monotonic() - started < 2  # bounded

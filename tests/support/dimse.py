@@ -23,6 +23,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomd.dimse.retrieve import reactor_resumed
+
 from support.server import Server, free_port, start_server, stop_server
 
 DICOMD_AE = "DICOMD"
@@ -182,7 +184,9 @@ def store_encoded(
             request.Priority = 0
             request.DataSet = io.BytesIO(item.data)
             # as pynetdicom's own send_c_store does: pause the association's reactor, or it may take the
-            # response off the queue before get_msg does
+            # response off the queue before get_msg does; first let it resume from the previous pause (its
+            # stale paused flag would pass the wait below while it is still about to run)
+            reactor_resumed(assoc)()
             assoc._reactor_checkpoint.clear()
             while not assoc._is_paused:
                 time.sleep(0.0001)

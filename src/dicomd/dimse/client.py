@@ -7,14 +7,19 @@ Files are sent as they are stored on disk: pynetdicom reads the data set from th
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config, build_context
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
 
 MAX_CONTEXTS = 128  # presentation contexts per association (PS3.8 9.3.2.2: odd ids 1-255)
 DEFAULT_CALLING_AE = "DICOMD_SCU"
@@ -42,6 +47,21 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def set_no_delay(sock: socket.socket) -> None:
+    """Small PDUs (C-STORE requests and responses) go out at once: with Nagle's algorithm on, each waits
+    for the peer's delayed ACK (a C-STORE ran about 5x slower)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def no_delay_on_connect(event: Event) -> None:
+    """EVT_CONN_OPEN handler of an association this side requests: TCP_NODELAY on its socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            set_no_delay(sock)
+
+
 def _ae(peer: Peer) -> AE:
     ae = AE(ae_title=peer.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = peer.timeout
@@ -49,7 +69,14 @@ def _ae(peer: Peer) -> AE:
 
 
 def _associate(peer: Peer, ae: AE, **kwargs: object) -> Association:
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, **kwargs)  # type: ignore[arg-type]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, no_delay_on_connect)]
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.called_ae,
+        evt_handlers=handlers,
+        **kwargs,  # type: ignore[arg-type]
+    )
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:

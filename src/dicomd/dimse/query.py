@@ -43,6 +43,7 @@ from dicomd.dimse.q_common import (
     top_level_elements,
 )
 from dicomd.index.levels import level_of
+from dicomd.index.normalize import first_value
 from dicomd.index.qido import MAX_LIMIT, SEARCHABLE, QidoQuery, QueryError, parse_qido
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
@@ -143,13 +144,8 @@ def search_all(index: Index, query: QidoQuery) -> Iterator[dict[str, Any]]:
         query.offset += len(page)
 
 
-def _first_value(result: dict[str, Any], tag: str) -> Any:
-    values = (result.get(tag) or {}).get("Value") or [None]
-    return values[0]
-
-
 def _count(result: dict[str, Any], tag: str) -> int:
-    value = _first_value(result, tag)
+    value = first_value(result.get(tag))
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
@@ -163,7 +159,7 @@ def group_patients(studies: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     The index has no patient table: the attributes are those of one of the patient's studies."""
     patients: dict[tuple[Any, Any], dict[str, Any]] = {}
     for study in studies:
-        key = (_first_value(study, PATIENT_ID), _first_value(study, ISSUER_OF_PATIENT_ID))
+        key = (first_value(study.get(PATIENT_ID)), first_value(study.get(ISSUER_OF_PATIENT_ID)))
         patient = patients.get(key)
         if patient is None:
             # the patient's attributes only: a study's would answer for one of several studies

@@ -22,9 +22,7 @@ an ErrorComment (C-GET: at once).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
+from dicomd.dimse.client import no_delay_on_connect as _set_no_delay  # (the name tests wrap)
 from dicomd.dimse.q_common import (
     CANCELLED,
     PENDING,
@@ -49,6 +48,7 @@ from dicomd.dimse.q_common import (
 )
 from dicomd.dimse.q_syntax import choose_syntax, prepare_for_syntax, sendable_syntaxes
 from dicomd.dimse.query import search_all
+from dicomd.index.normalize import first_value
 from dicomd.index.qido import MAX_LIMIT, QidoQuery, QueryError, parse_qido
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
@@ -86,8 +86,7 @@ _KEYWORD = {
 
 
 def _value(result: dict[str, Any], tag: str) -> str:
-    values = (result.get(tag) or {}).get("Value") or [""]
-    return str(values[0])
+    return str(first_value(result.get(tag)) or "")
 
 
 def _selection_query(identifier: Dataset, level: QueryLevel) -> QidoQuery:
@@ -246,7 +245,7 @@ def _sub_operations(
         yield PENDING, ds
 
 
-def _reactor_resumed(assoc: Association) -> Callable[[], None]:
+def reactor_resumed(assoc: Association) -> Callable[[], None]:
     """A wait until `assoc`'s reactor has resumed after the previous C-STORE (pynetdicom 3.0.4 internals).
 
     send_c_store pauses the association's reactor thread so that it cannot take the C-STORE response, and
@@ -261,14 +260,6 @@ def _reactor_resumed(assoc: Association) -> Callable[[], None]:
             time.sleep(0.0001)
 
     return wait
-
-
-def _set_no_delay(event: Event) -> None:
-    """Small C-STORE requests go out at once (no Nagle delay)."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def handle_move(event: Event, gateway: Gateway) -> Iterator[Any]:
@@ -299,7 +290,7 @@ def handle_move(event: Event, gateway: Gateway) -> Iterator[Any]:
         return
     accepted = accepted_syntaxes(store_assoc[0])
     yield from _sub_operations(
-        event, gateway, selection, accepted, "C-MOVE", before_send=_reactor_resumed(store_assoc[0])
+        event, gateway, selection, accepted, "C-MOVE", before_send=reactor_resumed(store_assoc[0])
     )
 
 

@@ -30,6 +30,7 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
+from dicomd.dimse.client import set_no_delay
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -180,8 +181,7 @@ class GatewayServer(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, address = self._listener.accept()
         try:
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_no_delay(conn)
             conn.settimeout(self.limits.timeout)
             if self.tls is not None:
                 # the handshake runs in the connection's thread (process_request_thread)
