@@ -4,7 +4,6 @@ store, one committer) and hands them to the handlers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -34,14 +33,12 @@ from dicomd.auth.middleware import authentication
 from dicomd.config import Settings
 from dicomd.http.cors import cors
 from dicomd.http.security import protected
-from dicomd.index.store import Index, unavailable_errors
-from dicomd.ingest.committer import GroupCommitter
-from dicomd.ingest.service import IngestService
+from dicomd.index.store import unavailable_errors
 from dicomd.jobs.cleanup import CleanupJob
 from dicomd.jobs.sweep import OrphanSweep
 from dicomd.pixels.service import PixelService
-from dicomd.startup import prepare
-from dicomd.storage import StorageUnavailable, open_store
+from dicomd.startup import close_ingest, open_ingest
+from dicomd.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -206,23 +203,8 @@ def _wrapping(wrap: Callable[[ASGIApp, Settings], ASGIApp], settings: Settings) 
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        index = Index(
-            settings.effective_index_url,
-            delete_grace_period=settings.delete_grace_period,
-            pool_size=settings.db_pool_size,
-            timeout=settings.db_timeout,
-        )
-        if migrate:
-            prepare(settings, index)
-        else:
-            # the supervisor migrated; a newer replica may have migrated since: never serve its schema
-            await asyncio.to_thread(index.check_schema)
-        store = open_store(settings)
-        # a worker that died (and that this one may be replacing) left its staged parts behind
-        await asyncio.to_thread(store.recover, index.has_object)
-        committer = GroupCommitter(
-            index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
-        )
+        ingest = await open_ingest(settings, migrate=migrate)
+        index, store = ingest.committer.index, ingest.store
         cleanup = CleanupJob(index, store)
         sweep = OrphanSweep(index, store, grace_period=settings.orphan_grace_period)
         lifecycle = Lifecycle()
@@ -230,7 +212,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             settings=settings,
             index=index,
             store=store,
-            ingest=IngestService(store, committer, bulk_threshold=settings.bulk_threshold),
+            ingest=ingest,
             cleanup=cleanup,
             metadata_cache=ResponseCache(METADATA_CACHE_BYTES),
             pixels=PixelService(workers=settings.pixel_workers, memory_limit=settings.pixel_memory_limit),
@@ -238,7 +220,6 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             sweep=sweep,
             lifecycle=lifecycle,
         )
-        committer.start()
         cleanup.start()
         sweep.start()
         try:
@@ -248,10 +229,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
             lifecycle.draining = True
             await sweep.stop()
             await cleanup.stop()
-            await committer.stop()
             services.pixels.close()
-            store.close()
-            index.close()
+            await close_ingest(ingest)
 
     router = Starlette(routes=dicomweb_routes()).router
 

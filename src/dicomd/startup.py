@@ -4,8 +4,12 @@ serve nothing do not import it."""
 
 from __future__ import annotations
 
+import asyncio
+
 from dicomd.config import Settings
 from dicomd.index.store import Index
+from dicomd.ingest.committer import GroupCommitter
+from dicomd.ingest.service import IngestService
 from dicomd.jobs.sweep import OrphanSweep, SweepResult
 from dicomd.storage import open_store
 from dicomd.storage.local import make_private_dir
@@ -61,3 +65,35 @@ def prepare(settings: Settings, index: Index | None = None, *, lock_timeout: flo
     finally:
         if own:
             index.close()
+
+
+async def open_ingest(settings: Settings, *, migrate: bool) -> IngestService:
+    """The store path of a serving process (a web worker, the DICOM listener): its index, object store,
+    group committer (started) and ingest service; ``close_ingest`` ends them. With ``migrate`` the index is
+    prepared here; otherwise the supervisor migrated it and a schema newer than this code (a newer replica
+    migrated since) is refused."""
+    index = Index(
+        settings.effective_index_url,
+        delete_grace_period=settings.delete_grace_period,
+        pool_size=settings.db_pool_size,
+        timeout=settings.db_timeout,
+    )
+    if migrate:
+        prepare(settings, index)
+    else:
+        await asyncio.to_thread(index.check_schema)
+    store = open_store(settings)
+    # a process that died (and that this one may be replacing) left its staged parts behind
+    await asyncio.to_thread(store.recover, index.has_object)
+    committer = GroupCommitter(
+        index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
+    )
+    committer.start()
+    return IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
+
+
+async def close_ingest(ingest: IngestService) -> None:
+    """After the commit in progress: stop the committer, then close the store and the index."""
+    await ingest.committer.stop()
+    ingest.store.close()
+    ingest.committer.index.close()

@@ -26,22 +26,15 @@ from pynetdicom import AE, _config, evt
 from dicomd.audit.dimse import DimseAudit
 from dicomd.audit.sink import AuditSink
 from dicomd.config import ConfigError, Settings
-from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID
+from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
 from dicomd.dimse.client import parse_address
 from dicomd.dimse.context import Gateway
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
-from dicomd.dimse.store import (
-    IMPLEMENTATION_VERSION_NAME,
-    handle_echo,
-    handle_store,
-)
+from dicomd.dimse.store import handle_echo, handle_store
 from dicomd.dimse.transport import GatewayServer, Limits
-from dicomd.index.store import Index
-from dicomd.ingest.committer import GroupCommitter
-from dicomd.ingest.service import IngestService
-from dicomd.storage import open_store
+from dicomd.startup import close_ingest, open_ingest
 
 log = logging.getLogger("dicomd.dimse")
 
@@ -67,30 +60,16 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
 
 
 async def _open_gateway(settings: Settings) -> Gateway:
-    index = Index(
-        settings.effective_index_url,
-        delete_grace_period=settings.delete_grace_period,
-        pool_size=settings.db_pool_size,
-        timeout=settings.db_timeout,
-    )
-    # the supervisor migrated; a newer replica may have since: never serve its schema
-    await asyncio.to_thread(index.check_schema)
-    store = open_store(settings)
-    # the listener this one replaces (it died) may have left staged parts behind
-    await asyncio.to_thread(store.recover, index.has_object)
-    committer = GroupCommitter(
-        index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
-    )
-    committer.start()
-    ingest = IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
+    # the supervisor migrated the index (migrate=False: a schema a newer replica migrated is refused)
+    ingest = await open_ingest(settings, migrate=False)
     loop = asyncio.get_running_loop()
-    return Gateway(settings, index, store, ingest, loop, parse_peers(settings.dicom_peers))
+    return Gateway(
+        settings, ingest.committer.index, ingest.store, ingest, loop, parse_peers(settings.dicom_peers)
+    )
 
 
 async def _close_gateway(gateway: Gateway) -> None:
-    await gateway.ingest.committer.stop()
-    gateway.store.close()
-    gateway.index.close()
+    await close_ingest(gateway.ingest)
 
 
 @contextlib.contextmanager
