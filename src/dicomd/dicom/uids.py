@@ -43,3 +43,4 @@ NATIVE_SYNTAXES = frozenset(
 # dicomd's Implementation Class UID (a UUID-derived 2.25 UID): the File Meta Information of the files it
 # writes (transcoded instances, instances received over DIMSE) and its DIMSE associations
 IMPLEMENTATION_CLASS_UID = "2.25.166416390766226519392745669163393720011"
+IMPLEMENTATION_VERSION_NAME = "DICOMD"  # with the class UID above

@@ -34,7 +34,7 @@ from dicomd.dicom.status import (
     PROCESSING_FAILURE,
     VALIDATION_FAILURE,
 )
-from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, is_valid_uid
+from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 from dicomd.dimse.q_common import failure_status
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 from dicomd.ingest.prepare import StoreOutcome, fault_outcome
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_VERSION_NAME = "DICOMD"
 API_VERSION = 2  # the validation rules a C-STORE is held to: those of /v2 STOW
 
 SUCCESS = 0x0000

@@ -36,6 +36,7 @@ from dicomd.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
 from dicomd.index.types import StoredInstance
@@ -52,8 +53,6 @@ from dicomd.pixels.frames import (
 from dicomd.pixels.service import check_pixel_memory
 from dicomd.pixels.syntaxes import ENCODABLE, NATIVE_PIXEL_SYNTAXES, NATIVE_TARGETS, is_decodable, syntax_name
 from dicomd.storage import ObjectStore
-
-IMPLEMENTATION_VERSION_NAME = "DICOMD"
 
 _LOSSY_SOURCES = frozenset(
     {
