@@ -237,15 +237,13 @@ def import_command(
     from dicomd.ingest.import_journal import ImportJournal
     from dicomd.ingest.import_progress import ImportProgress, summary_counts
     from dicomd.startup import prepare
+    from dicomd.stop_signals import StopSignals
     from dicomd.storage import open_store
 
     settings = _settings_or_exit(config_file, flags)
     stop = threading.Event()
 
-    def interrupted(_signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
+    def interrupted(_signum: int) -> None:
         click.echo("\nimport: stopping after the files in progress (Ctrl-C again to abort)", err=True)
 
     with _index_errors():
@@ -254,7 +252,7 @@ def import_command(
         store = open_store(settings)
         record = ImportJournal(journal or settings.data_dir / "import-journal.sqlite")
         report = ImportReport()
-        previous = signal.signal(signal.SIGINT, interrupted)
+        signals = StopSignals(stop, (signal.SIGINT,), interrupted, second_interrupts=True)
         try:
             with ImportProgress(report, every=progress_interval):
                 import_files(
@@ -269,7 +267,7 @@ def import_command(
                     stop=stop,
                 )
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signals.restore()
             record.close()
             store.close()
             index.close()

@@ -296,13 +296,17 @@ class _DicomListener:
                     return
                 self._process = self._spawn()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Stop restarting the listener and ask it to stop (``join`` waits for it)."""
         with self._lock:
             self._stopping.set()
             process = self._process
         if process is not None and process.is_alive() and process.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()  # SIGTERM: open associations get a few seconds to finish
+
+    def join(self) -> None:
+        process = self._process
         if process is not None:
             process.join(15)
             if process.is_alive():
@@ -449,7 +453,8 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
             _handed_server(config, None, tls, settings.header_timeout, listener=listener).run()
         finally:
             if dicom is not None:
-                dicom.stop()
+                dicom.terminate()
+                dicom.join()
         return
     listener = _listen(host, port)  # a taken port fails here, with a clear message, before workers start
     dispatcher = _Dispatcher(listener)
@@ -507,11 +512,13 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
     finally:
         dispatcher.close()  # no new connections; the workers finish the ones they have
         if dicom is not None:
-            dicom.stop()
+            dicom.terminate()
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()  # SIGTERM: uvicorn shuts down gracefully
+        if dicom is not None:
+            dicom.join()  # all stop at once: the graceful pauses overlap
         for process in processes:
             process.join(15)
             if process.is_alive():

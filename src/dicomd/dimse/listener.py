@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ from dicomd.dimse.operations import audited_operation, note_response
 from dicomd.dimse.store import handle_echo, handle_store
 from dicomd.dimse.transport import GatewayServer, Limits
 from dicomd.startup import close_ingest, open_ingest
+from dicomd.stop_signals import StopSignals
 
 log = logging.getLogger("dicomd.dimse")
 
@@ -210,10 +210,5 @@ def _serve(
 def run(listener: socket.socket, settings: Settings) -> None:
     """The listener process's main: serve until SIGTERM or SIGINT."""
     stop = threading.Event()
-
-    def stopping(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, stopping)
-    signal.signal(signal.SIGINT, stopping)
+    StopSignals(stop)
     serve_dicom(listener, settings, stop)
