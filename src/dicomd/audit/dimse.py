@@ -4,7 +4,8 @@ Per association, when it ends (accepted or not): PS3.15 User Authentication (110
 (110122): who called (calling AE title, address), whom (called AE title), how it ended (accepted and
 released, aborted, rejected and why) and what it did (operations by kind). Per operation, when its final
 response is sent: C-STORE as Import (one event per instance, as a one-instance STOW), C-FIND as Query,
-C-MOVE / C-GET as DICOM Instances Transferred (with the sub-operation counts); a C-ECHO touches no PHI and is
+C-MOVE / C-GET as DICOM Instances Transferred (with the sub-operation counts), a storage commitment
+N-ACTION as Query (with the number of instances it names); a C-ECHO touches no PHI and is
 only counted. The events carry the association's id, so the two kinds join.
 
 The listener process opens one sink (audit/sink.py), as each web worker does."""
@@ -50,6 +51,7 @@ _OPERATION_EVENTS: dict[str, tuple[EventId, ActionCode]] = {
     "C-FIND": (QUERY, "E"),
     "C-MOVE": (INSTANCES_TRANSFERRED, "R"),
     "C-GET": (INSTANCES_TRANSFERRED, "R"),
+    "N-ACTION": (QUERY, "E"),  # a storage commitment request: are these instances held?
 }
 
 

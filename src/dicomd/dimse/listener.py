@@ -28,6 +28,7 @@ from dicomd.config import ConfigError, Settings
 from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
 from dicomd.dimse.client import parse_address
+from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
 from dicomd.dimse.context import Gateway
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
@@ -86,7 +87,9 @@ def _event_loop() -> Iterator[asyncio.AbstractEventLoop]:
             loop.close()
 
 
-def _handlers(gateway: Gateway, audit: DimseAudit, policy: CallerPolicy) -> list[Any]:
+def _handlers(
+    gateway: Gateway, audit: DimseAudit, policy: CallerPolicy, reporter: CommitmentReporter
+) -> list[Any]:
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, check_association, [policy, audit]),
         (evt.EVT_ACCEPTED, note_accepted, [audit]),
@@ -94,6 +97,7 @@ def _handlers(gateway: Gateway, audit: DimseAudit, policy: CallerPolicy) -> list
         (evt.EVT_DIMSE_SENT, note_response, [audit]),
         (evt.EVT_C_ECHO, handle_echo, [audit]),
         (evt.EVT_C_STORE, handle_store, [gateway, audit]),
+        (evt.EVT_N_ACTION, handle_n_action, [gateway, reporter, audit]),
     ]
     # C-FIND, C-MOVE, C-GET (dimse/query.py, dimse/retrieve.py), each audited when answered
     from dicomd.dimse.query import handle_find
@@ -177,9 +181,11 @@ def _serve(
         max_message=settings.max_request_bytes,
         max_connections=2 * settings.dicom_max_associations,
     )
+    reporter = CommitmentReporter(gateway)
+    reporter.start()
     server = ae.make_server(
         (host, port),
-        evt_handlers=_handlers(gateway, audit, CallerPolicy.from_settings(settings)),
+        evt_handlers=_handlers(gateway, audit, CallerPolicy.from_settings(settings), reporter),
         server_class=GatewayServer,
         listener=listener,
         limits=limits,
@@ -204,6 +210,7 @@ def _serve(
     for assoc in server.active_associations:
         with contextlib.suppress(Exception):
             assoc.abort()
+    reporter.stop()
     log.info("DICOM listener stopped")
 
 

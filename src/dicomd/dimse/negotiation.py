@@ -12,7 +12,8 @@ a peer proposes several syntaxes in one context, the first of ours it proposed w
    loss for us (one that offers only lossy data is, of course, accepted).
 
 Storage contexts accept the SCP/SCU role selection a C-GET requestor proposes (it is the storage SCP on
-its own association). Verification, and the Patient Root and Study Root FIND, MOVE and GET models."""
+its own association). Verification, Storage Commitment Push Model (dimse/commitment.py), and the Patient
+Root and Study Root FIND, MOVE and GET models."""
 
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ LOSSY_OR_VIDEO = (
 # in order of preference (see the module docstring)
 STORAGE_TRANSFER_SYNTAXES = (*LOSSLESS_COMPRESSED, *UNCOMPRESSED, *LOSSY_OR_VIDEO)
 
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Push Model SOP Class (dimse/commitment.py)
+
 QUERY_RETRIEVE_SOP_CLASSES = (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -90,7 +93,7 @@ QUERY_RETRIEVE_SOP_CLASSES = (
 def supported_contexts() -> list[PresentationContext]:
     """The listener's presentation contexts (storage, verification, query/retrieve)."""
     plain = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian)]
-    contexts = [build_context(Verification, plain)]
+    contexts = [build_context(Verification, plain), build_context(STORAGE_COMMITMENT, plain)]
     contexts += [build_context(sop_class, plain) for sop_class in QUERY_RETRIEVE_SOP_CLASSES]
     for storage in AllStoragePresentationContexts:
         context = build_context(str(storage.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES))

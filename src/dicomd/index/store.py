@@ -624,6 +624,23 @@ class Index:
                         found[(pk, sop)] = (object_key, size)
         return found
 
+    def sop_classes(self, partition_key: int, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """SOP Instance UID -> SOP Class UID of those of these instances the partition holds (Storage
+        Commitment asks: is each one stored, and as what?)."""
+        wanted = list(dict.fromkeys(sop_instance_uids))
+        found: dict[str, str] = {}
+        i_t = _schema.instance
+        with self._read() as conn:
+            for start in range(0, len(wanted), _KNOWN_CHUNK):
+                chunk = wanted[start : start + _KNOWN_CHUNK]
+                rows = conn.execute(
+                    select(i_t.c.sop_instance_uid, i_t.c.sop_class_uid).where(
+                        i_t.c.partition_key == partition_key, i_t.c.sop_instance_uid.in_(chunk)
+                    )
+                )
+                found.update((sop, sop_class) for sop, sop_class in rows)
+        return found
+
     def known_objects(self, keys: Iterable[str]) -> set[str]:
         """Which of these object keys the index names: an instance's, or one queued for removal (the
         cleanup job removes those after the grace period). The orphan sweep removes the others."""
