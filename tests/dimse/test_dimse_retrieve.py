@@ -1,6 +1,7 @@
 """C-MOVE and C-GET SCP (dimse/retrieve.py) against a real index and object store, through pynetdicom
 and DCMTK's movescu/getscu/storescp: retrieval at patient, study, series and image level, instances sent
-in their stored syntax or converted without pixel work to one the peer accepts (else failed and listed),
+in their stored syntax or converted to one the peer accepts (without pixel work between native little
+endian syntaxes, transcoded by the pixel services from compressed ones; else failed and listed),
 the sub-operation counts and final statuses, cancel, an unknown destination, identifiers this SCP cannot
 process."""
 
@@ -18,6 +19,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -68,6 +70,14 @@ def restudied(
     return part10(ds)
 
 
+def undecodable(data: bytes) -> bytes:
+    """An RLE instance whose one fragment is not RLE (the header names 255 segments): stored as any other,
+    sent as stored, but it cannot be transcoded."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = encapsulate([b"\xff" * 128])
+    return part10(ds)
+
+
 @dataclass
 class Archive:
     scp: Scp
@@ -80,7 +90,7 @@ class Archive:
     mr_implicit: str = field(default_factory=new_uid)
     mr_rle: str = field(default_factory=new_uid)
     deflated: str = field(default_factory=new_uid)
-    rle_study: str = field(default_factory=new_uid)  # RLE only
+    rle_study: str = field(default_factory=new_uid)  # one RLE MR whose pixel data do not decode
     other_study: str = field(default_factory=new_uid)  # patient RET-P's second study: one CT
     other_ct: str = field(default_factory=new_uid)
     originals: dict[str, bytes] = field(default_factory=dict)
@@ -97,7 +107,7 @@ class Archive:
             self.mr_implicit: restudied("MR_small_implicit.dcm", pid, self.study, sop=self.mr_implicit),
             self.mr_rle: restudied("MR_small_RLE.dcm", pid, self.study, sop=self.mr_rle),
             self.deflated: restudied("image_dfl.dcm", pid, self.study, sop=self.deflated),
-            new_uid(): restudied("MR_small_RLE.dcm", "RET-RLE", self.rle_study),
+            new_uid(): undecodable(restudied("MR_small_RLE.dcm", "RET-RLE", self.rle_study)),
             self.other_ct: make_instance(study=self.other_study, sop=self.other_ct, patient_id=pid),
         }
         self.originals = files
@@ -240,19 +250,55 @@ def test_move_a_study_in_its_stored_syntaxes(archive: Archive) -> None:
     assert received[archive.ct[0]][1].StudyInstanceUID == archive.study
 
 
-def test_move_converts_native_syntaxes_and_fails_what_it_cannot_convert(archive: Archive) -> None:
+def test_move_converts_to_a_syntax_the_peer_accepts(archive: Archive) -> None:
     result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.study), "IMPLICIT")
-    assert result.final.Status == 0xB000  # some sub-operations failed
-    assert result.counts == (4, 1, 0)
-    assert result.failed_uids == [archive.mr_rle]
+    assert (result.final.Status, result.counts) == (0x0000, (5, 0, 0))
     received = {str(ds.SOPInstanceUID): (ts, ds) for ts, ds in archive.implicit_only.received}
-    assert set(received) == {archive.ct[0], archive.ct[1], archive.mr_implicit, archive.deflated}
+    assert set(received) == {
+        archive.ct[0],
+        archive.ct[1],
+        archive.mr_implicit,
+        archive.mr_rle,
+        archive.deflated,
+    }
     assert {ts for ts, _ in received.values()} == {IMPLICIT}
     assert bytes(received[archive.ct[1]][1].PixelData) == _pixels(archive.originals[archive.ct[1]])
     assert bytes(received[archive.deflated][1].PixelData) == _pixels(archive.originals[archive.deflated])
+    # the RLE MR, decoded by the pixel services: the same pixels, now native
+    original = pydicom.dcmread(io.BytesIO(archive.originals[archive.mr_rle]))
+    sent = received[archive.mr_rle][1]
+    sent.file_meta = pydicom.dataset.FileMetaDataset()
+    sent.file_meta.TransferSyntaxUID = IMPLICIT
+    assert (sent.pixel_array == original.pixel_array).all()
+    assert (sent.StudyInstanceUID, sent.SOPClassUID) == (original.StudyInstanceUID, original.SOPClassUID)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",  # lossy: decoded as is, no further loss
+    ],
+)
+def test_move_transcodes_for_a_peer_without_the_codec(archive: Archive, name: str) -> None:
+    study = new_uid()
+    data = restudied(name, "RET-CODEC", study)
+    archive.scp.stow([data])
+    result = move(archive.scp, query("STUDY", StudyInstanceUID=study), "IMPLICIT")
+    assert (result.final.Status, result.counts) == (0x0000, (1, 0, 0))
+    [(syntax, sent)] = archive.implicit_only.received
+    assert syntax == IMPLICIT
+    sent.file_meta = pydicom.dataset.FileMetaDataset()
+    sent.file_meta.TransferSyntaxUID = IMPLICIT
+    original = pydicom.dcmread(io.BytesIO(data))
+    assert (sent.pixel_array == original.pixel_array).all()
+    assert sent.SOPInstanceUID == original.SOPInstanceUID
 
 
 def test_move_where_every_sub_operation_fails(archive: Archive) -> None:
+    # the study's one instance is RLE whose pixel data do not decode: it cannot be converted
     result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.rle_study), "IMPLICIT")
     assert (result.final.Status, result.counts) == (0xA702, (0, 1, 0))
     assert archive.implicit_only.received == []
@@ -419,11 +465,13 @@ def test_get_sends_only_what_the_requestor_accepts(archive: Archive) -> None:
         storage=[MRImageStorage],
         syntaxes=[EXPLICIT],
     )
-    # the MR in implicit VR is converted; the RLE MR and the other classes have no context
+    # the MRs in implicit VR and in RLE are converted; the other classes have no context
     assert result.final.Status == 0xB000
-    assert result.counts == (1, 4, 0)
-    assert [(ts, str(ds.SOPInstanceUID)) for ts, ds in received] == [(EXPLICIT, archive.mr_implicit)]
-    assert sorted(result.failed_uids) == sorted([*archive.ct, archive.mr_rle, archive.deflated])
+    assert result.counts == (2, 3, 0)
+    assert sorted((ts, str(ds.SOPInstanceUID)) for ts, ds in received) == sorted(
+        [(EXPLICIT, archive.mr_implicit), (EXPLICIT, archive.mr_rle)]
+    )
+    assert sorted(result.failed_uids) == sorted([*archive.ct, archive.deflated])
 
 
 def test_get_at_patient_and_image_level(archive: Archive) -> None:

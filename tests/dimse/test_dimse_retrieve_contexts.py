@@ -33,7 +33,7 @@ def test_contexts_propose_the_stored_syntax_alone_then_the_conversions() -> None
         (str(CTImageStorage), [EXPLICIT]),
         (str(CTImageStorage), [RLE]),
         (str(MRImageStorage), [DEFLATED]),
-        (str(CTImageStorage), [IMPLICIT]),
+        (str(CTImageStorage), [IMPLICIT, EXPLICIT]),  # the RLE CT can be decoded
         (str(MRImageStorage), [EXPLICIT, IMPLICIT]),
     ]
 
@@ -55,8 +55,11 @@ def test_too_many_contexts_are_merged_per_sop_class() -> None:
         (EXPLICIT, [IMPLICIT], IMPLICIT),
         (DEFLATED, [EXPLICIT], EXPLICIT),
         (DEFLATED, [DEFLATED, IMPLICIT], DEFLATED),
-        (RLE, [EXPLICIT, IMPLICIT], None),
-        ("1.2.840.10008.1.2.2", [EXPLICIT], None),  # big endian: its pixel data would need swapping
+        (RLE, [EXPLICIT, IMPLICIT], EXPLICIT),  # decoded by the pixel services
+        (RLE, [IMPLICIT], IMPLICIT),
+        ("1.2.840.10008.1.2.2", [EXPLICIT], EXPLICIT),  # big endian: pixel data byte-swapped
+        ("1.2.840.10008.1.2.4.100", [EXPLICIT, IMPLICIT], None),  # MPEG-2: no decoder here
+        ("1.2.840.10008.1.2.4.90", ["1.2.840.10008.1.2.4.80"], None),  # no compressed conversions
         (IMPLICIT, [], None),
     ],
 )

@@ -1,14 +1,16 @@
 """Which transfer syntaxes a stored instance can be sent in over DIMSE, and the choice among those a peer
 accepted.
 
-An instance goes in its stored syntax when the peer accepts it. Otherwise only conversions that need no
-pixel work are made: between implicit and explicit VR little endian, and from/to deflated explicit VR
-little endian (pynetdicom re-encodes the data set for the accepted context). Encapsulated (compressed)
-pixel data goes only in its own syntax, and explicit VR big endian (retired) too: its pixel data would
-need byte swapping.
+An instance goes in its stored syntax when the peer accepts it. Otherwise:
 
-The seam for pixel transcoding (dicomd.pixels): `sendable_syntaxes` lists more targets for an
-encapsulated syntax, and `prepare_for_syntax` converts the data set to the chosen one.
+- native little endian data (implicit, explicit, deflated) is converted without pixel work: pynetdicom
+  re-encodes the data set for the accepted context (deflated is inflated, never the reverse);
+- compressed pixel data the codecs can decode, and explicit VR big endian (retired), is transcoded by the
+  pixel services (dicomd.pixels.transcode) to explicit or implicit VR little endian: every storage SCP
+  accepts implicit VR little endian (the DICOM default), so a peer without the codec still gets the
+  images. Decoding a lossy syntax loses nothing more (the file keeps Lossy Image Compression "01"); no
+  lossy syntax is ever produced, and no compressed one (a peer that takes none of these gets nothing).
+- pixel data that cannot be decoded here goes only in its own syntax.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from dicomd.pixels.syntaxes import is_decodable
+
 IMPLICIT_LE = str(ImplicitVRLittleEndian)
 EXPLICIT_LE = str(ExplicitVRLittleEndian)
 DEFLATED_LE = str(DeflatedExplicitVRLittleEndian)
@@ -36,7 +40,15 @@ def sendable_syntaxes(stored: str) -> list[str]:
     if stored in _NATIVE_LITTLE_ENDIAN:
         # a deflated instance is also offered inflated; deflating on the way is never proposed
         return [stored, *(ts for ts in (EXPLICIT_LE, IMPLICIT_LE) if ts != stored)]
+    if is_decodable(stored):
+        return [stored, EXPLICIT_LE, IMPLICIT_LE]
     return [stored]
+
+
+def needs_pixel_work(stored: str, target: str) -> bool:
+    """Whether sending in `target` an instance stored in `stored` takes the pixel services (a
+    transcode), rather than pynetdicom's re-encoding of the data set."""
+    return target != stored and not (stored in _NATIVE_LITTLE_ENDIAN and target in _NATIVE_LITTLE_ENDIAN)
 
 
 def choose_syntax(stored: str, accepted: Iterable[str]) -> str | None:
@@ -47,8 +59,8 @@ def choose_syntax(stored: str, accepted: Iterable[str]) -> str | None:
 
 def prepare_for_syntax(ds: Dataset, stored: str, target: str) -> Dataset:
     """The data set to hand to pynetdicom for sending in `target`, which `sendable_syntaxes(stored)`
-    listed. Native little endian targets need nothing: pynetdicom re-encodes for the accepted context,
-    an inflated data set's original encoding being explicit VR little endian."""
+    listed and needs no pixel work. pynetdicom re-encodes for the accepted context, an inflated data
+    set's original encoding being explicit VR little endian."""
     if stored == DEFLATED_LE and target != DEFLATED_LE:
         # the parsed data set is already inflated: say so, so that pynetdicom picks the target context
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -46,7 +46,7 @@ from dicomd.dimse.q_common import (
     query_level,
     run_checked,
 )
-from dicomd.dimse.q_syntax import choose_syntax, prepare_for_syntax, sendable_syntaxes
+from dicomd.dimse.q_syntax import choose_syntax, needs_pixel_work, prepare_for_syntax, sendable_syntaxes
 from dicomd.dimse.query import search_all
 from dicomd.index.normalize import first_value
 from dicomd.index.qido import MAX_LIMIT, QidoQuery, QueryError, parse_qido
@@ -183,6 +183,8 @@ def load_for_sending(
             " or ".join(sendable_syntaxes(stored)),
         )
         return _failed_marker(instance)
+    if needs_pixel_work(stored, target):
+        return _transcoded(gateway, instance, target, op)
     try:
         data = gateway.store.read(instance.object_key)
     except Exception as exc:  # gone (deleted meanwhile) or the store failed
@@ -196,6 +198,25 @@ def load_for_sending(
     except Exception as exc:
         log.warning(
             "%s: sub-operation failed: the stored file could not be parsed (%s)", op, type(exc).__name__
+        )
+        return _failed_marker(instance)
+
+
+def _transcoded(gateway: Gateway, instance: StoredInstance, target: str, op: str) -> Dataset:
+    """The instance transcoded to `target` by the pixel services (q_syntax.py), or a failed marker."""
+    from dicomd.pixels import transcode
+
+    try:
+        plan = transcode.plan(gateway.store, instance, target, gateway.settings.pixel_memory_limit)
+        data = b"".join(transcode.part10_chunks(gateway.store, plan))
+        return dcmread(BytesIO(data))
+    except Exception as exc:  # a codec, a limit or the store failed: that sub-operation only
+        log.warning(
+            "%s: sub-operation failed: transcoding %s to %s failed (%s)",
+            op,
+            instance.transfer_syntax_uid,
+            target,
+            type(exc).__name__,
         )
         return _failed_marker(instance)
 
