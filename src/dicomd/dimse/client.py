@@ -63,6 +63,9 @@ def no_delay_on_connect(event: Event) -> None:
 
 
 def _ae(peer: Peer) -> AE:
+    from dicomd.dimse import reactor
+
+    reactor.install()  # pynetdicom's loops wait for work, not 1 ms at a time (dimse/reactor.py)
     ae = AE(ae_title=peer.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = peer.timeout
     return ae

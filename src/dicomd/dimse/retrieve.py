@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
 from dicomd.dimse.client import no_delay_on_connect as _set_no_delay  # (the name tests wrap)
+from dicomd.dimse.passthrough import stored_data_set
 from dicomd.dimse.q_common import (
     CANCELLED,
     PENDING,
@@ -193,6 +194,8 @@ def load_for_sending(
         )
         return _failed_marker(instance)
     try:
+        if target == stored:  # sent as stored: no decoding, no re-encoding (dimse/passthrough.py)
+            return stored_data_set(data, instance.sop_class_uid, instance.sop_instance_uid, stored)
         ds = dcmread(BytesIO(data))
         return prepare_for_syntax(ds, stored, target)
     except Exception as exc:

@@ -1,0 +1,168 @@
+"""Waits that end when there is work, in place of pynetdicom's fixed 1 ms sleeps.
+
+pynetdicom (3.0) runs two polling loops per association: its DUL thread (PDUs in and out) sleeps 1 ms
+after every pass that found nothing to do, and the association thread sleeps 1 ms before each look at its
+queue of received DIMSE messages. A request and its response cross those sleeps three times, so each
+operation waited ~1.5 ms on average for nothing (more on a busy machine): a third of a C-FIND's latency.
+
+``install()``, called once in the listener process, keeps pynetdicom's loops and their logic, and changes
+only what their sleeps wait for:
+
+- the DUL thread waits on its socket and on a wake-up socket pair that ``send_pdu`` and ``kill_dul`` write
+  to, so a received PDU or a primitive to send is handled at once; with nothing to do it wakes every 10 ms
+  (the ARTIM timer and events queued by other threads, which do not wake it, are seen by then);
+- the association thread's 1 ms sleep becomes a wait of at most 1 ms on its DIMSE message queue, which a
+  complete message ends, and so does a ``send_*`` call that pauses the reactor (it clears the reactor's
+  checkpoint and spins until the reactor has paused: a C-MOVE's every C-STORE did that).
+
+It is done by standing in for the ``time`` module in pynetdicom's ``dul`` and ``association`` modules (a
+sleep there is routed by the calling thread; other sleeps stay sleeps) and by having pynetdicom build an
+``EventDrivenAssociation`` (with an ``EventDrivenDUL``) wherever it built an ``Association``. Tied to
+pynetdicom's internals, like ``retrieve.reactor_resumed``: the version is pinned, and tests/dimse exercise
+every path through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pynetdicom.ae as _ae
+import pynetdicom.association as _association
+import pynetdicom.dul as _dul
+
+if TYPE_CHECKING:
+    import queue
+
+    from pynetdicom.ae import ApplicationEntity
+    from pynetdicom.association import Association
+
+_POLL = 0.001  # pynetdicom's sleep in both loops
+_IDLE_WAIT = 0.01  # the DUL thread's longest wait with nothing to do
+
+
+class EventDrivenDUL(_dul.DULServiceProvider):
+    """pynetdicom's DUL provider, woken by its socket or by a primitive to send instead of a timer."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self.wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def wake(self) -> None:
+        # a full socket pair means a wake-up is pending already; a closed one, that the thread has ended
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def idle_wait(self) -> None:
+        """Until the peer sent something, a primitive was queued, or ``_IDLE_WAIT`` passed."""
+        watched: list[Any] = [self._wake_reader]
+        association_socket = self.socket
+        raw = association_socket.socket if association_socket is not None else None
+        if raw is not None and association_socket is not None and association_socket._is_connected:
+            if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                return  # decrypted bytes wait in the TLS layer, which select() does not see
+            watched.append(raw)
+        try:
+            ready, _, _ = select.select(watched, [], [], _IDLE_WAIT)
+        except (OSError, ValueError):  # the socket closed meanwhile: the loop finds out
+            time.sleep(_POLL)
+            return
+        if self._wake_reader in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_reader.recv(4096):
+                    pass
+
+
+_BaseAssociation = _association.Association
+
+
+class _Checkpoint(threading.Event):
+    """An association reactor's pause checkpoint: clearing it also wakes the reactor's wait, so that it
+    reaches the checkpoint (and pauses) at once."""
+
+    def __init__(self, messages: queue.Queue[Any]) -> None:
+        super().__init__()
+        self._messages = messages
+        self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        with self._messages.not_empty:
+            self._messages.not_empty.notify_all()
+
+
+class EventDrivenAssociation(_BaseAssociation):
+    """pynetdicom's Association with an EventDrivenDUL (built by Association.__init__ once installed) and a
+    waking pause checkpoint."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._reactor_checkpoint = _Checkpoint(self.dimse.msg_queue)
+
+
+def _wait_for_message(assoc: Association, timeout: float) -> None:
+    """At most ``timeout``, less when a DIMSE message is (or becomes) ready for the association or a
+    sender asks its reactor to pause."""
+    messages = assoc.dimse.msg_queue
+    with messages.not_empty:
+        if not messages.queue and assoc._reactor_checkpoint.is_set():
+            messages.not_empty.wait(timeout)
+
+
+class _PynetdicomTime:
+    """The ``time`` module as pynetdicom's dul and association modules see it after ``install()``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, EventDrivenDUL):
+            thread.idle_wait()  # the reactor's only sleep: a pass that found nothing to do
+        elif isinstance(thread, EventDrivenAssociation) and seconds == _POLL:
+            _wait_for_message(thread, seconds)
+        else:
+            time.sleep(seconds)
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Make this process's pynetdicom associations event-driven (idempotent)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        shim: Any = _PynetdicomTime()
+        _dul.time = shim  # type: ignore[attr-defined]
+        _association.time = shim  # type: ignore[attr-defined]
+        _association.DULServiceProvider = EventDrivenDUL  # type: ignore[misc]
+        # requested associations are built in ae.py, accepted ones by a local import in transport.py
+        _ae.Association = EventDrivenAssociation  # type: ignore[misc]
+        _association.Association = EventDrivenAssociation  # type: ignore[misc]
+        _installed = True

@@ -1,0 +1,92 @@
+"""pynetdicom with dicomd's event-driven waits (dimse/reactor.py), in a process of its own: associations are
+built event-driven on both sides; echoes, stores and a C-GET (whose C-STOREs pause the acceptor's reactor)
+work; release and abort end every thread; the wake-up sockets are closed with their association."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, threading, time
+    import pydicom
+    from pathlib import Path
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelGet, Verification
+
+    from dicomd.dimse import reactor
+    from dicomd.dimse.reactor import EventDrivenAssociation, EventDrivenDUL
+
+    reactor.install()
+    reactor.install()  # idempotent
+    ct = pydicom.dcmread(Path(pydicom.__file__).parent / "data/test_files/CT_small.dcm")
+    stored, kinds = [], []
+
+    def on_store(event):
+        stored.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    def on_get(event):
+        yield 2
+        for _ in range(2):
+            yield 0xFF00, ct
+
+    def on_echo(event):
+        kinds.append((type(event.assoc).__name__, type(event.assoc.dul).__name__))
+        return 0x0000
+
+    scp = AE(ae_title="SCP")
+    scp.add_supported_context(Verification)
+    scp.add_supported_context(PatientRootQueryRetrieveInformationModelGet)
+    scp.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store), (evt.EVT_C_GET, on_get)])
+    port = server.socket.getsockname()[1]
+    fds = lambda: len(os.listdir("/proc/self/fd"))
+    baseline = fds()
+
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(Verification)
+    scu.add_requested_context(CTImageStorage)
+    scu.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    received = []
+    for round in range(3):
+        role = build_role(CTImageStorage, scu_role=True, scp_role=True)
+        take = [(evt.EVT_C_STORE, lambda e: received.append(1) or 0x0000)]
+        assoc = scu.associate("127.0.0.1", port, ae_title="SCP", ext_neg=[role], evt_handlers=take)
+        assert assoc.is_established
+        assert isinstance(assoc, EventDrivenAssociation) and isinstance(assoc.dul, EventDrivenDUL)
+        for _ in range(20):
+            assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(ct).Status == 0x0000
+        query = Dataset(); query.QueryRetrieveLevel = "PATIENT"; query.PatientID = "x"
+        model = PatientRootQueryRetrieveInformationModelGet
+        statuses = [int(s.Status) for s, _ in assoc.send_c_get(query, model)]
+        assert statuses[-1] == 0x0000, statuses
+        if round == 2:
+            assoc.abort()
+        else:
+            assoc.release()
+        assert not assoc.is_established
+    assert len(stored) == 3 and len(received) == 6, (stored, received)
+    assert set(kinds) == {("EventDrivenAssociation", "EventDrivenDUL")}, kinds
+    deadline = time.monotonic() + 10
+    def busy():
+        return [t for t in threading.enumerate() if isinstance(t, (EventDrivenAssociation, EventDrivenDUL))]
+    while busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not busy(), busy()
+    assert fds() <= baseline, (fds(), baseline)
+    server.shutdown()
+    print("ok")
+    """
+)
+
+
+def test_event_driven_associations_work_and_end_cleanly() -> None:
+    done = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ok")
