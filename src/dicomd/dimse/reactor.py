@@ -63,6 +63,13 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         super().kill_dul()
         self.wake()
 
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            # pynetdicom's sets the kill flag itself (no kill_dul) and waits for the thread to end: wake it
+            self._kill_thread = True
+            self.wake()
+        return bool(super().stop_dul())
+
     def wake(self) -> None:
         # a full socket pair means a wake-up is pending already; a closed one, that the thread has ended
         with contextlib.suppress(OSError):

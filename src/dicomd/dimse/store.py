@@ -3,9 +3,9 @@
 A C-STORE carries a data set, not a file: what is stored is that data set byte for byte, as the peer
 encoded it in the association's transfer syntax, behind a File Meta Information of dicomd's own
 (implementation class UID and version name, the accepted transfer syntax, the command's SOP class and
-instance, the calling AE as Sending AE Title). That file is staged, parsed and validated (the /v2 rules),
-then group-committed, exactly as a one-instance STOW: the response is sent once the file is durable and
-indexed. WADO then returns exactly that file.
+instance, the calling AE as Sending AE Title). That file is staged, parsed and validated (the /v2 rules)
+in the association's thread, then group-committed, exactly as a one-instance STOW: the response is sent
+once the file is durable and indexed. WADO then returns exactly that file.
 
 Statuses (PS3.4 B.2.3, PS3.7 C): success 0x0000, also for an identical re-send; stored with a warning
 0xB007 (the data set breaks the standard somewhere; the comment says where); out of resources 0xA700 (a full
@@ -21,7 +21,6 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
@@ -37,7 +36,8 @@ from dicomd.dicom.status import (
 from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 from dicomd.dimse.q_common import failure_status
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
-from dicomd.ingest.prepare import StoreOutcome, fault_outcome
+from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
+from dicomd.ingest.service import PREPARE_ON_LOOP_BYTES
 
 if TYPE_CHECKING:
     from pynetdicom.dimse_primitives import C_STORE
@@ -62,9 +62,6 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 _META_HEADER = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL and its value
 _META_VERSION = b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"  # (0002,0001) OB 00 01
-# a received data set is staged in slices, yielding to the event loop between them: the loop also serves
-# the other associations' commits
-_STAGE_SLICE = 1 << 20
 
 
 def handle_echo(event: Event, audit: DimseAudit) -> int:
@@ -127,35 +124,41 @@ def _response(status: int, messages: list[str]) -> Dataset:
     return response
 
 
-async def _slices(header: bytes, body: memoryview) -> AsyncIterator[bytes]:
-    yield header
-    for start in range(0, len(body), _STAGE_SLICE):
-        yield bytes(body[start : start + _STAGE_SLICE])
-        await asyncio.sleep(0)
-
-
-async def store_received(
+def store_received(
     gateway: Gateway, header: bytes, body: memoryview, sop_class: str, sop_instance: str
 ) -> StoreOutcome:
-    """Stage, prepare and commit one received instance (on the gateway's loop). Never raises."""
+    """Stage, prepare and commit one received instance. Never raises.
+
+    Staging and preparing (file writes, parsing) run here, in the association's thread, so associations
+    do them side by side; only the group commit is submitted to the gateway's loop."""
     ingest = gateway.ingest
+    store = gateway.store
+    key = store.new_key()
     try:
-        part = await ingest.stage(_slices(header, body))
+        store.stage_bytes(key, (header, body))
     except OSError as exc:
         failed = StoreOutcome(sop_class_uid=sop_class, sop_instance_uid=sop_instance)
         log.warning("a received instance could not be staged: %s", type(exc).__name__)
         return fault_outcome(failed, "the instance could not be staged", exc)
-    outcome, prepared = await ingest.prepare(
-        part, url_study=None, version=API_VERSION, partition_key=DEFAULT_PARTITION_KEY
-    )
+    size = len(header) + len(body)
+    # small ones are parsed from memory, larger ones from the staged file (memory-mapped)
+    data = b"".join((header, body)) if size <= PREPARE_ON_LOOP_BYTES else None
+    job = PrepareJob(key, None, API_VERSION, DEFAULT_PARTITION_KEY, ingest.bulk_threshold, data)
+    try:
+        outcome, prepared = prepare_staged(job, store)
+    except Exception as exc:  # an unexpected fault fails this instance alone
+        log.exception("preparing a received instance failed")
+        store.discard_staged(key)
+        return fault_outcome(StoreOutcome(), "the instance could not be prepared", exc)
     if prepared is None:
+        store.discard_staged(key)
         return outcome
     if (outcome.sop_class_uid, outcome.sop_instance_uid) != (sop_class, sop_instance):
-        gateway.store.discard_staged(part.key)
+        store.discard_staged(key)
         outcome.failure_reason = VALIDATION_FAILURE
         outcome.messages = ["the data set is not the SOP instance the C-STORE request names"]
         return outcome
-    return await ingest.commit(outcome, prepared)
+    return asyncio.run_coroutine_threadsafe(ingest.commit(outcome, prepared), gateway.loop).result()
 
 
 def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
@@ -176,10 +179,7 @@ def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
         header = part10_header(sop_class, sop_instance, transfer_syntax, record.calling_ae, own_ae)
         body = request.DataSet.getbuffer()  # type: ignore[union-attr]  # the received bytes, not a copy
         try:
-            future = asyncio.run_coroutine_threadsafe(
-                store_received(gateway, header, body, sop_class, sop_instance), gateway.loop
-            )
-            outcome = future.result()
+            outcome = store_received(gateway, header, body, sop_class, sop_instance)
         except Exception as exc:  # the loop is gone (shutting down) or a bug: this instance fails alone
             log.error("a received instance could not be stored (%s)", type(exc).__name__)
             outcome = fault_outcome(outcome, "the instance could not be stored", exc)

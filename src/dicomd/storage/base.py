@@ -50,6 +50,12 @@ class Stager(Protocol):
         """Stage a byte-exact copy of the local file ``source`` as the DICOM object of ``key``."""
         ...
 
+    def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        """Stage ``parts``, one after the other, as the DICOM object of ``key`` (the DIMSE listener's
+        received instances, staged in the association's thread). On failure nothing of it stays staged
+        and the error (an OSError) propagates."""
+        ...
+
 
 class ObjectStore(Stager, Protocol):
     """Object storage for instances, each stored version under a key of its own.

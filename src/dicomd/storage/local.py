@@ -103,6 +103,21 @@ def create_file(path: str) -> int:
     return os.open(path, _NEW_FILE, FILE_MODE)
 
 
+def write_parts(path: str, parts: Sequence[bytes | memoryview]) -> None:
+    """Create ``path`` with ``parts`` one after the other, unflushed; on failure it is removed."""
+    fd = create_file(path)
+    try:
+        try:
+            for part in parts:
+                write_all(fd, part)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
 def write_file(path: str, data: bytes) -> None:
     """Create (or truncate) ``path`` and write ``data`` to it, unflushed."""
     fd = create_file(path)
@@ -146,6 +161,9 @@ class LocalStager:
 
     def stage_file(self, key: str, source: str) -> None:
         copy_file(source, f"{self.area}/{key}.{DICOM}")
+
+    def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        write_parts(f"{self.area}/{key}.{DICOM}", parts)
 
 
 class StagingArea:
@@ -266,6 +284,9 @@ class StagingStore(abc.ABC):
 
     def stage_file(self, key: str, source: str) -> None:
         copy_file(source, f"{self._own_area()}/{key}.{DICOM}")
+
+    def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        write_parts(f"{self._own_area()}/{key}.{DICOM}", parts)
 
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
         """Stage an object from bytes (for checks and tests)."""
