@@ -516,8 +516,14 @@ def bench_scale(
     dur: float,
     load: str = "stow",
     info: dict[str, Any] | None = None,
+    *,
+    per_study: int = 100,
 ) -> dict[str, Line]:
-    spec = CorpusSpec(name="scale", size=size, count=max(sizes), seed=5)
+    # per_study = series_per_study x per_series: 4 x 25 (the default), or 1 series of per_study
+    series, per_series = (4, per_study // 4) if per_study % 4 == 0 and per_study >= 20 else (1, per_study)
+    spec = CorpusSpec(
+        name="scale", size=size, count=max(sizes), seed=5, series_per_study=series, per_series=per_series
+    )
     c = Corpus(spec)
     b = Bench(srv, pool, MODES["quick"])
     loaded = 0
@@ -525,7 +531,11 @@ def bench_scale(
         log(f"{srv.name}: scale: loading to {n}")
         t0 = time.perf_counter()
         if load == "import":
-            bulk_import(srv, spec, loaded, n)
+            segments = bulk_import(srv, spec, loaded, n)
+            if info is not None:  # the rate of each slice shows any growth of cost with the index size
+                rates = info.setdefault("import rate per segment (instances/s)", {})
+                for first, last, seconds in segments:
+                    rates[f"{first:,}-{last:,}"] = round((last - first) / seconds, 1)
         else:
             b.stow(f"load_{n}", f"STOW load {loaded}..{n}", spec, loaded, n, 50, 4)
         loaded = n
@@ -551,8 +561,9 @@ def bench_scale(
     return b.lines
 
 
-def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) -> None:
-    """Load instances [start, stop) with `dicomd import` into the running server's data dir (no HTTP)."""
+def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) -> list[tuple[int, int, float]]:
+    """Load instances [start, stop) with `dicomd import` into the running server's data dir (no HTTP), in
+    slices of 100k (aligned): (first, stop, seconds of the import alone) per slice."""
     import shutil
     import subprocess
     import tempfile
@@ -560,19 +571,27 @@ def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) ->
     if srv.name != "dicomd":
         raise RuntimeError("--scale-load import works for dicomd only")
     corpus = Corpus(spec)
-    batch = 50_000  # written and imported in slices: bounded temp space
-    for first in range(start, stop, batch):
+    batch = 100_000  # written and imported in slices: bounded temp space (~0.7 GB of tiny instances)
+    segments: list[tuple[int, int, float]] = []
+    first = start
+    while first < stop:
+        last = min(stop, (first // batch + 1) * batch)
         tmp = tempfile.mkdtemp(prefix="import-", dir=srv.workdir)
         try:
-            for i in range(first, min(stop, first + batch)):
+            for i in range(first, last):
                 with open(os.path.join(tmp, f"{i}.dcm"), "wb") as f:
                     f.write(corpus.instance(i))
             cmd = [str(servers.DICOMD_BIN), "import", "--data-dir", os.path.join(srv.workdir, "data")]
             if srv.index_url:  # same index as the running server
                 cmd += ["--index-url", srv.index_url]
+            started = time.perf_counter()
             subprocess.run([*cmd, tmp], check=True)
+            segments.append((first, last, time.perf_counter() - started))
+            log(f"  import {first:,}-{last:,}: {(last - first) / segments[-1][2]:,.0f} instances/s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        first = last
+    return segments
 
 
 MULTIFRAME_FRAMES = 50
@@ -783,6 +802,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--scale-load", default="stow", choices=["stow", "import"])
     ap.add_argument(
+        "--scale-per-study",
+        type=int,
+        default=100,
+        help="instances per study in the scale corpus (10: 1M instances in 100k studies)",
+    )
+    ap.add_argument(
         "--scale-index",
         default="sqlite",
         help="comma list of dicomd index backends for --scale, each a dicomd run: sqlite,postgresql",
@@ -909,7 +934,14 @@ def main(argv: list[str] | None = None) -> int:
                         sizes = sizes[:1]
                     infos[label] = {"index": backend} if name == "dicomd" else {}
                     results[label] = bench_scale(
-                        srv, pool, sizes, a.scale_size, a.dur or 3.0, a.scale_load, infos[label]
+                        srv,
+                        pool,
+                        sizes,
+                        a.scale_size,
+                        a.dur or 3.0,
+                        a.scale_load,
+                        infos[label],
+                        per_study=a.scale_per_study,
                     )
                     if name == "dicomd":
                         infos[label]["index_bytes"] = index_bytes(srv, schema)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 from pathlib import Path
 
@@ -12,18 +9,7 @@ import httpx
 
 from support.dicom_files import make_instance, new_uid
 from support.dicomweb import stow, unique_id, value
-from support.server import Server, descendants, staged_files, start_server, stop_server
-
-
-def _kill_group(server: Server) -> None:
-    """SIGKILL the server and all its worker processes (it is started in our process group, so kill by pid:
-    the parent first, then any children it left)."""
-    children = descendants(server.process.pid)
-    os.kill(server.process.pid, signal.SIGKILL)
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    server.process.wait(timeout=10)
+from support.server import Server, kill_group, staged_files, start_server, stop_server
 
 
 def test_stored_instance_survives_kill_9(tmp_path: Path) -> None:
@@ -37,7 +23,7 @@ def test_stored_instance_survives_kill_9(tmp_path: Path) -> None:
             r = stow(client, list(files.values()))
             assert r.status_code == 200, r.text
     finally:
-        _kill_group(server)  # at once, no graceful shutdown
+        kill_group(server)  # at once, no graceful shutdown
     restarted = start_server(data_dir, workers=2)
     try:
         with httpx.Client(base_url=restarted.v2, timeout=30) as client:

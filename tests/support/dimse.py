@@ -156,11 +156,16 @@ class StoreResponse:
 
 
 def store_encoded(
-    port: int, items: Sequence[Encoded], *, calling: str = TEST_AE, called: str = DICOMD_AE
+    port: int,
+    items: Sequence[Encoded],
+    *,
+    calling: str = TEST_AE,
+    called: str = DICOMD_AE,
+    timeout: float = 30.0,
 ) -> list[StoreResponse]:
     """C-STORE each item's bytes as they are (no encoding by pynetdicom, so a test knows exactly what was
     sent, and may send what pynetdicom would refuse to) over one association; the responses."""
-    ae = client_ae(calling, 30.0)
+    ae = client_ae(calling, timeout)
     pairs = dict.fromkeys((item.sop_class, item.transfer_syntax) for item in items)
     assert len(pairs) <= 128, "more than 128 presentation contexts: store in several associations"
     contexts = [build_context(sop_class, syntax) for sop_class, syntax in pairs]

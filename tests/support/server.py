@@ -4,7 +4,9 @@ tests/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -106,3 +108,14 @@ def descendants(pid: int) -> list[int]:
             found.append(int(entry.name))
             found += descendants(int(entry.name))
     return found
+
+
+def kill_group(server: Server) -> None:
+    """SIGKILL the server and all its processes at once, no graceful shutdown (it is started in our
+    process group, so kill by pid: the parent first, then the children it leaves)."""
+    children = descendants(server.process.pid)
+    os.kill(server.process.pid, signal.SIGKILL)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.process.wait(timeout=10)
