@@ -81,6 +81,7 @@ def test_progress_lines_then_ctrl_c_then_resume(tmp_path: Path) -> None:
     assert 0 < first["stored"] < len(sops), "Ctrl-C should stop the import part way"
     # the line says where it is: done of found, what became of them, the rate and (once counted) the ETA
     assert re.search(r"import: \d+ (of \d+ files|files \(\d+\+ found\)): stored \d+, .* files/s", lines[-1])
+    assert re.search(r"; [1-9]\d* files/s", lines[-1]), "files are done: the rate is not 0"
     assert not staged_files(data_dir), "an interrupted import leaves nothing staged"
 
     again = subprocess.run(

@@ -88,6 +88,7 @@ class ImportProgress:
 
     def _run_lines(self) -> None:
         rate = _Rate()
+        rate.update(time.monotonic(), self._report.done)  # the first line's rate is since the start (not 0)
         while not self._stop.wait(self._every):
             now = time.monotonic()
             line = status_line(self._report, rate.update(now, self._report.done))
@@ -98,6 +99,7 @@ class ImportProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         report, rate = self._report, _Rate()
+        rate.update(time.monotonic(), report.done)
         columns = (
             TextColumn("import"),
             BarColumn(),
