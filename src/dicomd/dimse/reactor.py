@@ -107,11 +107,12 @@ _BaseAssociation = _association.Association
 
 class _Checkpoint(threading.Event):
     """An association reactor's pause checkpoint: clearing it also wakes the reactor's wait, so that it
-    reaches the checkpoint (and pauses) at once."""
+    reaches the checkpoint (and pauses) at once; ``blocked`` tells that the reactor is held there."""
 
     def __init__(self, messages: queue.Queue[Any]) -> None:
         super().__init__()
         self._messages = messages
+        self.blocked = False  # the reactor waits here on a cleared checkpoint: it takes no message
         self.set()
 
     def clear(self) -> None:
@@ -119,14 +120,50 @@ class _Checkpoint(threading.Event):
         with self._messages.not_empty:
             self._messages.not_empty.notify_all()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """The reactor's pause (pynetdicom waits without a timeout). Woken by a ``set`` that another
+        sender's ``clear`` undid before this thread ran, it stays paused: that sender saw it paused."""
+        if self.is_set():
+            return True
+        self.blocked = True
+        try:
+            while not self.is_set():
+                if not super().wait(timeout) and timeout is not None:
+                    return False
+            return True
+        finally:
+            self.blocked = False
+
 
 class EventDrivenAssociation(_BaseAssociation):
-    """pynetdicom's Association with an EventDrivenDUL (built by Association.__init__ once installed) and a
-    waking pause checkpoint."""
+    """pynetdicom's Association with an EventDrivenDUL (built by Association.__init__ once installed), a
+    waking pause checkpoint, and a pause flag that cannot be stale.
+
+    pynetdicom's reactor sets ``_is_paused`` just before it looks at its checkpoint and resets it just
+    after: a ``send_*`` that clears the checkpoint in between finds the flag set, sends, and the reactor,
+    running on, may take the response off the queue as a request of its own; the sender then waits for
+    the DIMSE timeout and aborts (with the event-driven loops a response comes back within that window:
+    about one echo in 200 under CPU load). Here the flag is derived instead: paused while the reactor is
+    held at a cleared checkpoint, while it serves a request (its own ``send_*`` calls, as pynetdicom's
+    ``_serve_request`` intends), once killed, or when its thread does not run."""
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         super().__init__(ae, mode)
         self._reactor_checkpoint = _Checkpoint(self.dimse.msg_queue)
+
+    @property  # type: ignore[override]
+    def _is_paused(self) -> bool:
+        checkpoint = self.__dict__.get("_reactor_checkpoint")
+        return bool(
+            self.__dict__.get("_kill", False)
+            or threading.current_thread() is self
+            or not self.is_alive()
+            or (isinstance(checkpoint, _Checkpoint) and checkpoint.blocked)
+        )
+
+    @_is_paused.setter
+    def _is_paused(self, value: bool) -> None:
+        pass  # pynetdicom's assignments: see the class docstring
 
 
 def _wait_for_message(assoc: Association, timeout: float) -> None:
