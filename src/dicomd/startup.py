@@ -8,6 +8,7 @@ import asyncio
 
 from dicomd.config import Settings
 from dicomd.index.store import Index
+from dicomd.ingest import shared_flush
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.service import IngestService
 from dicomd.jobs.sweep import OrphanSweep, SweepResult
@@ -59,7 +60,7 @@ def prepare(settings: Settings, index: Index | None = None, *, lock_timeout: flo
         index.migrate()
         store = open_store(settings)
         try:
-            store.recover(index.has_object)
+            shared_flush.recover(index, store)
         finally:
             store.close()
     finally:
@@ -84,7 +85,7 @@ async def open_ingest(settings: Settings, *, migrate: bool) -> IngestService:
         await asyncio.to_thread(index.check_schema)
     store = open_store(settings)
     # a process that died (and that this one may be replacing) left its staged parts behind
-    await asyncio.to_thread(store.recover, index.has_object)
+    await asyncio.to_thread(shared_flush.recover, index, store)
     committer = GroupCommitter(
         index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
     )

@@ -5,7 +5,9 @@ acknowledged is either absent or just as whole, and nothing is left in staging."
 
 from __future__ import annotations
 
+import contextlib
 import io
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,6 +129,9 @@ def test_every_acknowledged_instance_survives_kill_9_under_load(tmp_path: Path) 
     acknowledged = dict(sent.acknowledged)
     kinds = {how for how, _ in acknowledged.values()}
     assert len(acknowledged) >= 150 and kinds == {"stow", "dimse"}, (len(acknowledged), kinds)
+    # the group commits were made ahead of their one flush (ingest/shared_flush.py): the last ones' rows
+    # are what the restart's recovery reads back
+    assert _committed_ahead_of_their_flush(data_dir) > 0
     restarted = start_server(data_dir, workers=2)
     try:
         with httpx.Client(base_url=restarted.v2, timeout=30) as client:
@@ -136,5 +141,11 @@ def test_every_acknowledged_instance_survives_kill_9_under_load(tmp_path: Path) 
             for sop, (how, data) in unacknowledged.items():
                 _check(client, sop, how, data)  # absent, or whole
         assert not staged_files(data_dir), staged_files(data_dir)
+        assert _committed_ahead_of_their_flush(data_dir) == 0  # all checked (and whole)
     finally:
         stop_server(restarted)
+
+
+def _committed_ahead_of_their_flush(data_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(data_dir / "index.db")) as db:
+        return int(db.execute("SELECT count(*) FROM unsynced_object").fetchone()[0])

@@ -37,7 +37,7 @@ def test_migrate_twice_and_schema_matches_metadata(index: Index) -> None:
     with index.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     assert index.partitions() == [(1, "default")]
 
 

@@ -281,9 +281,9 @@ async def test_a_resent_instance_is_compared_outside_the_writer_lock(
     write = archive.index._write
 
     @contextlib.contextmanager
-    def watched_write() -> Iterator[Any]:
+    def watched_write(**kwargs: Any) -> Iterator[Any]:
         nonlocal in_lock
-        with write() as conn:
+        with write(**kwargs) as conn:
             in_lock = True
             try:
                 yield conn

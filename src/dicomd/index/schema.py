@@ -178,3 +178,20 @@ deleted_object = Table(
 study_series_instance = study.join(series, series.c.study_key == study.c.study_key).join(
     instance, instance.c.series_key == series.c.series_key
 )
+
+# Instances committed ahead of the flush that makes them durable (SQLite and the objects on one file
+# system: one syncfs after the commit covers the staged files and the index's WAL). A row lives from
+# the commit until a later transaction of the same process, after its sync; after a crash, the rows of
+# a dead process's staging area name the only instances whose file may not have reached the disk, and
+# start-up recovery checks each file against its size and CRC-32 (see ingest/shared_flush.py).
+unsynced_object = Table(
+    "unsynced_object",
+    metadata,
+    # no index but the row id: the table holds a few hundred rows at most, and each B-tree an insert
+    # touches is one more page written per commit
+    Column("id", Key, primary_key=True, autoincrement=True),
+    Column("object_key", String, nullable=False),
+    Column("staging_area", String, nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("checksum", BigInteger, nullable=False),
+)

@@ -3,6 +3,8 @@ statistics seeded at migration."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -46,6 +48,26 @@ def install(engine: Engine) -> None:
 def begin_immediate(conn: Connection) -> None:
     """Make the connection's next transactions BEGIN IMMEDIATE (writers)."""
     conn.execution_options(dicomd_begin="IMMEDIATE")  # read by _on_begin
+
+
+@contextmanager
+def synchronous(conn: Connection, flushed: bool) -> Iterator[None]:
+    """With ``flushed=False``, the connection's commits in the block do not flush the WAL to the
+    device (``synchronous=NORMAL``: a crash may lose them, never corrupt the database); the caller's
+    syncfs of the file system makes them durable. A no-op otherwise, and on PostgreSQL."""
+    if flushed or conn.dialect.name != "sqlite":
+        yield
+        return
+    dbapi: Any = conn.connection.driver_connection  # autocommit (see _on_connect): runs at once
+    dbapi.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        try:
+            dbapi.execute("PRAGMA synchronous=FULL")
+        except Exception:
+            conn.invalidate()  # never hand out a connection whose commits might not flush
+            raise
 
 
 def seed_stats(conn: Connection) -> None:

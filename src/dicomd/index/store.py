@@ -54,7 +54,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from dicomd.index import deleted_objects, sqlite
 from dicomd.index import schema as _schema
 from dicomd.index.changefeed import read_changes, read_latest
-from dicomd.index.compiled import CompiledStatements
+from dicomd.index.compiled import CompiledStatements, insert_many
 from dicomd.index.frames import FrameTable
 from dicomd.index.partitions import create_partition, find_partition, list_partitions
 from dicomd.index.qido import QidoQuery
@@ -64,6 +64,7 @@ from dicomd.index.schema import (
     changefeed,
     study_name_key,
     study_series_instance,
+    unsynced_object,
 )
 from dicomd.index.search import run_search
 from dicomd.index.types import (
@@ -74,6 +75,7 @@ from dicomd.index.types import (
     PreparedInstance,
     SameFile,
     StoredInstance,
+    UnsyncedBatch,
 )
 from dicomd.index.writer import WriteBatch
 
@@ -82,9 +84,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_WRITE_LOCK = 0x6469636F6D0001
 _PG_MIGRATE_LOCK = 0x6469636F6D0002
 _PG_JOB_LOCKS = 0x6469636F6E0000  # + a job's name hashed into 16 bits (Index.job_lease)
-# PostgreSQL: the first ANALYZE after this many rows added by a process (then after twice as many more)
 log = logging.getLogger(__name__)
 
+# PostgreSQL: the first ANALYZE after this many rows added by a process (then after twice as many more)
 _FIRST_ANALYZE = 1000
 _ANALYZED_TABLES = ("study", "series", "instance", "study_name_key", "changefeed")
 _KNOWN_CHUNK = 500  # object keys per known_objects query
@@ -247,6 +249,11 @@ class Index:
         self._analyze_after = _FIRST_ANALYZE
         self._analyze_lock = threading.Lock()
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database file (None: PostgreSQL, or an in-memory SQLite database)."""
+        return self._sqlite_file
+
     def _create_private_file(self) -> None:
         """Create the SQLite file owner-only, as the rest of the archive (PHI): SQLite gives its WAL and
         shared-memory files the mode of the database file. Its directory may not exist yet (migrate)."""
@@ -350,12 +357,14 @@ class Index:
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
-    def _write(self, *, unlimited: bool = False) -> Iterator[Connection]:
-        """A write transaction; ``unlimited``: without the statement and lock timeouts (PostgreSQL)."""
+    def _write(self, *, unlimited: bool = False, flushed: bool = True) -> Iterator[Connection]:
+        """A write transaction; ``unlimited``: without the statement and lock timeouts (PostgreSQL).
+        ``flushed=False`` (SQLite): its commit does not flush the WAL to the device, the caller's
+        syncfs of the same file system does (see add_instances)."""
         with self._sqlite_writer_lock(), self.engine.connect() as conn:
             if self._is_sqlite:
                 sqlite.begin_immediate(conn)
-            with conn.begin():
+            with sqlite.synchronous(conn, flushed), conn.begin():
                 if not self._is_sqlite:
                     if unlimited:
                         _lift_timeouts(conn)
@@ -450,8 +459,13 @@ class Index:
         *,
         overwrite: bool,
         same_file: SameFile | None = None,
+        unsynced: UnsyncedBatch | None = None,
     ) -> list[AddResult]:
         """Index a batch of stored instances in one transaction; results in the order of `items`.
+
+        With ``unsynced`` (SQLite, whose file system the caller syncs next): the commit does not flush
+        the WAL, and the stored instances are recorded as committed ahead of their flush, with their
+        files' sizes and checksums, until a later batch of the same staging area says they are synced.
 
         Items may be prepared already (Index.prepare); the others are prepared before the writer
         lock is taken. ``same_file`` is asked only about an instance whose SOP Instance UID is
@@ -465,11 +479,15 @@ class Index:
         if not items:
             return []
         prepared = [e if isinstance(e, PreparedInstance) else prepare_instance(e) for e in items]
-        with self._write() as conn, _cursor(conn) as cur:
+        if unsynced is not None and not self._is_sqlite:
+            raise ValueError("only a SQLite index commits ahead of the objects' flush")
+        with self._write(flushed=unsynced is None) as conn, _cursor(conn) as cur:
             batch = WriteBatch(cur, self._statements, _now_ms())
             batch.prefetch(prepared)
             results = [batch.add(entry, overwrite, same_file) for entry in prepared]
             batch.flush()
+            if unsynced is not None:
+                _record_unsynced(conn, cur, self._statements, unsynced, prepared, results)
         if not self._is_sqlite:
             self._refresh_statistics_as_it_grows(len(prepared))
         return results
@@ -531,19 +549,9 @@ class Index:
         self, partition_key: int, study: str, series: str | None = None, instance: str | None = None
     ) -> int:
         """Delete a study, series or instance; returns the number of instances removed."""
-        i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
-        stmt = (
-            select(
-                i_t.c.instance_key,
-                i_t.c.series_key,
-                i_t.c.study_key,
-                i_t.c.sop_instance_uid,
-                i_t.c.object_key,
-                se_t.c.series_instance_uid,
-            )
-            .select_from(study_series_instance)
-            .where(st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study)
-            .order_by(i_t.c.instance_key)
+        st_t, se_t, i_t = _schema.study, _schema.series, _schema.instance
+        stmt = _removal_select().where(
+            st_t.c.partition_key == partition_key, st_t.c.study_instance_uid == study
         )
         if series is not None:
             stmt = stmt.where(se_t.c.series_instance_uid == series)
@@ -551,63 +559,43 @@ class Index:
             stmt = stmt.where(i_t.c.sop_instance_uid == instance)
         with self._write() as conn:
             rows = conn.execute(stmt).all()
-            if not rows:
-                return 0
-            now = _now_ms()
-            study_keys = sorted({r.study_key for r in rows})
-            series_keys = sorted({r.series_key for r in rows})
-            if instance is not None:
-                conn.execute(delete(i_t).where(i_t.c.instance_key.in_([r.instance_key for r in rows])))
-            elif series is not None:
-                conn.execute(delete(i_t).where(i_t.c.series_key.in_(series_keys)))
-            else:
-                conn.execute(delete(i_t).where(i_t.c.study_key.in_(study_keys)))
-            # recount rather than subtract: cheap (indexed) and self-correcting
-            conn.execute(
-                update(se_t)
-                .where(se_t.c.series_key.in_(series_keys))
-                .values(
-                    num_instances=select(func.count())
-                    .where(i_t.c.series_key == se_t.c.series_key)
-                    .scalar_subquery(),
-                    updated_at=now,
-                )
-            )
-            conn.execute(delete(se_t).where(se_t.c.series_key.in_(series_keys), se_t.c.num_instances == 0))
-            conn.execute(
-                update(st_t)
-                .where(st_t.c.study_key.in_(study_keys))
-                .values(
-                    num_series=select(func.count())
-                    .where(se_t.c.study_key == st_t.c.study_key)
-                    .scalar_subquery(),
-                    num_instances=select(func.count())
-                    .where(i_t.c.study_key == st_t.c.study_key)
-                    .scalar_subquery(),
-                    updated_at=now,
-                )
-            )
-            emptied = select(st_t.c.study_key).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0)
-            conn.execute(delete(study_name_key).where(study_name_key.c.study_key.in_(emptied)))
-            conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
-            with _cursor(conn) as cur:
-                deleted_objects.enqueue(cur, self._statements, [r.object_key for r in rows], now)
-            conn.execute(
-                insert(changefeed),
-                [
-                    {
-                        "partition_key": partition_key,
-                        "study_instance_uid": study,
-                        "series_instance_uid": r.series_instance_uid,
-                        "sop_instance_uid": r.sop_instance_uid,
-                        "action": "Delete",
-                        "timestamp": now,
-                        "object_key": r.object_key,
-                    }
-                    for r in rows
-                ],
-            )
+            if rows:
+                _remove_instances(conn, self._statements, rows)
         return len(rows)
+
+    def unsynced_objects(self, staging_area: str) -> list[tuple[str, int, int]]:
+        """(object key, file size, CRC-32) of the instances committed ahead of their flush from this
+        staging area and not yet known to be synced (see add_instances)."""
+        u_t = unsynced_object
+        with self._read() as conn:
+            rows = conn.execute(
+                select(u_t.c.object_key, u_t.c.file_size, u_t.c.checksum).where(
+                    u_t.c.staging_area == staging_area
+                )
+            ).all()
+        return [(key, size, checksum) for key, size, checksum in rows]
+
+    def settle_unsynced(
+        self, lost: Iterable[str], *, synced: Sequence[str] = (), staging_area: str | None = None
+    ) -> int:
+        """Roll back the instances of the ``lost`` object keys, stored ahead of a flush that never
+        came (a failed sync; a crash before it: never acknowledged), as deletes in the change feed, and
+        forget their unsynced rows, those of ``synced`` keys and (recovery) all of ``staging_area``'s.
+        Returns how many were rolled back."""
+        lost = list(lost)
+        i_t, u_t = _schema.instance, unsynced_object
+        removed = 0
+        with self._write() as conn:
+            for start in range(0, len(lost), _KNOWN_CHUNK):
+                chunk = lost[start : start + _KNOWN_CHUNK]
+                rows = conn.execute(_removal_select().where(i_t.c.object_key.in_(chunk))).all()
+                if rows:
+                    _remove_instances(conn, self._statements, rows)
+                    removed += len(rows)
+            _forget_unsynced(conn, [*lost, *synced])
+            if staging_area is not None:
+                conn.execute(delete(u_t).where(u_t.c.staging_area == staging_area))
+        return removed
 
     def claim_deleted_objects(self, limit: int) -> list[tuple[int, str]]:
         """Storage objects due for removal: (id, object_key). Claimed rows are hidden from other
@@ -785,3 +773,104 @@ __all__ = [
     "SchemaTooNew",
     "StoredInstance",
 ]
+
+
+def _removal_select() -> Select[Any]:
+    """The instance rows ``_remove_instances`` needs, to be narrowed with a WHERE clause."""
+    i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
+    return (
+        select(
+            i_t.c.instance_key,
+            i_t.c.series_key,
+            i_t.c.study_key,
+            i_t.c.sop_instance_uid,
+            i_t.c.object_key,
+            se_t.c.series_instance_uid,
+            st_t.c.partition_key,
+            st_t.c.study_instance_uid,
+        )
+        .select_from(study_series_instance)
+        .order_by(i_t.c.instance_key)
+    )
+
+
+def _remove_instances(conn: Connection, statements: CompiledStatements, rows: Sequence[Any]) -> None:
+    """Delete these instances (rows of ``_removal_select``) in the caller's write transaction: their
+    series and studies recounted and dropped when emptied, their objects queued for removal, a Delete
+    entry each in the change feed."""
+    i_t, se_t, st_t = _schema.instance, _schema.series, _schema.study
+    now = _now_ms()
+    study_keys = sorted({r.study_key for r in rows})
+    series_keys = sorted({r.series_key for r in rows})
+    instance_keys = [r.instance_key for r in rows]
+    for start in range(0, len(instance_keys), _KNOWN_CHUNK):
+        conn.execute(delete(i_t).where(i_t.c.instance_key.in_(instance_keys[start : start + _KNOWN_CHUNK])))
+    # recount rather than subtract: cheap (indexed) and self-correcting
+    conn.execute(
+        update(se_t)
+        .where(se_t.c.series_key.in_(series_keys))
+        .values(
+            num_instances=select(func.count()).where(i_t.c.series_key == se_t.c.series_key).scalar_subquery(),
+            updated_at=now,
+        )
+    )
+    conn.execute(delete(se_t).where(se_t.c.series_key.in_(series_keys), se_t.c.num_instances == 0))
+    conn.execute(
+        update(st_t)
+        .where(st_t.c.study_key.in_(study_keys))
+        .values(
+            num_series=select(func.count()).where(se_t.c.study_key == st_t.c.study_key).scalar_subquery(),
+            num_instances=select(func.count()).where(i_t.c.study_key == st_t.c.study_key).scalar_subquery(),
+            updated_at=now,
+        )
+    )
+    emptied = select(st_t.c.study_key).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0)
+    conn.execute(delete(study_name_key).where(study_name_key.c.study_key.in_(emptied)))
+    conn.execute(delete(st_t).where(st_t.c.study_key.in_(study_keys), st_t.c.num_series == 0))
+    with _cursor(conn) as cur:
+        deleted_objects.enqueue(cur, statements, [r.object_key for r in rows], now)
+    conn.execute(
+        insert(changefeed),
+        [
+            {
+                "partition_key": r.partition_key,
+                "study_instance_uid": r.study_instance_uid,
+                "series_instance_uid": r.series_instance_uid,
+                "sop_instance_uid": r.sop_instance_uid,
+                "action": "Delete",
+                "timestamp": now,
+                "object_key": r.object_key,
+            }
+            for r in rows
+        ],
+    )
+
+
+def _record_unsynced(
+    conn: Connection,
+    cur: Any,
+    statements: CompiledStatements,
+    unsynced: UnsyncedBatch,
+    prepared: Sequence[PreparedInstance],
+    results: Sequence[AddResult],
+) -> None:
+    """In add_instances' transaction: the stored instances of a batch committed ahead of its flush
+    (precompiled, on the DBAPI cursor: once per commit), and forget those of earlier batches that are
+    synced now."""
+    if unsynced.synced:
+        _forget_unsynced(conn, unsynced.synced)
+    area = unsynced.staging_area
+    rows = []
+    for entry, result in zip(prepared, results, strict=True):
+        if result.status in ("created", "replaced"):
+            key = entry.item.object_key
+            size, checksum = unsynced.checksums[key]
+            rows.append({"object_key": key, "staging_area": area, "file_size": size, "checksum": checksum})
+    if rows:
+        insert_many(cur, statements, unsynced_object, rows)
+
+
+def _forget_unsynced(conn: Connection, keys: Sequence[str]) -> None:
+    u_t = unsynced_object
+    for start in range(0, len(keys), _KNOWN_CHUNK):
+        conn.execute(delete(u_t).where(u_t.c.object_key.in_(keys[start : start + _KNOWN_CHUNK])))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -39,6 +39,18 @@ class PreparedInstance:
     study: dict[str, Any]  # study row columns (attrs JSON included), without keys/counts/timestamps
     series: dict[str, Any]
     instance: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsyncedBatch:
+    """A group commit made ahead of the flush that makes it durable (see schema.unsynced_object): the
+    staging area its files are in, each staged DICOM file's (size, CRC-32) by object key, and the keys
+    of earlier batches of this process that its syncs have made durable since (their rows are dropped
+    in the same transaction)."""
+
+    staging_area: str
+    checksums: Mapping[str, tuple[int, int]]
+    synced: Sequence[str] = ()
 
 
 @dataclass(slots=True)

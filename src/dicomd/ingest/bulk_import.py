@@ -29,6 +29,7 @@ from dicomd.index.store import Index, PreparedInstance
 from dicomd.ingest.committer import STORED, commit_batch
 from dicomd.ingest.import_journal import ImportJournal, JournalEntry, SourceFile
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
+from dicomd.ingest.shared_flush import SharedFlush
 from dicomd.storage import ObjectStore, Stager
 
 _CHUNK = 32  # files per task sent to a parser process
@@ -36,7 +37,8 @@ _IN_FLIGHT_PER_PROCESS = 4  # tasks queued per parser process: enough to keep it
 _SKIP_CHECK = 512  # journal hits confirmed against the index at once
 
 # what a parser process returns per file: (staged key, prepared instance or None, messages)
-_Staged = tuple[str, PreparedInstance | None, str]
+# (key, its (size, CRC-32), the prepared instance or None, the failure reason)
+_Staged = tuple[str, tuple[int, int], PreparedInstance | None, str]
 
 
 @dataclass
@@ -98,12 +100,12 @@ def _stage_chunk(stager: Stager, jobs: list[tuple[str, PrepareJob]]) -> list[_St
     out: list[_Staged] = []
     for source, job in jobs:
         try:
-            stager.stage_file(job.key, source)
+            checksum = stager.stage_file(job.key, source)
             outcome, prepared = prepare_staged(job, stager)
         except OSError as exc:
-            out.append((job.key, None, exc.strerror or str(exc)))
+            out.append((job.key, (0, 0), None, exc.strerror or str(exc)))
             continue
-        out.append((job.key, prepared, "; ".join(outcome.messages)))
+        out.append((job.key, checksum, prepared, "; ".join(outcome.messages)))
     return out
 
 
@@ -140,8 +142,11 @@ def import_files(
             bulk_threshold=bulk_threshold,
         )
 
+    shared_flush = SharedFlush.where_possible(index, store, overwrite=overwrite)
+
     def commit() -> None:
-        results = commit_batch(index, store, [prepared for _, prepared in pending], overwrite=overwrite)
+        items = [prepared for _, prepared in pending]
+        results = commit_batch(index, store, items, overwrite=overwrite, shared_flush=shared_flush)
         entries = []
         for (source, prepared), result in zip(pending, results, strict=True):
             if result.status in STORED:
@@ -158,11 +163,13 @@ def import_files(
         pending.clear()
 
     def take(chunk: list[SourceFile], results: list[_Staged]) -> None:
-        for source, (key, prepared, error) in zip(chunk, results, strict=True):
+        for source, (key, checksum, prepared, error) in zip(chunk, results, strict=True):
             if prepared is None:
                 store.discard_staged(key)
                 report.failed[source.path] = error
                 continue
+            if shared_flush is not None:
+                shared_flush.store.note_checksum(key, checksum)  # saves reading the file back
             pending.append((source, prepared))
             if len(pending) >= batch:
                 commit()
@@ -206,6 +213,8 @@ def import_files(
             take(done, task.result())
         if pending:
             commit()
+    if shared_flush is not None:
+        shared_flush.forget_synced()  # all synced: no recovery needs to read them back
     report.interrupted = stop.is_set()
     stop_counting.set()
     return report

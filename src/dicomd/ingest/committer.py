@@ -2,8 +2,9 @@
 
 Each worker process runs one committer. Requests hand it instances whose files are already staged; it drains
 whatever is queued (up to ``max_batch``), makes the staged files durable with one sync, commits the index in
-one transaction and only then publishes the objects and wakes the waiting requests. So throughput grows with
-concurrency while every 2xx still means "fsynced and committed".
+one transaction and only then publishes the objects and wakes the waiting requests (where the SQLite index
+shares the objects' file system, the transaction comes first and one sync covers both: see shared_flush.py).
+So throughput grows with concurrency while every 2xx still means "fsynced and committed".
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomd.index.store import AddResult, Index, PreparedInstance
+from dicomd.index.types import UnsyncedBatch
+from dicomd.ingest.shared_flush import SharedFlush
 from dicomd.storage import ObjectStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class GroupCommitter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[list[AddResult]] | None = None  # the commit thread's result
+        self.shared_flush = SharedFlush.where_possible(index, store, overwrite=overwrite)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-committer")
@@ -50,6 +54,8 @@ class GroupCommitter:
                 await self._task
         if self._in_flight is not None:
             await asyncio.wait([self._in_flight])
+        if self.shared_flush is not None:
+            await asyncio.to_thread(self.shared_flush.forget_synced)
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
@@ -92,7 +98,9 @@ class GroupCommitter:
 
     def _commit(self, items: list[PreparedInstance]) -> list[AddResult]:
         started = time.perf_counter()
-        results = commit_batch(self.index, self.store, items, overwrite=self.overwrite)
+        results = commit_batch(
+            self.index, self.store, items, overwrite=self.overwrite, shared_flush=self.shared_flush
+        )
         log.debug("group commit of %d in %.1f ms", len(items), (time.perf_counter() - started) * 1e3)
         return results
 
@@ -149,11 +157,12 @@ def _compared_before_the_lock(
     return same_file
 
 
-def _after_a_failed_commit(index: Index, store: ObjectStore, keys: list[str]) -> None:
+def _after_a_failed_commit(index: Index, store: ObjectStore, keys: list[str], *, synced: bool) -> None:
     """The index transaction raised, but a connection lost during COMMIT may have committed it all the
-    same: drop the objects only of keys the index (asked again) does not name, publish the others. When
-    the index cannot be asked, keep everything: a committed row must never lose its objects, and what
-    was not committed is found by ``recover`` (staged) or the orphan sweep (uploaded)."""
+    same: drop the objects only of keys the index (asked again) does not name, publish the others (after
+    a sync, unless the batch was synced before its commit). When the index cannot be asked, keep
+    everything: a committed row must never lose its objects, and what was not committed is found by
+    ``recover`` (staged) or the orphan sweep (uploaded)."""
     try:
         committed = index.known_objects(keys)
     except Exception:
@@ -165,29 +174,55 @@ def _after_a_failed_commit(index: Index, store: ObjectStore, keys: list[str]) ->
     if committed:
         log.warning("a commit reported a failure but had committed %d instances", len(committed))
         with contextlib.suppress(OSError):
+            if not synced:
+                store.sync(sorted(committed))
             store.publish(committed)
 
 
 def commit_batch(
-    index: Index, store: ObjectStore, items: list[PreparedInstance], *, overwrite: bool
+    index: Index,
+    store: ObjectStore,
+    items: list[PreparedInstance],
+    *,
+    overwrite: bool,
+    shared_flush: SharedFlush | None = None,
 ) -> list[AddResult]:
     """Make a batch of staged instances durable and indexed: one sync, one index transaction, then
     publish the stored objects and drop the staged files of the others (shared by STOW and import).
-    Raises when the sync or the transaction failed (StorageUnavailable when a cloud store could not take
-    the uploads); then nothing of the batch is stored or staged."""
+    With ``shared_flush`` the transaction comes first and the sync after it covers both (see
+    ingest/shared_flush.py). Raises when the sync or the transaction failed (StorageUnavailable when a
+    cloud store could not take the uploads); then nothing of the batch is stored or staged."""
     keys = [prepared.item.object_key for prepared in items]
+    unsynced: UnsyncedBatch | None = None
     try:
-        store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them
+        if shared_flush is None:
+            store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them
+        else:
+            unsynced = shared_flush.batch(keys)
         same_file = _compared_before_the_lock(index, store, items)
     except Exception:
+        if shared_flush is not None and unsynced is not None:
+            shared_flush.not_committed(unsynced)
         for key in keys:
             store.discard_staged(key)
         raise
     try:
-        results = index.add_instances(items, overwrite=overwrite, same_file=same_file)
+        results = index.add_instances(items, overwrite=overwrite, same_file=same_file, unsynced=unsynced)
     except Exception:
-        _after_a_failed_commit(index, store, keys)
+        if shared_flush is not None and unsynced is not None:
+            shared_flush.not_committed(unsynced)
+        _after_a_failed_commit(index, store, keys, synced=shared_flush is None)
         raise
+    if shared_flush is not None and unsynced is not None:
+        stored = [k for k, r in zip(keys, results, strict=True) if r.status in STORED]
+        try:
+            store.sync(keys)  # the staged files and the index's WAL: one device flush
+        except Exception:
+            rolled_back = shared_flush.sync_failed(stored)
+            for key in keys if rolled_back else set(keys) - set(stored):
+                store.discard_staged(key)
+            raise
+        shared_flush.synced(unsynced, stored)
     try:
         store.publish(k for k, r in zip(keys, results, strict=True) if r.status in STORED)
     except OSError:

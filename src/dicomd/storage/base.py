@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 # An instance is two objects under one key: its DICOM file, byte-exact and irreplaceable, and its
@@ -16,6 +17,10 @@ from typing import BinaryIO, Protocol
 DICOM = "dcm"
 METADATA = "json"
 SUFFIXES = (DICOM, METADATA)
+
+
+# check_area(staging area name, its directory): see ObjectStore.recover
+AreaCheck = Callable[[str, Path], None]
 
 
 class StorageUnavailable(Exception):
@@ -46,8 +51,9 @@ class Stager(Protocol):
         """Stage the metadata object of a staged instance (not made durable: see ``ObjectStore``)."""
         ...
 
-    def stage_file(self, key: str, source: str) -> None:
-        """Stage a byte-exact copy of the local file ``source`` as the DICOM object of ``key``."""
+    def stage_file(self, key: str, source: str) -> tuple[int, int]:
+        """Stage a byte-exact copy of the local file ``source`` as the DICOM object of ``key``; returns
+        the copy's (size, CRC-32)."""
         ...
 
     def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
@@ -71,7 +77,9 @@ class ObjectStore(Stager, Protocol):
     - A write is stage, then ``sync``, then the index commit, then ``publish``. A 2xx on store means
       ``sync`` returned, i.e. the batch's DICOM objects are durable (fsync or syncfs of the staged files;
       for a cloud store, the service's acknowledgement of the upload), and then the index row was
-      committed. A derived (metadata) object need not be durable: a crash may lose it or cut it short,
+      committed. (Where a SQLite index shares the local store's file system, the commit comes first,
+      without its own flush, and the ``sync`` after it covers both: ingest/shared_flush.py.)
+      A derived (metadata) object need not be durable: a crash may lose it or cut it short,
       and readers rebuild it.
     - ``publish`` runs only after the commit. Readers look objects up by keys the index names, so they
       find a committed object both before ``publish`` (wherever it is staged, by any process) and after.
@@ -160,9 +168,12 @@ class ObjectStore(Stager, Protocol):
         enough: the sweep's grace period must exceed the longest commit."""
         ...
 
-    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+    def recover(
+        self, is_committed: Callable[[str], bool], check_area: AreaCheck | None = None
+    ) -> tuple[int, int]:
         """Finish what dead processes staged: publish the objects whose key the index names, remove
-        the others. Returns (published, removed)."""
+        the others. ``check_area(name, directory)`` first, for each dead process's staging area (see
+        ingest/shared_flush.py). Returns (published, removed)."""
         ...
 
     def close(self) -> None:

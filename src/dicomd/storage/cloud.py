@@ -33,8 +33,14 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import from_url
 
-from dicomd.storage.base import DICOM, METADATA, SUFFIXES, StorageUnavailable
-from dicomd.storage.local import _TEMPORARY, StagingStore, create_file, is_object_name, new_key
+from dicomd.storage.base import DICOM, METADATA, SUFFIXES, AreaCheck, StorageUnavailable
+from dicomd.storage.local import (
+    _TEMPORARY,
+    StagingStore,
+    create_file,
+    is_object_name,
+    new_key,
+)
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -391,11 +397,13 @@ class CloudObjectStore(StagingStore):
                         yield key
 
     # ---- crash recovery ------------------------------------------------------------------------
-    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+    def recover(
+        self, is_committed: Callable[[str], bool], check_area: AreaCheck | None = None
+    ) -> tuple[int, int]:
         """``StagingStore.recover``; while the store is unavailable, what is left stays staged for the
         next ``recover`` (a worker's start must not fail on it)."""
         try:
-            return super().recover(is_committed)
+            return super().recover(is_committed, check_area)
         except StorageUnavailable as exc:
             log.warning("recovery of abandoned staged objects postponed: %s", exc)
             return 0, 0

@@ -11,7 +11,8 @@ durable and nothing is ever orphaned:
    no syncfs, an fsync per DICOM file: metadata objects need no flush, they are rebuilt when lost);
 3. the index commits, then ``publish`` renames the staged files to ``objects/abc/<key>.<suffix>``
    (one level of 4,096 directories: each new directory costs an inode allocation, and ext4 indexes
-   large directories well).
+   large directories well). Where the SQLite index is on this file system, the commit comes before the
+   sync, which then flushes both at once (ingest/shared_flush.py).
 
 After a crash, ``recover`` finishes step 3 for keys the index knows and deletes the rest.
 
@@ -36,15 +37,15 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomd.storage.base import DICOM, METADATA, SUFFIXES
+from dicomd.storage.base import DICOM, METADATA, SUFFIXES, AreaCheck
 
 __all__ = [
     "DICOM",
@@ -85,6 +86,7 @@ def is_object_name(fan_out: str, name: str) -> bool:
 # Hot-path file writes use the raw descriptor: Python's buffered open() adds an fstat, an ioctl, an
 # lseek and two objects per file, which matter at thousands of files per second.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
 FILE_MODE = 0o600  # owner-only: the archive holds PHI (the umask may only narrow it)
 DIR_MODE = 0o700
 
@@ -127,10 +129,25 @@ def write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def copy_file(source: str, path: str) -> None:
-    """Create (or truncate) ``path`` owner-only and copy ``source`` into it, unflushed."""
-    os.close(create_file(path))  # copyfile would create it with the umask's mode; a truncated file keeps 0600
-    shutil.copyfile(source, path)
+def copy_file(source: str, path: str) -> tuple[int, int]:
+    """Create (or truncate) ``path`` owner-only and copy ``source`` into it, unflushed. Returns the
+    copy's (size, CRC-32): read through user space anyway, the checksum costs ~7 µs per 39 KB."""
+    size = checksum = 0
+    with open(source, "rb", buffering=0) as f:
+        fd = create_file(path)
+        try:
+            try:
+                while chunk := f.read(_COPY_CHUNK):
+                    write_all(fd, chunk)
+                    size += len(chunk)
+                    checksum = zlib.crc32(chunk, checksum)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+    return size, checksum
 
 
 def make_private_dir(path: Path) -> None:
@@ -159,8 +176,8 @@ class LocalStager:
     def stage_metadata(self, key: str, data: bytes) -> None:
         write_file(f"{self.area}/{key}.{METADATA}", data)
 
-    def stage_file(self, key: str, source: str) -> None:
-        copy_file(source, f"{self.area}/{key}.{DICOM}")
+    def stage_file(self, key: str, source: str) -> tuple[int, int]:
+        return copy_file(source, f"{self.area}/{key}.{DICOM}")
 
     def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         write_parts(f"{self.area}/{key}.{DICOM}", parts)
@@ -212,6 +229,8 @@ class StagingStore(abc.ABC):
         self._area: StagingArea | None = None
         self._staging_str = ""
         self._claiming = threading.Lock()
+        # (size, CRC-32) of each DICOM file staged here, by key, while kept (see keep_checksums)
+        self._checksums: dict[str, tuple[int, int]] | None = None
 
     @property
     def staging(self) -> Path:
@@ -228,6 +247,11 @@ class StagingStore(abc.ABC):
         if self._area is None:
             self.staging  # noqa: B018 - claims the area
         return self._staging_str
+
+    @property
+    def staging_area(self) -> str:
+        """The name of this process's staging area (claimed on first use)."""
+        return self.staging.name
 
     def close(self) -> None:
         """Release this process's staging area; a later ``recover`` (any process) finishes its files."""
@@ -261,13 +285,16 @@ class StagingStore(abc.ABC):
         # the raw descriptor and write_all: see create_file
         fd = create_file(f"{self._own_area()}/{key}.{DICOM}")
         kept: list[bytes] | None = []
-        size = 0
+        size = checksum = 0
+        checksums = self._checksums
         try:
             try:
                 async for chunk in chunks:
                     write_all(fd, chunk)
+                    size += len(chunk)
+                    if checksums is not None:
+                        checksum = zlib.crc32(chunk, checksum)
                     if kept is not None:
-                        size += len(chunk)
                         if size <= keep:
                             kept.append(chunk)
                         else:
@@ -277,16 +304,45 @@ class StagingStore(abc.ABC):
         except BaseException:
             self.discard_staged(key)  # first: its space may let the next parts be stored
             raise
+        if checksums is not None:
+            checksums[key] = (size, checksum)
         return None if kept is None else b"".join(kept)
 
     def stage_metadata(self, key: str, data: bytes) -> None:
         write_file(f"{self._own_area()}/{key}.{METADATA}", data)
 
-    def stage_file(self, key: str, source: str) -> None:
-        copy_file(source, f"{self._own_area()}/{key}.{DICOM}")
+    def stage_file(self, key: str, source: str) -> tuple[int, int]:
+        checksum = copy_file(source, f"{self._own_area()}/{key}.{DICOM}")
+        self.note_checksum(key, checksum)
+        return checksum
 
     def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         write_parts(f"{self._own_area()}/{key}.{DICOM}", parts)
+        if self._checksums is not None:
+            checksum = 0
+            for part in parts:
+                checksum = zlib.crc32(part, checksum)
+            self._checksums[key] = (sum(len(part) for part in parts), checksum)
+
+    def note_checksum(self, key: str, checksum: tuple[int, int]) -> None:
+        """The (size, CRC-32) of a DICOM file staged here by another process (its ``stager``)."""
+        if self._checksums is not None:
+            self._checksums[key] = checksum
+
+    def keep_checksums(self) -> None:
+        """From now on, note the size and CRC-32 of each DICOM file staged here (``checksums``)."""
+        if self._checksums is None:
+            self._checksums = {}
+
+    def checksums(self, keys: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """(size, CRC-32) of the staged DICOM files of ``keys``: as noted while staging (or by
+        ``note_checksum``), else read back from the page cache."""
+        noted = self._checksums if self._checksums is not None else {}
+        found = {}
+        for key in keys:
+            known = noted.pop(key, None)
+            found[key] = known if known is not None else file_checksum(self.staged_file(key))
+        return found
 
     def write_staged(self, key: str, suffix: str, data: bytes) -> None:
         """Stage an object from bytes (for checks and tests)."""
@@ -296,36 +352,47 @@ class StagingStore(abc.ABC):
         return LocalStager(self._own_area())
 
     def discard_staged(self, key: str) -> None:
+        if self._checksums is not None:
+            self._checksums.pop(key, None)
         area = self._own_area()
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{area}/{key}.{suffix}")
 
     # ---- crash recovery ------------------------------------------------------------------------
-    def recover(self, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+    def recover(
+        self, is_committed: Callable[[str], bool], check_area: AreaCheck | None = None
+    ) -> tuple[int, int]:
         """Publish the staged objects of abandoned areas (whose owner died or let go) that the index
         knows, delete the others, and remove those areas. Areas of live processes are never touched,
-        so this is safe at any time, from any process. Returns (published, removed)."""
+        so this is safe at any time, from any process. ``check_area(name, directory)`` runs first for
+        each abandoned area (the index rolls back what its owner committed ahead of a flush that never
+        came: ingest/shared_flush.py). Returns (published, removed)."""
         published = removed = 0
         for entry in sorted(self.staging_root.iterdir()):
             if self._area is not None and entry.name.startswith(self._area.path.name):
                 continue  # ours
             if entry.is_dir():
-                p, r = self._recover_area(entry, is_committed)
+                p, r = self._recover_area(entry, is_committed, check_area)
                 published, removed = published + p, removed + r
             elif entry.name.endswith(_LOCK) and not entry.with_suffix("").exists():
-                self._recover_area(entry.with_suffix(""), is_committed)  # died before creating it
+                # died before creating it
+                self._recover_area(entry.with_suffix(""), is_committed, check_area)
         # staged files of versions before areas existed (only ever left by a stopped server)
         p, r = self._recover_files(self.staging_root, is_committed)
         return published + p, removed + r
 
-    def _recover_area(self, area: Path, is_committed: Callable[[str], bool]) -> tuple[int, int]:
+    def _recover_area(
+        self, area: Path, is_committed: Callable[[str], bool], check_area: AreaCheck | None
+    ) -> tuple[int, int]:
         lock_path = self.staging_root / f"{area.name}{_LOCK}"
         try:
             # never created here: a lock file is only ever made (already locked) by its owner
             fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             if area.is_dir():  # its owner always has the lock file: no live owner (a half-done recovery)
+                if check_area is not None:
+                    check_area(area.name, area)
                 counts = self._recover_files(area, is_committed)
                 with contextlib.suppress(OSError):
                     area.rmdir()
@@ -343,6 +410,8 @@ class StagingStore(abc.ABC):
                     return 0, 0  # another recoverer finished it and removed this lock file meanwhile
             except FileNotFoundError:
                 return 0, 0
+            if check_area is not None:
+                check_area(area.name, area)
             counts = self._recover_files(area, is_committed) if area.is_dir() else (0, 0)
             with contextlib.suppress(OSError):
                 area.rmdir()
@@ -418,6 +487,25 @@ class LocalObjectStore(StagingStore):
                 if entry.is_dir() and os.path.exists(candidate):
                     return candidate
         return None
+
+    def flushes_with_objects(self, path: str) -> bool:
+        """Whether ``sync`` also makes what was written to ``path`` durable: one syncfs flushes its whole
+        file system, so ``path`` must be on the staging area's (the fallback of an fsync per file
+        flushes nothing else)."""
+        if _syncfs is None:
+            return False
+        try:
+            return os.stat(path).st_dev == os.stat(self.staging_root).st_dev
+        except OSError:
+            return False
+
+    def holds_intact(self, directory: Path, key: str, size: int, checksum: int) -> bool:
+        """Whether the DICOM file of ``key``, staged in ``directory`` or in place, has this size and
+        CRC-32 (crash recovery: did the file reach the disk whole?)."""
+        for path in (f"{directory}/{key}.{DICOM}", f"{self._fan_out(key)}/{key}.{DICOM}"):
+            with contextlib.suppress(FileNotFoundError):
+                return file_checksum(path) == (size, checksum)
+        return False
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make the staged files of a batch durable: one syncfs for the whole batch where the kernel has
@@ -582,6 +670,16 @@ class LocalObjectStore(StagingStore):
                 yield path  # the object itself
                 return
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def file_checksum(path: str) -> tuple[int, int]:
+    """(size, CRC-32) of a file."""
+    checksum = size = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            checksum = zlib.crc32(chunk, checksum)
+            size += len(chunk)
+    return size, checksum
 
 
 def _fsync_dir(path: Path) -> None:

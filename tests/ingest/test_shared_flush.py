@@ -1,0 +1,239 @@
+"""One device flush per group commit (ingest/shared_flush.py): where the SQLite index shares the objects'
+file system, the index commits without flushing its WAL and one syncfs after the commit covers both. A
+crash between the two may keep the commit and lose a file: the commit records each file's size and CRC-32,
+and recovery of the dead process's staging area rolls back every instance whose file is not whole (never
+acknowledged: the acknowledgement waits for the syncfs). Real SQLite and real files; the crash is the
+moment between the commit and the sync, reproduced by committing as the committer does and stopping
+there, then cutting the files short as a power loss could."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomd.index import Index, PreparedInstance
+from dicomd.index.types import UnsyncedBatch
+from dicomd.ingest import shared_flush
+from dicomd.ingest.bulk_import import import_files
+from dicomd.ingest.committer import GroupCommitter
+from dicomd.ingest.service import IngestService
+from dicomd.ingest.shared_flush import SharedFlush
+from dicomd.storage import local
+from dicomd.storage.local import LocalObjectStore
+
+from support.dicom_files import make_instance, new_uid
+
+
+class Archive:
+    def __init__(self, root: Path, *, index_dir: Path | None = None, overwrite: bool = False) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.index = Index(f"sqlite:///{(index_dir or root) / 'index.db'}")
+        self.index.migrate()
+        self.store = LocalObjectStore(root / "objects")
+        self.committer = GroupCommitter(self.index, self.store, overwrite=overwrite, max_batch=64)
+        self.ingest = IngestService(self.store, self.committer, bulk_threshold=1024)
+
+    async def prepared(self, data: bytes) -> PreparedInstance:
+        part = await self.ingest.stage(_body(data))
+        outcome, prepared = await self.ingest.prepare(part, url_study=None, version=2)
+        assert prepared is not None, outcome.messages
+        return prepared
+
+    def close(self) -> None:
+        self.store.close()
+        self.index.close()
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture
+async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+    archive = Archive(tmp_path)
+    archive.committer.start()
+    yield archive
+    await archive.committer.stop()
+    archive.close()
+
+
+def _synchronous_of_pooled_connections(index: Index) -> set[int]:
+    levels = set()
+    conns = [index.engine.connect() for _ in range(3)]
+    for conn in conns:
+        levels.add(int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+        conn.close()
+    return levels
+
+
+async def test_one_flush_applies_only_where_one_syncfs_covers_the_index(tmp_path: Path) -> None:
+    shared = Archive(tmp_path / "shared")
+    assert shared.committer.shared_flush is not None
+    overwrite = Archive(tmp_path / "overwrite", overwrite=True)
+    # a rolled-back replacement would lose the version it replaced: two flushes
+    assert overwrite.committer.shared_flush is None
+    for archive in (shared, overwrite):
+        archive.close()
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        index_dir = shm / f"dicomd-test-{new_uid()}"
+        index_dir.mkdir()
+        try:
+            apart = Archive(tmp_path / "apart", index_dir=index_dir)
+            assert apart.committer.shared_flush is None  # a syncfs of the objects misses the index
+            apart.close()
+        finally:
+            for path in index_dir.iterdir():
+                path.unlink()
+            index_dir.rmdir()
+
+
+async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_flush, "_FORGET_AFTER", 2)
+    area = archive.store.staging_area
+    data = [make_instance() for _ in range(3)]
+    outcome = await archive.ingest.commit(*await _prepare(archive, data[0]))
+    assert outcome.stored
+    [(key, size, checksum)] = archive.index.unsynced_objects(area)
+    assert (size, checksum) == (len(data[0]), zlib.crc32(data[0]))
+    [stored] = archive.index.find_instances(1, outcome.study_instance_uid)
+    assert stored.object_key == key
+    assert archive.store.read(key) == data[0]  # published after the sync
+    await archive.ingest.commit(*await _prepare(archive, data[1]))
+    assert len(archive.index.unsynced_objects(area)) == 2
+    await archive.ingest.commit(*await _prepare(archive, data[2]))  # forgets the first two
+    [(_, size, checksum)] = archive.index.unsynced_objects(area)
+    assert (size, checksum) == (len(data[2]), zlib.crc32(data[2]))
+    # commits that do not flush are the group commit's alone: every other transaction still flushes
+    assert _synchronous_of_pooled_connections(archive.index) == {2}  # FULL
+    await archive.committer.stop()  # a clean stop forgets the rest: no recovery reads them back
+    assert archive.index.unsynced_objects(area) == []
+
+
+async def _prepare(archive: Archive, data: bytes) -> tuple[object, PreparedInstance]:
+    part = await archive.ingest.stage(_body(data))
+    outcome, prepared = await archive.ingest.prepare(part, url_study=None, version=2)
+    assert prepared is not None
+    return outcome, prepared
+
+
+async def test_recovery_rolls_back_instances_whose_files_a_crash_lost(tmp_path: Path) -> None:
+    dead = Archive(tmp_path)
+    flush = dead.committer.shared_flush
+    assert flush is not None
+    study = new_uid()
+    data = [make_instance(study=study) for _ in range(4)]
+    items = [await dead.prepared(d) for d in data]
+    keys = [p.item.object_key for p in items]
+    # the group commit's transaction, then the crash before its syncfs
+    results = dead.index.add_instances(items, overwrite=False, unsynced=flush.batch(keys))
+    assert [r.status for r in results] == ["created"] * 4
+    area = dead.store.staging_area
+    intact, cut_short, emptied, missing = (dead.store.staged_path(k) for k in keys)
+    os.truncate(cut_short, len(data[1]) // 2)
+    with open(emptied, "r+b") as f:  # the right size, but its blocks never written: zeros
+        f.write(bytes(len(data[2])))
+    missing.unlink()
+    dead.store.close()  # the process is gone: its staging area's lock with it
+
+    survivor = LocalObjectStore(tmp_path / "objects")
+    published, removed = shared_flush.recover(dead.index, survivor)
+    stored = dead.index.find_instances(1, study)
+    assert [s.object_key for s in stored] == [keys[0]]
+    assert survivor.read(keys[0]) == data[0]
+    assert (published, removed) == (1, 3)  # the missing DICOM file's metadata file was staged too
+    assert dead.index.unsynced_objects(area) == []
+    assert not intact.exists()  # moved into place
+    changes = dead.index.changefeed(offset=0, limit=100, v2=False)
+    assert [c.action for c in changes] == ["Create"] * 4 + ["Delete"] * 3
+    assert {c.object_key for c in changes if c.action == "Delete"} == set(keys[1:])
+    # the queue of objects to remove names the rolled-back keys (whatever is left of them)
+    queued = {key for _, key in dead.index.claim_deleted_objects(100)}
+    assert queued == set(keys[1:])
+    survivor.close()
+    dead.index.close()
+
+
+async def test_recovery_keeps_every_instance_whose_sync_came(tmp_path: Path) -> None:
+    """A crash after the syncs: the rows left for the area name whole files, read back and kept."""
+    archive = Archive(tmp_path)
+    archive.committer.start()
+    study = new_uid()
+    for _ in range(3):
+        outcome = await archive.ingest.commit(*await _prepare(archive, make_instance(study=study)))
+        assert outcome.stored
+    area = archive.store.staging_area
+    assert len(archive.index.unsynced_objects(area)) == 3
+    archive.store.close()  # the process dies: its committer never stops
+
+    survivor = LocalObjectStore(tmp_path / "objects")
+    shared_flush.recover(archive.index, survivor)
+    assert len(archive.index.find_instances(1, study)) == 3
+    assert archive.index.unsynced_objects(area) == []
+    changes = archive.index.changefeed(offset=0, limit=100, v2=False)
+    assert [c.action for c in changes] == ["Create"] * 3
+    survivor.close()
+    await archive.committer.stop()
+    archive.index.close()
+
+
+async def test_a_failed_sync_after_the_commit_rolls_the_batch_back(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_sync(keys: object) -> None:  # a write-back error reported by syncfs
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(archive.store, "sync", failing_sync)
+    data = make_instance()
+    outcome = await archive.ingest.commit(*await _prepare(archive, data))
+    assert not outcome.stored
+    assert archive.index.find_instances(1, outcome.study_instance_uid) == []
+    assert archive.index.unsynced_objects(archive.store.staging_area) == []
+    changes = archive.index.changefeed(offset=0, limit=10, v2=False)
+    assert [c.action for c in changes] == ["Create", "Delete"]  # it was visible for a moment
+    assert archive.store.staged_names() == []
+    monkeypatch.undo()
+    again = await archive.ingest.commit(*await _prepare(archive, data))  # the sender's retry
+    assert again.stored
+    assert isinstance(archive.committer.shared_flush, SharedFlush)
+
+
+def test_dicomd_import_commits_ahead_of_its_flush_with_its_copies_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = tmp_path / "in"
+    sources.mkdir()
+    data = {}
+    for i in range(5):
+        data[i] = make_instance()
+        (sources / f"{i}.dcm").write_bytes(data[i])
+    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
+    index.migrate()
+    store = LocalObjectStore(tmp_path / "objects")
+    recorded: list[UnsyncedBatch] = []
+    real_add = index.add_instances
+
+    def watched_add(*args: Any, **kwargs: Any) -> Any:
+        recorded.append(kwargs["unsynced"])
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(index, "add_instances", watched_add)
+    # the checksums come from the parsers' copies: never read back in the committing process
+    monkeypatch.setattr(local, "file_checksum", None)
+    report = import_files([sources], index, store, processes=1, batch=2)
+    assert report.stored == 5
+    assert len(recorded) == 3 and all(b is not None for b in recorded)  # batches of 2, 2 and 1
+    assert {c for b in recorded for c in b.checksums.values()} == {
+        (len(d), zlib.crc32(d)) for d in data.values()
+    }
+    assert index.unsynced_objects(store.staging_area) == []  # forgotten at the end: all synced
+    store.close()
+    index.close()
