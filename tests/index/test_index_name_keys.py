@@ -20,7 +20,7 @@ from dicomd.index.schema import study, study_name_key
 from dicomd.index.search import _ESCAPE, bind, filter_terms
 from dicomd.index.store import MIGRATIONS_DIR
 
-from support.backends import BACKENDS
+from support.backends import BACKENDS, PG_URL
 from support.index_rows import add, make_parsed, new, open_index, pn
 
 LONG = "A" * 70 + "^LONGNAME"  # longer than MAX_NAME_KEY: stored truncated
@@ -398,3 +398,49 @@ def test_wide_range_is_kept_off_the_index_on_sqlite(tmp_path: Path) -> None:
             assert [r["0020000D"]["Value"][0] for r in idx.search(wide)] == ["6.0"]
             assert "(+ study.study_date) >= ?" in seen[-1] and "(+ study.study_date) <= ?" in seen[-1]
             assert seen[-2].startswith("SELECT count(*)")
+
+
+# -- PostgreSQL: a name narrowing that names many studies is dropped, with the same results ---------------
+
+
+def test_every_name_matches_alike_without_its_narrowing(
+    corpus: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROBE_FACTOR 0 makes every name's key range "wide": on PostgreSQL the study_name_key narrowing is
+    dropped and the LIKE/= conditions alone select (SQLite never probes names)."""
+    monkeypatch.setattr(search_module, "PROBE_FACTOR", 0)
+    for keyword in ("PatientName", "ReferringPhysicianName"):
+        for params in [[(keyword, p)] for p in PATTERNS] + [
+            [(keyword, v), ("fuzzymatching", "true")] for v in FUZZY
+        ]:
+            assert _uids(corpus, "study", params) == _reference(corpus, params), params
+
+
+def test_a_name_shared_by_many_studies_is_searched_in_key_order_on_postgresql(tmp_path: Path) -> None:
+    if not PG_URL:
+        pytest.skip("DICOMD_TEST_POSTGRES_URL not set")
+    with open_index("postgresql", tmp_path) as idx:
+        add(
+            idx,
+            *(make_parsed(f"7.{i}", f"7.{i}.1", f"7.{i}.1.1", patient_name=f"SMITH^P{i}") for i in range(30)),
+        )
+        add(idx, make_parsed("7.99", "7.99.1", "7.99.1.1", patient_name="RARE^ONE"))
+        seen: list[str] = []
+        fetch = idx._fetch
+
+        def spy(sql: str, params: Any) -> list[Any]:
+            seen.append(sql)
+            return fetch(sql, params)
+
+        idx._fetch = spy  # type: ignore[method-assign]
+        # 30 keys >= PROBE_FACTOR (20) x (limit 1 + offset 0): the narrowing is dropped
+        common = parse_qido("study", [("PatientName", "SMI*"), ("limit", "1")])
+        assert [r["0020000D"]["Value"][0] for r in idx.search(common)] == ["7.0"]
+        assert "study_name_key" in seen[-2] and "count(" in seen[-2]  # the probe
+        assert "study_name_key" not in seen[-1]
+        rare = parse_qido("study", [("PatientName", "RAR*"), ("limit", "1")])
+        assert [r["0020000D"]["Value"][0] for r in idx.search(rare)] == ["7.99"]
+        assert "study_name_key" in seen[-1]  # 1 key: narrowed
+        exact = parse_qido("study", [("PatientName", "SMITH^P3")])
+        assert [r["0020000D"]["Value"][0] for r in idx.search(exact)] == ["7.3"]
+        assert "study_name_key" in seen[-1]

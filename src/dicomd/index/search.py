@@ -19,7 +19,9 @@ folded word of each study's names): a wildcard's literal prefix becomes a key ra
                 WHERE partition_key = ? AND field = ? AND name_key >= 'DOE' AND name_key < 'DOF')
 (an exact name: key = group; fuzzy: the longest query word as a range of word keys), and the LIKE
 above stays the exact condition. Only a pattern without a literal prefix ('*SMITH', '?OE') scans the
-partition's study rows. UID, ID, date and modality filters use indexes.
+partition's study rows. On PostgreSQL a name whose keys name many studies (counted up to a bound first)
+is searched without the narrowing, in key order, stopping after the page (_name_keys_if_selective).
+UID, ID, date and modality filters use indexes.
 
 The page is chosen on keys alone (ORDER BY key LIMIT/OFFSET in a subquery) and only its rows are
 joined back for their attrs, so an index range that matches many rows sorts integers, not rows. On
@@ -30,6 +32,7 @@ in key order stops after `limit` rows instead of reading and sorting every match
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
@@ -498,6 +501,58 @@ def _off_index_if_wide(
     return [Term("+>=" if t.op == ">=" else "+<=", t.column, t.values) for t in terms]
 
 
+def _name_keys_probe(exact: bool) -> Select[Any]:
+    """Counts a filter's study_name_key rows up to a bound: p0 partition key, p1 field, p2 key (exact)
+    or p2 low and p3 high (prefix), then p limit, p offset. Reads the primary key's b-tree only."""
+    numbers = count()
+    nk = study_name_key
+    conds = [
+        nk.c.partition_key == bindparam(f"p{next(numbers)}"),
+        nk.c.field == bindparam(f"p{next(numbers)}"),
+    ]
+    if exact:
+        conds.append(nk.c.name_key == bindparam(f"p{next(numbers)}"))
+    else:
+        conds += [
+            nk.c.name_key >= bindparam(f"p{next(numbers)}"),
+            nk.c.name_key < bindparam(f"p{next(numbers)}"),
+        ]
+    matches: Select[Any] = (
+        select(literal_column("1"))
+        .select_from(nk)
+        .where(*conds)
+        .limit(bindparam(f"p{next(numbers)}", type_=Integer()))
+        .offset(bindparam(f"p{next(numbers)}", type_=Integer()))
+    )
+    return select(func.count()).select_from(matches.subquery())
+
+
+def _name_keys_if_selective(
+    statements: CompiledStatements, fetch: Fetch, q: QidoQuery, terms: list[Term]
+) -> list[Term]:
+    """PostgreSQL: a person name filter's narrowing through study_name_key, dropped when it names many
+    studies (its exact terms stay).
+
+    PostgreSQL joins every candidate study of the name keys, then sorts them for the page: a 3-letter
+    prefix shared by 8% of 100k studies probed 8,400 study rows (75 ms). A scan in key order with the
+    name's LIKE stops after limit + offset matches, reading about 1/8% as many rows (3.5 ms), but reads
+    the whole table for a rare name: the probe counts the candidates up to PROBE_FACTOR x (limit +
+    offset) and keeps the narrowing below that (SQLite plans both cases well by itself)."""
+    narrowing = [t for t in terms if t.op in ("name=", "name^")]
+    if not narrowing:
+        return terms
+    bound = min(PROBE_MAX, PROBE_FACTOR * (q.limit + q.offset))
+    wide = []
+    for term in narrowing:
+        exact = term.op == "name="
+        sql = statements.get(("qido_name_probe", exact), functools.partial(_name_keys_probe, exact))
+        values = [*term.values, bound, 0]
+        found = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))[0][0]
+        if found >= bound:
+            wide.append(term)
+    return [t for t in terms if t not in wide]
+
+
 def requested_tags(q: QidoQuery) -> set[str]:
     """Tags a result must carry (when not includefield=all): defaults, matching keys, includefields."""
     tags: set[str] = {SPECIFIC_CHARACTER_SET, STUDY_INSTANCE_UID}
@@ -535,6 +590,8 @@ def run_search(statements: CompiledStatements, fetch: Fetch, q: QidoQuery) -> li
     terms = [(f, filter_terms(f, q.fuzzy, q.partition_key)) for f in q.filters]
     if statements.dialect_name == "sqlite":
         terms = [(f, _off_index_if_wide(statements, fetch, q, f, t)) for f, t in terms]
+    else:
+        terms = [(f, _name_keys_if_selective(statements, fetch, q, t)) for f, t in terms]
     shape, values = bind(q, wanted is None or MODALITIES_IN_STUDY in wanted, terms)
     sql = statements.get(("qido", shape), lambda: build_select(shape, statements.dialect_name))
     rows = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))
