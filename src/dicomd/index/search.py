@@ -33,7 +33,7 @@ in key order stops after `limit` rows instead of reading and sorting every match
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, Literal
@@ -452,18 +452,9 @@ def build_select(shape: Shape, dialect: str) -> Select[Any]:
     return select(*cols).select_from(rows).order_by(page.c[key])
 
 
-def _probe_select(table_name: str, column: str, low: bool, high: bool) -> Select[Any]:
-    """Counts the rows of a range on an indexed column, up to a bound: p0 partition key, [p1 low],
-    [p high], p limit, p offset (0: SQLAlchemy's SQLite dialect adds an OFFSET to every LIMIT).
-    Reads the covering index (partition_key, column) only."""
-    numbers = count()
-    table = {"study": study, "series": series}[table_name]
-    col = table.c[column]
-    conds = [table.c.partition_key == bindparam(f"p{next(numbers)}")]
-    if low:
-        conds.append(col >= bindparam(f"p{next(numbers)}"))
-    if high:
-        conds.append(col <= bindparam(f"p{next(numbers)}"))
+def _bounded_count(table: Table, conds: list[Any], numbers: Iterator[int]) -> Select[Any]:
+    """Counts the rows of ``table`` matching ``conds`` up to a bound: the next two parameters are the
+    limit and an offset (0: SQLAlchemy's SQLite dialect adds an OFFSET to every LIMIT)."""
     matches: Select[Any] = (
         select(literal_column("1"))
         .select_from(table)
@@ -472,6 +463,36 @@ def _probe_select(table_name: str, column: str, low: bool, high: bool) -> Select
         .offset(bindparam(f"p{next(numbers)}", type_=Integer()))
     )
     return select(func.count()).select_from(matches.subquery())
+
+
+def _reaches_bound(
+    statements: CompiledStatements,
+    fetch: Fetch,
+    q: QidoQuery,
+    key: Any,
+    build: Callable[[], Any],
+    values: list[Any],
+) -> bool:
+    """Whether the bounded count ``build`` (cached under ``key``), given ``values``, reaches
+    PROBE_FACTOR x (limit + offset): matches that many rows or more."""
+    bound = min(PROBE_MAX, PROBE_FACTOR * (q.limit + q.offset))
+    sql = statements.get(key, build)
+    found = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate([*values, bound, 0])}))[0][0]
+    return bool(found >= bound)
+
+
+def _probe_select(table_name: str, column: str, low: bool, high: bool) -> Select[Any]:
+    """Counts the rows of a range on an indexed column, up to a bound: p0 partition key, [p1 low],
+    [p high], then the bound. Reads the covering index (partition_key, column) only."""
+    numbers = count()
+    table = {"study": study, "series": series}[table_name]
+    col = table.c[column]
+    conds = [table.c.partition_key == bindparam(f"p{next(numbers)}")]
+    if low:
+        conds.append(col >= bindparam(f"p{next(numbers)}"))
+    if high:
+        conds.append(col <= bindparam(f"p{next(numbers)}"))
+    return _bounded_count(table, conds, numbers)
 
 
 def _off_index_if_wide(
@@ -489,21 +510,18 @@ def _off_index_if_wide(
     if f.match != "range" or (f.level, f.column) not in _PROBED_RANGES or not terms:
         return terms
     low, high = f.values
-    sql = statements.get(
-        ("qido_probe", f.level, f.column, bool(low), bool(high)),
-        lambda: _probe_select(f.level, f.column, bool(low), bool(high)),
-    )
-    bound = min(PROBE_MAX, PROBE_FACTOR * (q.limit + q.offset))
-    values = [q.partition_key, *(v for v in (low, high) if v), bound, 0]
-    found = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))[0][0]
-    if found < bound:
+    key = ("qido_probe", f.level, f.column, bool(low), bool(high))
+    build = functools.partial(_probe_select, f.level, f.column, bool(low), bool(high))
+    if not _reaches_bound(
+        statements, fetch, q, key, build, [q.partition_key, *(v for v in (low, high) if v)]
+    ):
         return terms
     return [Term("+>=" if t.op == ">=" else "+<=", t.column, t.values) for t in terms]
 
 
 def _name_keys_probe(exact: bool) -> Select[Any]:
     """Counts a filter's study_name_key rows up to a bound: p0 partition key, p1 field, p2 key (exact)
-    or p2 low and p3 high (prefix), then p limit, p offset. Reads the primary key's b-tree only."""
+    or p2 low and p3 high (prefix), then the bound. Reads the primary key's b-tree only."""
     numbers = count()
     nk = study_name_key
     conds = [
@@ -517,14 +535,7 @@ def _name_keys_probe(exact: bool) -> Select[Any]:
             nk.c.name_key >= bindparam(f"p{next(numbers)}"),
             nk.c.name_key < bindparam(f"p{next(numbers)}"),
         ]
-    matches: Select[Any] = (
-        select(literal_column("1"))
-        .select_from(nk)
-        .where(*conds)
-        .limit(bindparam(f"p{next(numbers)}", type_=Integer()))
-        .offset(bindparam(f"p{next(numbers)}", type_=Integer()))
-    )
-    return select(func.count()).select_from(matches.subquery())
+    return _bounded_count(nk, conds, numbers)
 
 
 def _name_keys_if_selective(
@@ -538,19 +549,17 @@ def _name_keys_if_selective(
     name's LIKE stops after limit + offset matches, reading about 1/8% as many rows (3.5 ms), but reads
     the whole table for a rare name: the probe counts the candidates up to PROBE_FACTOR x (limit +
     offset) and keeps the narrowing below that (SQLite plans both cases well by itself)."""
-    narrowing = [t for t in terms if t.op in ("name=", "name^")]
-    if not narrowing:
-        return terms
-    bound = min(PROBE_MAX, PROBE_FACTOR * (q.limit + q.offset))
-    wide = []
-    for term in narrowing:
+
+    def wide(term: Term) -> bool:
+        if term.op not in ("name=", "name^"):
+            return False
         exact = term.op == "name="
-        sql = statements.get(("qido_name_probe", exact), functools.partial(_name_keys_probe, exact))
-        values = [*term.values, bound, 0]
-        found = fetch(sql.sql, sql.params({f"p{i}": v for i, v in enumerate(values)}))[0][0]
-        if found >= bound:
-            wide.append(term)
-    return [t for t in terms if t not in wide]
+        key = ("qido_name_probe", exact)
+        return _reaches_bound(
+            statements, fetch, q, key, functools.partial(_name_keys_probe, exact), list(term.values)
+        )
+
+    return [t for t in terms if not wide(t)]
 
 
 def requested_tags(q: QidoQuery) -> set[str]:

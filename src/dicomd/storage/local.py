@@ -105,7 +105,7 @@ def create_file(path: str) -> int:
     return os.open(path, _NEW_FILE, FILE_MODE)
 
 
-def write_parts(path: str, parts: Sequence[bytes | memoryview]) -> None:
+def write_parts(path: str, parts: Iterable[bytes | memoryview]) -> None:
     """Create ``path`` with ``parts`` one after the other, unflushed; on failure it is removed."""
     fd = create_file(path)
     try:
@@ -133,20 +133,16 @@ def copy_file(source: str, path: str) -> tuple[int, int]:
     """Create (or truncate) ``path`` owner-only and copy ``source`` into it, unflushed. Returns the
     copy's (size, CRC-32): read through user space anyway, the checksum costs ~7 µs per 39 KB."""
     size = checksum = 0
+
+    def chunks(f: BinaryIO) -> Iterator[bytes]:
+        nonlocal size, checksum
+        while chunk := f.read(_COPY_CHUNK):
+            size += len(chunk)
+            checksum = zlib.crc32(chunk, checksum)
+            yield chunk
+
     with open(source, "rb", buffering=0) as f:
-        fd = create_file(path)
-        try:
-            try:
-                while chunk := f.read(_COPY_CHUNK):
-                    write_all(fd, chunk)
-                    size += len(chunk)
-                    checksum = zlib.crc32(chunk, checksum)
-            finally:
-                os.close(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
+        write_parts(path, chunks(f))
     return size, checksum
 
 
