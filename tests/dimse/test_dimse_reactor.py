@@ -1,7 +1,8 @@
 """pynetdicom with dicomd's event-driven waits (dimse/reactor.py), in a process of its own: associations are
 built event-driven on both sides; echoes, stores and a C-GET (whose C-STOREs pause the acceptor's reactor)
-work; release and abort end every thread; the wake-up sockets are closed with their association; a sender's
-response is never taken by its own association's reactor."""
+work; release and abort end every thread (and wake the association thread's wait, however long); the
+wake-up sockets are closed with their association; a sender's response is never taken by its own
+association's reactor."""
 
 from __future__ import annotations
 
@@ -132,5 +133,54 @@ def test_a_response_is_never_taken_by_the_reactor_of_its_sender() -> None:
     back within it was taken by the reactor and its sender waited for the DIMSE timeout (before the fix,
     about one echo in 200 under this load; none in 1,800 after it)."""
     done = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ok")
+
+
+_WAKE = textwrap.dedent(
+    """
+    import threading, time
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+    from dicomd.dimse import reactor
+
+    reactor.install()
+    reactor._REACTOR_WAIT = 600  # only a wake-up can end an association thread's wait in time
+    scp = AE(ae_title="SCP")
+    scp.add_supported_context(Verification)
+    scp.acse_timeout = scp.dimse_timeout = scp.network_timeout = 600
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_ECHO, lambda e: 0)])
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = 600
+
+    for ending in ("peer release", "peer abort", "local abort", "local release"):
+        assoc = scu.associate("127.0.0.1", server.socket.getsockname()[1], ae_title="SCP")
+        assert assoc.send_c_echo().Status == 0
+        [acceptor] = server.active_associations
+        end = {
+            "peer release": assoc.release,
+            "peer abort": assoc.abort,
+            "local abort": acceptor.abort,  # from another thread than the association's: its kill wakes it
+            "local release": acceptor.release,
+        }[ending]
+        ender = threading.Thread(target=end, daemon=True)  # a release waits for the other side's reply
+        ender.start()
+        threads = [ender, acceptor, assoc, acceptor.dul, assoc.dul]
+        deadline = time.monotonic() + 20
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not any(t.is_alive() for t in threads), (ending, threads)
+    server.shutdown()
+    print("ok")
+    """
+)
+
+
+def test_what_ends_an_association_wakes_its_reactor() -> None:
+    """The association thread waits up to 50 ms with nothing to do; a release or abort from the peer
+    (the DUL's primitive) and a kill end the wait at once: with the wait made 10 minutes long, every way
+    an association ends still ends both its threads."""
+    done = subprocess.run([sys.executable, "-c", _WAKE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("ok")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accept
 from dicomd.dimse.client import parse_address
 from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
 from dicomd.dimse.context import Gateway
+from dicomd.dimse.direct_store import DirectStore
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
 from dicomd.dimse.store import handle_echo, handle_store
@@ -193,6 +195,7 @@ def _serve(
         limits=limits,
         tls=tls,
         audit=audit,
+        direct_store=functools.partial(DirectStore, gateway=gateway, audit=audit),
     )
     thread = threading.Thread(target=server.serve_forever, name="dicomd-dimse-accept", daemon=True)
     thread.start()

@@ -70,9 +70,14 @@ def failure_status(status: int, comment: str) -> Dataset:
     """A status data set with an ErrorComment: LO in the default repertoire, at most 64 characters."""
     ds = Dataset()
     ds.Status = status
-    text = comment.encode("ascii", "replace").decode("ascii")
-    ds.ErrorComment = text if len(text) <= _ERROR_COMMENT_MAX else text[: _ERROR_COMMENT_MAX - 3] + "..."
+    ds.ErrorComment = error_comment(comment)
     return ds
+
+
+def error_comment(comment: str) -> str:
+    """An ErrorComment value: LO in the default repertoire, at most 64 characters."""
+    text = comment.encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= _ERROR_COMMENT_MAX else text[: _ERROR_COMMENT_MAX - 3] + "..."
 
 
 def query_level(identifier: Dataset, sop_class: str) -> QueryLevel:

@@ -11,9 +11,13 @@ only what their sleeps wait for:
 - the DUL thread waits on its socket and on a wake-up socket pair that ``send_pdu`` and ``kill_dul`` write
   to, so a received PDU or a primitive to send is handled at once; with nothing to do it wakes every 10 ms
   (the ARTIM timer and events queued by other threads, which do not wake it, are seen by then);
-- the association thread's 1 ms sleep becomes a wait of at most 1 ms on its DIMSE message queue, which a
-  complete message ends, and so does a ``send_*`` call that pauses the reactor (it clears the reactor's
-  checkpoint and spins until the reactor has paused: a C-MOVE's every C-STORE did that).
+- the association thread's 1 ms sleep becomes a wait on its DIMSE message queue's condition, which a
+  complete message ends, and so do a ``send_*`` call that pauses the reactor (it clears the reactor's
+  checkpoint and spins until the reactor has paused: a C-MOVE's every C-STORE did that), a primitive the
+  DUL hands up (the peer's release request or abort) and a kill. Nothing else ends its loop but the
+  network timeout, so it wakes every 50 ms with nothing to do instead of every 1 ms: four idle
+  associations' polling cost the C-STORE path of a four-association ``storescu`` ~0.2 ms of CPU (and GIL)
+  per instance.
 
 It is done by standing in for the ``time`` module in pynetdicom's ``dul`` and ``association`` modules (a
 sleep there is routed by the calling thread; other sleeps stay sleeps) and by having pynetdicom build an
@@ -25,35 +29,90 @@ every path through it.
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pynetdicom.ae as _ae
 import pynetdicom.association as _association
 import pynetdicom.dul as _dul
 
 if TYPE_CHECKING:
-    import queue
-
     from pynetdicom.ae import ApplicationEntity
     from pynetdicom.association import Association
 
+log = logging.getLogger("dicomd.dimse")
+
 _POLL = 0.001  # pynetdicom's sleep in both loops
 _IDLE_WAIT = 0.01  # the DUL thread's longest wait with nothing to do
+_REACTOR_WAIT = 0.05  # the association thread's: only the network timeout is seen by polling
+_PDU_HEADER = struct.Struct(">BBL")
+_P_DATA_TF = 0x04
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+class PDataInterceptor(Protocol):
+    """Takes the P-DATA-TF PDUs it can answer itself (dimse/direct_store.py) before pynetdicom decodes
+    them; runs in the DUL thread."""
+
+    def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
+        """Whether the PDU (header included) was taken; if not, pynetdicom handles it as usual."""
+        ...
 
 
 class EventDrivenDUL(_dul.DULServiceProvider):
-    """pynetdicom's DUL provider, woken by its socket or by a primitive to send instead of a timer."""
+    """pynetdicom's DUL provider, woken by its socket or by a primitive to send instead of a timer, and
+    with an optional ``interceptor`` of received P-DATA-TF PDUs."""
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
+        self.interceptor: PDataInterceptor | None = None
+        self.to_user_queue = _WakingQueue(assoc)
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's, with the interceptor offered each P-DATA-TF PDU first (the same reads, so the
+        listener's limits on PDU sizes apply alike; the same events on a short or unknown PDU)."""
+        interceptor = self.interceptor
+        if interceptor is None:
+            return super()._read_pdu_data()  # type: ignore[no-any-return]
+        association_socket = self.socket
+        assert association_socket is not None
+        try:
+            pdu = bytearray(association_socket.recv(6))
+            if len(pdu) != 6:
+                self.event_queue.put("Evt17")  # closed before a whole header came
+                return None
+            pdu_type, _, length = _PDU_HEADER.unpack(pdu)
+            if pdu_type not in _KNOWN_PDU_TYPES:
+                self.event_queue.put("Evt19")  # unrecognised PDU
+                return None
+            pdu += association_socket.recv(length)
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return None
+        if len(pdu) != 6 + length:
+            self.event_queue.put("Evt17")
+            return None
+        if pdu_type == _P_DATA_TF and interceptor.take(self, pdu):
+            return None
+        try:
+            decoded, event = self._decode_pdu(pdu)
+        except Exception:
+            log.warning("a DICOM peer sent a PDU that does not decode")
+            self.event_queue.put("Evt19")
+            return None
+        self.event_queue.put(event)
+        self._recv_pdu.put(decoded)
+        return None
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -165,13 +224,45 @@ class EventDrivenAssociation(_BaseAssociation):
     def _is_paused(self, value: bool) -> None:
         pass  # pynetdicom's assignments: see the class docstring
 
+    def kill(self) -> None:
+        self._kill = True
+        wake_reactor(self)  # its loop ends at once, not at the end of its wait
+        super().kill()
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A DUL's queue of primitives for its association (the peer's release request, an abort): a put
+    wakes the association's reactor, which acts on them."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        wake_reactor(self._assoc)
+
+
+def wake_reactor(assoc: Association) -> None:
+    dimse = getattr(assoc, "dimse", None)
+    if dimse is not None:
+        messages = dimse.msg_queue
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
 
 def _wait_for_message(assoc: Association, timeout: float) -> None:
-    """At most ``timeout``, less when a DIMSE message is (or becomes) ready for the association or a
-    sender asks its reactor to pause."""
+    """At most ``timeout``, less when a DIMSE message is (or becomes) ready for the association, a sender
+    asks its reactor to pause, the DUL hands it a primitive or it is killed (all of which notify the
+    message queue's condition, under whose lock this looks)."""
     messages = assoc.dimse.msg_queue
     with messages.not_empty:
-        if not messages.queue and assoc._reactor_checkpoint.is_set():
+        if (
+            not messages.queue
+            and assoc._reactor_checkpoint.is_set()
+            and not assoc.dul.to_user_queue.queue
+            and not assoc._kill
+        ):
             messages.not_empty.wait(timeout)
 
 
@@ -187,7 +278,7 @@ class _PynetdicomTime:
         if isinstance(thread, EventDrivenDUL):
             thread.idle_wait()  # the reactor's only sleep: a pass that found nothing to do
         elif isinstance(thread, EventDrivenAssociation) and seconds == _POLL:
-            _wait_for_message(thread, seconds)
+            _wait_for_message(thread, _REACTOR_WAIT)
         else:
             time.sleep(seconds)
 

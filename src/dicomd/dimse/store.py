@@ -21,11 +21,13 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
 
-from dicomd.audit.dimse import DimseAudit
+from dicomd.audit.dimse import AssociationRecord, DimseAudit
 from dicomd.audit.events import instance_reference
 from dicomd.dicom.status import (
     ALREADY_EXISTS,
@@ -116,33 +118,40 @@ def status_of(outcome: StoreOutcome) -> int:
     return PROCESSING_FAILURE_STATUS
 
 
-def _response(status: int, messages: list[str]) -> Dataset:
-    if messages and status != SUCCESS:
-        return failure_status(status, messages[0])
-    response = Dataset()
-    response.Status = status
-    return response
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """What a C-STORE request says of its data set."""
+
+    sop_class: str  # Affected SOP Class UID
+    sop_instance: str  # Affected SOP Instance UID
+    transfer_syntax: str  # the presentation context's
 
 
 def store_received(
-    gateway: Gateway, header: bytes, body: memoryview, sop_class: str, sop_instance: str
+    gateway: Gateway,
+    header: bytes,
+    body: Sequence[bytes | memoryview],
+    sop_class: str,
+    sop_instance: str,
 ) -> StoreOutcome:
-    """Stage, prepare and commit one received instance. Never raises.
+    """Stage, prepare and commit one received instance (``body``: its data set, in fragments). Never
+    raises.
 
     Staging and preparing (file writes, parsing) run here, in the association's thread, so associations
     do them side by side; only the group commit is submitted to the gateway's loop."""
     ingest = gateway.ingest
     store = gateway.store
     key = store.new_key()
+    parts = (header, *body)
     try:
-        store.stage_bytes(key, (header, body))
+        store.stage_bytes(key, parts)
     except OSError as exc:
         failed = StoreOutcome(sop_class_uid=sop_class, sop_instance_uid=sop_instance)
         log.warning("a received instance could not be staged: %s", type(exc).__name__)
         return fault_outcome(failed, "the instance could not be staged", exc)
-    size = len(header) + len(body)
+    size = sum(len(part) for part in parts)
     # small ones are parsed from memory, larger ones from the staged file (memory-mapped)
-    data = b"".join((header, body)) if size <= PREPARE_ON_LOOP_BYTES else None
+    data = b"".join(parts) if size <= PREPARE_ON_LOOP_BYTES else None
     job = PrepareJob(key, None, API_VERSION, DEFAULT_PARTITION_KEY, ingest.bulk_threshold, data)
     try:
         outcome, prepared = prepare_staged(job, store)
@@ -161,30 +170,31 @@ def store_received(
     return asyncio.run_coroutine_threadsafe(ingest.commit(outcome, prepared), gateway.loop).result()
 
 
-def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
-    """EVT_C_STORE: store the received data set as a Part 10 file; the status once durable and indexed."""
+def store_request(
+    gateway: Gateway,
+    audit: DimseAudit,
+    record: AssociationRecord,
+    request: StoreRequest,
+    body: Sequence[bytes | memoryview],
+) -> tuple[int, str | None]:
+    """Store a C-STORE request's data set as a Part 10 file, audited: the status once durable and
+    indexed, with its error comment (None for a plain success). Shared by pynetdicom's EVT_C_STORE
+    handler and the direct path (dimse/direct_store.py)."""
     started = time.time()
-    record = audit.record_of(event.assoc)
     record.count("C-STORE")
-    request = cast("C_STORE", event.request)
-    sop_class = str(request.AffectedSOPClassUID or "").strip()
-    sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
+    sop_class, sop_instance = request.sop_class, request.sop_instance
     outcome = StoreOutcome(sop_class_uid=sop_class, sop_instance_uid=sop_instance)
     if not is_valid_uid(sop_class) or not is_valid_uid(sop_instance):
         outcome.failure_reason = VALIDATION_FAILURE
         outcome.messages = ["the request's Affected SOP Class or Instance UID is not a valid UID"]
     else:
-        transfer_syntax = str(event.context.transfer_syntax)
         own_ae = gateway.settings.dicom_ae_title
-        header = part10_header(sop_class, sop_instance, transfer_syntax, record.calling_ae, own_ae)
-        body = request.DataSet.getbuffer()  # type: ignore[union-attr]  # the received bytes, not a copy
+        header = part10_header(sop_class, sop_instance, request.transfer_syntax, record.calling_ae, own_ae)
         try:
             outcome = store_received(gateway, header, body, sop_class, sop_instance)
         except Exception as exc:  # the loop is gone (shutting down) or a bug: this instance fails alone
             log.error("a received instance could not be stored (%s)", type(exc).__name__)
             outcome = fault_outcome(outcome, "the instance could not be stored", exc)
-        finally:
-            body.release()
     status = status_of(outcome)
     uids = (outcome.study_instance_uid, outcome.series_instance_uid, sop_instance, sop_class)
     reference = instance_reference(*uids)
@@ -198,4 +208,25 @@ def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
         stored=[reference] if outcome.stored else [],
         failed=[] if outcome.stored else [reference],
     )
-    return _response(status, outcome.messages)
+    comment = outcome.messages[0] if outcome.messages and status != SUCCESS else None
+    return status, comment
+
+
+def handle_store(event: Event, gateway: Gateway, audit: DimseAudit) -> Dataset:
+    """EVT_C_STORE: a C-STORE that pynetdicom received (one the direct path did not take)."""
+    received = cast("C_STORE", event.request)
+    request = StoreRequest(
+        str(received.AffectedSOPClassUID or "").strip(),
+        str(received.AffectedSOPInstanceUID or "").strip(),
+        str(event.context.transfer_syntax),
+    )
+    body = received.DataSet.getbuffer()  # type: ignore[union-attr]  # the received bytes, not a copy
+    try:
+        status, comment = store_request(gateway, audit, audit.record_of(event.assoc), request, [body])
+    finally:
+        body.release()
+    if comment is not None:
+        return failure_status(status, comment)
+    response = Dataset()
+    response.Status = status
+    return response

@@ -13,6 +13,7 @@ hardened for untrusted peers.
 - Connections beyond twice ``dicom_max_associations`` are closed at once; up to there, the ones beyond the
   limit get a proper rejection (transient, local limit exceeded) from pynetdicom.
 - Each connection's thread waits for its association to end and then writes its audit event.
+- C-STORE requests take the direct path (dimse/direct_store.py) when the listener gives one.
 - An association's copy of the presentation contexts is made without re-validating their UIDs
   (``SupportedContexts``): a modality that opens an association per instance pays ~1 ms, not ~50 ms.
 """
@@ -26,6 +27,7 @@ import socket
 import socketserver
 import ssl
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,6 +36,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
 from dicomd.dimse.client import set_no_delay
+from dicomd.dimse.reactor import EventDrivenDUL, PDataInterceptor
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -126,6 +129,8 @@ class GatewayRequestHandler(RequestHandler):
         address, port = str(self.client_address[0]), int(self.client_address[1])
         record = AssociationRecord(address=address, port=port, tls=isinstance(self.request, ssl.SSLSocket))
         server.audit.attach(assoc, record)
+        if server.direct_store is not None and isinstance(assoc.dul, EventDrivenDUL):
+            assoc.dul.interceptor = server.direct_store(assoc, record)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         assoc.join()
@@ -165,11 +170,13 @@ class GatewayServer(ThreadedAssociationServer):
         limits: Limits,
         tls: CertificateFiles | None,
         audit: DimseAudit,
+        direct_store: Callable[[Any, AssociationRecord], PDataInterceptor] | None = None,
     ) -> None:
         self._listener = listener
         self.limits = limits
         self.tls = tls
         self.audit = audit
+        self.direct_store = direct_store  # each association's direct C-STORE path (direct_store.py)
         super().__init__(
             ae,
             address,

@@ -1,0 +1,293 @@
+"""The direct C-STORE path (dicomd/dimse/direct_store.py): its command set codec against pynetdicom's
+encoding (the reference), and a listener in this process that counts what the path takes: a plain
+C-STORE is answered by it, one it does not take (a command set in several fragments) still by pynetdicom,
+a peer with a tiny maximum PDU gets its response in fragments, a failure carries its error comment, and a
+PDV of another message inside a C-STORE's data set aborts that association only. Byte-for-byte storage
+through this path is what tests/dimse/test_dimse_store.py checks (every store there takes it)."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pynetdicom import build_context
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from dicomd.config import Settings
+from dicomd.dimse import direct_store
+from dicomd.dimse.direct_store import (
+    DirectStore,
+    command_pdus,
+    decode_command,
+    encode_store_response,
+    pdv_items,
+)
+from dicomd.dimse.listener import serve_dicom
+from dicomd.dimse.q_common import error_comment
+from dicomd.dimse.retrieve import reactor_resumed
+from dicomd.startup import prepare
+
+from support.dicom_files import EXPLICIT, make_instance, new_uid
+from support.dicomweb import wait_for
+from support.dimse import DICOMD_AE, client_ae, echo
+
+MAX_PDU = 16384
+
+
+def _pdus(message: DIMSEMessage, context_id: int, max_pdu: int) -> list[bytes]:
+    """A DIMSE message as pynetdicom sends it: its P-DATA-TF PDUs."""
+    encoded = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        encoded.append(pdu.encode())
+    return encoded
+
+
+def _store_request(ds: pydicom.Dataset, message_id: int = 1) -> C_STORE_RQ:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return message
+
+
+def _reference_response(status: int, comment: str | None, max_pdu: int) -> list[bytes]:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = CTImageStorage
+    response.AffectedSOPInstanceUID = "1.2.3.45"
+    response.Status = status
+    if comment is not None:
+        response.ErrorComment = error_comment(comment)  # LO: cut to 64 characters, as every response
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    return _pdus(message, 3, max_pdu)
+
+
+# ---- the codec, against pynetdicom's ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "comment"),
+    [(0x0000, None), (0xB007, "odd length."), (0xA900, "even length"), (0xC000, "x" * 80)],
+)
+@pytest.mark.parametrize("max_pdu", [0, MAX_PDU, 40, 23])
+def test_the_response_is_what_pynetdicom_encodes(status: int, comment: str | None, max_pdu: int) -> None:
+    command = encode_store_response(str(CTImageStorage), "1.2.3.45", 7, status, comment)
+    assert command_pdus(3, command, max_pdu) == _reference_response(status, comment, max_pdu)
+    if max_pdu == 23:
+        assert len(command_pdus(3, command, max_pdu)) > 5  # fragments of the command set
+
+
+def test_a_pynetdicom_request_decodes() -> None:
+    ds = pydicom.dcmread(io.BytesIO(make_instance()))
+    pdus = _pdus(_store_request(ds, message_id=513), 5, MAX_PDU)
+    items = pdv_items(pdus[0])
+    assert items is not None and len(items) == 1
+    context_id, control, command = items[0]
+    assert (context_id, control) == (5, direct_store.COMMAND | direct_store.LAST)
+    fields = decode_command(command)
+    assert fields is not None
+    assert struct.unpack("<H", fields[direct_store.COMMAND_FIELD])[0] == direct_store.C_STORE_RQ
+    assert struct.unpack("<H", fields[direct_store.MESSAGE_ID])[0] == 513
+    assert fields[direct_store.AFFECTED_SOP_INSTANCE].rstrip(b"\0").decode() == ds.SOPInstanceUID
+    data = b"".join(bytes(value) for pdu in pdus[1:] for _, _, value in pdv_items(pdu) or [])
+    assert data == encode(ds, False, True)
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        b"\x04\x00\x00\x00\x00\x00",  # no PDV item
+        b"\x04\x00\x00\x00\x00\x05\x00\x00\x00\x09\x01",  # an item longer than the PDU
+        b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x01\x01\x03",  # an item shorter than its header
+        b"\x04\x00\x00\x00\x00\x08\x00\x00\x00\x02\x01\x03\x00\x00",  # trailing bytes
+    ],
+)
+def test_malformed_pdv_items_are_left_to_pynetdicom(pdu: bytes) -> None:
+    assert pdv_items(pdu) is None
+
+
+def test_a_command_set_that_does_not_decode_is_none() -> None:
+    assert decode_command(b"\x00\x00\x00\x00\x04\x00\x00\x00") is None  # too short a value
+    assert decode_command(struct.pack("<HHL", 0x0008, 0x0016, 0)) is None  # not group 0000
+
+
+# ---- a listener in this process ------------------------------------------------------------------
+
+
+class Listener:
+    def __init__(self, port: int, taken: Any) -> None:
+        self.port = port
+        self._taken = taken
+
+    @property
+    def taken(self) -> int:
+        """C-STORE requests the direct path answered so far."""
+        return int(self._taken.value)
+
+
+def _serve_counting(data_dir: Path, ports: Any, taken: Any, stop: Any) -> None:
+    """The listener's main, in a process of its own (it makes pynetdicom event-driven there, not in the
+    test process), counting the direct path's answers."""
+    answer = DirectStore._answer
+
+    def counted(self: DirectStore, dul: Any, message: Any) -> None:
+        with taken.get_lock():
+            taken.value += 1
+        answer(self, dul, message)
+
+    DirectStore._answer = counted  # type: ignore[method-assign]
+    settings = Settings(data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=MAX_PDU, dicom_timeout=5)
+    prepare(settings)  # the index's schema, as `dicomd serve` makes it before its listener starts
+    sock = socket.create_server(("127.0.0.1", 0))
+    ports.put(sock.getsockname()[1])
+    serve_dicom(sock, settings, stop)
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    context = multiprocessing.get_context("spawn")
+    ports, taken, stop = context.Queue(), context.Value("i", 0), context.Event()
+    process = context.Process(target=_serve_counting, args=(tmp_path / "data", ports, taken, stop))
+    process.start()
+    try:
+        served = Listener(ports.get(timeout=60), taken)
+        assert wait_for(lambda: echo(served.port, timeout=2) == 0x0000, timeout=30)
+        yield served
+    finally:
+        stop.set()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+
+
+def _associate(port: int, max_pdu: int = MAX_PDU) -> Any:
+    ae = client_ae()
+    ae.maximum_pdu_size = max_pdu
+    contexts = [build_context(CTImageStorage, EXPLICIT), build_context(Verification)]
+    assoc = ae.associate("127.0.0.1", port, ae_title=DICOMD_AE, contexts=contexts)
+    assert assoc.is_established
+    return assoc
+
+
+def _context_id(assoc: Any, abstract_syntax: str) -> int:
+    return next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == abstract_syntax)
+
+
+def _exchange(assoc: Any, pdus: list[bytes]) -> Any:
+    """Send raw PDUs on a pynetdicom association and wait for the response (its reactor paused, as
+    pynetdicom's own send_* do, so that it does not take the response)."""
+    reactor_resumed(assoc)()
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        for pdu in pdus:
+            assoc.dul.socket.send(pdu)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return response
+
+
+def test_a_plain_c_store_takes_the_direct_path(listener: Listener) -> None:
+    assoc = _associate(listener.port)
+    try:
+        for _ in range(3):
+            ds = pydicom.dcmread(io.BytesIO(make_instance()))
+            assert assoc.send_c_store(ds).Status == 0x0000
+        assert assoc.send_c_echo().Status == 0x0000  # other messages: pynetdicom, on the same association
+    finally:
+        assoc.release()
+    assert listener.taken == 3
+
+
+def test_a_fragmented_command_set_goes_to_pynetdicom_and_is_stored(listener: Listener) -> None:
+    assoc = _associate(listener.port)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(make_instance()))
+        pdus = _pdus(_store_request(ds, message_id=9), _context_id(assoc, CTImageStorage), 64)
+        assert len(pdus) > 3  # the command set alone takes several PDUs
+        response = _exchange(assoc, pdus)
+        assert (response.Status, response.MessageIDBeingRespondedTo) == (0x0000, 9)
+        # and the next plain one is the direct path's again
+        assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(make_instance()))).Status == 0x0000
+    finally:
+        assoc.release()
+    assert listener.taken == 1
+
+
+def test_a_peer_with_a_tiny_maximum_pdu_gets_the_response_in_fragments(listener: Listener) -> None:
+    assoc = _associate(listener.port, max_pdu=48)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(make_instance()))
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert listener.taken == 1
+
+
+def test_a_failure_carries_its_status_and_error_comment(listener: Listener) -> None:
+    assoc = _associate(listener.port)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(make_instance()))
+        # the command names another instance than the data set holds
+        request = C_STORE()
+        request.MessageID = 2
+        request.AffectedSOPClassUID = ds.SOPClassUID
+        request.AffectedSOPInstanceUID = new_uid()
+        request.Priority = 0
+        request.DataSet = io.BytesIO(encode(ds, False, True))
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        response = _exchange(assoc, _pdus(message, _context_id(assoc, CTImageStorage), MAX_PDU))
+        assert response.Status == 0xA900
+        assert "not the SOP instance the C-STORE request names" in response.ErrorComment
+        assert response.AffectedSOPInstanceUID == request.AffectedSOPInstanceUID
+    finally:
+        assoc.release()
+    assert listener.taken == 1
+
+
+def test_a_pdv_of_another_message_inside_a_data_set_aborts_that_association(listener: Listener) -> None:
+    assoc = _associate(listener.port)
+    ds = pydicom.dcmread(io.BytesIO(make_instance(rows=256, columns=256)))
+    store_pdus = _pdus(_store_request(ds), _context_id(assoc, CTImageStorage), 4096)
+    assert len(store_pdus) > 3
+    echo_request = C_ECHO()
+    echo_request.MessageID = 2
+    echo_request.AffectedSOPClassUID = Verification
+    echo_message = C_ECHO_RQ()
+    echo_message.primitive_to_message(echo_request)
+    echo_pdus = _pdus(echo_message, _context_id(assoc, Verification), 4096)
+    raw = assoc.dul.socket.socket
+    for pdu in [*store_pdus[:2], *echo_pdus]:  # the C-STORE's command and first fragment, then an echo
+        raw.sendall(pdu)
+    assert wait_for(lambda: not assoc.is_alive(), timeout=10)
+    assert assoc.is_aborted
+    assert listener.taken == 0
+    assert echo(listener.port) == 0x0000  # the listener serves on
+    fresh = _associate(listener.port)
+    try:
+        assert fresh.send_c_store(pydicom.dcmread(io.BytesIO(make_instance()))).Status == 0x0000
+    finally:
+        fresh.release()
+    assert listener.taken == 1
