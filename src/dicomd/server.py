@@ -38,7 +38,7 @@ log = logging.getLogger("dicomd.server")
 
 APP = "dicomd.app:app_from_environment"
 # Python threads hand over the GIL after this long (default 5 ms): the event loop and the group
-# committer wait less behind parsing threads.
+# committer wait less behind parsing threads (HTTP workers and the DICOM listener alike).
 _SWITCH_INTERVAL = 0.001
 _READY = b"r"  # a worker's word on its channel: its application has started
 _CONNECTION = b"c"  # the supervisor's byte on a channel, carrying one connection's descriptor
@@ -247,6 +247,7 @@ def _dicom_listener(listener: socket.socket, log_config: dict[str, Any], environ
     from dicomd.dimse.listener import run
 
     _exit_with_parent()
+    sys.setswitchinterval(_SWITCH_INTERVAL)  # its association threads parse while the committer waits
     os.environ.update(environ)
     logging.config.dictConfig(log_config)
     run(listener, _settings(environ))
