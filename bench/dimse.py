@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"writing 2 x {a.count} {a.size} instances")
         write_corpus(corpora[0], files / "one", 1)
         write_corpus(corpora[1], files / "four", 4)
+        # the corpus's dirty pages would otherwise be written back by dicomd's first syncfs calls (they
+        # flush the whole file system): a sender's files are not on the archive's disk
+        os.sync()
         starters = {"dicomd": start_dicomd, "orthanc": start_orthanc}
         results: dict[str, Figures] = {}
         for name in a.servers.split(","):
