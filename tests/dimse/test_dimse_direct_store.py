@@ -19,10 +19,9 @@ from typing import Any
 import pydicom
 import pytest
 from pynetdicom import build_context
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from dicomd.config import Settings
@@ -41,31 +40,9 @@ from dicomd.startup import prepare
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
-from support.dimse import DICOMD_AE, client_ae, echo
+from support.dimse import DICOMD_AE, client_ae, echo, message_pdus, store_request
 
 MAX_PDU = 16384
-
-
-def _pdus(message: DIMSEMessage, context_id: int, max_pdu: int) -> list[bytes]:
-    """A DIMSE message as pynetdicom sends it: its P-DATA-TF PDUs."""
-    encoded = []
-    for primitive in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(primitive)
-        encoded.append(pdu.encode())
-    return encoded
-
-
-def _store_request(ds: pydicom.Dataset, message_id: int = 1) -> C_STORE_RQ:
-    request = C_STORE()
-    request.MessageID = message_id
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = io.BytesIO(encode(ds, False, True))
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    return message
 
 
 def _reference_response(status: int, comment: str | None, max_pdu: int) -> list[bytes]:
@@ -78,7 +55,7 @@ def _reference_response(status: int, comment: str | None, max_pdu: int) -> list[
         response.ErrorComment = error_comment(comment)  # LO: cut to 64 characters, as every response
     message = C_STORE_RSP()
     message.primitive_to_message(response)
-    return _pdus(message, 3, max_pdu)
+    return message_pdus(message, 3, max_pdu)
 
 
 # ---- the codec, against pynetdicom's ----------------------------------------------------------------
@@ -98,7 +75,7 @@ def test_the_response_is_what_pynetdicom_encodes(status: int, comment: str | Non
 
 def test_a_pynetdicom_request_decodes() -> None:
     ds = pydicom.dcmread(io.BytesIO(make_instance()))
-    pdus = _pdus(_store_request(ds, message_id=513), 5, MAX_PDU)
+    pdus = message_pdus(store_request(ds, message_id=513), 5, MAX_PDU)
     items = pdv_items(pdus[0])
     assert items is not None and len(items) == 1
     context_id, control, command = items[0]
@@ -208,8 +185,9 @@ def _exchange(assoc: Any, pdus: list[bytes]) -> Any:
     return response
 
 
-def test_a_plain_c_store_takes_the_direct_path(listener: Listener) -> None:
-    assoc = _associate(listener.port)
+@pytest.mark.parametrize("max_pdu", [MAX_PDU, 48])  # 48: the peer gets each response in fragments
+def test_a_plain_c_store_takes_the_direct_path(listener: Listener, max_pdu: int) -> None:
+    assoc = _associate(listener.port, max_pdu)
     try:
         for _ in range(3):
             ds = pydicom.dcmread(io.BytesIO(make_instance()))
@@ -224,7 +202,7 @@ def test_a_fragmented_command_set_goes_to_pynetdicom_and_is_stored(listener: Lis
     assoc = _associate(listener.port)
     try:
         ds = pydicom.dcmread(io.BytesIO(make_instance()))
-        pdus = _pdus(_store_request(ds, message_id=9), _context_id(assoc, CTImageStorage), 64)
+        pdus = message_pdus(store_request(ds, message_id=9), _context_id(assoc, CTImageStorage), 64)
         assert len(pdus) > 3  # the command set alone takes several PDUs
         response = _exchange(assoc, pdus)
         assert (response.Status, response.MessageIDBeingRespondedTo) == (0x0000, 9)
@@ -235,33 +213,16 @@ def test_a_fragmented_command_set_goes_to_pynetdicom_and_is_stored(listener: Lis
     assert listener.taken == 1
 
 
-def test_a_peer_with_a_tiny_maximum_pdu_gets_the_response_in_fragments(listener: Listener) -> None:
-    assoc = _associate(listener.port, max_pdu=48)
-    try:
-        ds = pydicom.dcmread(io.BytesIO(make_instance()))
-        assert assoc.send_c_store(ds).Status == 0x0000
-    finally:
-        assoc.release()
-    assert listener.taken == 1
-
-
 def test_a_failure_carries_its_status_and_error_comment(listener: Listener) -> None:
     assoc = _associate(listener.port)
     try:
         ds = pydicom.dcmread(io.BytesIO(make_instance()))
-        # the command names another instance than the data set holds
-        request = C_STORE()
-        request.MessageID = 2
-        request.AffectedSOPClassUID = ds.SOPClassUID
-        request.AffectedSOPInstanceUID = new_uid()
-        request.Priority = 0
-        request.DataSet = io.BytesIO(encode(ds, False, True))
-        message = C_STORE_RQ()
-        message.primitive_to_message(request)
-        response = _exchange(assoc, _pdus(message, _context_id(assoc, CTImageStorage), MAX_PDU))
+        other = new_uid()  # the command names another instance than the data set holds
+        message = store_request(ds, message_id=2, sop_instance=other)
+        response = _exchange(assoc, message_pdus(message, _context_id(assoc, CTImageStorage), MAX_PDU))
         assert response.Status == 0xA900
         assert "not the SOP instance the C-STORE request names" in response.ErrorComment
-        assert response.AffectedSOPInstanceUID == request.AffectedSOPInstanceUID
+        assert response.AffectedSOPInstanceUID == other
     finally:
         assoc.release()
     assert listener.taken == 1
@@ -270,14 +231,14 @@ def test_a_failure_carries_its_status_and_error_comment(listener: Listener) -> N
 def test_a_pdv_of_another_message_inside_a_data_set_aborts_that_association(listener: Listener) -> None:
     assoc = _associate(listener.port)
     ds = pydicom.dcmread(io.BytesIO(make_instance(rows=256, columns=256)))
-    store_pdus = _pdus(_store_request(ds), _context_id(assoc, CTImageStorage), 4096)
+    store_pdus = message_pdus(store_request(ds), _context_id(assoc, CTImageStorage), 4096)
     assert len(store_pdus) > 3
     echo_request = C_ECHO()
     echo_request.MessageID = 2
     echo_request.AffectedSOPClassUID = Verification
     echo_message = C_ECHO_RQ()
     echo_message.primitive_to_message(echo_request)
-    echo_pdus = _pdus(echo_message, _context_id(assoc, Verification), 4096)
+    echo_pdus = message_pdus(echo_message, _context_id(assoc, Verification), 4096)
     raw = assoc.dul.socket.socket
     for pdu in [*store_pdus[:2], *echo_pdus]:  # the C-STORE's command and first fragment, then an echo
         raw.sendall(pdu)

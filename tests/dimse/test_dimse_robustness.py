@@ -22,10 +22,8 @@ import orjson
 import pydicom
 import pytest
 from pynetdicom import build_context, evt
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
-from pynetdicom.dsutils import encode
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.dimse_messages import C_ECHO_RQ
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomd.audit.dimse import DimseAudit
@@ -36,7 +34,15 @@ from dicomd.dimse.transport import GatewayServer, Limits
 
 from support.dicom_files import EXPLICIT, make_instance
 from support.dicomweb import wait_for
-from support.dimse import DICOMD_AE, DimseServer, client_ae, dimse_server, echo
+from support.dimse import (
+    DICOMD_AE,
+    DimseServer,
+    client_ae,
+    dimse_server,
+    echo,
+    message_pdus,
+    store_request,
+)
 from support.server import staged_files
 
 TIMEOUT = 2  # the server's dicom_timeout
@@ -47,16 +53,6 @@ def dicom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseServer]:
     data_dir = tmp_path_factory.mktemp("dimse-robust") / "data"
     with dimse_server(data_dir, "--dicom-timeout", str(TIMEOUT), "--dicom-max-pdu", "16384") as server:
         yield server
-
-
-def _pdus(message: Any, context_id: int, max_pdu: int) -> list[bytes]:
-    """A DIMSE message as the P-DATA-TF PDUs that carry it."""
-    encoded = []
-    for primitive in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(primitive)
-        encoded.append(pdu.encode())
-    return encoded
 
 
 def _instances_of(server: DimseServer, sop: str) -> int:
@@ -71,15 +67,8 @@ def test_an_association_aborted_mid_store_stores_nothing(dicom: DimseServer) -> 
         "127.0.0.1", dicom.port, ae_title=DICOMD_AE, contexts=[build_context(ds.SOPClassUID, EXPLICIT)]
     )
     assert assoc.is_established
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = io.BytesIO(encode(ds, False, True))
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    pdus = _pdus(message, assoc.accepted_contexts[0].context_id, 16384)
+    message = store_request(ds)
+    pdus = message_pdus(message, assoc.accepted_contexts[0].context_id, 16384)
     assert len(pdus) > 4
     raw = assoc.dul.socket.socket
     for pdu in pdus[:3]:  # the command and the start of the data set
@@ -149,7 +138,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_others_are_served(dicom: Dimse
         request.MessageID = message_id
         message = C_ECHO_RQ()
         message.primitive_to_message(request)
-        payload += b"".join(_pdus(message, context_id, 16384))
+        payload += b"".join(message_pdus(message, context_id, 16384))
     raw.settimeout(10)
     with _closing():
         raw.sendall(payload)  # the server reads these until its own sends block

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -207,3 +211,27 @@ def store_encoded(
     finally:
         assoc.release()
     return responses
+
+
+def message_pdus(message: DIMSEMessage, context_id: int, max_pdu: int) -> list[bytes]:
+    """A DIMSE message as pynetdicom sends it: its P-DATA-TF PDUs (for a test to send raw)."""
+    encoded = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        encoded.append(pdu.encode())
+    return encoded
+
+
+def store_request(ds: Dataset, message_id: int = 1, sop_instance: str | None = None) -> C_STORE_RQ:
+    """A C-STORE-RQ of a data set in explicit VR little endian; ``sop_instance``: another Affected SOP
+    Instance UID than the data set's."""
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = sop_instance or ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return message
