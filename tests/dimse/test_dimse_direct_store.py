@@ -1,9 +1,11 @@
 """The direct C-STORE path (dicomd/dimse/direct_store.py): its command set codec against pynetdicom's
 encoding (the reference), and a listener in this process that counts what the path takes: a plain
 C-STORE is answered by it, one it does not take (a command set in several fragments) still by pynetdicom,
-a peer with a tiny maximum PDU gets its response in fragments, a failure carries its error comment, and a
-PDV of another message inside a C-STORE's data set aborts that association only. Byte-for-byte storage
-through this path is what tests/dimse/test_dimse_store.py checks (every store there takes it)."""
+a peer with a tiny maximum PDU gets its response in fragments, a C-STORE on a non-storage context is left
+to pynetdicom (the path is chosen by the context, as pynetdicom routes), a failure carries its error
+comment, and a PDV of another message inside a C-STORE's data set aborts that association only.
+Byte-for-byte storage through this path is what tests/dimse/test_dimse_store.py checks (every store there
+takes it)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import io
 import multiprocessing
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,11 @@ from dicomd.dimse.direct_store import (
 )
 from dicomd.dimse.listener import serve_dicom
 from dicomd.dimse.q_common import error_comment
-from dicomd.dimse.retrieve import reactor_resumed
 from dicomd.startup import prepare
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
-from support.dimse import DICOMD_AE, client_ae, echo, message_pdus, store_request
+from support.dimse import DICOMD_AE, client_ae, echo, message_pdus, paused_reactor, store_request
 
 MAX_PDU = 16384
 
@@ -170,18 +170,11 @@ def _context_id(assoc: Any, abstract_syntax: str) -> int:
 
 
 def _exchange(assoc: Any, pdus: list[bytes]) -> Any:
-    """Send raw PDUs on a pynetdicom association and wait for the response (its reactor paused, as
-    pynetdicom's own send_* do, so that it does not take the response)."""
-    reactor_resumed(assoc)()
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
+    """Send raw PDUs on a pynetdicom association and wait for the response."""
+    with paused_reactor(assoc):
         for pdu in pdus:
             assoc.dul.socket.send(pdu)
         _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
     return response
 
 
@@ -252,3 +245,15 @@ def test_a_pdv_of_another_message_inside_a_data_set_aborts_that_association(list
     finally:
         fresh.release()
     assert listener.taken == 1
+
+
+def test_a_c_store_on_a_non_storage_context_is_left_to_pynetdicom(listener: Listener) -> None:
+    """The path is chosen by the presentation context's abstract syntax, as pynetdicom routes a request
+    to its service class, not by the SOP class the command names."""
+    assoc = _associate(listener.port)
+    ds = pydicom.dcmread(io.BytesIO(make_instance()))
+    for pdu in message_pdus(store_request(ds), _context_id(assoc, Verification), MAX_PDU):
+        assoc.dul.socket.send(pdu)
+    assert not wait_for(lambda: listener.taken > 0, timeout=3)  # (the store path takes it in ~10 ms)
+    assoc.abort()
+    assert echo(listener.port) == 0x0000

@@ -192,18 +192,9 @@ def store_encoded(
             request.AffectedSOPInstanceUID = item.sop_instance
             request.Priority = 0
             request.DataSet = io.BytesIO(item.data)
-            # as pynetdicom's own send_c_store does: pause the association's reactor, or it may take the
-            # response off the queue before get_msg does; first let it resume from the previous pause (its
-            # stale paused flag would pass the wait below while it is still about to run)
-            reactor_resumed(assoc)()
-            assoc._reactor_checkpoint.clear()
-            while not assoc._is_paused:
-                time.sleep(0.0001)
-            try:
+            with paused_reactor(assoc):
                 assoc.dimse.send_msg(request, context_id)
                 _, response = assoc.dimse.get_msg(block=True)
-            finally:
-                assoc._reactor_checkpoint.set()
             if response is None:
                 responses.append(StoreResponse(None))
                 continue
@@ -211,6 +202,21 @@ def store_encoded(
     finally:
         assoc.release()
     return responses
+
+
+@contextlib.contextmanager
+def paused_reactor(assoc: Any) -> Iterator[None]:
+    """As pynetdicom's own send_* do: the association's reactor paused, so that it does not take a
+    response off the queue before the test's get_msg does; first it is let resume from the previous pause
+    (its stale paused flag would pass the wait below while it is still about to run)."""
+    reactor_resumed(assoc)()
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint.set()
 
 
 def message_pdus(message: DIMSEMessage, context_id: int, max_pdu: int) -> list[bytes]:

@@ -24,10 +24,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AllStoragePresentationContexts
-
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
+from dicomd.dimse.negotiation import STORAGE_SOP_CLASSES
 from dicomd.dimse.q_common import error_comment
+from dicomd.dimse.reactor import P_DATA_TF, PDU_HEADER
 from dicomd.dimse.store import StoreRequest, store_request
 
 if TYPE_CHECKING:
@@ -38,15 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomd.dimse")
 
-_PDU_HEADER = 6
-_PDU = struct.Struct(">BBL")  # PDU type, reserved, length
 _PDV_ITEM = struct.Struct(">LBB")  # item length, presentation context ID, message control header
 _ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
 COMMAND = 0x01  # message control header: a command fragment (else a data set fragment)
 LAST = 0x02  # message control header: the last fragment of the command or data set
-P_DATA_TF = 0x04
 
 # command set elements (group 0000, PS3.7 E.1)
 AFFECTED_SOP_CLASS = 0x0002
@@ -60,8 +57,7 @@ AFFECTED_SOP_INSTANCE = 0x1000
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
-
-STORAGE_SOP_CLASSES = frozenset(str(context.abstract_syntax) for context in AllStoragePresentationContexts)
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
 
 def pdv_items(pdu: bytes | bytearray | memoryview) -> list[tuple[int, int, memoryview]] | None:
@@ -69,7 +65,7 @@ def pdv_items(pdu: bytes | bytearray | memoryview) -> list[tuple[int, int, memor
     None when the items do not add up to the PDU (pynetdicom then judges it)."""
     view = memoryview(pdu)
     items = []
-    position = _PDU_HEADER
+    position = PDU_HEADER.size
     end = len(view)
     while position < end:
         if position + _PDV_ITEM.size > end:
@@ -143,8 +139,13 @@ def command_pdus(context_id: int, command: bytes, max_pdu: int) -> list[bytes]:
         fragment = command[start : start + room]
         control = COMMAND | (LAST if start + room >= len(command) else 0)
         item = _PDV_ITEM.pack(len(fragment) + 2, context_id, control) + fragment
-        pdus.append(_PDU.pack(P_DATA_TF, 0, len(item)) + item)
+        pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item)
     return pdus
+
+
+def _fragments_of(message: _Message, items: list[tuple[int, int, memoryview]]) -> bool:
+    """Whether PDV items are all data set fragments of the message under way."""
+    return all(context_id == message.context_id and not control & COMMAND for context_id, control, _ in items)
 
 
 @dataclass
@@ -176,32 +177,27 @@ class DirectStore:
             if items is None or not self._may_start(dul):
                 return False
             context_id, control, command = items[0]
-            if control != COMMAND | LAST:
-                return False
-            started = self._start(context_id, command)
-            if started is None:
-                return False
-            rest = items[1:]
-            if any(other != context_id or flags & COMMAND for other, flags, _ in rest):
-                return False  # not a plain message: pynetdicom judges it
-            message, items = started, rest
+            message = self._start(context_id, command) if control == COMMAND | LAST else None
+            items = items[1:]
+            if message is None or not _fragments_of(message, items):
+                return False  # not a plain C-STORE: pynetdicom judges it
             self._message = message
-        elif items is None or any(
-            other != message.context_id or flags & COMMAND for other, flags, _ in items
-        ):
-            log.warning("a DICOM peer interleaved another message with a C-STORE's data set: aborted")
-            self._message = None
-            dul.event_queue.put("Evt19")  # an invalid PDU: pynetdicom aborts the association
-            return True
+        elif items is None or not _fragments_of(message, items):
+            return self._abort(dul, "interleaved another message with a C-STORE's data set")
         for position, (_, control, fragment) in enumerate(items):
             message.fragments.append(fragment)
             if control & LAST:
                 self._message = None
-                if position != len(items) - 1:  # the next message in the same PDU: not plain
-                    log.warning("a DICOM peer sent a PDV after a C-STORE's last fragment: aborted")
-                    dul.event_queue.put("Evt19")
-                    return True
+                if position != len(items) - 1:  # the next message in the same PDU
+                    return self._abort(dul, "sent a PDV after a C-STORE's last fragment")
                 self._answer(dul, message)
+        return True
+
+    def _abort(self, dul: EventDrivenDUL, what: str) -> bool:
+        """An invalid PDU (PS3.8 9.3.1 forbids interleaving messages): pynetdicom aborts the association."""
+        log.warning("a DICOM peer %s: aborted", what)
+        self._message = None
+        dul.event_queue.put("Evt19")
         return True
 
     def _may_start(self, dul: EventDrivenDUL) -> bool:
@@ -226,13 +222,15 @@ class DirectStore:
             return None
         assoc: Any = self.assoc
         context = assoc._accepted_cx.get(context_id)
-        sop_class = _text(fields.get(AFFECTED_SOP_CLASS))
-        if context is None or sop_class not in STORAGE_SOP_CLASSES:
+        # routed by the context's abstract syntax, as pynetdicom routes a request to its service class
+        if context is None or str(context.abstract_syntax) not in _STORAGE:
             return None
         if assoc.acceptor.accepted_common_extended:
             return None  # pynetdicom maps the SOP class to its negotiated service class
         request = StoreRequest(
-            sop_class, _text(fields.get(AFFECTED_SOP_INSTANCE)), str(context.transfer_syntax[0])
+            _text(fields.get(AFFECTED_SOP_CLASS)),
+            _text(fields.get(AFFECTED_SOP_INSTANCE)),
+            str(context.transfer_syntax[0]),
         )
         return _Message(context_id, message_id, request)
 

@@ -78,6 +78,9 @@ LOSSY_OR_VIDEO = (
 # in order of preference (see the module docstring)
 STORAGE_TRANSFER_SYNTAXES = (*LOSSLESS_COMPRESSED, *UNCOMPRESSED, *LOSSY_OR_VIDEO)
 
+# every storage SOP class pynetdicom knows: the listener accepts each (and C-STOREs on them take
+# dimse/direct_store.py's path)
+STORAGE_SOP_CLASSES = tuple(str(context.abstract_syntax) for context in AllStoragePresentationContexts)
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Push Model SOP Class (dimse/commitment.py)
 
 QUERY_RETRIEVE_SOP_CLASSES = (
@@ -95,8 +98,8 @@ def supported_contexts() -> list[PresentationContext]:
     plain = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian)]
     contexts = [build_context(Verification, plain), build_context(STORAGE_COMMITMENT, plain)]
     contexts += [build_context(sop_class, plain) for sop_class in QUERY_RETRIEVE_SOP_CLASSES]
-    for storage in AllStoragePresentationContexts:
-        context = build_context(str(storage.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES))
+    for storage in STORAGE_SOP_CLASSES:
+        context = build_context(storage, list(STORAGE_TRANSFER_SYNTAXES))
         # accept the roles a C-GET requestor proposes (SCP for storage on its association)
         context.scu_role = True
         context.scp_role = True

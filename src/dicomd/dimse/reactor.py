@@ -52,8 +52,8 @@ log = logging.getLogger("dicomd.dimse")
 _POLL = 0.001  # pynetdicom's sleep in both loops
 _IDLE_WAIT = 0.01  # the DUL thread's longest wait with nothing to do
 _REACTOR_WAIT = 0.05  # the association thread's: only the network timeout is seen by polling
-_PDU_HEADER = struct.Struct(">BBL")
-_P_DATA_TF = 0x04
+PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3)
+P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
@@ -87,11 +87,11 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         association_socket = self.socket
         assert association_socket is not None
         try:
-            pdu = bytearray(association_socket.recv(6))
-            if len(pdu) != 6:
+            pdu = bytearray(association_socket.recv(PDU_HEADER.size))
+            if len(pdu) != PDU_HEADER.size:
                 self.event_queue.put("Evt17")  # closed before a whole header came
                 return None
-            pdu_type, _, length = _PDU_HEADER.unpack(pdu)
+            pdu_type, _, length = PDU_HEADER.unpack(pdu)
             if pdu_type not in _KNOWN_PDU_TYPES:
                 self.event_queue.put("Evt19")  # unrecognised PDU
                 return None
@@ -99,10 +99,10 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         except (OSError, TimeoutError):
             self.event_queue.put("Evt17")
             return None
-        if len(pdu) != 6 + length:
+        if len(pdu) != PDU_HEADER.size + length:
             self.event_queue.put("Evt17")
             return None
-        if pdu_type == _P_DATA_TF and interceptor.take(self, pdu):
+        if pdu_type == P_DATA_TF and interceptor.take(self, pdu):
             return None
         try:
             decoded, event = self._decode_pdu(pdu)
