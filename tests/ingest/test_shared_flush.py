@@ -230,7 +230,8 @@ def test_dicomd_import_commits_ahead_of_its_flush_with_its_copies_checksums(
     monkeypatch.setattr(local, "file_checksum", None)
     report = import_files([sources], index, store, processes=1, batch=2)
     assert report.stored == 5
-    assert len(recorded) == 3 and all(b is not None for b in recorded)  # batches of 2, 2 and 1
+    # batches of 2 or more (one grows while the previous one commits), the last one maybe smaller
+    assert len(recorded) >= 2 and all(b is not None for b in recorded)
     assert {c for b in recorded for c in b.checksums.values()} == {
         (len(d), zlib.crc32(d)) for d in data.values()
     }

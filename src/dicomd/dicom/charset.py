@@ -76,6 +76,13 @@ def resolve_charset(values: tuple[str, ...]) -> Charset:
 
 
 def _decode(raw: bytes, charset: Charset) -> tuple[str, list[str]]:
+    if b"\x1b" not in raw:
+        # pydicom's own shortcut for a value without escape sequences, minus its warning machinery
+        # (catch_warnings costs more than the decoding); what fails takes the full path below
+        try:
+            return raw.decode(charset.encodings[0]), []
+        except (LookupError, UnicodeError):
+            pass
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

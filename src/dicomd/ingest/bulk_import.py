@@ -1,9 +1,12 @@
 """`dicomd import`: load DICOM files from disk into the archive without HTTP.
 
 For migrations and large test corpora. Files are copied (byte-exact) and parsed by a pool of processes
-(both cores), then committed in large batches through the same path as STOW: staged objects are synced,
-the index is committed, the objects are published. It may run while `dicomd serve` uses the same data
-directory: writers of the two queue on the index's writer lock and object keys never collide.
+(both cores; a small file is read once, then staged, checksummed and parsed from those bytes), then
+committed in large batches through the same path as STOW: staged objects are synced, the index is
+committed, the objects are published. The commits run in a thread of their own, one at a time, so the
+parsers are fed while a batch's SQL and device flush are under way; the next batch grows meanwhile.
+It may run while `dicomd serve` uses the same data directory: writers of the two queue on the index's
+writer lock and object keys never collide.
 
 A journal (ingest/import_journal.py) remembers each imported file's size and modification time: a run
 that was interrupted, or run again, skips those files without reading them, once the index confirms
@@ -13,14 +16,16 @@ parser processes and the commits, so memory stays flat over millions of files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +40,8 @@ from dicomd.storage import ObjectStore, Stager
 _CHUNK = 32  # files per task sent to a parser process
 _IN_FLIGHT_PER_PROCESS = 4  # tasks queued per parser process: enough to keep it busy, no more
 _SKIP_CHECK = 512  # journal hits confirmed against the index at once
+_MAX_BATCHES = 2  # a batch grows to this many times its size while the previous one commits
+READ_WHOLE = 4 << 20  # files up to this size are read into memory once, larger ones streamed
 
 # what a parser process returns per file: (staged key, prepared instance or None, messages)
 # (key, its (size, CRC-32), the prepared instance or None, the failure reason)
@@ -95,12 +102,28 @@ def _count(paths: list[Path], report: ImportReport, stop: threading.Event) -> No
     report.counted = True
 
 
-def _stage_chunk(stager: Stager, jobs: list[tuple[str, PrepareJob]]) -> list[_Staged]:
-    """In a pool process: copy each file into the importer's staging, then prepare it as STOW does."""
+def _read_whole(source: str, limit: int) -> bytes | None:
+    """The file's bytes when it holds at most ``limit`` (most do), else None: it is then copied in
+    chunks and parsed from the staged copy."""
+    with open(source, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size > limit:
+            return None
+        return f.readall()
+
+
+def _stage_chunk(stager: Stager, read_whole: int, jobs: list[tuple[str, PrepareJob]]) -> list[_Staged]:
+    """In a pool process: copy each file into the importer's staging, then prepare it as STOW does. A
+    small file is read once: staged, checksummed and parsed from the same bytes."""
     out: list[_Staged] = []
     for source, job in jobs:
         try:
-            checksum = stager.stage_file(job.key, source)
+            data = _read_whole(source, read_whole)
+            if data is None:
+                checksum = stager.stage_file(job.key, source)
+            else:
+                stager.stage_bytes(job.key, (data,))
+                checksum = (len(data), zlib.crc32(data))
+                job = dataclasses.replace(job, data=data)
             outcome, prepared = prepare_staged(job, stager)
         except OSError as exc:
             out.append((job.key, (0, 0), None, exc.strerror or str(exc)))
@@ -122,6 +145,7 @@ def import_files(
     journal: ImportJournal | None = None,
     report: ImportReport | None = None,
     stop: threading.Event | None = None,
+    read_whole: int = READ_WHOLE,
 ) -> ImportReport:
     """Import the files. Setting `stop` (Ctrl-C, in the CLI) ends the import after committing what was
     already parsed; the report then says `interrupted`. `report` may be given to watch the counts from
@@ -132,6 +156,7 @@ def import_files(
     stop_counting = threading.Event()
     threading.Thread(target=_count, args=(paths, report, stop_counting), daemon=True).start()
     pending: list[tuple[SourceFile, PreparedInstance]] = []
+    committing: list[Future[None]] = []  # the batch the commit thread works on (at most one)
 
     def job(source: SourceFile) -> tuple[str, PrepareJob]:
         return source.path, PrepareJob(
@@ -144,11 +169,11 @@ def import_files(
 
     shared_flush = SharedFlush.where_possible(index, store, overwrite=overwrite)
 
-    def commit() -> None:
-        items = [prepared for _, prepared in pending]
+    def commit_in_thread(batch: list[tuple[SourceFile, PreparedInstance]]) -> None:
+        items = [prepared for _, prepared in batch]
         results = commit_batch(index, store, items, overwrite=overwrite, shared_flush=shared_flush)
         entries = []
-        for (source, prepared), result in zip(pending, results, strict=True):
+        for (source, prepared), result in zip(batch, results, strict=True):
             if result.status in STORED:
                 report.stored += 1
             elif result.status in ("identical", "exists"):  # identical: the same bytes again
@@ -160,6 +185,19 @@ def import_files(
             entries.append(JournalEntry(source.path, source.size, source.mtime_ns, partition_key, sop))
         if journal is not None:
             journal.record(entries)  # after the index commit: a recorded file is stored
+
+    def finish_commit() -> None:
+        if committing:
+            committing.pop().result()  # raises what the commit raised
+
+    def commit(*, last: bool = False) -> None:
+        """Hand the pending files to the commit thread once it is done with the previous batch: the
+        parsers' results keep arriving during a commit's SQL and device flush (both release the GIL),
+        and the next batch grows meanwhile, up to _MAX_BATCHES times ``batch``."""
+        if committing and not committing[0].done() and len(pending) < batch * _MAX_BATCHES and not last:
+            return
+        finish_commit()
+        committing.append(committer.submit(commit_in_thread, pending.copy()))
         pending.clear()
 
     def take(chunk: list[SourceFile], results: list[_Staged]) -> None:
@@ -193,8 +231,11 @@ def import_files(
 
     # each task with the files it was given, in order: its results line up with them
     in_flight: deque[tuple[list[SourceFile], Future[list[_Staged]]]] = deque()
-    with ProcessPoolExecutor(max_workers=processes, initializer=_ignore_interrupts) as pool:
-        stage_chunk = functools.partial(_stage_chunk, store.stager())
+    with (
+        ProcessPoolExecutor(max_workers=processes, initializer=_ignore_interrupts) as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-commit") as committer,
+    ):
+        stage_chunk = functools.partial(_stage_chunk, store.stager(), read_whole)
         walk = _sources(paths, report)
         while not stop.is_set():
             candidates = [s for _, s in zip(range(_SKIP_CHECK), walk, strict=False)]
@@ -212,7 +253,8 @@ def import_files(
             done, task = in_flight.popleft()
             take(done, task.result())
         if pending:
-            commit()
+            commit(last=True)
+        finish_commit()
     if shared_flush is not None:
         shared_flush.forget_synced()  # all synced: no recovery needs to read them back
     report.interrupted = stop.is_set()

@@ -7,6 +7,7 @@ commit; a hit is trusted only while the index still has that instance."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ CREATE TABLE IF NOT EXISTS imported_file (
 class ImportJournal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
+        # the importer looks up from its walk and records from its commit thread: one connection, a lock
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._lock = threading.Lock()
         # losing the last records in a crash only costs re-reading those files
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -57,11 +60,12 @@ class ImportJournal:
         (32766)."""
         by_path = {s.path: s for s in sources}
         marks = ",".join("?" * len(by_path))
-        rows = self._db.execute(
-            "SELECT path, size, mtime_ns, partition_key, sop_instance_uid FROM imported_file "
-            f"WHERE path IN ({marks})",
-            list(by_path),
-        )
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, partition_key, sop_instance_uid FROM imported_file "
+                f"WHERE path IN ({marks})",
+                list(by_path),
+            ).fetchall()
         found: dict[str, tuple[int, str]] = {}
         for path, size, mtime_ns, partition_key, sop in rows:
             source = by_path[path]
@@ -70,11 +74,10 @@ class ImportJournal:
         return found
 
     def record(self, entries: Iterable[JournalEntry]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO imported_file VALUES (?, ?, ?, ?, ?)",
-            [(e.path, e.size, e.mtime_ns, e.partition_key, e.sop_instance_uid) for e in entries],
-        )
-        self._db.commit()
+        rows = [(e.path, e.size, e.mtime_ns, e.partition_key, e.sop_instance_uid) for e in entries]
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO imported_file VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.commit()
 
     def close(self) -> None:
         self._db.close()
