@@ -23,7 +23,7 @@ from test_dimse_query_archive import AE_TITLE, Scp, find, query, start_scp, with
 from dicomd.dimse import query as query_module
 
 from support.backends import BACKENDS, backend_url
-from support.dicom_files import CHARSET_FILES, make_instance, new_uid
+from support.dicom_files import CHARSET_FILES, TEST_FILES, make_instance, new_uid
 
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
@@ -441,3 +441,32 @@ def test_findscu_at_each_level(archive: tuple[Scp, Uids], tmp_path: Path) -> Non
         "-k", "PatientName", "-k", "NumberOfPatientRelatedStudies",
     )  # fmt: skip
     assert [(str(d.PatientName), d.NumberOfPatientRelatedStudies) for d in patients] == [("Smith^Jane", 1)]
+
+
+def test_text_answers_are_built_as_pydicom_builds_them_from_json() -> None:
+    """The answer fast path (query.text_element) against Dataset.from_json, its reference: every text
+    element of every bundled file, as the index JSON holds it, is the same element and encodes to the
+    same bytes in both little endian syntaxes."""
+    from pynetdicom.dsutils import encode
+
+    from dicomd.dicom.parser import parse_file
+
+    compared = 0
+    for path in sorted([*TEST_FILES.iterdir(), *CHARSET_FILES.iterdir()]):
+        try:
+            dataset = parse_file(path).dataset
+        except Exception:
+            continue  # not a file our parser stores
+        for tag, found in dataset.items():
+            fast = query_module.text_element(int(tag, 16), found)
+            if fast is None:
+                continue
+            reference = Dataset.from_json({tag: found})[int(tag, 16)]
+            assert (fast.VR, fast.value) == (reference.VR, reference.value), (path.name, tag)
+            for implicit in (True, False):
+                one, other = Dataset(), Dataset()
+                one.add(fast)
+                other.add(reference)
+                assert encode(one, implicit, True) == encode(other, implicit, True), (path.name, tag)
+            compared += 1
+    assert compared > 1000

@@ -119,6 +119,9 @@ def _handlers(
 def application_entity(settings: Settings) -> AE:
     """The listener's AE: its limits and timeouts (also those of its C-MOVE associations)."""
     _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's standard handlers log identifiers (PHI) at debug
+    # its service classes decode and format every request and response identifier for log lines that
+    # its logger (at WARNING here) drops: ~10% of a C-FIND's CPU
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

@@ -175,14 +175,31 @@ def group_patients(studies: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(patients.values())
 
 
+# VRs whose JSON values are the element's values as they are (PS3.18 F.2.3): a key of one of them is
+# answered without Dataset.from_json, which cost more than the rest of an answer
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
+    """The element of a stored text value, as Dataset.from_json would build it; None for any other."""
+    values = found.get("Value")
+    if found.get("vr") not in _TEXT_VRS or not isinstance(values, list) or not values:
+        return None
+    if not all(isinstance(value, str) for value in values):
+        return None
+    return DataElement(tag, found["vr"], values[0] if len(values) == 1 else values)
+
+
 def _answer_element(request: DataElement, found: dict[str, Any] | None) -> DataElement:
     """The answer to one requested key: its value from the index JSON, else empty."""
     tag = f"{request.tag:08X}"
     if found and ("Value" in found or "InlineBinary" in found):
-        try:
-            elem = Dataset.from_json({tag: found})[request.tag]
-        except Exception:  # a stored value pydicom cannot take back: answer the key empty
-            elem = None
+        elem = text_element(request.tag, found)
+        if elem is None:
+            try:
+                elem = Dataset.from_json({tag: found})[request.tag]
+            except Exception:  # a stored value pydicom cannot take back: answer the key empty
+                elem = None
         if elem is not None:
             if elem.VR == "SQ" and request.VR == "SQ" and request.value:
                 _keep_requested_items_keys(elem.value, request.value[0])
