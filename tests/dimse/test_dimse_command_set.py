@@ -17,6 +17,9 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 SOP = "1.2.826.0.1.3680043.10.1234.123456789"  # odd length: padded
+COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model, and its well-known instance
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+ONE_ELEMENT = b"\x08\x00\x18\x00\x02\x00\x00\x001\x00"  # a data set: SOPInstanceUID "1"
 
 
 def _primitive(kind: str, **fields: Any) -> Any:
@@ -38,7 +41,7 @@ MESSAGES = [
             Priority=2,
             MoveOriginatorApplicationEntityTitle="FINDSCU",
             MoveOriginatorMessageID=9,
-            DataSet=BytesIO(b"\x08\x00\x18\x00\x02\x00\x00\x00" + b"1\x00"),
+            DataSet=BytesIO(ONE_ELEMENT),
         ),
     ),
     (
@@ -93,10 +96,10 @@ MESSAGES = [
         _primitive(
             "N_EVENT_REPORT",
             MessageID=11,
-            AffectedSOPClassUID="1.2.840.10008.1.20.1",
-            AffectedSOPInstanceUID="1.2.840.10008.1.20.1.1",
+            AffectedSOPClassUID=COMMITMENT,
+            AffectedSOPInstanceUID=COMMITMENT_INSTANCE,
             EventTypeID=1,
-            EventInformation=BytesIO(b"\x08\x00\x18\x00\x02\x00\x00\x00" + b"1\x00"),
+            EventInformation=BytesIO(ONE_ELEMENT),
         ),
     ),
     (
@@ -104,8 +107,8 @@ MESSAGES = [
         _primitive(
             "N_ACTION",
             MessageIDBeingRespondedTo=12,
-            AffectedSOPClassUID="1.2.840.10008.1.20.1",
-            AffectedSOPInstanceUID="1.2.840.10008.1.20.1.1",
+            AffectedSOPClassUID=COMMITMENT,
+            AffectedSOPInstanceUID=COMMITMENT_INSTANCE,
             ActionTypeID=1,
             Status=0,
         ),

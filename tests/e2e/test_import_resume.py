@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import secrets
 import select
 import signal
 import subprocess
@@ -24,15 +25,24 @@ def _command(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "dicomd", "import", "--data-dir", str(data_dir), *args]
 
 
+_UID_ROOT = "1.2.826.0.1.3680043.10.1234."
+_PLACEHOLDER = _UID_ROOT + "1" * 30  # a template's SOP Instance UID, replaced by one of the same length
+
+
 def _corpus(folder: Path, count: int, study_count: int = 10) -> list[str]:
-    """`count` small instances in `study_count` studies, in nested folders; their SOP Instance UIDs."""
-    studies = [new_uid() for _ in range(study_count)]
+    """`count` small instances in `study_count` studies, in nested folders; their SOP Instance UIDs.
+    One instance per study is built with pydicom, the others by replacing its SOP Instance UID (in the
+    file meta and the data set) with another of the same length: thousands of files in well under a
+    second."""
+    templates = [
+        make_instance(study=new_uid(), sop=_PLACEHOLDER, patient_id="RESUME") for _ in range(study_count)
+    ]
     sops = []
     for i in range(count):
-        sop = new_uid()
+        sop = f"{_UID_ROOT}{secrets.randbelow(9 * 10**29) + 10**29}"
         target = folder / f"s{i % study_count}" / f"{i}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(make_instance(study=studies[i % study_count], sop=sop, patient_id="RESUME"))
+        target.write_bytes(templates[i % study_count].replace(_PLACEHOLDER.encode(), sop.encode()))
         sops.append(sop)
     return sops
 
@@ -52,7 +62,9 @@ def _counts(stdout: str) -> dict[str, int]:
 
 
 def test_progress_lines_then_ctrl_c_then_resume(tmp_path: Path) -> None:
-    sops = _corpus(tmp_path / "in", 2500)
+    # more files than the import has in progress at once (2 batches of 500 pending, 1 committing, the
+    # parsers' queues): Ctrl-C after the first progress line must leave some unread
+    sops = _corpus(tmp_path / "in", 8000)
     data_dir = tmp_path / "data"
     proc = subprocess.Popen(
         _command(data_dir, "--progress-interval", "0.2", str(tmp_path / "in")),
