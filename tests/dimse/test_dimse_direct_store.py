@@ -27,13 +27,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from dicomd.config import Settings
 from dicomd.dimse import direct_store
-from dicomd.dimse.direct_store import (
-    DirectStore,
-    command_pdus,
-    decode_command,
-    encode_store_response,
-    pdv_items,
-)
+from dicomd.dimse.command_set import decode_command
+from dicomd.dimse.direct_store import DirectStore, command_pdus, encode_store_response, pdv_items
 from dicomd.dimse.listener import serve_dicom
 from dicomd.dimse.q_common import error_comment
 from dicomd.startup import prepare

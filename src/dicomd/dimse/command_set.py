@@ -1,4 +1,4 @@
-"""Command sets (group 0000, always implicit VR little endian: PS3.7 6.3.1) encoded without pydicom.
+"""Command sets (group 0000, always implicit VR little endian: PS3.7 6.3.1): dicomd's own codec.
 
 pynetdicom encodes every DIMSE message's command set with pydicom's ``write_dataset``, twice: once to
 compute Command Group Length and once to send it. For a C-FIND answer or a C-MOVE sub-operation that is
@@ -6,7 +6,9 @@ compute Command Group Length and once to send it. For a C-FIND answer or a C-MOV
 gives pynetdicom's ``dimse_messages`` module an ``encode`` that writes the elements of a command set
 itself and hands anything else (another syntax, a VR or value it does not know) to pydicom's, the
 reference it is tested against byte for byte. Only command sets go through that module's ``encode``
-(identifiers and data sets are encoded elsewhere in pynetdicom).
+(identifiers and data sets are encoded elsewhere in pynetdicom). ``element`` and ``padded`` are the
+element codec the direct C-STORE path (dimse/direct_store.py) encodes its responses with, and
+``decode_command`` the decoder of its requests.
 """
 
 from __future__ import annotations
@@ -18,13 +20,41 @@ from typing import Any
 import pynetdicom.dimse_messages as _dimse_messages
 from pydicom.dataset import Dataset
 
-_ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length
-_TEXT_PAD = {"UI": b"\x00", "AE": b" ", "CS": b" ", "LO": b" ", "SH": b" ", "ST": b" "}
+ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length
+UID_PAD, TEXT_PAD = b"\x00", b" "
+_TEXT_PAD = {"UI": UID_PAD, "AE": TEXT_PAD, "CS": TEXT_PAD, "LO": TEXT_PAD, "SH": TEXT_PAD, "ST": TEXT_PAD}
 _NUMBER_FORMAT = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
 
 
+def element(number: int, value: bytes) -> bytes:
+    """One command set element (group 0000) with its encoded value."""
+    return ELEMENT.pack(0x0000, number, len(value)) + value
+
+
+def padded(value: bytes, pad: bytes) -> bytes:
+    """A text value padded to even length (UID_PAD for UI, TEXT_PAD for the other text VRs)."""
+    return value + pad if len(value) % 2 else value
+
+
+def decode_command(data: bytes | memoryview) -> dict[int, bytes] | None:
+    """A command set (implicit VR little endian, group 0000 only) as element number -> value; None when
+    it does not decode."""
+    fields: dict[int, bytes] = {}
+    position, end = 0, len(data)
+    while position < end:
+        if position + ELEMENT.size > end:
+            return None
+        group, number, length = ELEMENT.unpack_from(data, position)
+        position += ELEMENT.size
+        if group != 0x0000 or position + length > end:
+            return None
+        fields[number] = bytes(data[position : position + length])
+        position += length
+    return fields
+
+
 def _values(value: Any) -> list[Any] | None:
-    if value is None or value == "" or (isinstance(value, list | tuple) and not value):
+    if value is None or value == "":
         return []
     if isinstance(value, str | int):
         return [value]
@@ -44,10 +74,9 @@ def _encode_value(vr: str, value: Any) -> bytes | None:
         if not all(isinstance(v, str) for v in values):
             return None
         try:
-            text = "\\".join(values).encode("ascii")
+            return padded("\\".join(values).encode("ascii"), pad)
         except UnicodeEncodeError:
             return None  # pydicom's character set handling decides
-        return text + pad if len(text) % 2 else text
     number = _NUMBER_FORMAT.get(vr)
     if number is not None:
         if not all(type(v) is int for v in values):  # (bool, IntEnum and others: pydicom decides)
@@ -73,8 +102,7 @@ def encode_command_set(ds: Dataset) -> bytes | None:
         encoded = _encode_value(elem.VR, elem.value)
         if encoded is None:
             return None
-        parts.append(_ELEMENT.pack(0x0000, elem.tag & 0xFFFF, len(encoded)))
-        parts.append(encoded)
+        parts.append(element(elem.tag & 0xFFFF, encoded))
     return b"".join(parts)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
+from dicomd.dimse.command_set import TEXT_PAD, UID_PAD, decode_command, element, padded
 from dicomd.dimse.negotiation import STORAGE_SOP_CLASSES
 from dicomd.dimse.q_common import error_comment
 from dicomd.dimse.reactor import P_DATA_TF, PDU_HEADER
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicomd.dimse")
 
 _PDV_ITEM = struct.Struct(">LBB")  # item length, presentation context ID, message control header
-_ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
 COMMAND = 0x01  # message control header: a command fragment (else a data set fragment)
@@ -78,23 +78,6 @@ def pdv_items(pdu: bytes | bytearray | memoryview) -> list[tuple[int, int, memor
     return items or None
 
 
-def decode_command(data: bytes | memoryview) -> dict[int, bytes] | None:
-    """A command set (implicit VR little endian, group 0000 only) as element number -> value; None when
-    it does not decode."""
-    fields: dict[int, bytes] = {}
-    position, end = 0, len(data)
-    while position < end:
-        if position + _ELEMENT.size > end:
-            return None
-        group, element, length = _ELEMENT.unpack_from(data, position)
-        position += _ELEMENT.size
-        if group != 0x0000 or position + length > end:
-            return None
-        fields[element] = bytes(data[position : position + length])
-        position += length
-    return fields
-
-
 def _us(value: bytes | None) -> int | None:
     return _US.unpack(value)[0] if value is not None and len(value) == _US.size else None
 
@@ -103,13 +86,8 @@ def _text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ") if value else ""
 
 
-def _element(element: int, value: bytes) -> bytes:
-    return _ELEMENT.pack(0x0000, element, len(value)) + value
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    value = text.encode("ascii", "replace")
-    return value + pad if len(value) % 2 else value
+def _ascii(text: str) -> bytes:
+    return text.encode("ascii", "replace")
 
 
 def encode_store_response(
@@ -117,17 +95,17 @@ def encode_store_response(
 ) -> bytes:
     """A C-STORE-RSP command set (PS3.7 9.3.1.2), group length first, elements in ascending order."""
     elements = [
-        _element(AFFECTED_SOP_CLASS, _padded(sop_class, b"\x00")),
-        _element(COMMAND_FIELD, _US.pack(C_STORE_RSP)),
-        _element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
-        _element(COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
-        _element(STATUS, _US.pack(status)),
+        element(AFFECTED_SOP_CLASS, padded(_ascii(sop_class), UID_PAD)),
+        element(COMMAND_FIELD, _US.pack(C_STORE_RSP)),
+        element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
+        element(COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        element(STATUS, _US.pack(status)),
     ]
     if comment is not None:
-        elements.append(_element(ERROR_COMMENT, _padded(error_comment(comment), b" ")))
-    elements.append(_element(AFFECTED_SOP_INSTANCE, _padded(sop_instance, b"\x00")))
+        elements.append(element(ERROR_COMMENT, padded(_ascii(error_comment(comment)), TEXT_PAD)))
+    elements.append(element(AFFECTED_SOP_INSTANCE, padded(_ascii(sop_instance), UID_PAD)))
     body = b"".join(elements)
-    return _element(0x0000, _UL.pack(len(body))) + body
+    return element(0x0000, _UL.pack(len(body))) + body
 
 
 def command_pdus(context_id: int, command: bytes, max_pdu: int) -> list[bytes]:

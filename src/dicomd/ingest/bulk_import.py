@@ -22,7 +22,6 @@ import os
 import signal
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -35,7 +34,7 @@ from dicomd.ingest.committer import STORED, commit_batch
 from dicomd.ingest.import_journal import ImportJournal, JournalEntry, SourceFile
 from dicomd.ingest.prepare import PrepareJob, prepare_staged
 from dicomd.ingest.shared_flush import SharedFlush
-from dicomd.storage import ObjectStore, Stager
+from dicomd.storage import ObjectStore, Stager, content_checksum
 
 _CHUNK = 32  # files per task sent to a parser process
 _IN_FLIGHT_PER_PROCESS = 4  # tasks queued per parser process: enough to keep it busy, no more
@@ -43,8 +42,8 @@ _SKIP_CHECK = 512  # journal hits confirmed against the index at once
 _MAX_BATCHES = 2  # a batch grows to this many times its size while the previous one commits
 READ_WHOLE = 4 << 20  # files up to this size are read into memory once, larger ones streamed
 
-# what a parser process returns per file: (staged key, prepared instance or None, messages)
-# (key, its (size, CRC-32), the prepared instance or None, the failure reason)
+# what a parser process returns per file: (staged key, its (size, CRC-32), the prepared instance or
+# None, the failure reason)
 _Staged = tuple[str, tuple[int, int], PreparedInstance | None, str]
 
 
@@ -122,7 +121,7 @@ def _stage_chunk(stager: Stager, read_whole: int, jobs: list[tuple[str, PrepareJ
                 checksum = stager.stage_file(job.key, source)
             else:
                 stager.stage_bytes(job.key, (data,))
-                checksum = (len(data), zlib.crc32(data))
+                checksum = content_checksum((data,))
                 job = dataclasses.replace(job, data=data)
             outcome, prepared = prepare_staged(job, stager)
         except OSError as exc:
@@ -156,7 +155,7 @@ def import_files(
     stop_counting = threading.Event()
     threading.Thread(target=_count, args=(paths, report, stop_counting), daemon=True).start()
     pending: list[tuple[SourceFile, PreparedInstance]] = []
-    committing: list[Future[None]] = []  # the batch the commit thread works on (at most one)
+    committing: Future[None] | None = None  # the batch the commit thread works on
 
     def job(source: SourceFile) -> tuple[str, PrepareJob]:
         return source.path, PrepareJob(
@@ -187,17 +186,21 @@ def import_files(
             journal.record(entries)  # after the index commit: a recorded file is stored
 
     def finish_commit() -> None:
-        if committing:
-            committing.pop().result()  # raises what the commit raised
+        nonlocal committing
+        if committing is not None:
+            done, committing = committing, None
+            done.result()  # raises what the commit raised
 
     def commit(*, last: bool = False) -> None:
         """Hand the pending files to the commit thread once it is done with the previous batch: the
         parsers' results keep arriving during a commit's SQL and device flush (both release the GIL),
         and the next batch grows meanwhile, up to _MAX_BATCHES times ``batch``."""
-        if committing and not committing[0].done() and len(pending) < batch * _MAX_BATCHES and not last:
+        nonlocal committing
+        busy = committing is not None and not committing.done()
+        if busy and len(pending) < batch * _MAX_BATCHES and not last:
             return
         finish_commit()
-        committing.append(committer.submit(commit_in_thread, pending.copy()))
+        committing = committer.submit(commit_in_thread, pending.copy())
         pending.clear()
 
     def take(chunk: list[SourceFile], results: list[_Staged]) -> None:

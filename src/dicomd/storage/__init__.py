@@ -7,12 +7,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from dicomd.storage.base import DICOM, METADATA, ObjectStore, Stager, StorageUnavailable
+from dicomd.storage.base import DICOM, METADATA, ObjectStore, Stager, StorageUnavailable, content_checksum
 
 if TYPE_CHECKING:
     from dicomd.config import Settings
 
-__all__ = ["DICOM", "METADATA", "ObjectStore", "Stager", "StorageUnavailable", "open_store"]
+__all__ = [
+    "DICOM",
+    "METADATA",
+    "ObjectStore",
+    "Stager",
+    "StorageUnavailable",
+    "content_checksum",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -7,6 +7,7 @@ uploads at ``sync``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,6 +22,15 @@ SUFFIXES = (DICOM, METADATA)
 
 # check_area(staging area name, its directory): see ObjectStore.recover
 AreaCheck = Callable[[str, Path], None]
+
+
+def content_checksum(parts: Iterable[bytes | memoryview]) -> tuple[int, int]:
+    """(size, CRC-32) of a staged file's bytes, as ``Stager.stage_file`` returns it for a copy."""
+    size = checksum = 0
+    for part in parts:
+        size += len(part)
+        checksum = zlib.crc32(part, checksum)
+    return size, checksum
 
 
 class StorageUnavailable(Exception):

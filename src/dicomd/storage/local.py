@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomd.storage.base import DICOM, METADATA, SUFFIXES, AreaCheck
+from dicomd.storage.base import DICOM, METADATA, SUFFIXES, AreaCheck, content_checksum
 
 __all__ = [
     "DICOM",
@@ -315,10 +315,7 @@ class StagingStore(abc.ABC):
     def stage_bytes(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         write_parts(f"{self._own_area()}/{key}.{DICOM}", parts)
         if self._checksums is not None:
-            checksum = 0
-            for part in parts:
-                checksum = zlib.crc32(part, checksum)
-            self._checksums[key] = (sum(len(part) for part in parts), checksum)
+            self._checksums[key] = content_checksum(parts)
 
     def note_checksum(self, key: str, checksum: tuple[int, int]) -> None:
         """The (size, CRC-32) of a DICOM file staged here by another process (its ``stager``)."""
