@@ -1,5 +1,5 @@
-"""The direct C-STORE path (dicomd/dimse/direct_store.py): its command set codec against pynetdicom's
-encoding (the reference), and a listener in this process that counts what the path takes: a plain
+"""The direct C-STORE path (dicomd/dimse/direct.py, direct_store.py): its command set codec against
+pynetdicom's encoding (the reference), and a listener process that counts what the path takes: a plain
 C-STORE is answered by it, one it does not take (a command set in several fragments) still by pynetdicom,
 a peer with a tiny maximum PDU gets its response in fragments, a C-STORE on a non-storage context is left
 to pynetdicom (the path is chosen by the context, as pynetdicom routes), a failure carries its error
@@ -10,8 +10,6 @@ takes it)."""
 from __future__ import annotations
 
 import io
-import multiprocessing
-import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +23,16 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicomd.config import Settings
-from dicomd.dimse import direct_store
+from dicomd.dimse import direct, direct_store
 from dicomd.dimse.command_set import decode_command
-from dicomd.dimse.direct_store import DirectStore, command_pdus, encode_store_response, pdv_items
-from dicomd.dimse.listener import serve_dicom
+from dicomd.dimse.direct import command_pdus, pdv_items
+from dicomd.dimse.direct_store import encode_store_response
 from dicomd.dimse.q_common import error_comment
-from dicomd.startup import prepare
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
 from support.dimse import DICOMD_AE, client_ae, echo, message_pdus, paused_reactor, store_request
+from support.direct_listener import Listener, direct_listener
 
 MAX_PDU = 16384
 
@@ -74,12 +71,12 @@ def test_a_pynetdicom_request_decodes() -> None:
     items = pdv_items(pdus[0])
     assert items is not None and len(items) == 1
     context_id, control, command = items[0]
-    assert (context_id, control) == (5, direct_store.COMMAND | direct_store.LAST)
+    assert (context_id, control) == (5, direct.COMMAND | direct.LAST)
     fields = decode_command(command)
     assert fields is not None
-    assert struct.unpack("<H", fields[direct_store.COMMAND_FIELD])[0] == direct_store.C_STORE_RQ
-    assert struct.unpack("<H", fields[direct_store.MESSAGE_ID])[0] == 513
-    assert fields[direct_store.AFFECTED_SOP_INSTANCE].rstrip(b"\0").decode() == ds.SOPInstanceUID
+    assert struct.unpack("<H", fields[direct.COMMAND_FIELD])[0] == direct_store.C_STORE_RQ
+    assert struct.unpack("<H", fields[direct.MESSAGE_ID])[0] == 513
+    assert fields[direct.AFFECTED_SOP_INSTANCE].rstrip(b"\0").decode() == ds.SOPInstanceUID
     data = b"".join(bytes(value) for pdu in pdus[1:] for _, _, value in pdv_items(pdu) or [])
     assert data == encode(ds, False, True)
 
@@ -105,50 +102,10 @@ def test_a_command_set_that_does_not_decode_is_none() -> None:
 # ---- a listener in this process ------------------------------------------------------------------
 
 
-class Listener:
-    def __init__(self, port: int, taken: Any) -> None:
-        self.port = port
-        self._taken = taken
-
-    @property
-    def taken(self) -> int:
-        """C-STORE requests the direct path answered so far."""
-        return int(self._taken.value)
-
-
-def _serve_counting(data_dir: Path, ports: Any, taken: Any, stop: Any) -> None:
-    """The listener's main, in a process of its own (it makes pynetdicom event-driven there, not in the
-    test process), counting the direct path's answers."""
-    answer = DirectStore._answer
-
-    def counted(self: DirectStore, dul: Any, message: Any) -> None:
-        with taken.get_lock():
-            taken.value += 1
-        answer(self, dul, message)
-
-    DirectStore._answer = counted  # type: ignore[method-assign]
-    settings = Settings(data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=MAX_PDU, dicom_timeout=5)
-    prepare(settings)  # the index's schema, as `dicomd serve` makes it before its listener starts
-    sock = socket.create_server(("127.0.0.1", 0))
-    ports.put(sock.getsockname()[1])
-    serve_dicom(sock, settings, stop)
-
-
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[Listener]:
-    context = multiprocessing.get_context("spawn")
-    ports, taken, stop = context.Queue(), context.Value("i", 0), context.Event()
-    process = context.Process(target=_serve_counting, args=(tmp_path / "data", ports, taken, stop))
-    process.start()
-    try:
-        served = Listener(ports.get(timeout=60), taken)
-        assert wait_for(lambda: echo(served.port, timeout=2) == 0x0000, timeout=30)
+    with direct_listener(tmp_path / "data", max_pdu=MAX_PDU) as served:
         yield served
-    finally:
-        stop.set()
-        process.join(30)
-        if process.is_alive():
-            process.kill()
 
 
 def _associate(port: int, max_pdu: int = MAX_PDU) -> Any:

@@ -32,7 +32,9 @@ from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accept
 from dicomd.dimse.client import parse_address
 from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
 from dicomd.dimse.context import Gateway
-from dicomd.dimse.direct_store import DirectStore
+from dicomd.dimse.direct import DirectPath
+from dicomd.dimse.direct_find import C_FIND_RQ, start_find
+from dicomd.dimse.direct_store import C_STORE_RQ, start_store
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
 from dicomd.dimse.store import handle_echo, handle_store
@@ -199,7 +201,12 @@ def _serve(
         limits=limits,
         tls=tls,
         audit=audit,
-        direct_store=functools.partial(DirectStore, gateway=gateway, audit=audit),
+        direct_path=functools.partial(
+            DirectPath,
+            gateway=gateway,
+            audit=audit,
+            starters={C_STORE_RQ: start_store, C_FIND_RQ: start_find},
+        ),
     )
     thread = threading.Thread(target=server.serve_forever, name="dicomd-dimse-accept", daemon=True)
     thread.start()

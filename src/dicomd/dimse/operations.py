@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dicomd.audit.dimse import MAX_QUERY_KEYS, MAX_QUERY_VALUE, DimseAudit
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
     from pynetdicom.events import Event
 
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
@@ -34,11 +35,11 @@ class PendingOperation:
     responses: int = 0  # pending responses sent (C-FIND: matches)
 
 
-def query_keys(event: Event) -> dict[str, str]:
+def query_keys(identifier_of: Callable[[], Dataset]) -> dict[str, str]:
     """The request identifier's keys that have a value (bounded), for the audit event; {} when it does
     not decode (the handler answers that)."""
     try:
-        identifier = event.identifier
+        identifier = identifier_of()
         keys: dict[str, str] = {}
         for element in identifier:
             if len(keys) >= MAX_QUERY_KEYS:
@@ -62,7 +63,10 @@ def audited_operation(
         record.count(operation)
         request = event.request
         pending = PendingOperation(
-            operation, time.time(), str(getattr(request, "AffectedSOPClassUID", "") or ""), query_keys(event)
+            operation,
+            time.time(),
+            str(getattr(request, "AffectedSOPClassUID", "") or ""),
+            query_keys(lambda: event.identifier),
         )
         with record.lock:
             record.queries[int(request.MessageID or 0)] = pending

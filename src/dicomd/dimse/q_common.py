@@ -32,6 +32,10 @@ MODEL_LEVELS: dict[str, tuple[QueryLevel, ...]] = {
     "1.2.840.10008.5.1.4.1.2.3.2": _PATIENT_STUDY_ONLY,
     "1.2.840.10008.5.1.4.1.2.3.3": _PATIENT_STUDY_ONLY,
 }
+# the C-FIND SOP classes of these models
+FIND_MODELS = frozenset(
+    {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.3.1"}
+)
 # the index level a query level searches (patients are derived from studies grouped by PatientID)
 QIDO_LEVEL: dict[QueryLevel, Level] = {
     "PATIENT": "study",

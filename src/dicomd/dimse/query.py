@@ -16,7 +16,7 @@ folding and the validation of values are QIDO's by construction. DIMSE specifics
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -230,11 +230,22 @@ def answer(result: dict[str, Any], translation: Translation, level: QueryLevel, 
 
 
 def handle_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """pynetdicom EVT_C_FIND handler: yields (pending status, identifier) per match, then the final
-    status; a failure status with an ErrorComment for a bad identifier, never an exception."""
+    """pynetdicom EVT_C_FIND handler (a C-FIND the direct path, dimse/direct_find.py, did not take)."""
+    sop_class = str(event.request.AffectedSOPClassUID or "")
+    return find_responses(lambda: event.identifier, sop_class, lambda: event.is_cancelled, gateway)
+
+
+def find_responses(
+    identifier_of: Callable[[], Dataset],
+    sop_class: str,
+    is_cancelled: Callable[[], bool],
+    gateway: Gateway,
+) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """A C-FIND's responses: (pending status, identifier) per match, then the final status; a failure
+    status with an ErrorComment for a bad identifier, never an exception. ``identifier_of`` decodes the
+    request's identifier; ``is_cancelled`` tells whether the peer sent a C-CANCEL for it."""
     try:
-        identifier = run_checked(lambda: event.identifier, "identifier")
-        sop_class = str(event.request.AffectedSOPClassUID or "")
+        identifier = run_checked(identifier_of, "identifier")
         level: QueryLevel = run_checked(lambda: query_level(identifier, sop_class), "identifier")
         translation: Translation = run_checked(lambda: translate(identifier, level), "identifier")
         query = parse_translation(translation, level)
@@ -248,7 +259,7 @@ def handle_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset,
         if level == "PATIENT":
             results = iter(group_patients(results))
         for result in results:
-            if event.is_cancelled:
+            if is_cancelled():
                 yield CANCELLED, None
                 return
             yield pending, answer(result, translation, level, ae_title)
@@ -259,4 +270,4 @@ def handle_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset,
     yield SUCCESS, None
 
 
-__all__ = ["IDENTIFIER_DOES_NOT_MATCH", "handle_find", "search_all", "translate"]
+__all__ = ["IDENTIFIER_DOES_NOT_MATCH", "find_responses", "handle_find", "search_all", "translate"]

@@ -58,7 +58,7 @@ _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
 class PDataInterceptor(Protocol):
-    """Takes the P-DATA-TF PDUs it can answer itself (dimse/direct_store.py) before pynetdicom decodes
+    """Takes the P-DATA-TF PDUs it can answer itself (dimse/direct.py) before pynetdicom decodes
     them; runs in the DUL thread."""
 
     def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
@@ -84,6 +84,15 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         interceptor = self.interceptor
         if interceptor is None:
             return super()._read_pdu_data()  # type: ignore[no-any-return]
+        pdu = self.read_pdu()
+        if pdu is None or (pdu[0] == P_DATA_TF and interceptor.take(self, pdu)):
+            return None
+        self.hand_over(pdu)
+        return None
+
+    def read_pdu(self) -> bytearray | None:
+        """The next whole PDU from the socket (header included); None when there is none to read (the
+        connection closed, or an unknown PDU type: its event is queued for the state machine)."""
         association_socket = self.socket
         assert association_socket is not None
         try:
@@ -102,17 +111,31 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         if len(pdu) != PDU_HEADER.size + length:
             self.event_queue.put("Evt17")
             return None
-        if pdu_type == P_DATA_TF and interceptor.take(self, pdu):
-            return None
+        return pdu
+
+    def hand_over(self, pdu: bytearray) -> None:
+        """A PDU read here for pynetdicom: decoded, its event queued for the state machine."""
         try:
             decoded, event = self._decode_pdu(pdu)
         except Exception:
             log.warning("a DICOM peer sent a PDU that does not decode")
             self.event_queue.put("Evt19")
-            return None
+            return
         self.event_queue.put(event)
         self._recv_pdu.put(decoded)
-        return None
+
+    def peer_sent(self) -> bool:
+        """Whether bytes from the peer wait to be read (never waits itself)."""
+        association_socket = self.socket
+        raw = association_socket.socket if association_socket is not None else None
+        if raw is None or association_socket is None or not association_socket._is_connected:
+            return False
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return True
+        try:
+            return bool(select.select([raw], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)

@@ -13,7 +13,7 @@ hardened for untrusted peers.
 - Connections beyond twice ``dicom_max_associations`` are closed at once; up to there, the ones beyond the
   limit get a proper rejection (transient, local limit exceeded) from pynetdicom.
 - Each connection's thread waits for its association to end and then writes its audit event.
-- C-STORE requests take the direct path (dimse/direct_store.py) when the listener gives one.
+- C-STORE and C-FIND requests take the direct path (dimse/direct.py) when the listener gives one.
 - An association's copy of the presentation contexts is made without re-validating their UIDs
   (``SupportedContexts``): a modality that opens an association per instance pays ~1 ms, not ~50 ms.
 """
@@ -129,8 +129,8 @@ class GatewayRequestHandler(RequestHandler):
         address, port = str(self.client_address[0]), int(self.client_address[1])
         record = AssociationRecord(address=address, port=port, tls=isinstance(self.request, ssl.SSLSocket))
         server.audit.attach(assoc, record)
-        if server.direct_store is not None and isinstance(assoc.dul, EventDrivenDUL):
-            assoc.dul.interceptor = server.direct_store(assoc, record)
+        if server.direct_path is not None and isinstance(assoc.dul, EventDrivenDUL):
+            assoc.dul.interceptor = server.direct_path(assoc, record)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         assoc.join()
@@ -170,13 +170,13 @@ class GatewayServer(ThreadedAssociationServer):
         limits: Limits,
         tls: CertificateFiles | None,
         audit: DimseAudit,
-        direct_store: Callable[[Any, AssociationRecord], PDataInterceptor] | None = None,
+        direct_path: Callable[[Any, AssociationRecord], PDataInterceptor] | None = None,
     ) -> None:
         self._listener = listener
         self.limits = limits
         self.tls = tls
         self.audit = audit
-        self.direct_store = direct_store  # each association's direct C-STORE path (direct_store.py)
+        self.direct_path = direct_path  # each association's direct path (direct.py)
         super().__init__(
             ae,
             address,

@@ -1,0 +1,197 @@
+"""The direct path's C-FIND (dimse/direct.py): a C-FIND-RQ on a Query/Retrieve FIND context is answered
+in the DUL thread from ``query.find_responses`` (the same matching, answers, statuses and audit as
+pynetdicom's handler), each response's command set written by ``command_set`` and its identifier by
+pydicom, as pynetdicom would write them. Between responses the path looks for what the peer sent: a
+C-CANCEL-RQ for this request ends the matches (status Cancel, PS3.4 C.4.1.3.2); any other PDU is handed
+to pynetdicom, which acts on it once this request is answered (an A-ABORT or A-RELEASE-RQ also ends the
+responses). Identifiers in a deflated or big endian syntax are left to pynetdicom."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import decode, encode
+
+from dicomd.audit.dimse import DimseAudit
+from dicomd.dimse.command_set import TEXT_PAD, UID_PAD, decode_command, element, padded
+from dicomd.dimse.direct import (
+    AFFECTED_SOP_CLASS,
+    COMMAND,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    DATA_SET_PRESENT,
+    ERROR_COMMENT,
+    LAST,
+    MESSAGE_ID_BEING_RESPONDED_TO,
+    NO_DATA_SET,
+    STATUS,
+    Request,
+    ascii_bytes,
+    message_pdus,
+    pdv_items,
+    send_pdus,
+    text,
+    us,
+)
+from dicomd.dimse.operations import PENDING_STATUSES, query_keys
+from dicomd.dimse.q_common import FIND_MODELS, error_comment
+from dicomd.dimse.q_syntax import EXPLICIT_LE, IMPLICIT_LE
+from dicomd.dimse.query import find_responses
+from dicomd.dimse.reactor import P_DATA_TF
+
+if TYPE_CHECKING:
+    from dicomd.dimse.context import Gateway
+    from dicomd.dimse.reactor import EventDrivenDUL
+
+log = logging.getLogger("dicomd.dimse")
+
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_CANCEL_RQ = 0x0FFF
+UNABLE_TO_PROCESS_HANDLER = 0xC311  # pynetdicom's status when its handler raised
+_A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
+_US = struct.Struct("<H")
+_UL = struct.Struct("<L")
+_IMPLICIT = {IMPLICIT_LE: True, EXPLICIT_LE: False}  # the identifier syntaxes this path decodes
+
+
+def encode_find_response(
+    sop_class: str, message_id: int, status: int, comment: str | None, *, data: bool
+) -> bytes:
+    """A C-FIND-RSP command set (PS3.7 9.3.2.2), group length first, elements in ascending order."""
+    elements = [
+        element(AFFECTED_SOP_CLASS, padded(ascii_bytes(sop_class), UID_PAD)),
+        element(COMMAND_FIELD, _US.pack(C_FIND_RSP)),
+        element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
+        element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if data else NO_DATA_SET)),
+        element(STATUS, _US.pack(status)),
+    ]
+    if comment is not None:
+        elements.append(element(ERROR_COMMENT, padded(ascii_bytes(error_comment(comment)), TEXT_PAD)))
+    body = b"".join(elements)
+    return element(0x0000, _UL.pack(len(body))) + body
+
+
+def is_cancel_of(pdu: bytearray, message_id: int) -> bool:
+    """Whether a PDU is a C-CANCEL-RQ (one PDV, its whole command set) for request ``message_id``."""
+    items = pdv_items(pdu) if pdu[0] == P_DATA_TF else None
+    if items is None or len(items) != 1 or items[0][1] != COMMAND | LAST:
+        return False
+    fields = decode_command(items[0][2])
+    return (
+        fields is not None
+        and us(fields.get(COMMAND_FIELD)) == C_CANCEL_RQ
+        and us(fields.get(MESSAGE_ID_BEING_RESPONDED_TO)) == message_id
+    )
+
+
+@dataclass
+class _Peer:
+    """What the peer sent while a request is answered (read between its responses)."""
+
+    dul: EventDrivenDUL
+    message_id: int
+    cancelled: bool = False
+    gone: bool = False  # it aborted, asked to release or closed: no more responses
+
+    def is_cancelled(self) -> bool:
+        while not (self.cancelled or self.gone) and self.dul.peer_sent():
+            pdu = self.dul.read_pdu()
+            if pdu is None:
+                self.gone = True  # (its event is queued: pynetdicom ends the association)
+            elif is_cancel_of(pdu, self.message_id):
+                self.cancelled = True
+            else:
+                self.dul.hand_over(pdu)
+                self.gone = pdu[0] in (_A_RELEASE_RQ, _A_ABORT)
+        return self.cancelled
+
+
+@dataclass
+class DirectFind:
+    """One C-FIND request taken by the direct path."""
+
+    gateway: Gateway
+    audit: DimseAudit
+    sop_class: str
+    implicit: bool  # the identifiers' syntax: implicit (else explicit) VR little endian
+    _identifier: Dataset | None = field(default=None, repr=False)
+
+    def answer(self, dul: EventDrivenDUL, request: Request, data_set: list[memoryview]) -> None:
+        """Send every response, then write the operation's audit event (as pynetdicom's handler with
+        ``operations.audited_operation`` would; none when the association ends first)."""
+        started = time.time()
+        record = request.record
+        record.count("C-FIND")
+        raw = b"".join(data_set)
+        identifier_of = lambda: self._decoded(raw)  # noqa: E731
+        keys = query_keys(identifier_of)
+        peer = _Peer(dul, request.message_id)
+        matches = 0
+        responses = find_responses(identifier_of, self.sop_class, peer.is_cancelled, self.gateway)
+        while True:
+            try:
+                status, identifier = next(responses)
+            except StopIteration:
+                return  # (find_responses always ends with a final status)
+            except Exception:
+                log.exception("C-FIND: the direct path failed")
+                status, identifier = UNABLE_TO_PROCESS_HANDLER, None
+            code, comment = _status_of(status)
+            pending = code in PENDING_STATUSES
+            data = self._encoded(identifier) if pending and identifier is not None else None
+            if pending and data is None:
+                code, comment, pending = 0xC312, None, False  # pynetdicom's: the identifier did not encode
+            command = encode_find_response(self.sop_class, request.message_id, code, comment, data=pending)
+            pdus = message_pdus(request.context_id, command, request.max_pdu, command=True)
+            if data is not None:
+                pdus += message_pdus(request.context_id, data, request.max_pdu, command=False)
+            if peer.gone or not send_pdus(dul, pdus):
+                return
+            if not pending:
+                break
+            matches += 1
+        facts: dict[str, Any] = {"sop_class": self.sop_class, "query": keys, "matches": matches}
+        self.audit.operation(record, "C-FIND", code, started, **facts)
+
+    def _decoded(self, raw: bytes) -> Dataset:
+        """The request identifier, decoded once (as pynetdicom's event.identifier decodes it)."""
+        if self._identifier is None:
+            ds = decode(BytesIO(raw), self.implicit, True, False)
+            ds.set_original_encoding(self.implicit, True)
+            self._identifier = ds
+        return self._identifier
+
+    def _encoded(self, identifier: Dataset) -> bytes | None:
+        try:
+            encoded = encode(identifier, self.implicit, True, False)
+        except Exception:
+            return None
+        return encoded or None
+
+
+def _status_of(status: int | Dataset) -> tuple[int, str | None]:
+    """A handler status (an int, or a status data set with an ErrorComment) as (code, comment)."""
+    if isinstance(status, Dataset):
+        comment = status.get("ErrorComment")
+        return int(status.Status), None if comment is None else str(comment)
+    return int(status), None
+
+
+def start_find(request: Request, gateway: Gateway, audit: DimseAudit) -> DirectFind | None:
+    """A C-FIND-RQ on a Query/Retrieve FIND context whose identifier is in implicit or explicit VR
+    little endian (routed by the context's abstract syntax, as pynetdicom routes it)."""
+    context = request.context
+    implicit = _IMPLICIT.get(str(context.transfer_syntax[0]))
+    if str(context.abstract_syntax) not in FIND_MODELS or implicit is None:
+        return None
+    sop_class = text(request.fields.get(AFFECTED_SOP_CLASS))
+    if not sop_class:
+        return None  # pynetdicom answers a request without one
+    return DirectFind(gateway, audit, sop_class, implicit)

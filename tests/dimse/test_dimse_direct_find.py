@@ -1,0 +1,314 @@
+"""The direct C-FIND path (dicomd/dimse/direct_find.py): its response codec against pynetdicom's encoding
+(the reference); against a listener process that counts what the path takes, the responses it sends are
+those pynetdicom's path sends for the same request (a request whose command set comes in fragments goes
+there), in both little endian syntaxes and for matches, failures and unsupported keys; a C-CANCEL ends the
+matches; a peer that aborts among them leaves the listener serving. Matching itself is
+tests/dimse/test_dimse_query.py's (the same ``query.find_responses`` behind both paths)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import build_context
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_FIND_RSP
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from dicomd.dimse.direct import message_pdus as direct_pdus
+from dicomd.dimse.direct_find import encode_find_response, is_cancel_of
+from dicomd.dimse.q_common import error_comment
+
+from support.dicom_files import EXPLICIT, make_instance, new_uid
+from support.dicomweb import wait_for
+from support.dimse import DICOMD_AE, client_ae, echo, message_pdus, paused_reactor
+from support.direct_listener import Listener, direct_listener
+
+STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
+PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
+MAX_PDU = 16384
+PENDING = (0xFF00, 0xFF01)
+IMPLICIT = str(ImplicitVRLittleEndian)
+
+
+# ---- the codec, against pynetdicom's ----------------------------------------------------------------
+
+
+def _reference(status: int, comment: str | None, identifier: bytes | None, max_pdu: int) -> list[bytes]:
+    response = C_FIND()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = STUDY_ROOT
+    response.Status = status
+    if comment is not None:
+        response.ErrorComment = error_comment(comment)
+    if identifier is not None:
+        response.Identifier = io.BytesIO(identifier)
+    message = C_FIND_RSP()
+    message.primitive_to_message(response)
+    return message_pdus(message, 3, max_pdu)
+
+
+@pytest.mark.parametrize(
+    ("status", "comment", "with_identifier"),
+    [
+        (0xFF00, None, True),
+        (0xFF01, None, True),
+        (0x0000, None, False),
+        (0xFE00, None, False),
+        (0xA900, "QueryRetrieveLevel is required", False),
+        (0xC000, "y" * 70, False),
+    ],
+)
+@pytest.mark.parametrize("max_pdu", [0, MAX_PDU, 30])
+def test_a_response_is_what_pynetdicom_encodes(
+    status: int, comment: str | None, with_identifier: bool, max_pdu: int
+) -> None:
+    identifier = None
+    if with_identifier:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.PatientID = "PAT-1"
+        identifier = encode(ds, False, True)
+    command = encode_find_response(str(STUDY_ROOT), 7, status, comment, data=identifier is not None)
+    pdus = direct_pdus(3, command, max_pdu, command=True)
+    if identifier is not None:
+        pdus += direct_pdus(3, identifier, max_pdu, command=False)
+    assert pdus == _reference(status, comment, identifier, max_pdu)
+
+
+def _cancel_pdus(message_id: int) -> list[bytes]:
+    cancel = C_CANCEL()
+    cancel.MessageIDBeingRespondedTo = message_id
+    message = C_CANCEL_RQ()
+    message.primitive_to_message(cancel)
+    return message_pdus(message, 1, MAX_PDU)
+
+
+def test_a_c_cancel_is_recognised_for_its_request_only() -> None:
+    (pdu,) = _cancel_pdus(5)
+    assert is_cancel_of(bytearray(pdu), 5)
+    assert not is_cancel_of(bytearray(pdu), 6)
+    request = C_ECHO()
+    request.MessageID = 5
+    request.AffectedSOPClassUID = Verification
+    echo_message = C_ECHO_RQ()
+    echo_message.primitive_to_message(request)
+    (echo_pdu,) = message_pdus(echo_message, 1, MAX_PDU)
+    assert not is_cancel_of(bytearray(echo_pdu), 5)
+    assert not is_cancel_of(bytearray(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"), 5)  # an A-ABORT
+
+
+# ---- a listener process ---------------------------------------------------------------------------
+
+
+def _store(port: int, files: list[bytes]) -> None:
+    ae = client_ae()
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=DICOMD_AE, contexts=[build_context(CTImageStorage, EXPLICIT)]
+    )
+    assert assoc.is_established
+    try:
+        for data in files:
+            assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0x0000
+    finally:
+        assoc.release()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    """Patient A (two studies), patient B (one study, a non-ASCII name), stored through the listener."""
+    with direct_listener(tmp_path_factory.mktemp("direct-find") / "data") as served:
+        a = {"patient_id": "DF-A", "patient_name": "Doe^John"}
+        files = [
+            make_instance(**a, study=new_uid(), StudyDate="20240102", AccessionNumber="ACC1"),
+            make_instance(**a, study=new_uid(), StudyDate="20230615", AccessionNumber="ACC2"),
+            make_instance(
+                patient_id="DF-B", patient_name="Müller^Jürgen", study=new_uid(), StudyDate="20240301"
+            ),
+        ]
+        _store(served.port, files)
+        yield served
+
+
+def _associate(port: int, model: str, syntax: str) -> Any:
+    ae = client_ae()
+    assoc = ae.associate("127.0.0.1", port, ae_title=DICOMD_AE, contexts=[build_context(model, syntax)])
+    assert assoc.is_established
+    return assoc
+
+
+def _request(identifier: Dataset, model: str, implicit: bool, message_id: int) -> C_FIND_RQ:
+    request = C_FIND()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = model
+    request.Priority = 2
+    request.Identifier = io.BytesIO(encode(identifier, implicit, True))
+    message = C_FIND_RQ()
+    message.primitive_to_message(request)
+    return message
+
+
+def _responses(assoc: Any, pdus: list[bytes]) -> list[tuple[int, str, bytes | None]]:
+    """Send a request's raw PDUs; every response as (status, error comment, identifier bytes)."""
+    out: list[tuple[int, str, bytes | None]] = []
+    with paused_reactor(assoc):
+        for pdu in pdus:
+            assoc.dul.socket.send(pdu)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            assert response is not None, "no response"
+            data = response.Identifier.getvalue() if response.Identifier is not None else None
+            out.append((int(response.Status), str(response.ErrorComment or ""), data or None))
+            if int(response.Status) not in PENDING:
+                return out
+
+
+def _query(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+QUERIES = [
+    (STUDY_ROOT, _query("STUDY", PatientID="DF-A", StudyInstanceUID="", StudyDate="", AccessionNumber="")),
+    (STUDY_ROOT, _query("STUDY", PatientName="m*", PatientID="", StudyInstanceUID="")),
+    (STUDY_ROOT, _query("SERIES", PatientID="DF-B", Modality="", SeriesInstanceUID="")),
+    (PATIENT_ROOT, _query("PATIENT", PatientID="DF-*", PatientName="", NumberOfPatientRelatedStudies="")),
+    (STUDY_ROOT, _query("STUDY", PatientID="DF-A", InstitutionName="Somewhere")),  # 0xFF01
+    (STUDY_ROOT, _query("STUDY", PatientID="NOBODY")),  # no match
+    (STUDY_ROOT, _query("FOO", PatientID="DF-A")),  # 0xA900
+    (STUDY_ROOT, _query("STUDY", StudyDate="2024-01-01")),  # 0xC000: an invalid date
+]
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT, IMPLICIT])
+def test_the_direct_path_answers_as_pynetdicom_does(archive: Listener, syntax: str) -> None:
+    implicit = syntax == IMPLICIT
+    outcomes: list[list[int]] = []
+    for n, (model, identifier) in enumerate(QUERIES):
+        assoc = _associate(archive.port, model, syntax)
+        try:
+            context_id = assoc.accepted_contexts[0].context_id
+            taken = archive.taken
+            direct = _responses(
+                assoc, message_pdus(_request(identifier, model, implicit, 1), context_id, MAX_PDU)
+            )
+            assert archive.taken == taken + 1
+            # a command set in fragments is pynetdicom's to answer
+            reference = _responses(
+                assoc, message_pdus(_request(identifier, model, implicit, 2), context_id, 40)
+            )
+            assert archive.taken == taken + 1
+        finally:
+            assoc.release()
+        assert direct == reference, f"query {n}"
+        outcomes.append([status for status, _, _ in direct])
+    assert outcomes[0] == [0xFF00, 0xFF00, 0x0000]  # patient A's two studies
+    assert outcomes[4] == [0xFF01, 0xFF01, 0x0000]  # a key the index does not search
+    assert outcomes[5] == [0x0000]
+    assert outcomes[6] == [0xA900] and outcomes[7] == [0xC000]
+
+
+def _responses_of(archive: Listener, query: tuple[str, Dataset]) -> list[tuple[int, str, bytes | None]]:
+    model, identifier = query
+    assoc = _associate(archive.port, model, EXPLICIT)
+    try:
+        pdus = message_pdus(
+            _request(identifier, model, False, 1), assoc.accepted_contexts[0].context_id, MAX_PDU
+        )
+        return _responses(assoc, pdus)
+    finally:
+        assoc.release()
+
+
+def test_answers_are_in_utf8_whatever_the_query_was_in(archive: Listener) -> None:
+    identifier = _query("STUDY", PatientID="DF-B", PatientName="")
+    identifier.SpecificCharacterSet = "ISO_IR 100"
+    responses = _responses_of(archive, (STUDY_ROOT, identifier))
+    data = responses[0][2]
+    assert data is not None and "Müller^Jürgen".encode() in data
+    answer = decode(io.BytesIO(data), False, True, False)
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    assert str(answer.PatientName) == "Müller^Jürgen"
+
+
+@pytest.fixture(scope="module")
+def slow_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    """Eight studies, each match answered 0.1 s late."""
+    with direct_listener(tmp_path_factory.mktemp("slow-find") / "data", answer_delay=0.1) as served:
+        _store(served.port, [make_instance(patient_id="DF-SLOW", study=new_uid()) for _ in range(8)])
+        yield served
+
+
+def test_a_c_cancel_ends_the_matches_and_the_association_goes_on(slow_archive: Listener) -> None:
+    assoc = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
+    statuses = []
+    try:
+        taken = slow_archive.taken
+        for status, _ in assoc.send_c_find(
+            _query("STUDY", PatientID="DF-SLOW", StudyInstanceUID=""), STUDY_ROOT
+        ):
+            assert status is not None and "Status" in status
+            statuses.append(int(status.Status))
+            if len(statuses) == 1:
+                assoc.send_c_cancel(1, None, query_model=STUDY_ROOT)
+        assert statuses[-1] == 0xFE00
+        assert 1 <= statuses.count(0xFF00) < 8
+        assert slow_archive.taken == taken + 1
+        # the next request on the same association is answered in full
+        after = [
+            int(s.Status) for s, _ in assoc.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
+        ]
+        assert after == [0xFF00] * 8 + [0x0000]
+    finally:
+        assoc.release()
+
+
+def test_a_peer_that_aborts_among_the_matches_leaves_the_listener_serving(slow_archive: Listener) -> None:
+    assoc = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
+    responses = assoc.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
+    status, _ = next(responses)
+    assert status.Status == 0xFF00
+    assoc.abort()
+    assert wait_for(lambda: not assoc.is_alive(), timeout=10)
+    assert echo(slow_archive.port) == 0x0000
+    fresh = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
+    try:
+        statuses = [
+            int(s.Status) for s, _ in fresh.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
+        ]
+    finally:
+        fresh.release()
+    assert statuses == [0xFF00] * 8 + [0x0000]
+
+
+def test_an_audit_event_per_direct_c_find(archive: Listener) -> None:
+    before = _audit_finds(archive.data_dir)
+    _responses_of(archive, (STUDY_ROOT, _query("STUDY", PatientID="DF-A", StudyInstanceUID="")))
+    assert wait_for(lambda: len(_audit_finds(archive.data_dir)) == len(before) + 1)
+    event = _audit_finds(archive.data_dir)[-1]
+    assert event["matches"] == 2 and event["status"] == 0x0000
+    assert event["query"] == {"QueryRetrieveLevel": "STUDY", "PatientID": "DF-A"}
+    assert event["sop_class"] == str(STUDY_ROOT)
+
+
+def _audit_finds(data_dir: Path) -> list[dict[str, Any]]:
+    path = data_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in map(orjson.loads, path.read_bytes().splitlines()) if e.get("method") == "C-FIND"]

@@ -1,0 +1,81 @@
+"""A DICOM listener (``dimse.listener.serve_dicom``) in a process of its own that counts the requests its
+direct path (dicomd/dimse/direct.py) answered, for tests that check which path a request took. The
+listener makes pynetdicom event-driven in that process only; ``answer_delay`` slows each C-FIND match
+(a cancel or an abort then arrives while matches are still pending)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dicomd.config import Settings
+from dicomd.dimse.direct import DirectPath
+from dicomd.dimse.listener import serve_dicom
+from dicomd.startup import prepare
+
+from support.dicomweb import wait_for
+from support.dimse import echo
+
+
+class Listener:
+    def __init__(self, port: int, taken: Any, data_dir: Path) -> None:
+        self.port = port
+        self._taken = taken
+        self.data_dir = data_dir
+
+    @property
+    def taken(self) -> int:
+        """Requests the direct path answered so far."""
+        return int(self._taken.value)
+
+
+def _serve_counting(
+    data_dir: Path, max_pdu: int, answer_delay: float, ports: Any, taken: Any, stop: Any
+) -> None:
+    answer = DirectPath._answer
+
+    def counted(self: DirectPath, dul: Any, message: Any) -> None:
+        with taken.get_lock():
+            taken.value += 1
+        answer(self, dul, message)
+
+    DirectPath._answer = counted  # type: ignore[method-assign]
+    if answer_delay:
+        from dicomd.dimse import query
+
+        real_answer = query.answer
+
+        def slow_answer(*args: Any) -> Any:
+            time.sleep(answer_delay)
+            return real_answer(*args)
+
+        query.answer = slow_answer  # type: ignore[assignment]
+    settings = Settings(data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=max_pdu, dicom_timeout=5)
+    prepare(settings)  # the index's schema, as `dicomd serve` makes it before its listener starts
+    sock = socket.create_server(("127.0.0.1", 0))
+    ports.put(sock.getsockname()[1])
+    serve_dicom(sock, settings, stop)
+
+
+@contextlib.contextmanager
+def direct_listener(data_dir: Path, *, max_pdu: int = 16384, answer_delay: float = 0.0) -> Iterator[Listener]:
+    context = multiprocessing.get_context("spawn")
+    ports, taken, stop = context.Queue(), context.Value("i", 0), context.Event()
+    process = context.Process(
+        target=_serve_counting, args=(data_dir, max_pdu, answer_delay, ports, taken, stop)
+    )
+    process.start()
+    try:
+        served = Listener(ports.get(timeout=60), taken, data_dir)
+        assert wait_for(lambda: echo(served.port, timeout=2) == 0x0000, timeout=30)
+        yield served
+    finally:
+        stop.set()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
