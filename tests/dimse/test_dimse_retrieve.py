@@ -45,7 +45,9 @@ from test_dimse_query_archive import (
     start_scp,
 )
 
+from dicomd.dimse import direct_send
 from dicomd.dimse import retrieve as retrieve_module
+from dicomd.dimse.reactor import EventDrivenAssociation
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
 from support.backends import BACKENDS, backend_url
@@ -248,6 +250,29 @@ def test_move_a_study_in_its_stored_syntaxes(archive: Archive) -> None:
     for uid in (archive.ct[0], archive.mr_implicit, archive.mr_rle):
         assert bytes(received[uid][1].PixelData) == _pixels(archive.originals[uid])
     assert received[archive.ct[0]][1].StudyInstanceUID == archive.study
+
+
+def test_instances_sent_as_stored_take_the_direct_send(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dimse/direct_send.py sends a sub-operation whose instance goes as stored; one that needs a
+    conversion is pynetdicom's (the stored sender is not offered it)."""
+    offered: list[tuple[str, bool]] = []
+
+    def counting(assoc: Any, dataset: Any, *args: Any) -> Any:
+        status = direct_send.send_stored(assoc, dataset, *args)
+        offered.append((str(dataset.SOPInstanceUID), status is not None))
+        return status
+
+    monkeypatch.setattr(EventDrivenAssociation, "stored_sender", staticmethod(counting))
+    result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.study), "STORESCP")
+    assert result.counts == (5, 0, 0)
+    expected = {archive.ct[0], archive.ct[1], archive.mr_implicit, archive.mr_rle, archive.deflated}
+    assert sorted(offered) == sorted((uid, True) for uid in expected)
+    offered.clear()
+    result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.study), "IMPLICIT")
+    assert result.counts[0] == 5
+    assert offered == [(archive.mr_implicit, True)]  # the others were converted by pynetdicom
 
 
 def test_move_converts_to_a_syntax_the_peer_accepts(archive: Archive) -> None:

@@ -27,7 +27,7 @@ from dicomd.audit.dimse import DimseAudit
 from dicomd.audit.sink import AuditSink
 from dicomd.config import ConfigError, Settings
 from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomd.dimse import command_set, reactor
+from dicomd.dimse import command_set, direct_send, reactor
 from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
 from dicomd.dimse.client import parse_address
 from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
@@ -148,6 +148,7 @@ def serve_dicom(listener: socket.socket, settings: Settings, stop: threading.Eve
     check_dimse_settings(settings)
     reactor.install()  # pynetdicom's loops wait for work instead of sleeping 1 ms (dimse/reactor.py)
     command_set.install()  # command sets encoded without pydicom (dimse/command_set.py)
+    direct_send.install()  # C-MOVE sub-operations of stored instances (dimse/direct_send.py)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its info lines are per association
     # pydicom warns of invalid values in identifiers with the value itself (PHI): errors only
     logging.getLogger("pydicom").setLevel(logging.ERROR)

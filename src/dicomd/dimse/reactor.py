@@ -252,6 +252,24 @@ class EventDrivenAssociation(_BaseAssociation):
         wake_reactor(self)  # its loop ends at once, not at the end of its wait
         super().kill()
 
+    # sends a stored instance itself, or returns None (dimse/direct_send.py, set by its install())
+    stored_sender: Any = None
+
+    def send_c_store(
+        self,
+        dataset: Any,
+        msg_id: int = 1,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Any:
+        sender = type(self).stored_sender
+        if sender is not None and getattr(dataset, "stored_bytes", None) is not None:
+            status = sender(self, dataset, msg_id, priority, originator_aet, originator_id)
+            if status is not None:
+                return status
+        return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+
 
 class _WakingQueue(queue.Queue[Any]):
     """A DUL's queue of primitives for its association (the peer's release request, an abort): a put

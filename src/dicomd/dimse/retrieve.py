@@ -6,7 +6,9 @@ validated as QIDO validates them; UID lists are allowed at every level. pynetdic
 sub-operations: the handlers yield a pending status with each data set (read from the object store only
 when its turn comes), and pynetdicom sends it, counts remaining/completed/failed/warning, answers the
 pending responses and the final one (success; 0xB000 when some failed; 0xA702 when all did), and a
-cancel (0xFE00 with the counts) the handler sees between sub-operations.
+cancel (0xFE00 with the counts) the handler sees between sub-operations. A C-MOVE sub-operation of an
+instance sent as stored goes out through dimse/direct_send.py (pynetdicom's ``send_c_store`` offers it
+there first), not through pynetdicom's message path.
 
 C-MOVE goes to an AE of the configured peers (dicom_peers; unknown or unreachable: 0xA801) over an
 association that proposes, per SOP class, each stored syntax alone (so that a peer accepting it gets the
