@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -39,3 +39,56 @@ def test_the_request_is_what_pynetdicom_encodes(
     )
     mine = direct_pdus(5, command, max_pdu, command=True) + direct_pdus(5, data, max_pdu, command=False)
     assert mine == message_pdus(message, 5, max_pdu)
+
+
+# ---- the response catcher ---------------------------------------------------------------------------
+
+
+class _Dul:
+    """What the catcher hands to pynetdicom, in order."""
+
+    def __init__(self) -> None:
+        self.handed: list[bytes] = []
+
+    def hand_over(self, pdu: bytearray) -> None:
+        self.handed.append(bytes(pdu))
+
+
+def _response_pdus(message_id: int, status: int, max_pdu: int, comment: str | None = None) -> list[bytes]:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    response.AffectedSOPClassUID = CTImageStorage
+    response.AffectedSOPInstanceUID = "1.2.3.4.5"
+    response.Status = status
+    response.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    return message_pdus(message, 5, max_pdu)
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 30])  # 30: the command set in several PDUs
+def test_the_response_is_caught_whole_or_in_fragments(max_pdu: int) -> None:
+    pdus = _response_pdus(3, 0xB007, max_pdu, comment="a warning")
+    assert (len(pdus) > 1) == (max_pdu == 30)
+    catcher, dul = direct_send.ResponseCatcher(3), _Dul()
+    assert all(catcher.take(dul, bytearray(pdu)) for pdu in pdus)  # type: ignore[arg-type]
+    assert catcher.arrived.is_set() and dul.handed == []
+    assert catcher.fields is not None
+    assert direct_send.us(catcher.fields[direct_send.STATUS]) == 0xB007
+    assert direct_send.text(catcher.fields[direct_send.ERROR_COMMENT]) == "a warning"
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 30])
+def test_another_message_is_handed_to_pynetdicom_in_order(max_pdu: int) -> None:
+    other = _response_pdus(4, 0x0000, max_pdu)  # the response to another message
+    catcher, dul = direct_send.ResponseCatcher(3), _Dul()
+    taken = [catcher.take(dul, bytearray(pdu)) for pdu in other]  # type: ignore[arg-type]
+    assert not catcher.arrived.is_set()
+    assert taken == [True] * len(other)
+    assert dul.handed == other
+    # the data set fragment of a message: pynetdicom's at once
+    data = direct_pdus(5, b"\x08\x00\x18\x00\x00\x00\x00\x00", 16384, command=False)
+    assert not catcher.take(dul, bytearray(data[0]))  # type: ignore[arg-type]
+    # and the awaited response still comes through
+    assert all(catcher.take(dul, bytearray(pdu)) for pdu in _response_pdus(3, 0, max_pdu))  # type: ignore[arg-type]
+    assert catcher.arrived.is_set()

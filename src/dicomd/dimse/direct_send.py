@@ -6,10 +6,10 @@ into a primitive and queued back: ~1.6 ms of CPU per sub-operation, the C-MOVE's
 sent as stored (``passthrough.StoredDataSet`` on a context of its own syntax), ``send_stored`` writes the
 request's PDUs itself (command set by ``command_set``, data set as stored, fragmented to the peer's
 maximum PDU length) and takes the response off the DUL thread as it arrives (``ResponseCatcher``, the
-DUL's ``interceptor``): only a whole C-STORE-RSP command in one PDV for that message, anything else goes
-to pynetdicom as before. ``install()`` has ``reactor.EventDrivenAssociation.send_c_store`` try it first;
-anything else (another data set, the acceptor's association of a C-GET, a context that needs a
-conversion) is pynetdicom's.
+DUL's ``interceptor``): the C-STORE-RSP for that message, in one PDV or several; anything else goes to
+pynetdicom as before.
+``install()`` has ``reactor.EventDrivenAssociation.send_c_store`` try it first; anything else (another
+data set, the acceptor's association of a C-GET, a context that needs a conversion) is pynetdicom's.
 """
 
 from __future__ import annotations
@@ -82,27 +82,55 @@ def encode_store_request(
 
 
 class ResponseCatcher:
-    """A DUL interceptor that takes the C-STORE-RSP to one request (``reactor.PDataInterceptor``)."""
+    """A DUL interceptor that takes the C-STORE-RSP to one request (``reactor.PDataInterceptor``): PDUs of
+    command fragments are kept until the command set is whole; if it is not that response, they are
+    handed to pynetdicom in the order they came."""
 
     def __init__(self, message_id: int) -> None:
         self.message_id = message_id
         self.fields: dict[int, bytes] | None = None
         self.arrived = threading.Event()
+        self._held: list[bytearray] = []  # PDUs of a command set under way
+        self._command: list[memoryview] = []
 
     def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
         items = pdv_items(pdu)
-        if items is None or len(items) != 1 or items[0][1] != COMMAND | LAST or self.arrived.is_set():
-            return False
-        fields = decode_command(items[0][2])
+        if self.arrived.is_set() or items is None or not all(control & COMMAND for _, control, _ in items):
+            return self._give_back(dul, pdu)
+        for position, (_, control, fragment) in enumerate(items):
+            self._command.append(fragment)
+            if control & LAST:
+                if position != len(items) - 1:  # (a data set follows in the same PDU: not a response)
+                    return self._give_back(dul, pdu)
+                self._held.append(pdu)
+                return self._completed(dul)
+        self._held.append(pdu)
+        return True
+
+    def _completed(self, dul: EventDrivenDUL) -> bool:
+        fields = decode_command(b"".join(self._command))
         if (
             fields is None
             or us(fields.get(COMMAND_FIELD)) != C_STORE_RSP
             or us(fields.get(MESSAGE_ID_BEING_RESPONDED_TO)) != self.message_id
             or us(fields.get(STATUS)) is None
         ):
-            return False
+            return self._give_back(dul, None)
+        self._held.clear()
+        self._command.clear()
         self.fields = fields
         self.arrived.set()
+        return True
+
+    def _give_back(self, dul: EventDrivenDUL, pdu: bytearray | None) -> bool:
+        """Not the response: what was held, then ``pdu``, go to pynetdicom (False: it decodes ``pdu``)."""
+        held, self._held, self._command = self._held, [], []
+        if not held:
+            return False
+        for earlier in held:
+            dul.hand_over(earlier)
+        if pdu is not None:
+            dul.hand_over(pdu)
         return True
 
 
@@ -149,8 +177,8 @@ def send_stored(
     pdus = message_pdus(context.context_id, command, max_pdu, command=True)
     pdus += message_pdus(context.context_id, dataset.__dict__["stored_bytes"], max_pdu, command=False)
     catcher = ResponseCatcher(msg_id)
-    # the reactor paused, as pynetdicom's send_c_store pauses it: it takes no message meanwhile
-    association._reactor_checkpoint.clear()
+    # (the association's reactor is not paused, as pynetdicom pauses it: the response never reaches the
+    # message queue it takes requests from, and pausing it cost two thread switches per sub-operation)
     dul.interceptor = catcher
     try:
         socket = dul.socket
@@ -162,7 +190,6 @@ def send_stored(
             return Dataset()
     finally:
         dul.interceptor = None
-        association._reactor_checkpoint.set()
     fields = catcher.fields or {}
     status = Dataset()
     status.Status = us(fields.get(STATUS))
