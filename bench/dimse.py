@@ -269,6 +269,15 @@ def move_rate(target: DicomServer, corpus: Corpus) -> float:
     return statistics.median(rates)
 
 
+def find_line(figures: Figures, target: DicomServer, corpus: Corpus, key: str, label: str) -> None:
+    """The C-FIND latency line (``key``_p50, ``key``_p95, in ms) on the corpus's patients."""
+    latencies, matches = find_latencies(target, corpus)
+    if matches < FIND_QUERIES:
+        figures.notes.append(f"{label} found {matches} studies for {FIND_QUERIES} queries")
+    figures.values[f"{key}_p50"] = percentile(latencies, 50) * 1000
+    figures.values[f"{key}_p95"] = percentile(latencies, 95) * 1000
+
+
 def run_server(
     start: Callable[[str, int], DicomServer],
     workdir: str,
@@ -288,11 +297,7 @@ def run_server(
         four_dirs = sorted((files / "four").iterdir())
         figures.values["store4"] = store(target, four_dirs, four.spec.count)
         log(f"{target.name}: C-FIND")
-        latencies, matches = find_latencies(target, one)
-        if matches < FIND_QUERIES:
-            figures.notes.append(f"C-FIND found {matches} studies for {FIND_QUERIES} queries")
-        figures.values["find_p50"] = percentile(latencies, 50) * 1000
-        figures.values["find_p95"] = percentile(latencies, 95) * 1000
+        find_line(figures, target, one, "find", "C-FIND")
         log(f"{target.name}: C-MOVE")
         with storescp(destination_port):
             figures.values["move"] = move_rate(target, one)
@@ -302,11 +307,7 @@ def run_server(
                 target, sorted((files / "scale").iterdir()), scale.spec.count
             )
             log(f"{target.name}: C-FIND at {scale.spec.n_studies + one.spec.n_studies} studies")
-            latencies, matches = find_latencies(target, scale)
-            if matches < FIND_QUERIES:
-                figures.notes.append(f"C-FIND at scale found {matches} studies for {FIND_QUERIES} queries")
-            figures.values["scale_find_p50"] = percentile(latencies, 50) * 1000
-            figures.values["scale_find_p95"] = percentile(latencies, 95) * 1000
+            find_line(figures, target, scale, "scale_find", "C-FIND at scale")
     finally:
         target.stop(keep)
     return figures

@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
+from test_dimse_query_archive import query
 
 from dicomd.dimse.direct import message_pdus as direct_pdus
 from dicomd.dimse.direct_find import encode_find_response, is_cancel_of
@@ -176,23 +177,15 @@ def _responses(assoc: Any, pdus: list[bytes]) -> list[tuple[int, str, bytes | No
                 return out
 
 
-def _query(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 QUERIES = [
-    (STUDY_ROOT, _query("STUDY", PatientID="DF-A", StudyInstanceUID="", StudyDate="", AccessionNumber="")),
-    (STUDY_ROOT, _query("STUDY", PatientName="m*", PatientID="", StudyInstanceUID="")),
-    (STUDY_ROOT, _query("SERIES", PatientID="DF-B", Modality="", SeriesInstanceUID="")),
-    (PATIENT_ROOT, _query("PATIENT", PatientID="DF-*", PatientName="", NumberOfPatientRelatedStudies="")),
-    (STUDY_ROOT, _query("STUDY", PatientID="DF-A", InstitutionName="Somewhere")),  # 0xFF01
-    (STUDY_ROOT, _query("STUDY", PatientID="NOBODY")),  # no match
-    (STUDY_ROOT, _query("FOO", PatientID="DF-A")),  # 0xA900
-    (STUDY_ROOT, _query("STUDY", StudyDate="2024-01-01")),  # 0xC000: an invalid date
+    (STUDY_ROOT, query("STUDY", PatientID="DF-A", StudyInstanceUID="", StudyDate="", AccessionNumber="")),
+    (STUDY_ROOT, query("STUDY", PatientName="m*", PatientID="", StudyInstanceUID="")),
+    (STUDY_ROOT, query("SERIES", PatientID="DF-B", Modality="", SeriesInstanceUID="")),
+    (PATIENT_ROOT, query("PATIENT", PatientID="DF-*", PatientName="", NumberOfPatientRelatedStudies="")),
+    (STUDY_ROOT, query("STUDY", PatientID="DF-A", InstitutionName="Somewhere")),  # 0xFF01
+    (STUDY_ROOT, query("STUDY", PatientID="NOBODY")),  # no match
+    (STUDY_ROOT, query("FOO", PatientID="DF-A")),  # 0xA900
+    (STUDY_ROOT, query("STUDY", StudyDate="2024-01-01")),  # 0xC000: an invalid date
 ]
 
 
@@ -237,7 +230,7 @@ def _responses_of(archive: Listener, query: tuple[str, Dataset]) -> list[tuple[i
 
 
 def test_answers_are_in_utf8_whatever_the_query_was_in(archive: Listener) -> None:
-    identifier = _query("STUDY", PatientID="DF-B", PatientName="")
+    identifier = query("STUDY", PatientID="DF-B", PatientName="")
     identifier.SpecificCharacterSet = "ISO_IR 100"
     responses = _responses_of(archive, (STUDY_ROOT, identifier))
     data = responses[0][2]
@@ -261,7 +254,7 @@ def test_a_c_cancel_ends_the_matches_and_the_association_goes_on(slow_archive: L
     try:
         taken = slow_archive.taken
         for status, _ in assoc.send_c_find(
-            _query("STUDY", PatientID="DF-SLOW", StudyInstanceUID=""), STUDY_ROOT
+            query("STUDY", PatientID="DF-SLOW", StudyInstanceUID=""), STUDY_ROOT
         ):
             assert status is not None and "Status" in status
             statuses.append(int(status.Status))
@@ -271,9 +264,7 @@ def test_a_c_cancel_ends_the_matches_and_the_association_goes_on(slow_archive: L
         assert 1 <= statuses.count(0xFF00) < 8
         assert slow_archive.taken == taken + 1
         # the next request on the same association is answered in full
-        after = [
-            int(s.Status) for s, _ in assoc.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
-        ]
+        after = [int(s.Status) for s, _ in assoc.send_c_find(query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)]
         assert after == [0xFF00] * 8 + [0x0000]
     finally:
         assoc.release()
@@ -281,7 +272,7 @@ def test_a_c_cancel_ends_the_matches_and_the_association_goes_on(slow_archive: L
 
 def test_a_peer_that_aborts_among_the_matches_leaves_the_listener_serving(slow_archive: Listener) -> None:
     assoc = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
-    responses = assoc.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
+    responses = assoc.send_c_find(query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
     status, _ = next(responses)
     assert status.Status == 0xFF00
     assoc.abort()
@@ -290,7 +281,7 @@ def test_a_peer_that_aborts_among_the_matches_leaves_the_listener_serving(slow_a
     fresh = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
     try:
         statuses = [
-            int(s.Status) for s, _ in fresh.send_c_find(_query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
+            int(s.Status) for s, _ in fresh.send_c_find(query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
         ]
     finally:
         fresh.release()
@@ -299,7 +290,7 @@ def test_a_peer_that_aborts_among_the_matches_leaves_the_listener_serving(slow_a
 
 def test_an_audit_event_per_direct_c_find(archive: Listener) -> None:
     before = _audit_finds(archive.data_dir)
-    _responses_of(archive, (STUDY_ROOT, _query("STUDY", PatientID="DF-A", StudyInstanceUID="")))
+    _responses_of(archive, (STUDY_ROOT, query("STUDY", PatientID="DF-A", StudyInstanceUID="")))
     assert wait_for(lambda: len(_audit_finds(archive.data_dir)) == len(before) + 1)
     event = _audit_finds(archive.data_dir)[-1]
     assert event["matches"] == 2 and event["status"] == 0x0000

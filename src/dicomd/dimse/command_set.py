@@ -6,9 +6,8 @@ compute Command Group Length and once to send it. For a C-FIND answer or a C-MOV
 gives pynetdicom's ``dimse_messages`` module an ``encode`` that writes the elements of a command set
 itself and hands anything else (another syntax, a VR or value it does not know) to pydicom's, the
 reference it is tested against byte for byte. Only command sets go through that module's ``encode``
-(identifiers and data sets are encoded elsewhere in pynetdicom). ``element`` and ``padded`` are the
-element codec the direct C-STORE path (dimse/direct_store.py) encodes its responses with, and
-``decode_command`` the decoder of its requests.
+(identifiers and data sets are encoded elsewhere in pynetdicom). ``encode_command`` (with ``uid_value``,
+``text_value``, ``us_value``) and ``decode_command`` are the codec of the direct paths (dimse/direct*.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from pydicom.dataset import Dataset
 
 ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length
 UID_PAD, TEXT_PAD = b"\x00", b" "
+_US = struct.Struct("<H")
+_UL = struct.Struct("<L")
 _TEXT_PAD = {"UI": UID_PAD, "AE": TEXT_PAD, "CS": TEXT_PAD, "LO": TEXT_PAD, "SH": TEXT_PAD, "ST": TEXT_PAD}
 _NUMBER_FORMAT = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
 
@@ -34,6 +35,26 @@ def element(number: int, value: bytes) -> bytes:
 def padded(value: bytes, pad: bytes) -> bytes:
     """A text value padded to even length (UID_PAD for UI, TEXT_PAD for the other text VRs)."""
     return value + pad if len(value) % 2 else value
+
+
+def uid_value(text: str) -> bytes:
+    """A UI value of a command set (non-ASCII replaced, padded with NUL)."""
+    return padded(text.encode("ascii", "replace"), UID_PAD)
+
+
+def text_value(text: str) -> bytes:
+    """An AE, CS or LO value of a command set (non-ASCII replaced, padded with a space)."""
+    return padded(text.encode("ascii", "replace"), TEXT_PAD)
+
+
+def us_value(number: int) -> bytes:
+    return _US.pack(number)
+
+
+def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
+    """A command set of (element number, encoded value) in ascending order, Command Group Length first."""
+    body = b"".join(element(number, value) for number, value in elements)
+    return element(0x0000, _UL.pack(len(body))) + body
 
 
 def decode_command(data: bytes | memoryview) -> dict[int, bytes] | None:

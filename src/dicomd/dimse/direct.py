@@ -85,10 +85,6 @@ def text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ") if value else ""
 
 
-def ascii_bytes(value: str) -> bytes:
-    return value.encode("ascii", "replace")
-
-
 def message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> list[bytes]:
     """The P-DATA-TF PDUs of a command set or a data set, each within the peer's maximum PDU length
     (0: none), fragmented as pynetdicom fragments them."""

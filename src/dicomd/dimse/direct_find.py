@@ -22,7 +22,7 @@ from pydicom.valuerep import PersonName
 from pynetdicom.dsutils import decode, encode
 
 from dicomd.audit.dimse import DimseAudit
-from dicomd.dimse.command_set import TEXT_PAD, UID_PAD, decode_command, element, padded
+from dicomd.dimse.command_set import decode_command, encode_command, text_value, uid_value, us_value
 from dicomd.dimse.direct import (
     AFFECTED_SOP_CLASS,
     COMMAND,
@@ -35,7 +35,6 @@ from dicomd.dimse.direct import (
     NO_DATA_SET,
     STATUS,
     Request,
-    ascii_bytes,
     message_pdus,
     pdv_items,
     send_pdus,
@@ -59,26 +58,23 @@ C_FIND_RSP = 0x8020
 C_CANCEL_RQ = 0x0FFF
 UNABLE_TO_PROCESS_HANDLER = 0xC311  # pynetdicom's status when its handler raised
 _A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
-_US = struct.Struct("<H")
-_UL = struct.Struct("<L")
 _IMPLICIT = {IMPLICIT_LE: True, EXPLICIT_LE: False}  # the identifier syntaxes this path decodes
 
 
 def encode_find_response(
     sop_class: str, message_id: int, status: int, comment: str | None, *, data: bool
 ) -> bytes:
-    """A C-FIND-RSP command set (PS3.7 9.3.2.2), group length first, elements in ascending order."""
+    """A C-FIND-RSP command set (PS3.7 9.3.2.2)."""
     elements = [
-        element(AFFECTED_SOP_CLASS, padded(ascii_bytes(sop_class), UID_PAD)),
-        element(COMMAND_FIELD, _US.pack(C_FIND_RSP)),
-        element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
-        element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if data else NO_DATA_SET)),
-        element(STATUS, _US.pack(status)),
+        (AFFECTED_SOP_CLASS, uid_value(sop_class)),
+        (COMMAND_FIELD, us_value(C_FIND_RSP)),
+        (MESSAGE_ID_BEING_RESPONDED_TO, us_value(message_id)),
+        (COMMAND_DATA_SET_TYPE, us_value(DATA_SET_PRESENT if data else NO_DATA_SET)),
+        (STATUS, us_value(status)),
     ]
     if comment is not None:
-        elements.append(element(ERROR_COMMENT, padded(ascii_bytes(error_comment(comment)), TEXT_PAD)))
-    body = b"".join(elements)
-    return element(0x0000, _UL.pack(len(body))) + body
+        elements.append((ERROR_COMMENT, text_value(error_comment(comment))))
+    return encode_command(elements)
 
 
 # answer encoding (encode_answer): what pydicom writes for a data set in ISO_IR 192

@@ -14,14 +14,13 @@ data set, the acceptor's association of a C-GET, a context that needs a conversi
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
-from dicomd.dimse.command_set import TEXT_PAD, UID_PAD, decode_command, element, padded
+from dicomd.dimse.command_set import decode_command, encode_command, text_value, uid_value, us_value
 from dicomd.dimse.direct import (
     AFFECTED_SOP_CLASS,
     AFFECTED_SOP_INSTANCE,
@@ -34,7 +33,6 @@ from dicomd.dimse.direct import (
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
     STATUS,
-    ascii_bytes,
     message_pdus,
     pdv_items,
     text,
@@ -51,8 +49,6 @@ C_STORE_RSP = 0x8001
 PRIORITY = 0x0700
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
-_US = struct.Struct("<H")
-_UL = struct.Struct("<L")
 _WAIT_STEP = 0.05  # how often a wait for a response looks whether the association ended
 
 
@@ -64,21 +60,20 @@ def encode_store_request(
     originator_ae: str | None,
     originator_id: int | None,
 ) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1), group length first, elements in ascending order."""
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1)."""
     elements = [
-        element(AFFECTED_SOP_CLASS, padded(ascii_bytes(sop_class), UID_PAD)),
-        element(COMMAND_FIELD, _US.pack(C_STORE_RQ)),
-        element(MESSAGE_ID, _US.pack(message_id)),
-        element(PRIORITY, _US.pack(priority)),
-        element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
-        element(AFFECTED_SOP_INSTANCE, padded(ascii_bytes(sop_instance), UID_PAD)),
+        (AFFECTED_SOP_CLASS, uid_value(sop_class)),
+        (COMMAND_FIELD, us_value(C_STORE_RQ)),
+        (MESSAGE_ID, us_value(message_id)),
+        (PRIORITY, us_value(priority)),
+        (COMMAND_DATA_SET_TYPE, us_value(DATA_SET_PRESENT)),
+        (AFFECTED_SOP_INSTANCE, uid_value(sop_instance)),
     ]
     if originator_ae is not None:
-        elements.append(element(MOVE_ORIGINATOR_AE, padded(ascii_bytes(originator_ae), TEXT_PAD)))
+        elements.append((MOVE_ORIGINATOR_AE, text_value(originator_ae)))
     if originator_id is not None:
-        elements.append(element(MOVE_ORIGINATOR_MESSAGE_ID, _US.pack(originator_id)))
-    body = b"".join(elements)
-    return element(0x0000, _UL.pack(len(body))) + body
+        elements.append((MOVE_ORIGINATOR_MESSAGE_ID, us_value(originator_id)))
+    return encode_command(elements)
 
 
 class ResponseCatcher:

@@ -4,12 +4,11 @@ handler), its data set still the received fragments, and the response written by
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dicomd.audit.dimse import DimseAudit
-from dicomd.dimse.command_set import TEXT_PAD, UID_PAD, element, padded
+from dicomd.dimse.command_set import encode_command, text_value, uid_value, us_value
 from dicomd.dimse.direct import (
     AFFECTED_SOP_CLASS,
     AFFECTED_SOP_INSTANCE,
@@ -20,7 +19,6 @@ from dicomd.dimse.direct import (
     NO_DATA_SET,
     STATUS,
     Request,
-    ascii_bytes,
     command_pdus,
     send_pdus,
     text,
@@ -35,27 +33,24 @@ if TYPE_CHECKING:
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
-_US = struct.Struct("<H")
-_UL = struct.Struct("<L")
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
 
 def encode_store_response(
     sop_class: str, sop_instance: str, message_id: int, status: int, comment: str | None
 ) -> bytes:
-    """A C-STORE-RSP command set (PS3.7 9.3.1.2), group length first, elements in ascending order."""
+    """A C-STORE-RSP command set (PS3.7 9.3.1.2)."""
     elements = [
-        element(AFFECTED_SOP_CLASS, padded(ascii_bytes(sop_class), UID_PAD)),
-        element(COMMAND_FIELD, _US.pack(C_STORE_RSP)),
-        element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
-        element(COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
-        element(STATUS, _US.pack(status)),
+        (AFFECTED_SOP_CLASS, uid_value(sop_class)),
+        (COMMAND_FIELD, us_value(C_STORE_RSP)),
+        (MESSAGE_ID_BEING_RESPONDED_TO, us_value(message_id)),
+        (COMMAND_DATA_SET_TYPE, us_value(NO_DATA_SET)),
+        (STATUS, us_value(status)),
     ]
     if comment is not None:
-        elements.append(element(ERROR_COMMENT, padded(ascii_bytes(error_comment(comment)), TEXT_PAD)))
-    elements.append(element(AFFECTED_SOP_INSTANCE, padded(ascii_bytes(sop_instance), UID_PAD)))
-    body = b"".join(elements)
-    return element(0x0000, _UL.pack(len(body))) + body
+        elements.append((ERROR_COMMENT, text_value(error_comment(comment))))
+    elements.append((AFFECTED_SOP_INSTANCE, uid_value(sop_instance)))
+    return encode_command(elements)
 
 
 @dataclass
