@@ -1,20 +1,26 @@
 """C-MOVE sub-operations sent straight on the destination association (dicomd/dimse/direct_send.py): the
 request's command set and PDUs against pynetdicom's encoding (the reference). Which sub-operations take
 the path, and every C-MOVE behaviour through it (counts, failures, cancel, conversions, DCMTK's storescp),
-are tests/dimse/test_dimse_retrieve.py's, whose moves take it (tests/dimse/conftest.py)."""
+are tests/dimse/test_dimse_retrieve.py's, whose moves take it (tests/dimse/conftest.py); here, a data set
+too large for one write."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import pydicom
 import pytest
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from test_dimse_query_archive import query, start_receiver, start_scp
+from test_dimse_retrieve import move
 
 from dicomd.dimse import direct_send
 from dicomd.dimse.direct import message_pdus as direct_pdus
 
+from support.dicom_files import make_instance, new_uid
 from support.dimse import message_pdus
 
 
@@ -92,3 +98,27 @@ def test_another_message_is_handed_to_pynetdicom_in_order(max_pdu: int) -> None:
     # and the awaited response still comes through
     assert all(catcher.take(dul, bytearray(pdu)) for pdu in _response_pdus(3, 0, max_pdu))  # type: ignore[arg-type]
     assert catcher.arrived.is_set()
+
+
+# ---- a move through it --------------------------------------------------------------------------------
+
+
+def test_a_large_and_a_small_instance_arrive_as_stored(tmp_path: Path) -> None:
+    """A data set above one write's size goes a PDU at a time; both arrive with their stored pixels."""
+    receiver = start_receiver("STORESCP")
+    scp = start_scp(tmp_path, {"STORESCP": ("127.0.0.1", receiver.port)})
+    try:
+        study = new_uid()
+        large = make_instance(study=study, rows=512, columns=512)  # 512 KiB of pixel data
+        small = make_instance(study=study)
+        assert len(large) > direct_send._ONE_WRITE > len(small)
+        scp.stow([large, small])
+        result = move(scp, query("STUDY", StudyInstanceUID=study), "STORESCP")
+        assert result.counts == (2, 0, 0)
+        received = {str(ds.SOPInstanceUID): ds for _, ds in receiver.received}
+        for original in (large, small):
+            stored = pydicom.dcmread(io.BytesIO(original))
+            assert bytes(received[str(stored.SOPInstanceUID)].PixelData) == bytes(stored.PixelData)
+    finally:
+        scp.close()
+        receiver.close()

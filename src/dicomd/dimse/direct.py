@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -85,19 +85,23 @@ def text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ") if value else ""
 
 
-def message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> list[bytes]:
+def iter_message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> Iterator[bytes]:
     """The P-DATA-TF PDUs of a command set or a data set, each within the peer's maximum PDU length
-    (0: none), fragmented as pynetdicom fragments them."""
+    (0: none), fragmented as pynetdicom fragments them; made one at a time (a data set may be large)."""
     room = max_pdu - _PDV_ITEM.size if max_pdu else len(data)
     room = max(room, 1)
     kind = COMMAND if command else 0
-    pdus = []
+    view = memoryview(data)
     for start in range(0, len(data), room):
-        fragment = data[start : start + room]
+        fragment = view[start : start + room]
         control = kind | (LAST if start + room >= len(data) else 0)
-        item = _PDV_ITEM.pack(len(fragment) + 2, context_id, control) + fragment
-        pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item)
-    return pdus
+        item_header = _PDV_ITEM.pack(len(fragment) + 2, context_id, control)
+        yield PDU_HEADER.pack(P_DATA_TF, 0, len(item_header) + len(fragment)) + item_header + fragment
+
+
+def message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> list[bytes]:
+    """``iter_message_pdus`` as a list."""
+    return list(iter_message_pdus(context_id, data, max_pdu, command=command))
 
 
 def command_pdus(context_id: int, command: bytes, max_pdu: int) -> list[bytes]:

@@ -33,6 +33,7 @@ from dicomd.dimse.direct import (
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
     STATUS,
+    iter_message_pdus,
     message_pdus,
     pdv_items,
     text,
@@ -49,6 +50,7 @@ C_STORE_RSP = 0x8001
 PRIORITY = 0x0700
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
+_ONE_WRITE = 1 << 18  # a request up to this size goes in one write
 _WAIT_STEP = 0.05  # how often a wait for a response looks whether the association ended
 
 
@@ -169,8 +171,9 @@ def send_stored(
         return None
     max_pdu = int(association.acceptor.maximum_length or 0)
     command = encode_store_request(sop_class, sop_instance, msg_id, priority, originator_aet, originator_id)
-    pdus = message_pdus(context.context_id, command, max_pdu, command=True)
-    pdus += message_pdus(context.context_id, dataset.__dict__["stored_bytes"], max_pdu, command=False)
+    data: bytes = dataset.__dict__["stored_bytes"]
+    request = b"".join(message_pdus(context.context_id, command, max_pdu, command=True))
+    pdus = iter_message_pdus(context.context_id, data, max_pdu, command=False)
     catcher = ResponseCatcher(msg_id)
     # (the association's reactor is not paused, as pynetdicom pauses it: the response never reaches the
     # message queue it takes requests from, and pausing it cost two thread switches per sub-operation)
@@ -179,7 +182,12 @@ def send_stored(
         socket = dul.socket
         if socket is None:
             return Dataset()
-        socket.send(b"".join(pdus))
+        if len(data) <= _ONE_WRITE:
+            socket.send(request + b"".join(pdus))
+        else:  # a PDU at a time: no copy of a large instance in memory
+            socket.send(request)
+            for pdu in pdus:
+                socket.send(pdu)
         if not _wait(association, catcher):
             association._handle_no_response()
             return Dataset()
