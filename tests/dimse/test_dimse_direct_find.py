@@ -2,12 +2,16 @@
 (the reference); against a listener process that counts what the path takes, the responses it sends are
 those pynetdicom's path sends for the same request (a request whose command set comes in fragments goes
 there), in both little endian syntaxes and for matches, failures and unsupported keys; a C-CANCEL ends the
-matches; a peer that aborts among them leaves the listener serving. Matching itself is
+matches; a peer that aborts among them leaves the listener serving; one that stops reading is
+disconnected. Matching itself is
 tests/dimse/test_dimse_query.py's (the same ``query.find_responses`` behind both paths)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import build_context, transport
 from pynetdicom.dimse_messages import C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_FIND_RSP
 from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND
 from pynetdicom.dsutils import decode, encode
@@ -29,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from test_dimse_query_archive import query
 
+from dicomd.dimse.command_set import decode_command
 from dicomd.dimse.direct import message_pdus as direct_pdus
 from dicomd.dimse.direct_find import encode_find_response, is_cancel_of
 from dicomd.dimse.q_common import error_comment
@@ -337,3 +342,81 @@ def test_answers_encode_as_pydicom_encodes_them() -> None:
                     assert mine == encode(identifier, implicit, True), (path.name, [k.tag for k in chosen])
                     fast += 1
     assert fast > 2000
+
+
+@pytest.fixture(scope="module")
+def stalling_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    """300 studies behind a listener with a 1 s timeout and small send buffers: a peer that stops reading
+    blocks its writes within a few dozen responses."""
+    data_dir = tmp_path_factory.mktemp("stalled-find") / "data"
+    with direct_listener(data_dir, timeout=1, send_buffer=8192) as served:
+        studies = [
+            make_instance(patient_id="DF-STALL", study=new_uid(), StudyDescription="x" * 60)
+            for _ in range(300)
+        ]
+        _store(served.port, studies)
+        yield served
+
+
+def _statuses(stream: bytes) -> list[int]:
+    """The status of each whole C-FIND-RSP command in a stream of P-DATA-TF PDUs (a cut last PDU ignored)."""
+    statuses, position = [], 0
+    while position + 6 <= len(stream):
+        pdu_type, length = stream[position], int.from_bytes(stream[position + 2 : position + 6], "big")
+        end = position + 6 + length
+        if end > len(stream):
+            break
+        if pdu_type == 0x04 and stream[position + 11] & 0x03 == 0x03:  # a command's last fragment
+            fields = decode_command(stream[position + 12 : end])
+            assert fields is not None
+            statuses.append(int.from_bytes(fields[0x0900], "little"))
+        position = end
+    return statuses
+
+
+def test_a_peer_that_stops_reading_is_disconnected_at_the_first_timed_out_write(
+    stalling_archive: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct path writes in the association's DUL thread, whose state machine learns of a failed
+    write only when that thread is free again: it used to time out once per remaining match (hours for a
+    large answer at the default timeout), then send a final Success after the matches lost meanwhile."""
+    create = transport.AssociationSocket._create_socket
+
+    def small_receive_buffer(self: Any, address: tuple[str, int] = ("", 0)) -> socket.socket:
+        sock = create(self, address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    monkeypatch.setattr(transport.AssociationSocket, "_create_socket", small_receive_buffer)
+    assoc = _associate(stalling_archive.port, STUDY_ROOT, EXPLICIT)
+    raw = assoc.dul.socket.socket
+    try:
+        assoc.dul._is_transport_event = lambda: False  # this peer reads nothing more
+        identifier = query("STUDY", PatientID="DF-STALL", StudyInstanceUID="", StudyDescription="")
+        for pdu in message_pdus(
+            _request(identifier, STUDY_ROOT, False, 1), assoc.accepted_contexts[0].context_id, MAX_PDU
+        ):
+            raw.sendall(pdu)
+        time.sleep(4)  # the listener's writes block, then time out (1 s)
+        raw.settimeout(10)
+        stream, closed = bytearray(), False
+        with contextlib.suppress(OSError):
+            while chunk := raw.recv(65536):
+                stream += chunk
+            closed = True
+    finally:
+        del assoc.dul._is_transport_event  # it reads again: sees the connection closed, or aborts it
+        assoc.abort()
+    statuses = _statuses(bytes(stream))
+    assert closed, "the listener kept the connection open"
+    assert statuses and set(statuses) == {0xFF00}, "a final status after lost matches"
+    assert len(statuses) < 300
+    # the listener goes on serving, the whole answer to a peer that reads
+    fresh = _associate(stalling_archive.port, STUDY_ROOT, EXPLICIT)
+    try:
+        answered = [
+            int(s.Status) for s, _ in fresh.send_c_find(query("STUDY", PatientID="DF-STALL"), STUDY_ROOT)
+        ]
+    finally:
+        fresh.release()
+    assert answered == [0xFF00] * 300 + [0x0000]

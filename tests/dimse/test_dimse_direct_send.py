@@ -2,15 +2,19 @@
 request's command set and PDUs against pynetdicom's encoding (the reference). Which sub-operations take
 the path, and every C-MOVE behaviour through it (counts, failures, cancel, conversions, DCMTK's storescp),
 are tests/dimse/test_dimse_retrieve.py's, whose moves take it (tests/dimse/conftest.py); here, a data set
-too large for one write."""
+too large for one write, and a destination slower than the network timeout minus the time to read an
+instance."""
 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
@@ -19,8 +23,10 @@ from test_dimse_retrieve import move
 
 from dicomd.dimse import direct_send
 from dicomd.dimse.direct import message_pdus as direct_pdus
+from dicomd.dimse.passthrough import stored_data_set
+from dicomd.dimse.reactor import EventDrivenAssociation
 
-from support.dicom_files import make_instance, new_uid
+from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dimse import message_pdus
 
 
@@ -122,3 +128,40 @@ def test_a_large_and_a_small_instance_arrive_as_stored(tmp_path: Path) -> None:
     finally:
         scp.close()
         receiver.close()
+
+
+def test_the_wait_for_a_response_does_not_count_against_the_network_timeout() -> None:
+    """pynetdicom pauses its reactor during a send_c_store, so its network (idle) timeout bounds only the
+    time between sub-operations; the DIMSE timeout bounds the wait for a response. The direct send leaves
+    the reactor running, and used to abort the association when reading the next instance plus the
+    destination's store took longer than the network timeout (and write that abort amid its PDUs)."""
+
+    def slow_store(event: Any) -> int:
+        time.sleep(1.2)
+        return 0x0000
+
+    scp = AE(ae_title="DEST")
+    scp.add_supported_context(CTImageStorage, EXPLICIT)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    ae = AE(ae_title="MOVER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 2
+    assoc = ae.associate(
+        "127.0.0.1",
+        server.socket.getsockname()[1],
+        ae_title="DEST",
+        contexts=[build_context(CTImageStorage, EXPLICIT)],
+    )
+    assert isinstance(assoc, EventDrivenAssociation) and assoc.is_established
+    statuses = []
+    try:
+        for message_id in (1, 2):
+            sop = new_uid()
+            data_set = stored_data_set(make_instance(sop=sop), str(CTImageStorage), sop, EXPLICIT)
+            time.sleep(1.0)  # reading the next instance from the object store
+            status = assoc.send_c_store(data_set, msg_id=message_id)
+            statuses.append(int(status.Status) if "Status" in status else None)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        server.shutdown()
+    assert statuses == [0x0000, 0x0000] and not assoc.is_aborted

@@ -438,20 +438,24 @@ def test_move_identifiers_this_scp_cannot_process(
     assert comment in str(got.final.get("ErrorComment", ""))
 
 
-def test_the_store_association_sends_without_nagle_delay(
+def test_the_store_association_sends_without_nagle_delay_and_times_out(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[int] = []
+    """TCP_NODELAY, and the network timeout on its socket (pynetdicom leaves a requested association's
+    without one: a destination that stopped reading held the move for good)."""
+    seen: list[tuple[int, float | None, float | None]] = []
     real = retrieve_module._set_no_delay
 
     def recording(event: Any) -> None:
         real(event)
-        seen.append(event.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        sock = event.assoc.dul.socket.socket
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        seen.append((nodelay, sock.gettimeout(), event.assoc.network_timeout))
 
     monkeypatch.setattr(retrieve_module, "_set_no_delay", recording)
     result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.other_study), "STORESCP")
     assert result.counts == (1, 0, 0)
-    assert seen and all(seen)
+    assert seen and all(nodelay and timeout and timeout == network for nodelay, timeout, network in seen)
 
 
 def test_an_object_gone_from_the_store_is_a_failed_sub_operation(

@@ -1,7 +1,9 @@
 """A DICOM listener (``dimse.listener.serve_dicom``) in a process of its own that counts the requests its
 direct path (dicomd/dimse/direct.py) answered, for tests that check which path a request took. The
 listener makes pynetdicom event-driven in that process only; ``answer_delay`` slows each C-FIND match
-(a cancel or an abort then arrives while matches are still pending)."""
+(a cancel or an abort then arrives while matches are still pending); ``timeout`` is its dicom_timeout and
+``send_buffer`` the send buffer of each accepted connection (small: a peer that stops reading blocks the
+listener's writes soon)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,14 @@ class Listener:
 
 
 def _serve_counting(
-    data_dir: Path, max_pdu: int, answer_delay: float, ports: Any, taken: Any, stop: Any
+    data_dir: Path,
+    max_pdu: int,
+    answer_delay: float,
+    timeout: int,
+    send_buffer: int,
+    ports: Any,
+    taken: Any,
+    stop: Any,
 ) -> None:
     answer = DirectPath._answer
 
@@ -55,7 +64,19 @@ def _serve_counting(
             return real_answer(*args)
 
         query.answer = slow_answer  # type: ignore[assignment]
-    settings = Settings(data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=max_pdu, dicom_timeout=5)
+    if send_buffer:
+        from dicomd.dimse import transport
+
+        no_delay = transport.set_no_delay
+
+        def small_send_buffer(conn: socket.socket) -> None:
+            no_delay(conn)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+
+        transport.set_no_delay = small_send_buffer  # type: ignore[assignment]
+    settings = Settings(
+        data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=max_pdu, dicom_timeout=timeout
+    )
     prepare(settings)  # the index's schema, as `dicomd serve` makes it before its listener starts
     sock = socket.create_server(("127.0.0.1", 0))
     ports.put(sock.getsockname()[1])
@@ -63,11 +84,14 @@ def _serve_counting(
 
 
 @contextlib.contextmanager
-def direct_listener(data_dir: Path, *, max_pdu: int = 16384, answer_delay: float = 0.0) -> Iterator[Listener]:
+def direct_listener(
+    data_dir: Path, *, max_pdu: int = 16384, answer_delay: float = 0.0, timeout: int = 5, send_buffer: int = 0
+) -> Iterator[Listener]:
     context = multiprocessing.get_context("spawn")
     ports, taken, stop = context.Queue(), context.Value("i", 0), context.Event()
     process = context.Process(
-        target=_serve_counting, args=(data_dir, max_pdu, answer_delay, ports, taken, stop)
+        target=_serve_counting,
+        args=(data_dir, max_pdu, answer_delay, timeout, send_buffer, ports, taken, stop),
     )
     process.start()
     try:

@@ -34,16 +34,34 @@ def _is_ascii_compatible(encoding: str) -> bool:
         return False
 
 
+# Codecs whose strict decoding is undone exactly by encoding (one byte sequence per character): a
+# person name pydicom decodes with one of them, without escape sequences, comes out of its
+# decode / re-encode / decode round trip unchanged and without warnings (see decode_person_names).
+_ROUND_TRIP_CODECS = frozenset(
+    {"ascii", "utf-8", "latin-1", "iso8859-1", "tis-620"} | {f"iso8859-{n}" for n in range(2, 17)}
+)
+
+
+@lru_cache(maxsize=256)
+def _round_trips(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name in _ROUND_TRIP_CODECS
+    except LookupError:
+        return False
+
+
 class Charset:
     """A resolved Specific Character Set: Python encodings and whether ASCII bytes can skip pydicom."""
 
-    __slots__ = ("ascii_ok", "encodings", "warnings")
+    __slots__ = ("ascii_ok", "encodings", "names_direct", "warnings")
 
     def __init__(self, encodings: tuple[str, ...], warnings_: tuple[str, ...]) -> None:
         self.encodings = encodings
         self.warnings = warnings_
         # ESC-free ASCII decodes identically with the first encoding; escapes are excluded by callers.
         self.ascii_ok = _is_ascii_compatible(encodings[0]) if encodings else True
+        # ESC-free person names may be decoded with the first encoding directly (decode_person_names)
+        self.names_direct = bool(encodings) and _round_trips(encodings[0])
 
 
 DEFAULT_CHARSET = Charset(DEFAULT_ENCODINGS, ())
@@ -107,12 +125,28 @@ def decode_text_single(raw: bytes, charset: Charset) -> tuple[str, list[str]]:
     return text.rstrip("\0 "), msgs
 
 
+def _name_components(name: str) -> tuple[str, ...]:
+    comps = name.split("=")
+    while comps and not comps[-1]:  # pydicom drops empty trailing groups
+        comps.pop()
+    return tuple(comps)
+
+
 def decode_person_names(raw: bytes, charset: Charset) -> tuple[list[Sequence[str]], list[str]]:
     """Decode a PN value into per-value component tuples exactly as pydicom does.
 
     Used for non-ASCII values only: pydicom decodes each "="-separated group with the PN
     delimiter rules (ISO 2022 escape state resets at "^" and "=").
     """
+    if charset.names_direct and b"\x1b" not in raw:
+        # pydicom's path without escape sequences: decode with the first encoding, split, then encode and
+        # decode each name again, which with a round-trip codec changes nothing (~50 us a name saved)
+        try:
+            text = raw.rstrip(b"\x00 ").decode(charset.encodings[0])
+        except UnicodeError:
+            pass  # pydicom decodes with replacement characters and warns: its path below
+        else:
+            return [_name_components(v) for v in text.split("\\")], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -55,11 +55,14 @@ def set_no_delay(sock: socket.socket) -> None:
 
 
 def no_delay_on_connect(event: Event) -> None:
-    """EVT_CONN_OPEN handler of an association this side requests: TCP_NODELAY on its socket."""
+    """EVT_CONN_OPEN handler of an association this side requests: TCP_NODELAY on its socket, and the
+    network timeout on its reads and writes as on an accepted association's (pynetdicom leaves a requested
+    one without: a C-MOVE destination that stopped reading held the move's thread for good)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             set_no_delay(sock)
+            sock.settimeout(event.assoc.network_timeout)
 
 
 def _ae(peer: Peer) -> AE:

@@ -85,10 +85,16 @@ def text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ") if value else ""
 
 
+# the fragment size for a peer that sets no maximum PDU length: one PDU per instance would copy it whole and
+# overflow the PDU length field beyond 4 GiB
+_NO_LIMIT_FRAGMENT = 1 << 20
+
+
 def iter_message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> Iterator[bytes]:
     """The P-DATA-TF PDUs of a command set or a data set, each within the peer's maximum PDU length
-    (0: none), fragmented as pynetdicom fragments them; made one at a time (a data set may be large)."""
-    room = max_pdu - _PDV_ITEM.size if max_pdu else len(data)
+    (0: none; then fragments of 1 MiB), fragmented as pynetdicom fragments them; made one at a time (a
+    data set may be large)."""
+    room = max_pdu - _PDV_ITEM.size if max_pdu else _NO_LIMIT_FRAGMENT
     room = max(room, 1)
     kind = COMMAND if command else 0
     view = memoryview(data)
@@ -202,13 +208,18 @@ class DirectPath:
         return True
 
     def _may_start(self, dul: EventDrivenDUL) -> bool:
-        """Only when pynetdicom has nothing of this association under way."""
+        """Only when pynetdicom has nothing of this association under way: nothing received that it has
+        not acted on, no request it serves, nothing it is to send (a response written here between the
+        fragments of one of its messages would break the stream)."""
         assoc: Any = self.assoc
         return bool(
             dul.state_machine.current_state == "Sta6"
             and assoc.dimse.message is None
             and dul.event_queue.empty()
             and dul._recv_pdu.empty()
+            and dul.to_provider_queue.empty()
+            and assoc.dimse.msg_queue.empty()
+            and not getattr(assoc, "serving", False)
             and not assoc._sent_release
         )
 
@@ -238,8 +249,8 @@ class DirectPath:
 
 
 def send_pdus(dul: EventDrivenDUL, pdus: list[bytes]) -> bool:
-    """Write PDUs to the association's socket, unless it was aborted meanwhile (then False)."""
-    if dul.state_machine.current_state != "Sta6" or dul.socket is None:
+    """Write PDUs to the association's socket; False when it was aborted meanwhile or the write failed
+    (the connection is then shut: see EventDrivenDUL.write)."""
+    if dul.state_machine.current_state != "Sta6":
         return False
-    dul.socket.send(b"".join(pdus) if len(pdus) > 1 else pdus[0])
-    return True
+    return dul.write(b"".join(pdus) if len(pdus) > 1 else pdus[0])

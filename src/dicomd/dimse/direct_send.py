@@ -176,23 +176,24 @@ def send_stored(
     pdus = iter_message_pdus(context.context_id, data, max_pdu, command=False)
     catcher = ResponseCatcher(msg_id)
     # (the association's reactor is not paused, as pynetdicom pauses it: the response never reaches the
-    # message queue it takes requests from, and pausing it cost two thread switches per sub-operation)
+    # message queue it takes requests from, and pausing it cost two thread switches per sub-operation; its
+    # idle timer stands still meanwhile, as a paused reactor does not look at it)
     dul.interceptor = catcher
+    dul.awaiting_response = True
     try:
-        socket = dul.socket
-        if socket is None:
-            return Dataset()
-        if len(data) <= _ONE_WRITE:
-            socket.send(request + b"".join(pdus))
-        else:  # a PDU at a time: no copy of a large instance in memory
-            socket.send(request)
-            for pdu in pdus:
-                socket.send(pdu)
+        with dul.write_lock:  # the whole message: nothing of the DUL thread's between its PDUs
+            if len(data) <= _ONE_WRITE:
+                sent = dul.write(request + b"".join(pdus))
+            else:  # a PDU at a time: no copy of a large instance in memory
+                sent = dul.write(request) and all(dul.write(pdu) for pdu in pdus)
+        if not sent:
+            return Dataset()  # (the connection is shut: the move's remaining sub-operations fail)
         if not _wait(association, catcher):
             association._handle_no_response()
             return Dataset()
     finally:
         dul.interceptor = None
+        dul.awaiting_response = False
     fields = catcher.fields or {}
     status = Dataset()
     status.Status = us(fields.get(STATUS))

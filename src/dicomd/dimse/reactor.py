@@ -77,6 +77,13 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         self._wake_writer.setblocking(False)
         self.interceptor: PDataInterceptor | None = None
         self.to_user_queue = _WakingQueue(assoc)
+        # writes of the direct paths (dimse/direct*.py) and pynetdicom's own go out whole, one at a time: a
+        # C-MOVE sub-operation is written by the association's thread while this one may send an abort
+        self.write_lock = threading.RLock()
+        self.write_failed = False  # a write failed or timed out: the connection is shut, nothing more goes
+        # a direct C-STORE awaits its response: the idle timer stands still, as pynetdicom's paused reactor
+        # does not look at it during a send_c_store (the DIMSE timeout bounds that wait)
+        self.awaiting_response = False
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's, with the interceptor offered each P-DATA-TF PDU first (the same reads, so the
@@ -136,6 +143,34 @@ class EventDrivenDUL(_dul.DULServiceProvider):
             return bool(select.select([raw], [], [], 0)[0])
         except (OSError, ValueError):
             return False
+
+    def write(self, data: bytes | memoryview) -> bool:
+        """Write bytes of the direct paths to the peer, whole; False when they could not go. A write that
+        fails or times out (a peer that stopped reading) shuts the connection: half a PDU may have gone,
+        and pynetdicom, which queues Evt17 for it as its own send does, acts only once this thread is free
+        again, so a direct operation must stop here instead of timing out once per response."""
+        with self.write_lock:
+            association_socket = self.socket
+            raw = association_socket.socket if association_socket is not None else None
+            if self.write_failed or raw is None:
+                return False
+            try:
+                raw.sendall(data)
+            except (OSError, ValueError):
+                self.write_failed = True
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+                self.event_queue.put("Evt17")
+                return False
+            return True
+
+    def _send(self, pdu: Any) -> None:
+        with self.write_lock:
+            if not self.write_failed:
+                super()._send(pdu)
+
+    def idle_timer_expired(self) -> bool:
+        return not self.awaiting_response and bool(super().idle_timer_expired())
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -246,6 +281,15 @@ class EventDrivenAssociation(_BaseAssociation):
     @_is_paused.setter
     def _is_paused(self, value: bool) -> None:
         pass  # pynetdicom's assignments: see the class docstring
+
+    serving = False  # its thread serves a request the peer sent (the direct paths then take none)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        self.serving = True
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            self.serving = False
 
     def kill(self) -> None:
         self._kill = True
