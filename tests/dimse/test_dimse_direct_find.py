@@ -283,14 +283,16 @@ def test_a_peer_that_aborts_among_the_matches_leaves_the_listener_serving(slow_a
     assoc.abort()
     assert wait_for(lambda: not assoc.is_alive(), timeout=10)
     assert echo(slow_archive.port) == 0x0000
-    fresh = _associate(slow_archive.port, STUDY_ROOT, EXPLICIT)
+    assert _statuses_on_a_fresh_association(slow_archive, "DF-SLOW") == [0xFF00] * 8 + [0x0000]
+
+
+def _statuses_on_a_fresh_association(served: Listener, patient_id: str) -> list[int]:
+    """What a new association that reads everything gets for the studies of ``patient_id``."""
+    fresh = _associate(served.port, STUDY_ROOT, EXPLICIT)
     try:
-        statuses = [
-            int(s.Status) for s, _ in fresh.send_c_find(query("STUDY", PatientID="DF-SLOW"), STUDY_ROOT)
-        ]
+        return [int(s.Status) for s, _ in fresh.send_c_find(query("STUDY", PatientID=patient_id), STUDY_ROOT)]
     finally:
         fresh.release()
-    assert statuses == [0xFF00] * 8 + [0x0000]
 
 
 def test_an_audit_event_per_direct_c_find(archive: Listener) -> None:
@@ -412,11 +414,4 @@ def test_a_peer_that_stops_reading_is_disconnected_at_the_first_timed_out_write(
     assert statuses and set(statuses) == {0xFF00}, "a final status after lost matches"
     assert len(statuses) < 300
     # the listener goes on serving, the whole answer to a peer that reads
-    fresh = _associate(stalling_archive.port, STUDY_ROOT, EXPLICIT)
-    try:
-        answered = [
-            int(s.Status) for s, _ in fresh.send_c_find(query("STUDY", PatientID="DF-STALL"), STUDY_ROOT)
-        ]
-    finally:
-        fresh.release()
-    assert answered == [0xFF00] * 300 + [0x0000]
+    assert _statuses_on_a_fresh_association(stalling_archive, "DF-STALL") == [0xFF00] * 300 + [0x0000]
