@@ -34,9 +34,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from test_dimse_query_archive import query
 
 from dicomd.dimse.command_set import decode_command
+from dicomd.dimse.direct import COMMAND, LAST, STATUS, pdv_items, us
 from dicomd.dimse.direct import message_pdus as direct_pdus
 from dicomd.dimse.direct_find import encode_find_response, is_cancel_of
 from dicomd.dimse.q_common import error_comment
+from dicomd.dimse.reactor import P_DATA_TF, PDU_HEADER
 
 from support.dicom_files import CHARSET_FILES, EXPLICIT, TEST_FILES, make_instance, new_uid
 from support.dicomweb import wait_for
@@ -363,15 +365,16 @@ def stalling_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liste
 def _statuses(stream: bytes) -> list[int]:
     """The status of each whole C-FIND-RSP command in a stream of P-DATA-TF PDUs (a cut last PDU ignored)."""
     statuses, position = [], 0
-    while position + 6 <= len(stream):
-        pdu_type, length = stream[position], int.from_bytes(stream[position + 2 : position + 6], "big")
-        end = position + 6 + length
+    while position + PDU_HEADER.size <= len(stream):
+        pdu_type, _, length = PDU_HEADER.unpack_from(stream, position)
+        end = position + PDU_HEADER.size + length
         if end > len(stream):
             break
-        if pdu_type == 0x04 and stream[position + 11] & 0x03 == 0x03:  # a command's last fragment
-            fields = decode_command(stream[position + 12 : end])
-            assert fields is not None
-            statuses.append(int.from_bytes(fields[0x0900], "little"))
+        for _, control, value in pdv_items(stream[position:end]) if pdu_type == P_DATA_TF else ():
+            if control == COMMAND | LAST:  # (each response's command set fits one PDV here)
+                fields = decode_command(value)
+                assert fields is not None
+                statuses.append(us(fields.get(STATUS)) or 0)
         position = end
     return statuses
 
@@ -415,3 +418,35 @@ def test_a_peer_that_stops_reading_is_disconnected_at_the_first_timed_out_write(
     assert len(statuses) < 300
     # the listener goes on serving, the whole answer to a peer that reads
     assert _statuses_on_a_fresh_association(stalling_archive, "DF-STALL") == [0xFF00] * 300 + [0x0000]
+
+
+def test_no_direct_answer_while_pynetdicom_sends_or_serves() -> None:
+    """A response written by the direct path between the fragments of a message pynetdicom sends, or while
+    it serves a request of the same association, would break the stream (a peer overlapping requests)."""
+    from queue import Queue
+    from types import SimpleNamespace
+
+    from dicomd.dimse.direct import DirectPath
+
+    def state(*, sending: bool = False, queued: bool = False, serving: bool = False) -> bool:
+        to_send: Queue[object] = Queue()
+        messages: Queue[object] = Queue()
+        if sending:
+            to_send.put(object())
+        if queued:
+            messages.put(object())
+        dul = SimpleNamespace(
+            state_machine=SimpleNamespace(current_state="Sta6"),
+            event_queue=Queue(),
+            _recv_pdu=Queue(),
+            to_provider_queue=to_send,
+        )
+        assoc = SimpleNamespace(
+            dimse=SimpleNamespace(message=None, msg_queue=messages), serving=serving, _sent_release=False
+        )
+        path = DirectPath.__new__(DirectPath)
+        path.assoc = assoc  # type: ignore[assignment]
+        return path._may_start(dul)  # type: ignore[arg-type]
+
+    assert state()
+    assert not state(sending=True) and not state(queued=True) and not state(serving=True)

@@ -444,7 +444,7 @@ def test_the_store_association_sends_without_nagle_delay_and_times_out(
     """TCP_NODELAY, and the network timeout on its socket (pynetdicom leaves a requested association's
     without one: a destination that stopped reading held the move for good)."""
     seen: list[tuple[int, float | None, float | None]] = []
-    real = retrieve_module._set_no_delay
+    real = retrieve_module._tune_socket
 
     def recording(event: Any) -> None:
         real(event)
@@ -452,7 +452,7 @@ def test_the_store_association_sends_without_nagle_delay_and_times_out(
         nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         seen.append((nodelay, sock.gettimeout(), event.assoc.network_timeout))
 
-    monkeypatch.setattr(retrieve_module, "_set_no_delay", recording)
+    monkeypatch.setattr(retrieve_module, "_tune_socket", recording)
     result = move(archive.scp, query("STUDY", StudyInstanceUID=archive.other_study), "STORESCP")
     assert result.counts == (1, 0, 0)
     assert seen and all(nodelay and timeout and timeout == network for nodelay, timeout, network in seen)

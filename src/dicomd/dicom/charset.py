@@ -38,7 +38,7 @@ def _is_ascii_compatible(encoding: str) -> bool:
 # person name pydicom decodes with one of them, without escape sequences, comes out of its
 # decode / re-encode / decode round trip unchanged and without warnings (see decode_person_names).
 _ROUND_TRIP_CODECS = frozenset(
-    {"ascii", "utf-8", "latin-1", "iso8859-1", "tis-620"} | {f"iso8859-{n}" for n in range(2, 17)}
+    {"ascii", "utf-8", "iso8859-1", "tis-620"} | {f"iso8859-{n}" for n in range(2, 17)}
 )
 
 
@@ -125,7 +125,8 @@ def decode_text_single(raw: bytes, charset: Charset) -> tuple[str, list[str]]:
     return text.rstrip("\0 "), msgs
 
 
-def _name_components(name: str) -> tuple[str, ...]:
+def name_components(name: str) -> tuple[str, ...]:
+    """A decoded person name's component groups, as pydicom splits them."""
     comps = name.split("=")
     while comps and not comps[-1]:  # pydicom drops empty trailing groups
         comps.pop()
@@ -146,7 +147,7 @@ def decode_person_names(raw: bytes, charset: Charset) -> tuple[list[Sequence[str
         except UnicodeError:
             pass  # pydicom decodes with replacement characters and warns: its path below
         else:
-            return [_name_components(v) for v in text.split("\\")], []
+            return [name_components(v) for v in text.split("\\")], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 
-from .charset import Charset, decode_person_names, decode_text_single, decode_text_values
+from .charset import Charset, decode_person_names, decode_text_single, decode_text_values, name_components
 
 # the VR of an explicit VR element header, by its two bytes
 VR_FROM_BYTES: dict[bytes, str] = {str(vr).encode(): str(vr) for vr in STANDARD_VR}
@@ -200,12 +200,7 @@ def person_name(raw: bytes, cs: Charset) -> tuple[list[Any] | None, Sequence[str
     msgs: Sequence[str] = _NO_WARNINGS
     comps_list: list[Any]
     if cs.ascii_ok and raw.isascii() and b"\x1b" not in raw:
-        comps_list = []
-        for v in raw.rstrip(b"\x00 ").decode("ascii").split("\\"):
-            comps = v.split("=")
-            while comps and not comps[-1]:
-                comps.pop()
-            comps_list.append(comps)
+        comps_list = [name_components(v) for v in raw.rstrip(b"\x00 ").decode("ascii").split("\\")]
     else:
         comps_list, msgs = decode_person_names(raw, cs)
     if len(comps_list) == 1 and not comps_list[0]:

@@ -54,7 +54,7 @@ def set_no_delay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def no_delay_on_connect(event: Event) -> None:
+def tune_requested_socket(event: Event) -> None:
     """EVT_CONN_OPEN handler of an association this side requests: TCP_NODELAY on its socket, and the
     network timeout on its reads and writes as on an accepted association's (pynetdicom leaves a requested
     one without: a C-MOVE destination that stopped reading held the move's thread for good)."""
@@ -75,7 +75,7 @@ def _ae(peer: Peer) -> AE:
 
 
 def _associate(peer: Peer, ae: AE, **kwargs: object) -> Association:
-    handlers: list[Any] = [(evt.EVT_CONN_OPEN, no_delay_on_connect)]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, tune_requested_socket)]
     assoc = ae.associate(
         peer.host,
         peer.port,

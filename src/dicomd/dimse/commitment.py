@@ -32,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, build_role, evt
 
 from dicomd.dicom.uids import is_valid_uid
-from dicomd.dimse.client import no_delay_on_connect
+from dicomd.dimse.client import tune_requested_socket
 from dicomd.dimse.negotiation import STORAGE_COMMITMENT
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
 
@@ -234,7 +234,7 @@ class CommitmentReporter:
             ae_title=commitment.peer_ae,
             contexts=[context],
             ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)],
-            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay_on_connect)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_requested_socket)],
         )
         if not assoc.is_established:
             log.warning(

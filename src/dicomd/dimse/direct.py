@@ -161,6 +161,8 @@ class _Message:
 class DirectPath:
     """One association's direct path (module docstring): ``reactor.PDataInterceptor``."""
 
+    holds_idle_timer = False  # idle between requests is the peer's: pynetdicom's network timeout applies
+
     def __init__(
         self,
         assoc: Association,

@@ -83,6 +83,8 @@ class ResponseCatcher:
     command fragments are kept until the command set is whole; if it is not that response, they are
     handed to pynetdicom in the order they came."""
 
+    holds_idle_timer = True  # as pynetdicom's reactor, paused in send_c_store, ignores its idle timer
+
     def __init__(self, message_id: int) -> None:
         self.message_id = message_id
         self.fields: dict[int, bytes] | None = None
@@ -176,10 +178,9 @@ def send_stored(
     pdus = iter_message_pdus(context.context_id, data, max_pdu, command=False)
     catcher = ResponseCatcher(msg_id)
     # (the association's reactor is not paused, as pynetdicom pauses it: the response never reaches the
-    # message queue it takes requests from, and pausing it cost two thread switches per sub-operation; its
-    # idle timer stands still meanwhile, as a paused reactor does not look at it)
+    # message queue it takes requests from, and pausing it cost two thread switches per sub-operation; the
+    # catcher holds its idle timer instead)
     dul.interceptor = catcher
-    dul.awaiting_response = True
     try:
         with dul.write_lock:  # the whole message: nothing of the DUL thread's between its PDUs
             if len(data) <= _ONE_WRITE:
@@ -193,7 +194,6 @@ def send_stored(
             return Dataset()
     finally:
         dul.interceptor = None
-        dul.awaiting_response = False
     fields = catcher.fields or {}
     status = Dataset()
     status.Status = us(fields.get(STATUS))

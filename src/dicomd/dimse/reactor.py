@@ -61,6 +61,10 @@ class PDataInterceptor(Protocol):
     """Takes the P-DATA-TF PDUs it can answer itself (dimse/direct.py) before pynetdicom decodes
     them; runs in the DUL thread."""
 
+    # while installed, the network (idle) timer stands still: it awaits a response whose wait the DIMSE
+    # timeout bounds, as pynetdicom's reactor, paused during a send_*, does not look at that timer
+    holds_idle_timer: bool
+
     def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
         """Whether the PDU (header included) was taken; if not, pynetdicom handles it as usual."""
         ...
@@ -81,9 +85,6 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         # C-MOVE sub-operation is written by the association's thread while this one may send an abort
         self.write_lock = threading.RLock()
         self.write_failed = False  # a write failed or timed out: the connection is shut, nothing more goes
-        # a direct C-STORE awaits its response: the idle timer stands still, as pynetdicom's paused reactor
-        # does not look at it during a send_c_store (the DIMSE timeout bounds that wait)
-        self.awaiting_response = False
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's, with the interceptor offered each P-DATA-TF PDU first (the same reads, so the
@@ -170,7 +171,9 @@ class EventDrivenDUL(_dul.DULServiceProvider):
                 super()._send(pdu)
 
     def idle_timer_expired(self) -> bool:
-        return not self.awaiting_response and bool(super().idle_timer_expired())
+        interceptor = self.interceptor
+        held = interceptor is not None and interceptor.holds_idle_timer
+        return not held and bool(super().idle_timer_expired())
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)

@@ -35,7 +35,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
-from dicomd.dimse.client import no_delay_on_connect as _set_no_delay  # (the name tests wrap)
+from dicomd.dimse.client import tune_requested_socket as _tune_socket  # (the name tests wrap)
 from dicomd.dimse.passthrough import stored_data_set
 from dicomd.dimse.q_common import (
     CANCELLED,
@@ -302,7 +302,7 @@ def handle_move(event: Event, gateway: Gateway) -> Iterator[Any]:
     # each instance's syntax
     store_assoc: list[Association] = []
     handlers = [
-        (evt.EVT_CONN_OPEN, _set_no_delay),
+        (evt.EVT_CONN_OPEN, _tune_socket),
         (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc)),
     ]
     # Verification too: the association stands when the peer accepts none of the storage contexts (each
