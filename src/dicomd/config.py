@@ -492,6 +492,9 @@ class Settings:
     dicom_max_associations: int = _setting(
         16, "most concurrent DICOM associations (more are rejected, transient)", minimum=1, maximum=1024
     )
+    dicom_listeners: int = _setting(
+        0, "DICOM listener processes sharing the DICOM port; 0 = one per CPU core", minimum=0, maximum=64
+    )
     dicom_max_pdu: int = _setting(
         262144, "largest P-DATA PDU accepted, in bytes", minimum=4096, maximum=2**31 - 1
     )
@@ -507,6 +510,10 @@ class Settings:
     @property
     def effective_workers(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def effective_dicom_listeners(self) -> int:
+        return self.dicom_listeners or max(1, os.cpu_count() or 1)
 
     @property
     def effective_index_url(self) -> str:

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -243,76 +244,94 @@ def _worker(
     _handed_server(config, channel, certificate_files(settings), settings.header_timeout).run()
 
 
-def _dicom_listener(listener: socket.socket, log_config: dict[str, Any], environ: dict[str, str]) -> None:
+def _dicom_listener(
+    listener: socket.socket,
+    log_config: dict[str, Any],
+    environ: dict[str, str],
+    slots: MutableSequence[int],
+    own: int,
+) -> None:
+    from dicomd.dimse.association_count import AssociationCount
     from dicomd.dimse.listener import run
 
     _exit_with_parent()
     sys.setswitchinterval(_SWITCH_INTERVAL)  # its association threads parse while the committer waits
     os.environ.update(environ)
     logging.config.dictConfig(log_config)
-    run(listener, _settings(environ))
+    run(listener, _settings(environ), AssociationCount(slots, own))
 
 
 class _DicomListener:
-    """The DICOM listener process (dimse/listener.py), serving on a socket the supervisor bound (so a taken
+    """The DICOM listener processes (dimse/listener.py), serving on a socket the supervisor bound (so a taken
     port fails the start-up, and connections wait in the backlog while a listener restarts): started with
-    the workers, restarted when it dies (after a growing pause when it dies young), stopped with them."""
+    the workers, each restarted when it dies (after a growing pause when it dies young), stopped with them.
+    They count their associations in shared memory, one slot each (dimse/association_count.py)."""
 
-    def __init__(self, listener: socket.socket, log_config: dict[str, Any], environ: dict[str, str]) -> None:
+    def __init__(
+        self, listener: socket.socket, log_config: dict[str, Any], environ: dict[str, str], processes: int
+    ) -> None:
         self.listener = listener
         self.log_config = log_config
         self.environ = environ
         self._context = multiprocessing.get_context("spawn")
-        self._process: BaseProcess | None = None
-        self._started = 0.0
+        self._slots = self._context.RawArray("i", processes)  # written by its own process only
+        self._processes: list[BaseProcess | None] = [None] * processes
+        self._started = [0.0] * processes
+        self._pauses = [0.0] * processes
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="dicom-listener-watch", daemon=True)
 
     def start(self) -> None:
         with self._lock:
-            self._process = self._spawn()
+            for own in range(len(self._processes)):
+                self._processes[own] = self._spawn(own)
         self._watcher.start()
 
-    def _spawn(self) -> BaseProcess:
+    def _spawn(self, own: int) -> BaseProcess:
+        self._slots[own] = 0  # what a dead listener counted died with it
         process = self._context.Process(
-            target=_dicom_listener, args=(self.listener, self.log_config, self.environ), daemon=False
+            target=_dicom_listener,
+            args=(self.listener, self.log_config, self.environ, self._slots, own),
+            daemon=False,
         )
         process.start()
-        self._started = time.monotonic()
+        self._started[own] = time.monotonic()
         return process
 
     def _watch(self) -> None:
-        pause = 0.0
         while not self._stopping.wait(0.2):
-            process = self._process
-            if process is None or process.is_alive():
-                continue
-            log.warning("the DICOM listener %s exited with %s; restarting it", process.pid, process.exitcode)
-            pause = min(max(2 * pause, 0.5), 30.0) if time.monotonic() - self._started < 5 else 0.0
-            if pause and self._stopping.wait(pause):
-                return
-            with self._lock:
-                if self._stopping.is_set():
+            for own, process in enumerate(self._processes):
+                if process is None or process.is_alive():
+                    continue
+                pid, code = process.pid, process.exitcode
+                log.warning("the DICOM listener %s exited with %s; restarting it", pid, code)
+                young = time.monotonic() - self._started[own] < 5
+                self._pauses[own] = pause = min(max(2 * self._pauses[own], 0.5), 30.0) if young else 0.0
+                if pause and self._stopping.wait(pause):
                     return
-                self._process = self._spawn()
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    self._processes[own] = self._spawn(own)
 
     def terminate(self) -> None:
-        """Stop restarting the listener and ask it to stop (``join`` waits for it)."""
+        """Stop restarting the listeners and ask them to stop (``join`` waits for them)."""
         with self._lock:
             self._stopping.set()
-            process = self._process
-        if process is not None and process.is_alive() and process.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()  # SIGTERM: open associations get a few seconds to finish
+            processes = list(self._processes)
+        for process in processes:
+            if process is not None and process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()  # SIGTERM: open associations get a few seconds to finish
 
     def join(self) -> None:
-        process = self._process
-        if process is not None:
-            process.join(15)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        for process in self._processes:
+            if process is not None:
+                process.join(15)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
         self.listener.close()
 
 
@@ -339,7 +358,7 @@ def _open_dicom_listener(
             file=sys.stderr,
         )
         sys.exit(1)
-    return _DicomListener(listener, log_config, environ)
+    return _DicomListener(listener, log_config, environ, settings.effective_dicom_listeners)
 
 
 class _Dispatcher:

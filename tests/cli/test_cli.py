@@ -123,6 +123,7 @@ def test_every_flag_reaches_the_settings_under_its_name(
         "dicom_peers": "VIEWER=10.0.0.5:104",
         "dicom_allowed_callers": "CT1@10.0.0.7,MR1",
         "dicom_max_associations": "8",
+        "dicom_listeners": "3",
         "dicom_max_pdu": "65536",
         "dicom_timeout": "30",
         "dicom_tls": "true",

@@ -129,6 +129,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("dicom_peers", "STORESCP=host:0", "expected AE=host:port entries"),
     ("dicom_allowed_callers", "MODALITY@", "expected AE or AE@host entries"),
     ("dicom_max_associations", 0, "must be between 1 and 1024, got 0"),
+    ("dicom_listeners", 65, "must be between 0 and 64, got 65"),
     ("dicom_max_pdu", 100, "must be between 4096 and 2147483647, got 100"),
     ("dicom_timeout", 0, "must be positive"),
     ("dicom_tls", "maybe", "expected true or false, got 'maybe'"),

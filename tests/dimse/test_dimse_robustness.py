@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import socket
 import struct
@@ -29,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomd.audit.dimse import DimseAudit
 from dicomd.config import Settings
 from dicomd.dimse.acceptance import CallerPolicy, check_association
+from dicomd.dimse.association_count import AssociationCount
 from dicomd.dimse.listener import application_entity
 from dicomd.dimse.transport import GatewayServer, Limits
 
@@ -40,6 +40,7 @@ from support.dimse import (
     client_ae,
     dimse_server,
     echo,
+    listener_pids,
     message_pdus,
     store_request,
 )
@@ -170,17 +171,19 @@ def in_process(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
         return 0
 
     audit = DimseAudit(None)
+    count = AssociationCount.single()
     server = application_entity(settings).make_server(
         listener.getsockname(),
         evt_handlers=[
             (evt.EVT_C_ECHO, on_echo),
-            (evt.EVT_REQUESTED, check_association, [CallerPolicy.from_settings(settings), audit]),
+            (evt.EVT_REQUESTED, check_association, [CallerPolicy.from_settings(settings), audit, count, 4]),
         ],
         server_class=GatewayServer,
         listener=listener,
         limits=Limits(timeout=5, max_pdu=16384, max_message=1 << 20, max_connections=8),
         tls=None,
         audit=audit,
+        associations=count,
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -210,21 +213,19 @@ def test_a_p_data_pdu_beyond_the_announced_maximum_is_refused(in_process: tuple[
     assert echo(port) == 0x0000
 
 
-def _listener_pids(server: DimseServer) -> list[int]:
-    """The listener processes the server's log announced, in order."""
-    return [int(pid) for pid in re.findall(r"DICOM listener .* \(process (\d+)\)", server.http.log())]
-
-
 def test_the_supervisor_restarts_a_listener_that_dies(tmp_path: Path) -> None:
-    with dimse_server(tmp_path / "data", workers=2) as server:
-        first = _listener_pids(server)
-        assert len(first) == 1
+    with dimse_server(tmp_path / "data", "--dicom-listeners", "2", workers=2) as server:
+        assert wait_for(lambda: len(listener_pids(server)) == 2, timeout=30)  # ready: one answered
+        first = listener_pids(server)
         os.kill(first[0], signal.SIGKILL)
-        assert wait_for(lambda: len(_listener_pids(server)) == 2, timeout=30)
+        assert wait_for(lambda: len(listener_pids(server)) == 3, timeout=30)
         assert echo(server.port) == 0x0000
-        second = _listener_pids(server)[1]
-    # stopping the server stops its listener
-    assert wait_for(lambda: not Path(f"/proc/{second}").exists() or _is_zombie(second), timeout=5)
+        later = listener_pids(server)
+        assert later[2] not in first
+        assert os.path.exists(f"/proc/{first[1]}")  # the other one served on
+    # stopping the server stops its listeners
+    for pid in later[1:]:
+        assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or _is_zombie(pid), timeout=5)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,9 +1,12 @@
 """Who may associate with the DICOM listener, and its limits: the calling AE allow-list (titles, titles at a
-host, loopback-only by default), the called AE title, the association limit (a transient rejection), TLS on
-the DICOM port; every association in the audit trail, refused ones with their reason."""
+host, loopback-only by default), the called AE title, the association limit (a transient rejection, over
+all listener processes), TLS on the DICOM port; every association in the audit trail, refused ones with
+their reason."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -18,7 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from support.certificates import make_certificate
 from support.dicomweb import wait_for
-from support.dimse import DICOMD_AE, DimseServer, client_ae, dimse_server, echo
+from support.dimse import DICOMD_AE, DimseServer, client_ae, dimse_server, echo, listener_pids
 
 # A-ASSOCIATE-RJ (result, source, reason)
 CALLING_AE_REFUSED = (0x01, 0x01, 0x03)
@@ -127,6 +130,37 @@ def test_associations_beyond_the_limit_are_rejected_transiently(guarded: DimseSe
             assoc.release()
     # room again once they are released (the listener's threads end just after)
     assert wait_for(lambda: rejection(guarded.port, "GOODAE") is None, timeout=10)
+
+
+def test_the_limit_counts_the_associations_of_every_listener_process(tmp_path: Path) -> None:
+    """Two listener processes share the port, the kernel gives each connection to one of them: the limit
+    holds over both (each counts its own in shared memory), and what a listener that dies held is
+    freed for the one that replaces it."""
+    with dimse_server(
+        tmp_path / "data", "--dicom-listeners", "2", "--dicom-max-associations", "2", calling="GOODAE"
+    ) as server:
+        assert wait_for(lambda: len(listener_pids(server)) == 2, timeout=30)  # ready: one answered
+        held = _open_associations(server.port, 2)
+        # whichever process takes each attempt, it sees both held associations (a connection over twice
+        # the limit, counting rejected ones whose threads have not ended yet, is closed unanswered)
+        for _ in range(8):
+            ae = client_ae("GOODAE", 10)
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", server.port, ae_title=DICOMD_AE)
+            assert not assoc.is_established
+            if assoc.is_rejected:
+                answer = assoc.acceptor.primitive
+                found = (int(answer.result), int(answer.result_source), int(answer.diagnostic))
+                assert found == LOCAL_LIMIT_EXCEEDED
+            time.sleep(0.1)
+        first = listener_pids(server)
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: len(listener_pids(server)) == 4, timeout=30)
+        for assoc in held:
+            assoc.abort()
+        for assoc in _open_associations(server.port, 2):
+            assoc.release()
 
 
 def test_loopback_callers_only_by_default(tmp_path: Path) -> None:

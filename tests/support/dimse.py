@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ def dimse_server(data_dir: Path, *extra: str, **kwargs: Any) -> Iterator[DimseSe
         yield server
     finally:
         stop_server(server.http)
+
+
+def listener_pids(server: DimseServer) -> list[int]:
+    """The listener processes the server's log announced, in order (restarted ones after the first)."""
+    return [int(pid) for pid in re.findall(r"DICOM listener .* \(process (\d+)\)", server.http.log())]
 
 
 def client_ae(ae_title: str = TEST_AE, timeout: float = 10.0) -> AE:

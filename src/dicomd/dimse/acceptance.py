@@ -1,7 +1,9 @@
 """Who may associate: the called AE title must be the listener's, the calling AE title (and where it calls
 from) must be on ``dicom_allowed_callers``. Checked when the A-ASSOCIATE-RQ arrives (EVT_REQUESTED),
 before any presentation context is negotiated; a refusal is a permanent rejection by the service user
-(PS3.8 9.3.4) with its reason, and the association's audit event says why.
+(PS3.8 9.3.4) with its reason, and the association's audit event says why. An association over
+``dicom_max_associations`` (counted over all listener processes) is rejected as transient, local limit
+exceeded.
 
 ``dicom_allowed_callers``: ``AE`` (from anywhere), ``AE@host`` (from that host's addresses, resolved at
 start-up), ``*`` (anyone); empty: any AE title, from loopback addresses only."""
@@ -20,14 +22,19 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
     from dicomd.audit.dimse import DimseAudit
+    from dicomd.dimse.association_count import AssociationCount
 
 log = logging.getLogger("dicomd.dimse")
 
 # A-ASSOCIATE-RJ: result 1 (permanent), source 1 (service user), reasons (PS3.8 9.3.4)
 REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
 SERVICE_USER = 0x01
+SERVICE_PROVIDER_PRESENTATION = 0x03
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
+LOCAL_LIMIT_EXCEEDED = 0x02
+TOO_MANY = "too many associations (dicom_max_associations): rejected, transient"
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -108,8 +115,11 @@ class CallerPolicy:
         return CALLING_AE_NOT_RECOGNISED, "calling AE title not recognised from this address"
 
 
-def check_association(event: Event, policy: CallerPolicy, audit: DimseAudit) -> None:
-    """EVT_REQUESTED: record who calls whom; reject the association when the policy refuses it."""
+def check_association(
+    event: Event, policy: CallerPolicy, audit: DimseAudit, associations: AssociationCount, limit: int
+) -> None:
+    """EVT_REQUESTED: record who calls whom; reject the association when the policy refuses it, or
+    (transient) when the listener processes have more than ``limit`` associations with this one."""
     assoc = event.assoc
     record = audit.record_of(assoc)
     request = assoc.requestor.primitive
@@ -117,12 +127,17 @@ def check_association(event: Event, policy: CallerPolicy, audit: DimseAudit) -> 
     called = str(getattr(request, "called_ae_title", "") or "").strip()
     record.calling_ae, record.called_ae = calling, called
     refused = policy.refusal(called, calling, record.address)
-    if refused is None:
+    if refused is not None:
+        reason, text = refused
+        record.rejection = text
+        log.warning("DICOM association from %s (calling AE %r) rejected: %s", record.address, calling, text)
+        assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
+    elif associations.total() > limit:
+        record.rejection = TOO_MANY
+        log.warning("DICOM association from %s rejected: too many associations", record.address)
+        assoc.acse.send_reject(REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
+    else:
         return
-    reason, text = refused
-    record.rejection = text
-    log.warning("DICOM association from %s (calling AE %r) rejected: %s", record.address, calling, text)
-    assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
     assoc.kill()  # as pynetdicom does after its own rejections: its DUL ends once the peer disconnects
 
 
@@ -135,5 +150,5 @@ def note_rejected(event: Event, audit: DimseAudit) -> None:
     """EVT_REJECTED: pynetdicom's own rejection, given dicomd's settings: too many associations."""
     record = audit.record_of(event.assoc)
     if record.rejection is None:
-        record.rejection = "too many associations (dicom_max_associations): rejected, transient"
+        record.rejection = TOO_MANY
         log.warning("DICOM association from %s rejected: too many associations", record.address)

@@ -1,5 +1,7 @@
-"""The DICOM listener process: one per `dicomd serve` with `dicom_port` set, started (and restarted when it
-dies) by the supervisor (server.py), which binds the port and hands the listening socket over.
+"""A DICOM listener process: `dicomd serve` with `dicom_port` set runs ``dicom_listeners`` of them (one
+per core by default: a listener's Python threads share one core), started (and restarted when one dies)
+by the supervisor (server.py), which binds the port and hands the listening socket to each; the kernel
+gives each connection to one of them. They count their associations together (association_count.py).
 
 It holds what a web worker's lifespan holds for storing (an Index, an ObjectStore, a GroupCommitter and
 the IngestService over them) on an asyncio loop in a thread of its own, and runs pynetdicom's association
@@ -29,6 +31,7 @@ from dicomd.config import ConfigError, Settings
 from dicomd.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import command_set, direct_send, reactor
 from dicomd.dimse.acceptance import CallerPolicy, check_association, note_accepted, note_rejected
+from dicomd.dimse.association_count import AssociationCount
 from dicomd.dimse.client import parse_address
 from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
 from dicomd.dimse.context import Gateway
@@ -93,10 +96,15 @@ def _event_loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _handlers(
-    gateway: Gateway, audit: DimseAudit, policy: CallerPolicy, reporter: CommitmentReporter
+    gateway: Gateway,
+    audit: DimseAudit,
+    policy: CallerPolicy,
+    reporter: CommitmentReporter,
+    associations: AssociationCount,
 ) -> list[Any]:
+    limit = gateway.settings.dicom_max_associations
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, check_association, [policy, audit]),
+        (evt.EVT_REQUESTED, check_association, [policy, audit, associations, limit]),
         (evt.EVT_ACCEPTED, note_accepted, [audit]),
         (evt.EVT_REJECTED, note_rejected, [audit]),
         (evt.EVT_DIMSE_SENT, note_response, [audit]),
@@ -141,8 +149,14 @@ def application_entity(settings: Settings) -> AE:
     return ae
 
 
-def serve_dicom(listener: socket.socket, settings: Settings, stop: threading.Event) -> None:
-    """Serve associations on ``listener`` until ``stop`` is set."""
+def serve_dicom(
+    listener: socket.socket,
+    settings: Settings,
+    stop: threading.Event,
+    associations: AssociationCount | None = None,
+) -> None:
+    """Serve associations on ``listener`` until ``stop`` is set; ``associations`` counts them with the
+    other listener processes' (for the association limit)."""
     from dicomd.http.tls import certificate_files
 
     check_dimse_settings(settings)
@@ -168,6 +182,7 @@ def serve_dicom(listener: socket.socket, settings: Settings, stop: threading.Eve
                     audit,
                     stop,
                     certificate_files(settings) if settings.dicom_tls else None,
+                    associations or AssociationCount.single(),
                 )
             finally:
                 asyncio.run_coroutine_threadsafe(_close_gateway(gateway), loop).result(30)
@@ -183,6 +198,7 @@ def _serve(
     audit: DimseAudit,
     stop: threading.Event,
     tls: Any,
+    associations: AssociationCount,
 ) -> None:
     ae = application_entity(settings)
     host, port = listener.getsockname()[:2]
@@ -196,12 +212,13 @@ def _serve(
     reporter.start()
     server = ae.make_server(
         (host, port),
-        evt_handlers=_handlers(gateway, audit, CallerPolicy.from_settings(settings), reporter),
+        evt_handlers=_handlers(gateway, audit, CallerPolicy.from_settings(settings), reporter, associations),
         server_class=GatewayServer,
         listener=listener,
         limits=limits,
         tls=tls,
         audit=audit,
+        associations=associations,
         direct_path=functools.partial(
             DirectPath,
             gateway=gateway,
@@ -231,8 +248,8 @@ def _serve(
     log.info("DICOM listener stopped")
 
 
-def run(listener: socket.socket, settings: Settings) -> None:
-    """The listener process's main: serve until SIGTERM or SIGINT."""
+def run(listener: socket.socket, settings: Settings, associations: AssociationCount) -> None:
+    """A listener process's main: serve until SIGTERM or SIGINT."""
     stop = threading.Event()
     StopSignals(stop)
-    serve_dicom(listener, settings, stop)
+    serve_dicom(listener, settings, stop, associations)

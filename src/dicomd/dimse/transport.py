@@ -11,7 +11,8 @@ hardened for untrusted peers.
   ``max_request_bytes`` (pynetdicom holds it in memory until the message is complete). A peer that sends
   more is disconnected.
 - Connections beyond twice ``dicom_max_associations`` are closed at once; up to there, the ones beyond the
-  limit get a proper rejection (transient, local limit exceeded) from pynetdicom.
+  limit get a proper rejection (transient, local limit exceeded). Both limits count the associations of
+  every listener process (association_count.py).
 - Each connection's thread waits for its association to end and then writes its audit event.
 - C-STORE and C-FIND requests take the direct path (dimse/direct.py) when the listener gives one.
 - An association's copy of the presentation contexts is made without re-validating their UIDs
@@ -35,6 +36,7 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
+from dicomd.dimse.association_count import AssociationCount
 from dicomd.dimse.client import set_no_delay
 from dicomd.dimse.reactor import EventDrivenDUL, PDataInterceptor
 
@@ -132,8 +134,12 @@ class GatewayRequestHandler(RequestHandler):
         if server.direct_path is not None and isinstance(assoc.dul, EventDrivenDUL):
             assoc.dul.interceptor = server.direct_path(assoc, record)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        assoc.join()
+        server.associations.opened()
+        try:
+            assoc.start()
+            assoc.join()
+        finally:
+            server.associations.closed()
         server.audit.association_ended(record, aborted=assoc.is_aborted)
 
 
@@ -170,10 +176,12 @@ class GatewayServer(ThreadedAssociationServer):
         limits: Limits,
         tls: CertificateFiles | None,
         audit: DimseAudit,
+        associations: AssociationCount,
         direct_path: Callable[[Any, AssociationRecord], PDataInterceptor] | None = None,
     ) -> None:
         self._listener = listener
         self.limits = limits
+        self.associations = associations  # of all listener processes
         self.tls = tls
         self.audit = audit
         self.direct_path = direct_path  # each association's direct path (direct.py)
@@ -228,7 +236,7 @@ class GatewayServer(ThreadedAssociationServer):
         return conn, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if len(self.active_associations) >= self.limits.max_connections:
+        if self.associations.total() >= self.limits.max_connections:
             log.warning("DICOM connection from %s closed: too many connections", client_address[0])
             return False
         return True
