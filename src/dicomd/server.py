@@ -302,18 +302,21 @@ class _DicomListener:
     def _watch(self) -> None:
         while not self._stopping.wait(0.2):
             for own, process in enumerate(self._processes):
-                if process is None or process.is_alive():
-                    continue
-                pid, code = process.pid, process.exitcode
-                log.warning("the DICOM listener %s exited with %s; restarting it", pid, code)
-                young = time.monotonic() - self._started[own] < 5
-                self._pauses[own] = pause = min(max(2 * self._pauses[own], 0.5), 30.0) if young else 0.0
-                if pause and self._stopping.wait(pause):
+                if process is not None and not process.is_alive() and not self._restart(own, process):
                     return
-                with self._lock:
-                    if self._stopping.is_set():
-                        return
-                    self._processes[own] = self._spawn(own)
+
+    def _restart(self, own: int, dead: BaseProcess) -> bool:
+        """Start a successor to a listener that died; False when the server stops meanwhile."""
+        log.warning("the DICOM listener %s exited with %s; restarting it", dead.pid, dead.exitcode)
+        young = time.monotonic() - self._started[own] < 5
+        self._pauses[own] = pause = min(max(2 * self._pauses[own], 0.5), 30.0) if young else 0.0
+        if pause and self._stopping.wait(pause):
+            return False
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            self._processes[own] = self._spawn(own)
+        return True
 
     def terminate(self) -> None:
         """Stop restarting the listeners and ask them to stop (``join`` waits for them)."""
