@@ -5,7 +5,6 @@ store, one committer) and hands them to the handlers."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from dicomd.index.store import unavailable_errors
 from dicomd.jobs.cleanup import CleanupJob
 from dicomd.jobs.sweep import OrphanSweep
 from dicomd.pixels.service import PixelService
+from dicomd.process_tuning import tune_for_throughput
 from dicomd.startup import close_ingest, open_ingest
 from dicomd.storage import StorageUnavailable
 
@@ -266,9 +266,5 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
 
 def app_from_environment() -> Starlette:
     """uvicorn worker entry point: the parent process passes settings in the environment."""
-    # ingest allocates many short-lived dicts (DICOM JSON); the default gen-0 threshold (700) runs the
-    # cycle collector thousands of times a second for garbage that reference counting frees anyway.
-    # Process-wide, so set here in the worker, not in create_app (tests build apps in-process).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_for_throughput()  # process-wide: here in the worker, not in create_app
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]), migrate=False)

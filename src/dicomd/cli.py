@@ -236,6 +236,7 @@ def import_command(
     from dicomd.ingest.bulk_import import ImportReport, import_files
     from dicomd.ingest.import_journal import ImportJournal
     from dicomd.ingest.import_progress import ImportProgress, summary_counts
+    from dicomd.process_tuning import tune_for_throughput
     from dicomd.startup import prepare
     from dicomd.stop_signals import StopSignals
     from dicomd.storage import open_store
@@ -250,6 +251,7 @@ def import_command(
         prepare(settings, lock_timeout=lock_timeout)
         index = Index(settings.effective_index_url, lock_timeout=lock_timeout)
         store = open_store(settings)
+        tune_for_throughput()  # this process commits and collects the parsers' results
         record = ImportJournal(journal or settings.data_dir / "import-journal.sqlite")
         report = ImportReport()
         signals = StopSignals(stop, (signal.SIGINT,), interrupted, second_interrupts=True)

@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicomd.server")
 
 APP = "dicomd.app:app_from_environment"
-# Python threads hand over the GIL after this long (default 5 ms): the event loop and the group
-# committer wait less behind parsing threads (HTTP workers and the DICOM listener alike).
-_SWITCH_INTERVAL = 0.001
 _READY = b"r"  # a worker's word on its channel: its application has started
 _CONNECTION = b"c"  # the supervisor's byte on a channel, carrying one connection's descriptor
 # Send buffer of the supervisor's end of a channel: room for about ten handed-over connections. A
@@ -235,8 +232,7 @@ def _worker(
 ) -> None:
     from dicomd.http.tls import certificate_files
 
-    _exit_with_parent()
-    sys.setswitchinterval(_SWITCH_INTERVAL)
+    _exit_with_parent()  # (its interpreter is tuned by app_from_environment)
     os.environ.update(environ)  # settings travel in the environment (spawned process)
     logging.config.dictConfig(log_config)
     settings = _settings(environ)
@@ -253,9 +249,10 @@ def _dicom_listener(
 ) -> None:
     from dicomd.dimse.association_count import AssociationCount
     from dicomd.dimse.listener import run
+    from dicomd.process_tuning import tune_for_throughput
 
     _exit_with_parent()
-    sys.setswitchinterval(_SWITCH_INTERVAL)  # its association threads parse while the committer waits
+    tune_for_throughput()  # its association threads parse while the committer waits
     os.environ.update(environ)
     logging.config.dictConfig(log_config)
     run(listener, _settings(environ), AssociationCount(slots, own))
@@ -465,8 +462,7 @@ def serve(host: str, port: int, workers: int, log_config: dict[str, Any], enviro
         worker_share(settings.max_connections, workers),
     )
     dicom = _open_dicom_listener(host, settings, log_config, environ)
-    if workers == 1:
-        sys.setswitchinterval(_SWITCH_INTERVAL)
+    if workers == 1:  # (app_from_environment tunes this process's interpreter)
         listener = _listen(host, port)
         config = _uvicorn_config(log_config, settings, 1)
         tls = certificate_files(settings)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import gc
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -294,14 +293,9 @@ def _in_process_run(data_dir: Path, index_url: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(local, "write_all", write_all)
     data_dir.mkdir()
     settings = Settings(data_dir=data_dir, index_url=index_url)
-    threshold = gc.get_threshold()
-    try:
-        with TestClient(create_app(settings), base_url="http://testserver/v2") as client:
-            staging = settings.effective_storage_path / "staging"
-            run_until_full_and_back(client, staging, lambda: setattr(disk, "budget", DISK_BYTES))
-    finally:
-        gc.set_threshold(*threshold)  # the app tunes the collector for a server process
-        gc.unfreeze()
+    with TestClient(create_app(settings), base_url="http://testserver/v2") as client:
+        staging = settings.effective_storage_path / "staging"
+        run_until_full_and_back(client, staging, lambda: setattr(disk, "budget", DISK_BYTES))
 
 
 def test_delete_on_a_full_index_disk_is_507_and_deletes_nothing(tmp_path: Path) -> None:

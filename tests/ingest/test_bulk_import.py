@@ -4,17 +4,23 @@ streamed; the commits run in a thread of their own while the parsers go on."""
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from dicomd import cli
 from dicomd.index import Index
 from dicomd.ingest import bulk_import
 from dicomd.ingest.bulk_import import import_files
 from dicomd.ingest.import_journal import ImportJournal, SourceFile
+from dicomd.process_tuning import GC_THRESHOLDS, SWITCH_INTERVAL
 from dicomd.storage import METADATA
 from dicomd.storage.local import LocalObjectStore
 
@@ -129,3 +135,39 @@ def test_a_failed_commit_ends_the_import_and_journals_only_what_was_committed(
     finally:
         journal.close()
         archive.close()
+
+
+def _interpreter_settings() -> tuple[tuple[int, int, int], int, float]:
+    return gc.get_threshold(), gc.get_freeze_count(), sys.getswitchinterval()
+
+
+def test_the_importer_and_its_parser_processes_run_tuned_as_workers_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with the default collector thresholds, collections took ~5% of an import's CPU (the importer's
+    # full collections walked its pending batch while the parsers waited on it)
+    initializers = []
+
+    class Pool(ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            initializers.append(kwargs.get("initializer"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_import, "ProcessPoolExecutor", Pool)
+    sources(tmp_path / "in", 2)
+    data = tmp_path / "data"
+    before = _interpreter_settings()
+    try:
+        result = CliRunner().invoke(cli.main, ["import", "--data-dir", str(data), str(tmp_path / "in")])
+        assert result.exit_code == 0, result.output
+        threshold, frozen, interval = _interpreter_settings()
+    finally:
+        gc.set_threshold(*before[0])
+        gc.unfreeze()
+        sys.setswitchinterval(before[2])
+    assert "stored 2" in result.output
+    assert (threshold, interval) == (GC_THRESHOLDS, SWITCH_INTERVAL) and frozen > 0
+    assert initializers and initializers[0] is not None
+    with ProcessPoolExecutor(1, initializer=initializers[0]) as pool:
+        threshold, frozen, interval = pool.submit(_interpreter_settings).result()
+    assert (threshold, interval) == (GC_THRESHOLDS, SWITCH_INTERVAL) and frozen > 0

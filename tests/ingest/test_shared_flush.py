@@ -8,6 +8,8 @@ there, then cutting the files short as a power loss could."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import zlib
 from collections.abc import AsyncIterator
@@ -21,7 +23,7 @@ from dicomd.index.types import UnsyncedBatch
 from dicomd.ingest import shared_flush
 from dicomd.ingest.bulk_import import import_files
 from dicomd.ingest.committer import GroupCommitter
-from dicomd.ingest.service import IngestService
+from dicomd.ingest.service import IngestService, StoreOutcome
 from dicomd.ingest.shared_flush import SharedFlush
 from dicomd.storage import local
 from dicomd.storage.local import LocalObjectStore
@@ -118,7 +120,7 @@ async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
     assert archive.index.unsynced_objects(area) == []
 
 
-async def _prepare(archive: Archive, data: bytes) -> tuple[object, PreparedInstance]:
+async def _prepare(archive: Archive, data: bytes) -> tuple[StoreOutcome, PreparedInstance]:
     part = await archive.ingest.stage(_body(data))
     outcome, prepared = await archive.ingest.prepare(part, url_study=None, version=2)
     assert prepared is not None
@@ -204,6 +206,66 @@ async def test_a_failed_sync_after_the_commit_rolls_the_batch_back(
     again = await archive.ingest.commit(*await _prepare(archive, data))  # the sender's retry
     assert again.stored
     assert isinstance(archive.committer.shared_flush, SharedFlush)
+
+
+def _fail_the_next_syncfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next syncfs reports a write-back error (EIO), as the kernel does once per descriptor."""
+    real_syncfs = local._syncfs
+    assert real_syncfs is not None  # (shared flush is only used where the kernel has syncfs)
+    failures = [errno.EIO]
+
+    def syncfs(fd: int) -> int:
+        if failures:
+            ctypes.set_errno(failures.pop())
+            return -1
+        return int(real_syncfs(fd))
+
+    monkeypatch.setattr(local, "_syncfs", syncfs)
+
+
+def _wal_checkpoint_sequence(wal: Path) -> int:
+    """The WAL header's checkpoint sequence number: it grows each time the WAL starts afresh."""
+    with wal.open("rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
+
+
+async def test_a_failed_syncfs_fails_the_batches_staged_before_it_too(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # syncfs writes back every dirty file of the file system and reports an error once per descriptor:
+    # the error a batch's syncfs gets may be the lost write-back of a file another batch had staged,
+    # whose own syncfs (the same descriptor) then succeeds. That batch must not be acknowledged.
+    first, staged_meanwhile = make_instance(), make_instance()
+    early = await _prepare(archive, staged_meanwhile)  # staged while the first batch commits
+    _fail_the_next_syncfs(monkeypatch)
+    failed = await archive.ingest.commit(*await _prepare(archive, first))
+    assert not failed.stored
+    outcome = await archive.ingest.commit(*early)  # its syncfs succeeds
+    assert not outcome.stored
+    assert archive.index.find_instances(1, outcome.study_instance_uid) == []
+    assert archive.store.staged_names() == []
+    # staged after the failure: stored, and so is the retry of either
+    for data in (make_instance(), staged_meanwhile, first):
+        assert (await archive.ingest.commit(*await _prepare(archive, data))).stored
+
+
+async def test_after_a_failed_syncfs_the_next_commit_starts_the_wal_afresh(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the error may have been the WAL's own write-back: SQLite's recovery stops at the first bad frame and
+    # drops every later one, so the next batch's frames (acknowledged after their syncfs) must not follow
+    # them: the WAL goes into the database file, flushed, and the next commit writes it from its start
+    assert (await archive.ingest.commit(*await _prepare(archive, make_instance()))).stored
+    assert archive.index.sqlite_file is not None
+    wal = Path(f"{archive.index.sqlite_file}-wal")
+    before = _wal_checkpoint_sequence(wal)
+    _fail_the_next_syncfs(monkeypatch)
+    assert not (await archive.ingest.commit(*await _prepare(archive, make_instance()))).stored
+    assert _wal_checkpoint_sequence(wal) == before  # the rollback followed the frames in question
+    stored = await archive.ingest.commit(*await _prepare(archive, make_instance()))
+    assert stored.stored
+    assert _wal_checkpoint_sequence(wal) > before
+    assert len(archive.index.find_instances(1, stored.study_instance_uid)) == 1
 
 
 def test_dicomd_import_commits_ahead_of_its_flush_with_its_copies_checksums(

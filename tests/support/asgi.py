@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -86,22 +85,14 @@ def with_state(app: ASGIApp, state: dict[str, Any]) -> ASGIApp:
 @contextlib.asynccontextmanager
 async def in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client of `create_app(settings)` running in this process, at BASE_URL (paths carry /v1 or /v2)."""
-    # the lifespan tunes the garbage collector for a worker process (gc.freeze, a high gen-0 threshold):
-    # undo that here, so the tests that follow in this process run as they would without this one
-    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
-    try:
-        app = create_app(settings)
-        async with (
-            lifespan(app) as state,
-            httpx.AsyncClient(
-                # an exception in a handler is a 500 answer, as from a server (Starlette sends it, re-raises)
-                transport=httpx.ASGITransport(app=with_state(app, state), raise_app_exceptions=False),
-                base_url=BASE_URL,
-                timeout=30,
-            ) as client,
-        ):
-            yield client
-    finally:
-        gc.set_threshold(*threshold)
-        if not frozen:
-            gc.unfreeze()
+    app = create_app(settings)
+    async with (
+        lifespan(app) as state,
+        httpx.AsyncClient(
+            # an exception in a handler is a 500 answer, as from a server (Starlette sends it, re-raises)
+            transport=httpx.ASGITransport(app=with_state(app, state), raise_app_exceptions=False),
+            base_url=BASE_URL,
+            timeout=30,
+        ) as client,
+    ):
+        yield client

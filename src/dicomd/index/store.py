@@ -575,6 +575,15 @@ class Index:
             ).all()
         return [(key, size, checksum) for key, size, checksum in rows]
 
+    def restart_wal(self) -> bool:
+        """SQLite: copy every frame of the WAL into the database file and flush it, so that the next
+        commit writes the WAL from its start (``wal_checkpoint(RESTART)``, waiting for readers up to the
+        busy timeout). False when readers kept it from completing. See ``SharedFlush.before_commit``."""
+        with self._sqlite_writer_lock(), self.engine.connect() as conn:
+            dbapi: Any = conn.connection.driver_connection
+            busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        return bool(busy == 0)
+
     def settle_unsynced(
         self, lost: Iterable[str], *, synced: Sequence[str] = (), staging_area: str | None = None
     ) -> int:

@@ -198,6 +198,7 @@ def commit_batch(
         if shared_flush is None:
             store.sync(keys)  # a failed sync (say, a full disk at writeback) may have lost any of them
         else:
+            shared_flush.before_commit()
             unsynced = shared_flush.batch(keys)
         same_file = _compared_before_the_lock(index, store, items)
     except Exception:

@@ -21,6 +21,7 @@ it replaced) commits keep the general path.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ class SharedFlush:
         self._synced: list[str] = []
         self._synced_bytes = 0
         self._lock = threading.Lock()
+        self._wal_suspect = False  # a sync failed: see before_commit
 
     @classmethod
     def where_possible(cls, index: Index, store: ObjectStore, *, overwrite: bool) -> SharedFlush | None:
@@ -59,6 +61,17 @@ class SharedFlush:
         if not store.flushes_with_objects(index.sqlite_file):
             return None
         return cls(index, store)
+
+    def before_commit(self) -> None:
+        """After a failed sync, before the next commit: its write-back error may have been the index's
+        WAL frames, lost on the device while the page cache keeps them. SQLite's recovery stops at the
+        first bad frame and drops every later one, so a later batch's frames, synced and acknowledged,
+        would be lost with them: the WAL is first copied into the database file, flushed and restarted.
+        Raises (the batch fails; the next one tries again) when readers kept that from completing."""
+        if self._wal_suspect:
+            if not self.index.restart_wal():
+                raise OSError(errno.EAGAIN, "the index could not be flushed after a failed sync")
+            self._wal_suspect = False
 
     def batch(self, keys: Sequence[str]) -> UnsyncedBatch:
         """What ``Index.add_instances`` records for a batch about to be committed ahead of its flush
@@ -95,6 +108,7 @@ class SharedFlush:
         """The syncfs after the commit failed: any of the batch's files may be lost, so its stored
         instances are rolled back. Returns whether they were (else their rows stay, checked against
         their files by the next recovery, and their staged files must be kept for it)."""
+        self._wal_suspect = True
         try:
             self.index.settle_unsynced(stored)
         except Exception:

@@ -458,6 +458,9 @@ class LocalObjectStore(StagingStore):
         make_private_dir(self.objects)
         self._objects_str = str(self.objects)
         self._made_dirs: set[str] = set()  # fan-out directories known to exist (saves a syscall per object)
+        # keys staged in this area when a syncfs failed: see _note_failed_sync
+        self._unflushed: set[str] = set()
+        self._unflushed_lock = threading.Lock()
 
     def _finish_committed(self, directory: Path, key: str) -> None:
         self._move_into_place(str(directory), [key])
@@ -507,16 +510,49 @@ class LocalObjectStore(StagingStore):
         self._own_area()
         assert self._area is not None
         if _syncfs is not None:
+            keys = list(keys)
             if _syncfs(self._area.sync_fd) == 0:
+                self._refuse_unflushed(keys)
                 return
             error = ctypes.get_errno()
             if error != errno.ENOSYS:  # a write-back error: fsyncs might not report it again
+                self._note_failed_sync()
                 raise OSError(error, os.strerror(error))
         for key in keys:
             with contextlib.suppress(FileNotFoundError), open(self.staged_file(key), "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(self.staging)
         _fsync_dir(self.staging_root)  # the area directory's own entry
+
+    def _note_failed_sync(self) -> None:
+        """A syncfs reported a write-back error, once: it wrote back every dirty file of the file system,
+        and the error may be a later batch's, whose own syncfs (same descriptor) will not report it again.
+        Every file staged in this area now is suspect until its batch fails."""
+        names = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._own_area()) as entries:
+            names = [_OBJECT_NAME.fullmatch(entry.name) for entry in entries]
+        staged = {name.group(1) for name in names if name is not None}
+        with self._unflushed_lock:
+            self._unflushed |= staged
+
+    def _refuse_unflushed(self, keys: list[str]) -> None:
+        """Raise when a batch that a syncfs just flushed holds a file staged before an earlier syncfs
+        failed (_note_failed_sync): that error may have been this file's lost write-back."""
+        if not self._unflushed:
+            return
+        with self._unflushed_lock:
+            suspect = self._unflushed.intersection(keys)
+            self._unflushed -= suspect
+        if suspect:
+            raise OSError(
+                errno.EIO, "an earlier flush failed while this batch was staged: its files may be lost"
+            )
+
+    def discard_staged(self, key: str) -> None:
+        super().discard_staged(key)
+        if self._unflushed:
+            with self._unflushed_lock:
+                self._unflushed.discard(key)
 
     def publish(self, keys: Iterable[str]) -> None:
         """Move committed objects into place. Durability of the rename is not needed for a 2xx:
