@@ -510,7 +510,6 @@ class LocalObjectStore(StagingStore):
         self._own_area()
         assert self._area is not None
         if _syncfs is not None:
-            keys = list(keys)
             if _syncfs(self._area.sync_fd) == 0:
                 self._refuse_unflushed(keys)
                 return
@@ -528,14 +527,13 @@ class LocalObjectStore(StagingStore):
         """A syncfs reported a write-back error, once: it wrote back every dirty file of the file system,
         and the error may be a later batch's, whose own syncfs (same descriptor) will not report it again.
         Every file staged in this area now is suspect until its batch fails."""
-        names = []
+        staged: set[str] = set()
         with contextlib.suppress(FileNotFoundError), os.scandir(self._own_area()) as entries:
-            names = [_OBJECT_NAME.fullmatch(entry.name) for entry in entries]
-        staged = {name.group(1) for name in names if name is not None}
+            staged = {match.group(1) for entry in entries if (match := _OBJECT_NAME.fullmatch(entry.name))}
         with self._unflushed_lock:
             self._unflushed |= staged
 
-    def _refuse_unflushed(self, keys: list[str]) -> None:
+    def _refuse_unflushed(self, keys: Iterable[str]) -> None:
         """Raise when a batch that a syncfs just flushed holds a file staged before an earlier syncfs
         failed (_note_failed_sync): that error may have been this file's lost write-back."""
         if not self._unflushed:
