@@ -8,8 +8,9 @@ Lines (each server started fresh on its own temp dir):
                     over 4 concurrent associations (one storescu process each): instances/s, wall clock
   C-FIND study      study-level queries by PatientID (single value) on one pynetdicom association, with
                     a few return keys: p50 / p95 latency in ms
-  C-MOVE study      one whole study (series_per_study x per_series instances) moved to DCMTK's storescp
-                    (--ignore: it receives and drops): instances/s, median of 3 moves
+  C-MOVE study      a study of --move-study instances (1,000 by default, 4 series), stored over 4
+                    associations, then moved whole to DCMTK's storescp (--ignore: it receives and
+                    drops): instances/s, median of 3 moves
   C-FIND at scale   with --find-studies N: N more studies of one tiny instance each (N/2 patients), stored
                     by storescu over 4 associations (that rate is a line too), then the C-FIND line again
                     on the larger index
@@ -244,12 +245,13 @@ def storescp(port: int) -> Iterator[None]:
 
 
 def move_rate(target: DicomServer, corpus: Corpus) -> float:
-    """C-MOVE of the corpus's first study to storescp: instances/s, the median of MOVES moves."""
+    """C-MOVE of the corpus's first study to storescp: instances/s, the median of MOVES moves (the first
+    is a warm-up, not counted)."""
     model = StudyRootQueryRetrieveInformationModelMove
     expected = min(corpus.spec.per_study, corpus.spec.count)
     rates: list[float] = []
     with association(target, model) as assoc:
-        for _ in range(MOVES):
+        for _ in range(MOVES + 1):
             identifier = Dataset()
             identifier.QueryRetrieveLevel = "STUDY"
             identifier.StudyInstanceUID = corpus.study(0).uid
@@ -266,7 +268,7 @@ def move_rate(target: DicomServer, corpus: Corpus) -> float:
                 status_text = "none" if final is None else f"0x{final.Status:04X}"
                 raise RuntimeError(f"{target.name}: C-MOVE ended {status_text}, {completed}/{expected} sent")
             rates.append(expected / elapsed)
-    return statistics.median(rates)
+    return statistics.median(rates[1:])
 
 
 def find_line(figures: Figures, target: DicomServer, corpus: Corpus, key: str, label: str) -> None:
@@ -282,6 +284,7 @@ def run_server(
     start: Callable[[str, int], DicomServer],
     workdir: str,
     corpora: tuple[Corpus, Corpus],
+    moved: Corpus,
     files: Path,
     keep: bool,
     scale: Corpus | None = None,
@@ -298,9 +301,10 @@ def run_server(
         figures.values["store4"] = store(target, four_dirs, four.spec.count)
         log(f"{target.name}: C-FIND")
         find_line(figures, target, one, "find", "C-FIND")
-        log(f"{target.name}: C-MOVE")
+        log(f"{target.name}: C-MOVE of a {moved.spec.count}-instance study")
+        store(target, sorted((files / "move").iterdir()), moved.spec.count)
         with storescp(destination_port):
-            figures.values["move"] = move_rate(target, one)
+            figures.values["move"] = move_rate(target, moved)
         if scale is not None:
             log(f"{target.name}: C-STORE of {scale.spec.n_studies} more studies over 4 associations")
             figures.values["scale_store"] = store(
@@ -318,14 +322,14 @@ LINES = [
     ("store4", "C-STORE, 4 associations (instances/s)", True),
     ("find_p50", "C-FIND study level p50 (ms)", False),
     ("find_p95", "C-FIND study level p95 (ms)", False),
-    ("move", "C-MOVE of a study (instances/s)", True),
+    ("move", "C-MOVE of a {move_study}-instance study (instances/s)", True),
     ("scale_store", "C-STORE of the scale corpus, 4 associations (instances/s)", True),
     ("scale_find_p50", "C-FIND study level p50 at scale (ms)", False),
     ("scale_find_p95", "C-FIND study level p95 at scale (ms)", False),
 ]
 
 
-def render(results: dict[str, Figures]) -> str:
+def render(results: dict[str, Figures], move_study: int) -> str:
     d, o = results.get("dicomd", Figures()), results.get("orthanc", Figures())
     rows = ["| line | dicomd | Orthanc | dicomd advantage |", "|---|---:|---:|---:|"]
     for key, label, higher_is_better in LINES:
@@ -336,7 +340,7 @@ def render(results: dict[str, Figures]) -> str:
         if dv is None and ov is None:
             continue  # a line this run did not measure
         shown = ["" if v is None else f"{v:.1f}" for v in (dv, ov)]
-        rows.append(f"| {label} | {shown[0]} | {shown[1]} | {ratio} |")
+        rows.append(f"| {label.format(move_study=f'{move_study:,}')} | {shown[0]} | {shown[1]} | {ratio} |")
     notes = [f"- {name}: {n}" for name, f in results.items() for n in f.notes]
     return "\n".join(rows + notes)
 
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=2000, help="instances per C-STORE line (two corpora)")
     ap.add_argument("--size", default="ct128", choices=["tiny", "ct128", "ct512"])
+    ap.add_argument("--move-study", type=int, default=1000, help="instances of the study moved (4 series)")
     ap.add_argument("--servers", default="dicomd,orthanc", help="comma list (default: both)")
     ap.add_argument("--workdir", default=None, help="where data dirs go (default: bench/work)")
     ap.add_argument("--keep", action="store_true", help="keep server data dirs")
@@ -362,9 +367,14 @@ def main(argv: list[str] | None = None) -> int:
             Corpus(CorpusSpec(name="dimse4", size=a.size, count=a.count, seed=12)),
         )
         files = Path(workdir) / "corpus"
-        log(f"writing 2 x {a.count} {a.size} instances")
+        log(f"writing 2 x {a.count} + {a.move_study} {a.size} instances")
         write_corpus(corpora[0], files / "one", 1)
         write_corpus(corpora[1], files / "four", 4)
+        per_series = -(-a.move_study // 4)
+        moved = Corpus(
+            CorpusSpec("dimse-move", a.size, a.move_study, series_per_study=4, per_series=per_series, seed=14)
+        )
+        write_corpus(moved, files / "move", 4)
         scale = None
         if a.find_studies:
             spec = CorpusSpec(
@@ -379,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         starters = {"dicomd": start_dicomd, "orthanc": start_orthanc}
         results: dict[str, Figures] = {}
         for name in a.servers.split(","):
-            results[name] = run_server(starters[name], workdir, corpora, files, a.keep, scale)
-        print(render(results))
+            results[name] = run_server(starters[name], workdir, corpora, moved, files, a.keep, scale)
+        print(render(results, a.move_study))
     finally:
         if not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)

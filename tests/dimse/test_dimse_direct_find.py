@@ -34,9 +34,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from test_dimse_query_archive import query
 
 from dicomd.dimse.command_set import decode_command
-from dicomd.dimse.direct import COMMAND, LAST, STATUS, pdv_items, us
+from dicomd.dimse.direct import COMMAND, LAST, STATUS, is_cancel_of, pdv_items, us
 from dicomd.dimse.direct import message_pdus as direct_pdus
-from dicomd.dimse.direct_find import encode_find_response, is_cancel_of
+from dicomd.dimse.direct_find import encode_find_response
 from dicomd.dimse.q_common import error_comment
 from dicomd.dimse.reactor import P_DATA_TF, PDU_HEADER
 

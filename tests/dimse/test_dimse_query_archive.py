@@ -170,6 +170,7 @@ class Receiver:
     server: Any
     port: int
     received: list[tuple[str, Dataset]] = field(default_factory=list)
+    originators: list[str] = field(default_factory=list)  # each C-STORE's Move Originator AE Title
     nodelay: list[bool] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -195,8 +196,10 @@ def start_receiver(
             threading.Event().wait(delay)
         ds = event.dataset
         ds.file_meta = event.file_meta
+        originator = str(event.request.MoveOriginatorApplicationEntityTitle or "").strip()
         with holder[0].lock:
             holder[0].received.append((str(event.context.transfer_syntax), ds))
+            holder[0].originators.append(originator)
         return 0x0000
 
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])

@@ -153,6 +153,7 @@ def empty_receivers(archive: Archive) -> None:
     for receiver in (archive.receiver, archive.implicit_only, archive.slow):
         with receiver.lock:
             receiver.received.clear()
+            receiver.originators.clear()
 
 
 @dataclass
@@ -250,6 +251,7 @@ def test_move_a_study_in_its_stored_syntaxes(archive: Archive) -> None:
     for uid in (archive.ct[0], archive.mr_implicit, archive.mr_rle):
         assert bytes(received[uid][1].PixelData) == _pixels(archive.originals[uid])
     assert received[archive.ct[0]][1].StudyInstanceUID == archive.study
+    assert archive.receiver.originators == ["MOVESCU"] * 5  # the AE that asked (PS3.7 9.3.1.1)
 
 
 def test_instances_sent_as_stored_take_the_direct_send(

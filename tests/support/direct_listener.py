@@ -3,7 +3,7 @@ direct path (dicomd/dimse/direct.py) answered, for tests that check which path a
 listener makes pynetdicom event-driven in that process only; ``answer_delay`` slows each C-FIND match
 (a cancel or an abort then arrives while matches are still pending); ``timeout`` is its dicom_timeout and
 ``send_buffer`` the send buffer of each accepted connection (small: a peer that stops reading blocks the
-listener's writes soon)."""
+listener's writes soon); ``peers`` its dicom_peers (C-MOVE destinations)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def _serve_counting(
     answer_delay: float,
     timeout: int,
     send_buffer: int,
+    peers: str,
     ports: Any,
     taken: Any,
     stop: Any,
@@ -75,7 +76,11 @@ def _serve_counting(
 
         transport.set_no_delay = small_send_buffer  # type: ignore[assignment]
     settings = Settings(
-        data_dir=data_dir, dicom_allowed_callers="*", dicom_max_pdu=max_pdu, dicom_timeout=timeout
+        data_dir=data_dir,
+        dicom_allowed_callers="*",
+        dicom_max_pdu=max_pdu,
+        dicom_timeout=timeout,
+        dicom_peers=peers,
     )
     prepare(settings)  # the index's schema, as `dicomd serve` makes it before its listener starts
     sock = socket.create_server(("127.0.0.1", 0))
@@ -85,13 +90,19 @@ def _serve_counting(
 
 @contextlib.contextmanager
 def direct_listener(
-    data_dir: Path, *, max_pdu: int = 16384, answer_delay: float = 0.0, timeout: int = 5, send_buffer: int = 0
+    data_dir: Path,
+    *,
+    max_pdu: int = 16384,
+    answer_delay: float = 0.0,
+    timeout: int = 5,
+    send_buffer: int = 0,
+    peers: str = "",
 ) -> Iterator[Listener]:
     context = multiprocessing.get_context("spawn")
     ports, taken, stop = context.Queue(), context.Value("i", 0), context.Event()
     process = context.Process(
         target=_serve_counting,
-        args=(data_dir, max_pdu, answer_delay, timeout, send_buffer, ports, taken, stop),
+        args=(data_dir, max_pdu, answer_delay, timeout, send_buffer, peers, ports, taken, stop),
     )
     process.start()
     try:

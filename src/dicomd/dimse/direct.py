@@ -24,13 +24,18 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pynetdicom.dsutils import decode
 
 from dicomd.audit.dimse import AssociationRecord, DimseAudit
 from dicomd.dimse.command_set import decode_command
+from dicomd.dimse.q_syntax import EXPLICIT_LE, IMPLICIT_LE
 from dicomd.dimse.reactor import P_DATA_TF, PDU_HEADER
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
     from pynetdicom.association import Association
     from pynetdicom.presentation import PresentationContext
 
@@ -55,6 +60,26 @@ ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
 NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0001  # (any other value says so; pynetdicom writes this one)
+
+
+# the identifier syntaxes the direct paths decode (implicit VR?); others are left to pynetdicom
+IDENTIFIER_SYNTAXES = {IMPLICIT_LE: True, EXPLICIT_LE: False}
+
+
+class RequestIdentifier:
+    """A request's identifier, decoded when first asked for (as pynetdicom's ``event.identifier``)."""
+
+    def __init__(self, raw: bytes, implicit: bool) -> None:
+        self.raw = raw
+        self.implicit = implicit
+        self._decoded: Dataset | None = None
+
+    def __call__(self) -> Dataset:
+        if self._decoded is None:
+            ds = decode(BytesIO(self.raw), self.implicit, True, False)
+            ds.set_original_encoding(self.implicit, True)
+            self._decoded = ds
+        return self._decoded
 
 
 def pdv_items(pdu: bytes | bytearray | memoryview) -> list[tuple[int, int, memoryview]] | None:
@@ -90,7 +115,9 @@ def text(value: bytes | None) -> str:
 _NO_LIMIT_FRAGMENT = 1 << 20
 
 
-def iter_message_pdus(context_id: int, data: bytes, max_pdu: int, *, command: bool) -> Iterator[bytes]:
+def iter_message_pdus(
+    context_id: int, data: bytes | memoryview, max_pdu: int, *, command: bool
+) -> Iterator[bytes]:
     """The P-DATA-TF PDUs of a command set or a data set, each within the peer's maximum PDU length
     (0: none; then fragments of 1 MiB), fragmented as pynetdicom fragments them; made one at a time (a
     data set may be large)."""
@@ -248,6 +275,47 @@ class DirectPath:
             message.operation.answer(dul, message.request, message.fragments)
         finally:
             message.fragments.clear()
+
+
+C_CANCEL_RQ = 0x0FFF
+_A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
+
+
+def is_cancel_of(pdu: bytearray, message_id: int) -> bool:
+    """Whether a PDU is a C-CANCEL-RQ (one PDV, its whole command set) for request ``message_id``."""
+    items = pdv_items(pdu) if pdu[0] == P_DATA_TF else None
+    if items is None or len(items) != 1 or items[0][1] != COMMAND | LAST:
+        return False
+    fields = decode_command(items[0][2])
+    return (
+        fields is not None
+        and us(fields.get(COMMAND_FIELD)) == C_CANCEL_RQ
+        and us(fields.get(MESSAGE_ID_BEING_RESPONDED_TO)) == message_id
+    )
+
+
+@dataclass
+class PeerWatch:
+    """What the peer sent while a request is answered in the DUL thread (read between its responses): a
+    C-CANCEL-RQ for the request, or the end of the association; anything else is handed to pynetdicom,
+    which acts on it once the request is answered."""
+
+    dul: EventDrivenDUL
+    message_id: int
+    cancelled: bool = False
+    gone: bool = False  # it aborted, asked to release or closed: no more responses
+
+    def is_cancelled(self) -> bool:
+        while not (self.cancelled or self.gone) and self.dul.peer_sent():
+            pdu = self.dul.read_pdu()
+            if pdu is None:
+                self.gone = True  # (its event is queued: pynetdicom ends the association)
+            elif is_cancel_of(pdu, self.message_id):
+                self.cancelled = True
+            else:
+                self.dul.hand_over(pdu)
+                self.gone = pdu[0] in (_A_RELEASE_RQ, _A_ABORT)
+        return self.cancelled
 
 
 def send_pdus(dul: EventDrivenDUL, pdus: list[bytes]) -> bool:

@@ -12,40 +12,36 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from dataclasses import dataclass, field
-from io import BytesIO
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 
 from dicomd.audit.dimse import DimseAudit
-from dicomd.dimse.command_set import decode_command, encode_command, text_value, uid_value, us_value
+from dicomd.dimse.command_set import encode_command, text_value, uid_value, us_value
 from dicomd.dimse.direct import (
     AFFECTED_SOP_CLASS,
-    COMMAND,
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
     DATA_SET_PRESENT,
     ERROR_COMMENT,
-    LAST,
+    IDENTIFIER_SYNTAXES,
     MESSAGE_ID_BEING_RESPONDED_TO,
     NO_DATA_SET,
     STATUS,
+    PeerWatch,
     Request,
+    RequestIdentifier,
     message_pdus,
-    pdv_items,
     send_pdus,
     text,
-    us,
 )
 from dicomd.dimse.operations import PENDING_STATUSES, query_keys
 from dicomd.dimse.q_common import FIND_MODELS, error_comment
-from dicomd.dimse.q_syntax import EXPLICIT_LE, IMPLICIT_LE
 from dicomd.dimse.query import find_responses
-from dicomd.dimse.reactor import P_DATA_TF
 
 if TYPE_CHECKING:
     from dicomd.dimse.context import Gateway
@@ -55,10 +51,7 @@ log = logging.getLogger("dicomd.dimse")
 
 C_FIND_RQ = 0x0020
 C_FIND_RSP = 0x8020
-C_CANCEL_RQ = 0x0FFF
 UNABLE_TO_PROCESS_HANDLER = 0xC311  # pynetdicom's status when its handler raised
-_A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
-_IMPLICIT = {IMPLICIT_LE: True, EXPLICIT_LE: False}  # the identifier syntaxes this path decodes
 
 
 def encode_find_response(
@@ -141,41 +134,6 @@ def encode_answer(identifier: Dataset, implicit: bool) -> bytes | None:
     return b"".join(parts)
 
 
-def is_cancel_of(pdu: bytearray, message_id: int) -> bool:
-    """Whether a PDU is a C-CANCEL-RQ (one PDV, its whole command set) for request ``message_id``."""
-    items = pdv_items(pdu) if pdu[0] == P_DATA_TF else None
-    if items is None or len(items) != 1 or items[0][1] != COMMAND | LAST:
-        return False
-    fields = decode_command(items[0][2])
-    return (
-        fields is not None
-        and us(fields.get(COMMAND_FIELD)) == C_CANCEL_RQ
-        and us(fields.get(MESSAGE_ID_BEING_RESPONDED_TO)) == message_id
-    )
-
-
-@dataclass
-class _Peer:
-    """What the peer sent while a request is answered (read between its responses)."""
-
-    dul: EventDrivenDUL
-    message_id: int
-    cancelled: bool = False
-    gone: bool = False  # it aborted, asked to release or closed: no more responses
-
-    def is_cancelled(self) -> bool:
-        while not (self.cancelled or self.gone) and self.dul.peer_sent():
-            pdu = self.dul.read_pdu()
-            if pdu is None:
-                self.gone = True  # (its event is queued: pynetdicom ends the association)
-            elif is_cancel_of(pdu, self.message_id):
-                self.cancelled = True
-            else:
-                self.dul.hand_over(pdu)
-                self.gone = pdu[0] in (_A_RELEASE_RQ, _A_ABORT)
-        return self.cancelled
-
-
 @dataclass
 class DirectFind:
     """One C-FIND request taken by the direct path."""
@@ -184,7 +142,6 @@ class DirectFind:
     audit: DimseAudit
     sop_class: str
     implicit: bool  # the identifiers' syntax: implicit (else explicit) VR little endian
-    _identifier: Dataset | None = field(default=None, repr=False)
 
     def answer(self, dul: EventDrivenDUL, request: Request, data_set: list[memoryview]) -> None:
         """Send every response, then write the operation's audit event (as pynetdicom's handler with
@@ -192,10 +149,9 @@ class DirectFind:
         started = time.time()
         record = request.record
         record.count("C-FIND")
-        raw = b"".join(data_set)
-        identifier_of = lambda: self._decoded(raw)  # noqa: E731
+        identifier_of = RequestIdentifier(b"".join(data_set), self.implicit)
         keys = query_keys(identifier_of)
-        peer = _Peer(dul, request.message_id)
+        peer = PeerWatch(dul, request.message_id)
         matches = 0
         responses = find_responses(identifier_of, self.sop_class, peer.is_cancelled, self.gateway)
         while True:
@@ -223,14 +179,6 @@ class DirectFind:
         facts: dict[str, Any] = {"sop_class": self.sop_class, "query": keys, "matches": matches}
         self.audit.operation(record, "C-FIND", code, started, **facts)
 
-    def _decoded(self, raw: bytes) -> Dataset:
-        """The request identifier, decoded once (as pynetdicom's event.identifier decodes it)."""
-        if self._identifier is None:
-            ds = decode(BytesIO(raw), self.implicit, True, False)
-            ds.set_original_encoding(self.implicit, True)
-            self._identifier = ds
-        return self._identifier
-
     def _encoded(self, identifier: Dataset) -> bytes | None:
         try:
             encoded = encode_answer(identifier, self.implicit)
@@ -253,7 +201,7 @@ def start_find(request: Request, gateway: Gateway, audit: DimseAudit) -> DirectF
     """A C-FIND-RQ on a Query/Retrieve FIND context whose identifier is in implicit or explicit VR
     little endian (routed by the context's abstract syntax, as pynetdicom routes it)."""
     context = request.context
-    implicit = _IMPLICIT.get(str(context.transfer_syntax[0]))
+    implicit = IDENTIFIER_SYNTAXES.get(str(context.transfer_syntax[0]))
     if str(context.abstract_syntax) not in FIND_MODELS or implicit is None:
         return None
     sop_class = text(request.fields.get(AFFECTED_SOP_CLASS))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -159,21 +160,74 @@ def send_stored(
     """Send a stored instance as a C-STORE on ``assoc`` and wait for its response: the status data set as
     pynetdicom's ``send_c_store`` returns it; None when this path does not take it (pynetdicom then
     sends it)."""
+    sent = send_data_set(
+        assoc,
+        SubOperation(
+            str(dataset.SOPClassUID),
+            str(dataset.SOPInstanceUID),
+            str(dataset.file_meta.TransferSyntaxUID),
+            dataset.__dict__["stored_bytes"],
+        ),
+        msg_id,
+        priority,
+        originator_aet,
+        originator_id,
+    )
+    if sent is None:
+        return None
+    status = Dataset()
+    if sent.status is not None:
+        status.Status = sent.status
+        if sent.comment is not None:
+            status.ErrorComment = sent.comment
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class SubOperation:
+    """An instance to send as stored: its data set (the stored file after its File Meta Information)."""
+
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    data_set: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A C-STORE sub-operation's outcome: the response's status (None: no response, the association
+    failed or timed out) and error comment."""
+
+    status: int | None
+    comment: str | None = None
+
+
+def send_data_set(
+    assoc: Association,
+    instance: SubOperation,
+    msg_id: int,
+    priority: int,
+    originator_aet: str | None,
+    originator_id: int | None,
+) -> Sent | None:
+    """Send ``instance`` as a C-STORE on ``assoc`` (on a context of its own syntax) and wait for the
+    response; None when this path does not take it (see ``_may_send``, or no such context)."""
     association: Any = assoc
     dul = association.dul
-    syntax = str(dataset.file_meta.TransferSyntaxUID)
-    sop_class, sop_instance = str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)
+    syntax = instance.transfer_syntax
     if not _may_send(association, dul):
         return None
     try:
-        context = association._get_valid_context(sop_class, syntax, "scu", allow_conversion=False)
+        context = association._get_valid_context(instance.sop_class, syntax, "scu", allow_conversion=False)
     except ValueError:
         return None
     if str(context.transfer_syntax[0]) != syntax:
         return None
     max_pdu = int(association.acceptor.maximum_length or 0)
-    command = encode_store_request(sop_class, sop_instance, msg_id, priority, originator_aet, originator_id)
-    data: bytes = dataset.__dict__["stored_bytes"]
+    command = encode_store_request(
+        instance.sop_class, instance.sop_instance, msg_id, priority, originator_aet, originator_id
+    )
+    data = instance.data_set
     request = b"".join(message_pdus(context.context_id, command, max_pdu, command=True))
     pdus = iter_message_pdus(context.context_id, data, max_pdu, command=False)
     catcher = ResponseCatcher(msg_id)
@@ -188,19 +242,15 @@ def send_stored(
             else:  # a PDU at a time: no copy of a large instance in memory
                 sent = dul.write(request) and all(dul.write(pdu) for pdu in pdus)
         if not sent:
-            return Dataset()  # (the connection is shut: the move's remaining sub-operations fail)
+            return Sent(None)  # (the connection is shut: the move's remaining sub-operations fail)
         if not _wait(association, catcher):
             association._handle_no_response()
-            return Dataset()
+            return Sent(None)
     finally:
         dul.interceptor = None
     fields = catcher.fields or {}
-    status = Dataset()
-    status.Status = us(fields.get(STATUS))
     comment = fields.get(ERROR_COMMENT)
-    if comment is not None:
-        status.ErrorComment = text(comment)
-    return status
+    return Sent(us(fields.get(STATUS)), None if comment is None else text(comment))
 
 
 def _wait(assoc: Any, catcher: ResponseCatcher) -> bool:

@@ -51,13 +51,19 @@ class StoredDataSet(Dataset):
         return read_dataset(BytesIO(data), implicit, little)
 
 
-def stored_data_set(part10: bytes, sop_class: str, sop_instance: str, transfer_syntax: str) -> StoredDataSet:
-    """The StoredDataSet of a stored Part 10 file; InvalidDicom when its File Meta Information is not."""
+def data_set_of(part10: bytes) -> memoryview:
+    """The data set of a stored Part 10 file (what follows its File Meta Information), not copied;
+    InvalidDicom when its File Meta Information is not one."""
     if len(part10) < 132 or part10[128:132] != b"DICM":
         raise InvalidDicom("not a DICOM Part 10 file")
-    start = meta_end(part10, len(part10))
+    return memoryview(part10)[meta_end(part10, len(part10)) :]
+
+
+def stored_data_set(part10: bytes, sop_class: str, sop_instance: str, transfer_syntax: str) -> StoredDataSet:
+    """The StoredDataSet of a stored Part 10 file; InvalidDicom when its File Meta Information is not."""
+    data_set = bytes(data_set_of(part10))
     install()  # never a StoredDataSet that pynetdicom would encode as the near-empty Dataset it is
-    return StoredDataSet(part10[start:], sop_class, sop_instance, transfer_syntax)
+    return StoredDataSet(data_set, sop_class, sop_instance, transfer_syntax)
 
 
 _original_encode = _association.encode

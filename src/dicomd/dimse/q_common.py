@@ -36,6 +36,10 @@ MODEL_LEVELS: dict[str, tuple[QueryLevel, ...]] = {
 FIND_MODELS = frozenset(
     {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.3.1"}
 )
+# the C-MOVE SOP classes of these models
+MOVE_MODELS = frozenset(
+    {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.3.2"}
+)
 # the index level a query level searches (patients are derived from studies grouped by PatientID)
 QIDO_LEVEL: dict[QueryLevel, Level] = {
     "PATIENT": "study",

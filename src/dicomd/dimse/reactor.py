@@ -310,6 +310,9 @@ class EventDrivenAssociation(_BaseAssociation):
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Any:
+        # a C-MOVE's store association names the AE that asked for the move (retrieve.handle_move);
+        # pynetdicom's C-MOVE service would name this one
+        originator_aet = getattr(self, "move_originator", None) or originator_aet
         sender = type(self).stored_sender
         if sender is not None and getattr(dataset, "stored_bytes", None) is not None:
             status = sender(self, dataset, msg_id, priority, originator_aet, originator_id)

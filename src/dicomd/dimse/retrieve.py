@@ -179,21 +179,12 @@ def load_for_sending(
     stored = instance.transfer_syntax_uid
     target = choose_syntax(stored, accepted.get(instance.sop_class_uid, ()))
     if target is None:
-        log.warning(
-            "%s: sub-operation failed: no accepted presentation context for SOP class %s in %s",
-            op,
-            instance.sop_class_uid,
-            " or ".join(sendable_syntaxes(stored)),
-        )
+        log_no_context(instance, op)
         return _failed_marker(instance)
     if needs_pixel_work(stored, target):
         return _transcoded(gateway, instance, target, op)
-    try:
-        data = gateway.store.read(instance.object_key)
-    except Exception as exc:  # gone (deleted meanwhile) or the store failed
-        log.warning(
-            "%s: sub-operation failed: the stored object could not be read (%s)", op, type(exc).__name__
-        )
+    data = read_stored(gateway, instance, op)
+    if data is None:
         return _failed_marker(instance)
     try:
         if target == stored:  # sent as stored: no decoding, no re-encoding (dimse/passthrough.py)
@@ -201,10 +192,38 @@ def load_for_sending(
         ds = dcmread(BytesIO(data))
         return prepare_for_syntax(ds, stored, target)
     except Exception as exc:
-        log.warning(
-            "%s: sub-operation failed: the stored file could not be parsed (%s)", op, type(exc).__name__
-        )
+        log_unparsable(exc, op)
         return _failed_marker(instance)
+
+
+def is_failed_marker(ds: Dataset) -> bool:
+    """Whether ``load_for_sending`` gave a failed marker (a data set without a syntax to send in)."""
+    return "TransferSyntaxUID" not in getattr(ds, "file_meta", ())
+
+
+def log_no_context(instance: StoredInstance, op: str) -> None:
+    log.warning(
+        "%s: sub-operation failed: no accepted presentation context for SOP class %s in %s",
+        op,
+        instance.sop_class_uid,
+        " or ".join(sendable_syntaxes(instance.transfer_syntax_uid)),
+    )
+
+
+def log_unparsable(exc: Exception, op: str) -> None:
+    log.warning("%s: sub-operation failed: the stored file could not be parsed (%s)", op, type(exc).__name__)
+
+
+def read_stored(gateway: Gateway, instance: StoredInstance, op: str) -> bytes | None:
+    """The instance's stored Part 10 file; None when it cannot be read (deleted meanwhile, or the store
+    failed: reason logged)."""
+    try:
+        return gateway.store.read(instance.object_key)
+    except Exception as exc:
+        log.warning(
+            "%s: sub-operation failed: the stored object could not be read (%s)", op, type(exc).__name__
+        )
+        return None
 
 
 def _transcoded(gateway: Gateway, instance: StoredInstance, target: str, op: str) -> Dataset:
@@ -227,32 +246,39 @@ def _transcoded(gateway: Gateway, instance: StoredInstance, target: str, op: str
 
 
 @dataclass
-class _Selection:
+class Selection:
+    """The instances a retrieve identifier selects, or why it cannot be processed."""
+
     instances: list[StoredInstance] = field(default_factory=list)
     error: IdentifierError | None = None
 
 
-def _select(event: Event, gateway: Gateway) -> _Selection:
+def select(identifier_of: Callable[[], Dataset], sop_class: str, gateway: Gateway) -> Selection:
+    """The selection of a retrieve request's identifier (decoded when first asked for) under the
+    information model ``sop_class``."""
     try:
-        identifier = run_checked(lambda: event.identifier, "identifier")
-        sop_class = str(event.request.AffectedSOPClassUID or "")
+        identifier = run_checked(identifier_of, "identifier")
         level: QueryLevel = run_checked(lambda: query_level(identifier, sop_class), "identifier")
         query: QidoQuery = run_checked(lambda: _selection_query(identifier, level), "identifier")
     except IdentifierError as exc:
-        return _Selection(error=exc)
+        return Selection(error=exc)
     try:
-        return _Selection(select_instances(gateway.index, query, level))
+        return Selection(select_instances(gateway.index, query, level))
     except Exception as exc:  # the index failed: the peer gets a status, the log no PHI
         log.error("retrieve: the index search failed (%s)", type(exc).__name__)
-        return _Selection(
+        return Selection(
             error=IdentifierError(UNABLE_TO_CALCULATE_MATCHES, "the index could not be searched")
         )
+
+
+def _select(event: Event, gateway: Gateway) -> Selection:
+    return select(lambda: event.identifier, str(event.request.AffectedSOPClassUID or ""), gateway)
 
 
 def _sub_operations(
     event: Event,
     gateway: Gateway,
-    selection: _Selection,
+    selection: Selection,
     accepted: dict[str, set[str]],
     op: str,
     before_send: Callable[[], None] = lambda: None,
@@ -301,10 +327,14 @@ def handle_move(event: Event, gateway: Gateway) -> Iterator[Any]:
     # the store association, captured when the destination accepts it: its accepted contexts decide
     # each instance's syntax
     store_assoc: list[Association] = []
-    handlers = [
-        (evt.EVT_CONN_OPEN, _tune_socket),
-        (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc)),
-    ]
+    requestor = str(event.assoc.requestor.ae_title).strip()
+
+    def on_accepted(accepted_event: Event) -> None:
+        store_assoc.append(accepted_event.assoc)
+        # each sub-operation names the AE that asked for the move (PS3.7 9.3.1.1), not this one
+        accepted_event.assoc.move_originator = requestor  # type: ignore[attr-defined]
+
+    handlers = [(evt.EVT_CONN_OPEN, _tune_socket), (evt.EVT_ACCEPTED, on_accepted)]
     # Verification too: the association stands when the peer accepts none of the storage contexts (each
     # instance then fails: 0xA702, not 0xA801), and carries an identifier's failure (module docstring)
     contexts = [build_context(VERIFICATION), *storage_contexts(selection.instances)]

@@ -1,0 +1,366 @@
+"""The direct C-MOVE path (dicomd/dimse/direct_move.py): its response codec against pynetdicom's encoding
+(the reference); against a listener process that counts what its direct path takes, the responses it
+sends are those pynetdicom's C-MOVE service sends for the same request (a request whose command set comes
+in fragments goes there), for moves in the stored syntaxes, with conversions, with some or all
+sub-operations failed, of nothing, to an unknown or unreachable destination and with identifiers it cannot
+process; a C-CANCEL stops the sub-operations and the association goes on; the Move Originator of each
+sub-operation is the AE that asked for the move; a requestor that aborts mid-move leaves the listener
+serving; every direct move is audited. Selection and conversion are tests/dimse/test_dimse_retrieve.py's
+(the same retrieve.select and load_for_sending behind both paths)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import build_context
+from pynetdicom.dimse_messages import C_MOVE_RQ, C_MOVE_RSP
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from test_dimse_query_archive import Receiver, query, start_receiver
+from test_dimse_retrieve import restudied, undecodable
+
+from dicomd.dimse.direct_move import REMAINING, encode_move_response
+
+from support.dicom_files import EXPLICIT, make_instance, new_uid
+from support.dicomweb import wait_for
+from support.dimse import DICOMD_AE, TEST_AE, client_ae, echo, message_pdus, paused_reactor
+from support.direct_listener import Listener, direct_listener
+from support.server import free_port
+
+STUDY_MOVE = StudyRootQueryRetrieveInformationModelMove
+PATIENT_MOVE = PatientRootQueryRetrieveInformationModelMove
+IMPLICIT = str(ImplicitVRLittleEndian)
+MAX_PDU = 16384
+COUNTS = (
+    "NumberOfRemainingSuboperations",
+    "NumberOfCompletedSuboperations",
+    "NumberOfFailedSuboperations",
+    "NumberOfWarningSuboperations",
+)
+
+
+# ---- the codec, against pynetdicom's ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "comment", "counts", "with_identifier"),
+    [
+        (0xFF00, None, (3, 1, 0, 0), False),
+        (0x0000, None, (0, 4, 0, 0), False),
+        (0x0000, None, (None, 0, 0, 0), False),  # a move of nothing: no remaining count
+        (0xB000, None, (0, 3, 1, 0), True),
+        (0xFE00, None, (2, 1, 0, 1), True),
+        (0xA801, None, None, False),
+        (0xC000, "StudyInstanceUID is required at the STUDY level", (None, 0, 1, 0), True),
+    ],
+)
+def test_a_response_is_what_pynetdicom_encodes(
+    status: int, comment: str | None, counts: tuple[int | None, int, int, int] | None, with_identifier: bool
+) -> None:
+    response = C_MOVE()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = STUDY_MOVE
+    response.Status = status
+    if comment is not None:
+        response.ErrorComment = comment
+    elements: list[tuple[int, int]] = []
+    if counts is not None:
+        for number, (keyword, value) in enumerate(zip(COUNTS, counts, strict=True)):
+            if value is not None:
+                setattr(response, keyword, value)
+                elements.append((REMAINING + number, value))
+    if with_identifier:
+        response.Identifier = io.BytesIO(b"\x08\x00\x58\x00\x00\x00\x00\x00")
+    message = C_MOVE_RSP()
+    message.primitive_to_message(response)
+    reference = message.encode_msg(1, MAX_PDU)
+    command = next(reference).presentation_data_value_list[0][1][1:]  # (the PDV's control header dropped)
+    ours = encode_move_response(str(STUDY_MOVE), 7, status, comment, elements, data=with_identifier)
+    assert ours == command
+
+
+# ---- against a listener process -----------------------------------------------------------------------
+
+
+@dataclass
+class Archive:
+    listener: Listener
+    receivers: dict[str, Receiver]
+    study: str = field(default_factory=new_uid)  # CT explicit x2, MR implicit, MR RLE
+    rle_study: str = field(default_factory=new_uid)  # one RLE MR whose pixel data do not decode
+    sops: list[str] = field(default_factory=list)
+
+
+def _store(port: int, files: list[bytes]) -> None:
+    """C-STORE each file in its own syntax."""
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    ae = client_ae()
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=DICOMD_AE, contexts=[build_context(sop, ts) for sop, ts in contexts]
+    )
+    assert assoc.is_established
+    try:
+        for ds in datasets:
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    receivers = {
+        "STORESCP": start_receiver("STORESCP"),
+        "IMPLICIT": start_receiver("IMPLICIT", [IMPLICIT]),
+        "SLOW": start_receiver("SLOW", delay=0.3),
+    }
+    peers = [f"{title}=127.0.0.1:{receiver.port}" for title, receiver in receivers.items()]
+    peers.append(f"NOBODY=127.0.0.1:{free_port()}")
+    data_dir = tmp_path_factory.mktemp("direct-move") / "data"
+    try:
+        with direct_listener(data_dir, peers=",".join(peers), timeout=10) as served:
+            archive = Archive(served, receivers)
+            pid = "DM-P"
+            ct_series = new_uid()
+            files = [
+                make_instance(study=archive.study, series=ct_series, patient_id=pid),
+                make_instance(study=archive.study, series=ct_series, patient_id=pid),
+                restudied("MR_small_implicit.dcm", pid, archive.study),
+                restudied("MR_small_RLE.dcm", pid, archive.study),
+                undecodable(restudied("MR_small_RLE.dcm", pid, archive.rle_study)),
+            ]
+            archive.sops = [str(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID) for f in files]
+            _store(served.port, files)
+            yield archive
+    finally:
+        for receiver in receivers.values():
+            receiver.close()
+
+
+@pytest.fixture(autouse=True)
+def empty_receivers(archive: Archive) -> None:
+    for receiver in archive.receivers.values():
+        with receiver.lock:
+            receiver.received.clear()
+            receiver.originators.clear()
+
+
+def _associate(port: int, model: str = STUDY_MOVE, syntax: str = EXPLICIT, ae_title: str = TEST_AE) -> Any:
+    ae = client_ae(ae_title)
+    assoc = ae.associate("127.0.0.1", port, ae_title=DICOMD_AE, contexts=[build_context(model, syntax)])
+    assert assoc.is_established
+    return assoc
+
+
+def _request(identifier: Dataset, destination: str, model: str, implicit: bool, message_id: int) -> C_MOVE_RQ:
+    request = C_MOVE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = model
+    request.Priority = 2
+    request.MoveDestination = destination
+    request.Identifier = io.BytesIO(encode(identifier, implicit, True))
+    message = C_MOVE_RQ()
+    message.primitive_to_message(request)
+    return message
+
+
+Response = tuple[int, str, tuple[int | None, ...], bytes | None]
+
+
+def _responses(assoc: Any, pdus: list[bytes]) -> list[Response]:
+    """Send a request's raw PDUs; every response as (status, error comment, counts, identifier bytes)."""
+    out: list[Response] = []
+    with paused_reactor(assoc):
+        for pdu in pdus:
+            assoc.dul.socket.send(pdu)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            assert response is not None, "no response"
+            data = response.Identifier.getvalue() if response.Identifier is not None else None
+            counts = tuple(getattr(response, keyword) for keyword in COUNTS)
+            out.append((int(response.Status), str(response.ErrorComment or ""), counts, data or None))
+            if int(response.Status) != 0xFF00:
+                return out
+
+
+def _failed_list(response: Response, implicit: bool) -> list[str]:
+    identifier = response[3]
+    assert identifier is not None
+    value = pydicom.filereader.read_dataset(io.BytesIO(identifier), implicit, True).FailedSOPInstanceUIDList
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _moves(archive: Archive) -> list[tuple[str, Dataset]]:
+    """(destination, identifier) of each move compared."""
+    study, rle_study = archive.study, archive.rle_study
+    return [
+        ("STORESCP", query("STUDY", StudyInstanceUID=study)),  # all as stored
+        ("IMPLICIT", query("STUDY", StudyInstanceUID=study)),  # converted (the RLE one transcoded)
+        ("IMPLICIT", query("STUDY", StudyInstanceUID=rle_study)),  # 0xA702: the one cannot be converted
+        ("IMPLICIT", query("STUDY", StudyInstanceUID=[study, rle_study])),  # 0xB000: one of five failed
+        ("STORESCP", query("STUDY", StudyInstanceUID=new_uid())),  # nothing to move
+        ("STRANGER", query("STUDY", StudyInstanceUID=study)),  # not a configured peer: 0xA801
+        ("NOBODY", query("STUDY", StudyInstanceUID=study)),  # a peer that does not answer: 0xA801
+        ("STORESCP", query("FOO", StudyInstanceUID=study)),  # 0xA900
+        ("STORESCP", query("STUDY", StudyInstanceUID="1.2.x")),  # 0xC000
+    ]
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT, IMPLICIT])
+def test_the_direct_path_answers_as_pynetdicom_does(archive: Archive, syntax: str) -> None:
+    implicit = syntax == IMPLICIT
+    port = archive.listener.port
+    outcomes: list[list[Response]] = []
+    for n, (destination, identifier) in enumerate(_moves(archive)):
+        assoc = _associate(port, STUDY_MOVE, syntax)
+        try:
+            context_id = assoc.accepted_contexts[0].context_id
+            taken = archive.listener.taken
+            request = _request(identifier, destination, STUDY_MOVE, implicit, 1)
+            direct = _responses(assoc, message_pdus(request, context_id, MAX_PDU))
+            assert archive.listener.taken == taken + 1
+            # a command set in fragments is pynetdicom's to answer
+            request = _request(identifier, destination, STUDY_MOVE, implicit, 2)
+            reference = _responses(assoc, message_pdus(request, context_id, 40))
+            assert archive.listener.taken == taken + 1
+        finally:
+            assoc.release()
+        assert direct == reference, f"move {n}"
+        outcomes.append(direct)
+    stored_all, converted, none_converted, some_failed, nothing, stranger, nobody, level, uid = outcomes
+    assert [r[:3] for r in stored_all] == [
+        (0xFF00, "", (3, 1, 0, 0)),
+        (0xFF00, "", (2, 2, 0, 0)),
+        (0xFF00, "", (1, 3, 0, 0)),
+        (0xFF00, "", (0, 4, 0, 0)),
+        (0x0000, "", (0, 4, 0, 0)),
+    ]
+    assert converted[-1][:3] == (0x0000, "", (0, 4, 0, 0))
+    assert none_converted[-1][:3] == (0xA702, "", (0, 0, 1, 0))
+    assert _failed_list(none_converted[-1], implicit) == [archive.sops[4]]
+    assert some_failed[-1][:3] == (0xB000, "", (0, 4, 1, 0))
+    assert _failed_list(some_failed[-1], implicit) == [archive.sops[4]]
+    assert nothing == [(0x0000, "", (None, 0, 0, 0), None)]
+    assert stranger == [(0xA801, "", (None,) * 4, None)] == nobody
+    assert level[0][:2] == (0xA900, "QueryRetrieveLevel FOO is not a level of this model")
+    assert uid[0][0] == 0xC000 and "not a UID" in uid[0][1]
+    # each move reached its destination twice (the direct path's, pynetdicom's): as stored, or converted
+    received = archive.receivers["STORESCP"].received
+    assert sorted(str(ds.SOPInstanceUID) for _, ds in received) == sorted(archive.sops[:4] * 2)
+    assert {ts for ts, ds in received if str(ds.SOPInstanceUID) == archive.sops[2]} == {IMPLICIT}
+    assert {ts for ts, _ in archive.receivers["IMPLICIT"].received} == {IMPLICIT}
+    # both name the AE that asked for the move as each sub-operation's Move Originator
+    assert set(archive.receivers["STORESCP"].originators) == {TEST_AE}
+    assert set(archive.receivers["IMPLICIT"].originators) == {TEST_AE}
+
+
+def test_the_move_originator_is_the_ae_that_asked(archive: Archive) -> None:
+    assoc = _associate(archive.listener.port, ae_title="MOVER")
+    try:
+        statuses = [
+            int(s.Status)
+            for s, _ in assoc.send_c_move(
+                query("STUDY", StudyInstanceUID=archive.study), "STORESCP", STUDY_MOVE
+            )
+        ]
+    finally:
+        assoc.release()
+    assert statuses == [0xFF00] * 4 + [0x0000]
+    assert archive.receivers["STORESCP"].originators == ["MOVER"] * 4
+
+
+def test_a_c_cancel_stops_the_move_and_the_association_goes_on(archive: Archive) -> None:
+    assoc = _associate(archive.listener.port, PATIENT_MOVE)
+    statuses: list[int] = []
+    final: Dataset | None = None
+    try:
+        taken = archive.listener.taken
+        identifier = query("PATIENT", PatientID="DM-P")
+        for status, _ in assoc.send_c_move(identifier, "SLOW", PATIENT_MOVE):
+            assert status is not None and "Status" in status
+            statuses.append(int(status.Status))
+            if len(statuses) == 1:
+                assoc.send_c_cancel(1, None, query_model=PATIENT_MOVE)
+            final = status
+        assert final is not None and final.Status == 0xFE00
+        remaining, completed = (
+            int(final.NumberOfRemainingSuboperations),
+            int(final.NumberOfCompletedSuboperations),
+        )
+        assert remaining > 0 and completed + remaining + int(final.NumberOfFailedSuboperations) == 5
+        assert archive.listener.taken == taken + 1
+        assert len(archive.receivers["SLOW"].received) == completed
+        # the next request on the same association is carried out in full
+        after = [
+            int(s.Status)
+            for s, _ in assoc.send_c_move(
+                query("STUDY", StudyInstanceUID=archive.study), "STORESCP", PATIENT_MOVE
+            )
+        ]
+        assert after == [0xFF00] * 4 + [0x0000]
+    finally:
+        assoc.release()
+
+
+def test_a_requestor_that_aborts_mid_move_leaves_the_listener_serving(archive: Archive) -> None:
+    assoc = _associate(archive.listener.port)
+    responses = assoc.send_c_move(query("STUDY", StudyInstanceUID=archive.study), "SLOW", STUDY_MOVE)
+    status, _ = next(responses)
+    assert status.Status == 0xFF00
+    assoc.abort()
+    assert wait_for(lambda: not assoc.is_alive(), timeout=10)
+    assert echo(archive.listener.port) == 0x0000
+    slow = archive.receivers["SLOW"]
+    assert wait_for(lambda: len(slow.received) >= 1, timeout=10)
+    # no more sub-operations once the abort is seen (at most the one under way when it came)
+    assert len(slow.received) <= 2
+    fresh = _associate(archive.listener.port)
+    try:
+        statuses = [
+            int(s.Status)
+            for s, _ in fresh.send_c_move(
+                query("STUDY", StudyInstanceUID=archive.study), "STORESCP", STUDY_MOVE
+            )
+        ]
+    finally:
+        fresh.release()
+    assert statuses == [0xFF00] * 4 + [0x0000]
+
+
+def test_an_audit_event_per_direct_c_move(archive: Archive) -> None:
+    before = _audit_moves(archive.listener.data_dir)
+    assoc = _associate(archive.listener.port)
+    try:
+        identifier = query("STUDY", StudyInstanceUID=[archive.study, archive.rle_study])
+        statuses = [int(s.Status) for s, _ in assoc.send_c_move(identifier, "IMPLICIT", STUDY_MOVE)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xB000
+    # (an earlier test's last event may land after ``before``: the event is written after the response)
+    assert wait_for(
+        lambda: any(e["status"] == 0xB000 for e in _audit_moves(archive.listener.data_dir)[len(before) :])
+    )
+    [event] = [e for e in _audit_moves(archive.listener.data_dir)[len(before) :] if e["status"] == 0xB000]
+    assert event["status"] == 0xB000 and event["sop_class"] == str(STUDY_MOVE)
+    assert event["sub_operations"] == {"completed": 4, "failed": 1, "warning": 0}
+    assert event["query"]["QueryRetrieveLevel"] == "STUDY"
+
+
+def _audit_moves(data_dir: Path) -> list[dict[str, Any]]:
+    path = data_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in map(orjson.loads, path.read_bytes().splitlines()) if e.get("method") == "C-MOVE"]
