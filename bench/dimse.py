@@ -11,6 +11,8 @@ Lines (each server started fresh on its own temp dir):
   C-MOVE study      a study of --move-study instances (1,000 by default, 4 series), stored over 4
                     associations, then moved whole to DCMTK's storescp (--ignore: it receives and
                     drops): instances/s, median of 3 moves
+  C-GET study       the same study fetched whole by DCMTK's getscu (--ignore) on its own association:
+                    instances/s, median of 3 after a first one not counted
   C-FIND at scale   with --find-studies N: N more studies of one tiny instance each (N/2 patients), stored
                     by storescu over 4 associations (that rate is a line too), then the C-FIND line again
                     on the larger index
@@ -271,6 +273,26 @@ def move_rate(target: DicomServer, corpus: Corpus) -> float:
     return statistics.median(rates[1:])
 
 
+def get_rate(target: DicomServer, corpus: Corpus) -> float:
+    """C-GET of the corpus's first study by getscu (which receives and drops): instances/s, the median of
+    MOVES fetches after a first one not counted."""
+    expected = min(corpus.spec.per_study, corpus.spec.count)
+    # (-v: the final status report, to check that every instance came)
+    cmd = ["getscu", "-v", "-aet", "BENCHSCU", "-aec", target.ae_title, "-S", "--ignore"]
+    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={corpus.study(0).uid}"]
+    cmd += ["127.0.0.1", str(target.dicom_port)]
+    rates: list[float] = []
+    for _ in range(MOVES + 1):
+        started = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=DCMTK_ENV, timeout=600)
+        elapsed = time.perf_counter() - started
+        report = done.stdout + done.stderr
+        if done.returncode != 0 or f"Number of Completed Suboperations : {expected}\n" not in report:
+            raise RuntimeError(f"getscu failed against {target.name}: {report[-500:]}")
+        rates.append(expected / elapsed)
+    return statistics.median(rates[1:])
+
+
 def find_line(figures: Figures, target: DicomServer, corpus: Corpus, key: str, label: str) -> None:
     """The C-FIND latency line (``key``_p50, ``key``_p95, in ms) on the corpus's patients."""
     latencies, matches = find_latencies(target, corpus)
@@ -305,6 +327,8 @@ def run_server(
         store(target, sorted((files / "move").iterdir()), moved.spec.count)
         with storescp(destination_port):
             figures.values["move"] = move_rate(target, moved)
+        log(f"{target.name}: C-GET of that study")
+        figures.values["get"] = get_rate(target, moved)
         if scale is not None:
             log(f"{target.name}: C-STORE of {scale.spec.n_studies} more studies over 4 associations")
             figures.values["scale_store"] = store(
@@ -323,6 +347,7 @@ LINES = [
     ("find_p50", "C-FIND study level p50 (ms)", False),
     ("find_p95", "C-FIND study level p95 (ms)", False),
     ("move", "C-MOVE of a {move_study}-instance study (instances/s)", True),
+    ("get", "C-GET of that study (instances/s)", True),
     ("scale_store", "C-STORE of the scale corpus, 4 associations (instances/s)", True),
     ("scale_find_p50", "C-FIND study level p50 at scale (ms)", False),
     ("scale_find_p95", "C-FIND study level p95 at scale (ms)", False),

@@ -117,7 +117,7 @@ def test_a_large_and_a_small_instance_arrive_as_stored(tmp_path: Path) -> None:
         study = new_uid()
         large = make_instance(study=study, rows=512, columns=512)  # 512 KiB of pixel data
         small = make_instance(study=study)
-        assert len(large) > direct_send._ONE_WRITE > len(small)
+        assert len(large) > direct_send.ONE_WRITE > len(small)
         scp.stow([large, small])
         result = move(scp, query("STUDY", StudyInstanceUID=study), "STORESCP")
         assert result.counts == (2, 0, 0)

@@ -188,8 +188,6 @@ class _Message:
 class DirectPath:
     """One association's direct path (module docstring): ``reactor.PDataInterceptor``."""
 
-    holds_idle_timer = False  # idle between requests is the peer's: pynetdicom's network timeout applies
-
     def __init__(
         self,
         assoc: Association,
@@ -205,6 +203,10 @@ class DirectPath:
         self.audit = audit
         self.starters = starters  # command field -> the starter of its operation
         self._message: _Message | None = None
+        # idle between requests is the peer's: pynetdicom's network timeout applies. While a request is
+        # answered the peer waits, silent, as long as the answer takes (a move to a slow destination):
+        # the association thread, which watches that timer, must not end the association meanwhile
+        self.holds_idle_timer = False
 
     def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
         items = pdv_items(pdu)
@@ -271,9 +273,11 @@ class DirectPath:
         return None if operation is None else _Message(request, operation)
 
     def _answer(self, dul: EventDrivenDUL, message: _Message) -> None:
+        self.holds_idle_timer = True  # (the reactor restarts the timer once this returns)
         try:
             message.operation.answer(dul, message.request, message.fragments)
         finally:
+            self.holds_idle_timer = False
             message.fragments.clear()
 
 

@@ -51,7 +51,7 @@ C_STORE_RSP = 0x8001
 PRIORITY = 0x0700
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
-_ONE_WRITE = 1 << 18  # a request up to this size goes in one write
+ONE_WRITE = 1 << 18  # a request up to this size goes in one write
 _WAIT_STEP = 0.05  # how often a wait for a response looks whether the association ended
 
 
@@ -237,7 +237,7 @@ def send_data_set(
     dul.interceptor = catcher
     try:
         with dul.write_lock:  # the whole message: nothing of the DUL thread's between its PDUs
-            if len(data) <= _ONE_WRITE:
+            if len(data) <= ONE_WRITE:
                 sent = dul.write(request + b"".join(pdus))
             else:  # a PDU at a time: no copy of a large instance in memory
                 sent = dul.write(request) and all(dul.write(pdu) for pdu in pdus)

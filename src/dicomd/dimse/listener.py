@@ -37,7 +37,7 @@ from dicomd.dimse.commitment import CommitmentReporter, handle_n_action
 from dicomd.dimse.context import Gateway
 from dicomd.dimse.direct import DirectPath
 from dicomd.dimse.direct_find import C_FIND_RQ, start_find
-from dicomd.dimse.direct_move import C_MOVE_RQ, start_move
+from dicomd.dimse.direct_retrieve import C_GET_RQ, C_MOVE_RQ, start_get, start_move
 from dicomd.dimse.direct_store import C_STORE_RQ, start_store
 from dicomd.dimse.negotiation import supported_contexts
 from dicomd.dimse.operations import audited_operation, note_response
@@ -224,7 +224,12 @@ def _serve(
             DirectPath,
             gateway=gateway,
             audit=audit,
-            starters={C_STORE_RQ: start_store, C_FIND_RQ: start_find, C_MOVE_RQ: start_move},
+            starters={
+                C_STORE_RQ: start_store,
+                C_FIND_RQ: start_find,
+                C_MOVE_RQ: start_move,
+                C_GET_RQ: start_get,
+            },
         ),
     )
     thread = threading.Thread(target=server.serve_forever, name="dicomd-dimse-accept", daemon=True)

@@ -40,6 +40,10 @@ FIND_MODELS = frozenset(
 MOVE_MODELS = frozenset(
     {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.3.2"}
 )
+# the C-GET SOP classes of these models
+GET_MODELS = frozenset(
+    {"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3", "1.2.840.10008.5.1.4.1.2.3.3"}
+)
 # the index level a query level searches (patients are derived from studies grouped by PatientID)
 QIDO_LEVEL: dict[QueryLevel, Level] = {
     "PATIENT": "study",

@@ -1,16 +1,17 @@
-"""The direct C-MOVE path (dicomd/dimse/direct_move.py): its response codec against pynetdicom's encoding
-(the reference); against a listener process that counts what its direct path takes, the responses it
-sends are those pynetdicom's C-MOVE service sends for the same request (a request whose command set comes
-in fragments goes there), for moves in the stored syntaxes, with conversions, with some or all
-sub-operations failed, of nothing, to an unknown or unreachable destination and with identifiers it cannot
-process; a C-CANCEL stops the sub-operations and the association goes on; the Move Originator of each
-sub-operation is the AE that asked for the move; a requestor that aborts mid-move leaves the listener
-serving; every direct move is audited. Selection and conversion are tests/dimse/test_dimse_retrieve.py's
-(the same retrieve.select and load_for_sending behind both paths)."""
+"""The direct C-MOVE and C-GET paths (dicomd/dimse/direct_retrieve.py): their response codec against
+pynetdicom's encoding (the reference); against a listener process that counts what its direct path takes,
+the responses they send, and the instances they send, are those of pynetdicom's services for the same
+request (a request whose command set comes in fragments goes there): retrieves in the stored syntaxes,
+with conversions, with some or all sub-operations failed, of nothing, moves to an unknown or unreachable
+destination, identifiers it cannot process; a C-CANCEL stops the sub-operations and the association goes
+on; the Move Originator of each sub-operation is the AE that asked for the move; a requestor that aborts
+mid-retrieve leaves the listener serving; every direct retrieve is audited. Selection and conversion are
+tests/dimse/test_dimse_retrieve.py's (the same retrieve.select and load_for_sending behind both paths)."""
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,23 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import build_context
-from pynetdicom.dimse_messages import C_MOVE_RQ, C_MOVE_RSP
-from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom import build_context, build_role, evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
     PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 from test_dimse_query_archive import Receiver, query, start_receiver
 from test_dimse_retrieve import restudied, undecodable
 
-from dicomd.dimse.direct_move import REMAINING, encode_move_response
+from dicomd.dimse.direct_retrieve import REMAINING, encode_retrieve_response
+from dicomd.dimse.direct_send import ONE_WRITE
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
@@ -40,7 +46,13 @@ from support.dimse import DICOMD_AE, TEST_AE, client_ae, echo, message_pdus, pau
 from support.direct_listener import Listener, direct_listener
 from support.server import free_port
 
+# a data set received in another encoding than its context's is an error here, not pydicom's warning
+pytestmark = [
+    pytest.mark.filterwarnings("error:Expected implicit VR"),
+    pytest.mark.filterwarnings("error:Expected explicit VR"),
+]
 STUDY_MOVE = StudyRootQueryRetrieveInformationModelMove
+STUDY_GET = StudyRootQueryRetrieveInformationModelGet
 PATIENT_MOVE = PatientRootQueryRetrieveInformationModelMove
 IMPLICIT = str(ImplicitVRLittleEndian)
 MAX_PDU = 16384
@@ -67,10 +79,19 @@ COUNTS = (
         (0xC000, "StudyInstanceUID is required at the STUDY level", (None, 0, 1, 0), True),
     ],
 )
+@pytest.mark.parametrize("operation", ["C-MOVE", "C-GET"])
 def test_a_response_is_what_pynetdicom_encodes(
-    status: int, comment: str | None, counts: tuple[int | None, int, int, int] | None, with_identifier: bool
+    status: int,
+    comment: str | None,
+    counts: tuple[int | None, int, int, int] | None,
+    with_identifier: bool,
+    operation: str,
 ) -> None:
-    response = C_MOVE()
+    primitive, message_class, field_value = {
+        "C-MOVE": (C_MOVE, C_MOVE_RSP, 0x8021),
+        "C-GET": (C_GET, C_GET_RSP, 0x8010),
+    }[operation]
+    response = primitive()
     response.MessageIDBeingRespondedTo = 7
     response.AffectedSOPClassUID = STUDY_MOVE
     response.Status = status
@@ -84,11 +105,13 @@ def test_a_response_is_what_pynetdicom_encodes(
                 elements.append((REMAINING + number, value))
     if with_identifier:
         response.Identifier = io.BytesIO(b"\x08\x00\x58\x00\x00\x00\x00\x00")
-    message = C_MOVE_RSP()
+    message = message_class()
     message.primitive_to_message(response)
     reference = message.encode_msg(1, MAX_PDU)
     command = next(reference).presentation_data_value_list[0][1][1:]  # (the PDV's control header dropped)
-    ours = encode_move_response(str(STUDY_MOVE), 7, status, comment, elements, data=with_identifier)
+    ours = encode_retrieve_response(
+        field_value, str(STUDY_MOVE), 7, status, comment, elements, data=with_identifier
+    )
     assert ours == command
 
 
@@ -364,3 +387,237 @@ def _audit_moves(data_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [e for e in map(orjson.loads, path.read_bytes().splitlines()) if e.get("method") == "C-MOVE"]
+
+
+# ---- C-GET ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Got:
+    statuses: list[int] = field(default_factory=list)
+    final: Dataset = field(default_factory=Dataset)
+    failed_uids: list[str] = field(default_factory=list)
+    received: list[tuple[str, str, bytes]] = field(default_factory=list)  # (SOP Instance UID, syntax, pixels)
+
+    def counts(self) -> tuple[int | None, ...]:
+        return tuple(self.final.get(keyword) for keyword in COUNTS)
+
+
+GET_CLASSES = [CTImageStorage, MRImageStorage]
+
+
+def _getter(port: int, syntaxes: list[str], delay: float = 0.0) -> tuple[Any, Got]:
+    """An association proposing C-GET and the storage contexts of ``syntaxes`` (one each) with the SCP role,
+    storing what it receives in a Got."""
+    got = Got()
+
+    def on_store(event: Any) -> int:
+        if delay:
+            time.sleep(delay)
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got.received.append((str(ds.SOPInstanceUID), str(event.context.transfer_syntax), bytes(ds.PixelData)))
+        return 0x0000
+
+    ae = client_ae()
+    ae.add_requested_context(STUDY_GET)
+    for sop in GET_CLASSES:
+        for ts in syntaxes:
+            ae.add_requested_context(sop, [ts])
+    roles = [build_role(sop, scp_role=True) for sop in GET_CLASSES]
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=DICOMD_AE, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert assoc.is_established
+    return assoc, got
+
+
+def _get(assoc: Any, got: Got, identifier: Dataset, *, cancel: bool = False) -> Got:
+    for status, listed in assoc.send_c_get(identifier, STUDY_GET):
+        assert status is not None and "Status" in status, "no response"
+        got.statuses.append(int(status.Status))
+        if int(status.Status) == 0xFF00:
+            if cancel and len(got.statuses) == 1:
+                assoc.send_c_cancel(1, None, query_model=STUDY_GET)
+            continue
+        got.final = status
+        if listed is not None and "FailedSOPInstanceUIDList" in listed:
+            value = listed.FailedSOPInstanceUIDList
+            got.failed_uids = [value] if isinstance(value, str) else list(value)
+    return got
+
+
+def _get_both_ways(
+    archive: Archive, identifier: Dataset, syntaxes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Got, Got]:
+    """The same C-GET through the direct path and through pynetdicom's service (the request's command set
+    in fragments: this side's DIMSE provider writes PDUs of at most 40 bytes)."""
+    results = []
+    for fragmented in (False, True):
+        assoc, got = _getter(archive.listener.port, syntaxes)
+        try:
+            taken = archive.listener.taken
+            with monkeypatch.context() as patched:
+                if fragmented:
+                    patched.setattr(DIMSEServiceProvider, "maximum_pdu_size", property(lambda _: 40))
+                results.append(_get(assoc, got, identifier))
+            assert archive.listener.taken == taken + (0 if fragmented else 1)
+        finally:
+            assoc.release()
+    direct, reference = results
+    return direct, reference
+
+
+RLE = "1.2.840.10008.1.2.5"
+ALL_SYNTAXES = [EXPLICIT, IMPLICIT, RLE]
+
+
+@pytest.mark.parametrize(
+    ("which", "syntaxes", "expected"),
+    [
+        ("study", ALL_SYNTAXES, (0x0000, (0, 4, 0, 0))),  # all as stored
+        ("study", [IMPLICIT], (0x0000, (0, 4, 0, 0))),  # converted (the RLE one transcoded)
+        ("rle_study", [IMPLICIT], (0xA702, (0, 0, 1, 0))),  # the one cannot be converted
+        ("both", [IMPLICIT], (0xB000, (0, 4, 1, 0))),
+        ("nothing", ALL_SYNTAXES, (0x0000, (None, 0, 0, 0))),
+        ("bad level", ALL_SYNTAXES, (0xA900, (None, 0, 1, 0))),
+        ("bad uid", ALL_SYNTAXES, (0xC000, (None, 0, 1, 0))),
+    ],
+)
+def test_the_direct_c_get_answers_and_sends_as_pynetdicom_does(
+    archive: Archive,
+    which: str,
+    syntaxes: list[str],
+    expected: tuple[int, tuple[int | None, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    identifier = {
+        "study": query("STUDY", StudyInstanceUID=archive.study),
+        "rle_study": query("STUDY", StudyInstanceUID=archive.rle_study),
+        "both": query("STUDY", StudyInstanceUID=[archive.study, archive.rle_study]),
+        "nothing": query("STUDY", StudyInstanceUID=new_uid()),
+        "bad level": query("FOO", StudyInstanceUID=archive.study),
+        "bad uid": query("STUDY", StudyInstanceUID="1.2.x"),
+    }[which]
+    direct, reference = _get_both_ways(archive, identifier, syntaxes, monkeypatch)
+    assert (direct.statuses, direct.counts(), direct.failed_uids) == (
+        reference.statuses,
+        reference.counts(),
+        reference.failed_uids,
+    )
+    assert str(direct.final.get("ErrorComment", "")) == str(reference.final.get("ErrorComment", ""))
+    assert sorted(direct.received) == sorted(reference.received)
+    assert (int(direct.final.Status), direct.counts()) == expected
+    if which in ("rle_study", "both"):
+        assert direct.failed_uids == [archive.sops[4]]
+    sent = {uid: ts for uid, ts, _ in direct.received}
+    if which == "study" and syntaxes == ALL_SYNTAXES:
+        as_stored = [EXPLICIT, EXPLICIT, IMPLICIT, RLE]
+        assert sent == dict(zip(archive.sops[:4], as_stored, strict=True))
+    elif which in ("study", "both"):
+        assert sent == dict.fromkeys(archive.sops[:4], IMPLICIT)
+
+
+def test_a_large_and_a_small_instance_are_got_as_stored(archive: Archive) -> None:
+    """A data set above one write's size goes a PDU at a time, within the requestor's maximum PDU length."""
+    study = new_uid()
+    large = make_instance(study=study, rows=512, columns=512)  # 512 KiB of pixel data
+    small = make_instance(study=study)
+    assert len(large) > ONE_WRITE > len(small)
+    _store(archive.listener.port, [large, small])
+    assoc, got = _getter(archive.listener.port, ALL_SYNTAXES)
+    try:
+        assert _get(assoc, got, query("STUDY", StudyInstanceUID=study)).statuses == [0xFF00] * 2 + [0]
+    finally:
+        assoc.release()
+    for original in (large, small):
+        stored = pydicom.dcmread(io.BytesIO(original))
+        assert (str(stored.SOPInstanceUID), EXPLICIT, bytes(stored.PixelData)) in got.received
+
+
+def test_a_c_cancel_stops_the_get_and_the_association_goes_on(archive: Archive) -> None:
+    assoc, got = _getter(archive.listener.port, ALL_SYNTAXES, delay=0.3)
+    try:
+        taken = archive.listener.taken
+        _get(assoc, got, query("STUDY", StudyInstanceUID=archive.study), cancel=True)
+        final = got.final
+        assert final.Status == 0xFE00
+        remaining = int(final.NumberOfRemainingSuboperations)
+        completed = int(final.NumberOfCompletedSuboperations)
+        assert remaining > 0 and completed + remaining == 4
+        assert len(got.received) == completed
+        assert archive.listener.taken == taken + 1
+        again = _get(assoc, Got(), query("STUDY", StudyInstanceUID=archive.study))
+        assert again.statuses == [0xFF00] * 4 + [0x0000]
+    finally:
+        assoc.release()
+
+
+def test_a_requestor_that_aborts_mid_get_leaves_the_listener_serving(archive: Archive) -> None:
+    assoc, _ = _getter(archive.listener.port, ALL_SYNTAXES, delay=0.3)
+    responses = assoc.send_c_get(query("STUDY", StudyInstanceUID=archive.study), STUDY_GET)
+    status, _ = next(responses)
+    assert status.Status == 0xFF00
+    assoc.abort()
+    assert wait_for(lambda: not assoc.is_alive(), timeout=10)
+    assert echo(archive.listener.port) == 0x0000
+    fresh, got = _getter(archive.listener.port, ALL_SYNTAXES)
+    try:
+        assert _get(fresh, got, query("STUDY", StudyInstanceUID=archive.study)).statuses == [0xFF00] * 4 + [0]
+    finally:
+        fresh.release()
+
+
+def test_an_audit_event_per_direct_c_get(archive: Archive) -> None:
+    before = len(_audit_events(archive.listener.data_dir, "C-GET"))
+    assoc, got = _getter(archive.listener.port, [IMPLICIT])
+    try:
+        _get(assoc, got, query("STUDY", StudyInstanceUID=[archive.study, archive.rle_study]))
+    finally:
+        assoc.release()
+    assert got.final.Status == 0xB000
+
+    def new_events() -> list[dict[str, Any]]:
+        events = _audit_events(archive.listener.data_dir, "C-GET")[before:]
+        return [e for e in events if e["status"] == 0xB000]
+
+    assert wait_for(lambda: len(new_events()) == 1)
+    [event] = new_events()
+    assert event["sub_operations"] == {"completed": 4, "failed": 1, "warning": 0}
+    assert event["sop_class"] == str(STUDY_GET)
+
+
+def _audit_events(data_dir: Path, method: str) -> list[dict[str, Any]]:
+    path = data_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in map(orjson.loads, path.read_bytes().splitlines()) if e.get("method") == method]
+
+
+# ---- a retrieve that outlasts the network timeout ---------------------------------------------------------
+
+
+def test_a_retrieve_longer_than_the_network_timeout_is_not_cut_short(tmp_path: Path) -> None:
+    """The requestor is silent while its move runs: only the destination's own waits are bounded (the DIMSE
+    timeout), not the whole move by the requestor's idle (network) timeout."""
+    slow = start_receiver("SLOW", delay=0.4)
+    try:
+        peers = f"SLOW=127.0.0.1:{slow.port}"
+        with direct_listener(tmp_path / "data", peers=peers, timeout=1) as served:
+            study = new_uid()
+            _store(served.port, [make_instance(study=study) for _ in range(5)])  # 2 s at the destination
+            taken = served.taken
+            assoc = _associate(served.port)
+            try:
+                identifier = query("STUDY", StudyInstanceUID=study)
+                statuses = [int(s.Status) for s, _ in assoc.send_c_move(identifier, "SLOW", STUDY_MOVE)]
+                # and the association goes on
+                nothing = query("STUDY", StudyInstanceUID=new_uid())
+                after = [s.get("Status") for s, _ in assoc.send_c_move(nothing, "SLOW", STUDY_MOVE)]
+            finally:
+                assoc.release()
+            assert statuses == [0xFF00] * 5 + [0x0000]
+            assert after == [0x0000]
+            assert served.taken == taken + 2
+    finally:
+        slow.close()
