@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import build_context, build_role, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -348,6 +348,7 @@ def test_a_requestor_that_aborts_mid_move_leaves_the_listener_serving(archive: A
     assert echo(archive.listener.port) == 0x0000
     slow = archive.receivers["SLOW"]
     assert wait_for(lambda: len(slow.received) >= 1, timeout=10)
+    time.sleep(4 * 0.3)  # (the rest would have come by now, one per 0.3 s)
     # no more sub-operations once the abort is seen (at most the one under way when it came)
     assert len(slow.received) <= 2
     fresh = _associate(archive.listener.port)
@@ -361,6 +362,50 @@ def test_a_requestor_that_aborts_mid_move_leaves_the_listener_serving(archive: A
     finally:
         fresh.release()
     assert statuses == [0xFF00] * 4 + [0x0000]
+
+
+A_RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+
+def test_a_release_request_mid_move_lets_the_move_finish_first(archive: Archive) -> None:
+    """As pynetdicom's service does (PS3.8 state Sta8 may still send P-DATA): every sub-operation and the
+    final response go before the A-RELEASE-RP."""
+    assoc = _associate(archive.listener.port)
+    try:
+        context_id = assoc.accepted_contexts[0].context_id
+        request = _request(query("STUDY", StudyInstanceUID=archive.study), "SLOW", STUDY_MOVE, False, 1)
+        responses = _responses(assoc, [*message_pdus(request, context_id, MAX_PDU), A_RELEASE_RQ])
+    finally:
+        assoc.abort()  # (this side's state machine never sent the release it gets a response to)
+    assert [status for status, *_ in responses] == [0xFF00] * 4 + [0x0000]
+    assert len(archive.receivers["SLOW"].received) == 4
+    assert echo(archive.listener.port) == 0x0000
+
+
+def test_a_requestor_that_sends_other_requests_mid_move_is_aborted(archive: Archive) -> None:
+    """Without an asynchronous operations window a peer may send only a C-CANCEL while its request is
+    answered: the PDUs it sends meanwhile wait for pynetdicom, so past a bound the association is aborted
+    instead of keeping them all."""
+    assoc = _associate(archive.listener.port)
+    context_id = assoc.accepted_contexts[0].context_id
+    request = _request(query("STUDY", StudyInstanceUID=archive.study), "SLOW", STUDY_MOVE, False, 1)
+    echo_request = C_ECHO_RQ()
+    echo_request.primitive_to_message(_echo_primitive())
+    flood = message_pdus(echo_request, context_id, MAX_PDU) * 40
+    with paused_reactor(assoc):
+        for pdu in [*message_pdus(request, context_id, MAX_PDU), *flood]:
+            assoc.dul.socket.send(pdu)
+    assert wait_for(lambda: assoc.is_aborted, timeout=10)
+    time.sleep(4 * 0.3)
+    assert len(archive.receivers["SLOW"].received) <= 2  # the move stopped with the association
+    assert echo(archive.listener.port) == 0x0000
+
+
+def _echo_primitive() -> C_ECHO:
+    primitive = C_ECHO()
+    primitive.MessageID = 9
+    primitive.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    return primitive
 
 
 def test_an_audit_event_per_direct_c_move(archive: Archive) -> None:

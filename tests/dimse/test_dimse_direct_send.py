@@ -167,9 +167,11 @@ def test_the_wait_for_a_response_does_not_count_against_the_network_timeout() ->
     assert statuses == [0x0000, 0x0000] and not assoc.is_aborted
 
 
-def test_a_peer_without_a_maximum_pdu_length_gets_fragments_of_one_mib() -> None:
-    """One PDU per instance copied it whole, and beyond 4 GiB overflowed the PDU length field."""
+@pytest.mark.parametrize("max_pdu", [0, 64 << 20])
+def test_a_peer_without_a_maximum_pdu_length_or_a_huge_one_gets_fragments_of_one_mib(max_pdu: int) -> None:
+    """One PDU per instance copied it whole, made its write one long blocking call, and beyond 4 GiB
+    overflowed the PDU length field."""
     data = bytes(3 * (1 << 20) + 5)
-    pdus = direct_pdus(1, data, 0, command=False)
+    pdus = direct_pdus(1, data, max_pdu, command=False)
     assert len(pdus) == 4 and all(len(pdu) <= (1 << 20) + 12 for pdu in pdus)
     assert b"".join(pdu[12:] for pdu in pdus) == data

@@ -110,18 +110,18 @@ def text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ") if value else ""
 
 
-# the fragment size for a peer that sets no maximum PDU length: one PDU per instance would copy it whole and
-# overflow the PDU length field beyond 4 GiB
-_NO_LIMIT_FRAGMENT = 1 << 20
+# the largest fragment sent, whatever the peer's maximum PDU length (0: none): one PDU per instance would
+# copy it whole, make its write one long blocking call, and overflow the PDU length field beyond 4 GiB
+MAX_FRAGMENT = 1 << 20
 
 
 def iter_message_pdus(
     context_id: int, data: bytes | memoryview, max_pdu: int, *, command: bool
 ) -> Iterator[bytes]:
     """The P-DATA-TF PDUs of a command set or a data set, each within the peer's maximum PDU length
-    (0: none; then fragments of 1 MiB), fragmented as pynetdicom fragments them; made one at a time (a
-    data set may be large)."""
-    room = max_pdu - _PDV_ITEM.size if max_pdu else _NO_LIMIT_FRAGMENT
+    (0: none) and with fragments of at most 1 MiB, fragmented as pynetdicom fragments them; made one at a
+    time (a data set may be large)."""
+    room = min(max_pdu - _PDV_ITEM.size, MAX_FRAGMENT) if max_pdu else MAX_FRAGMENT
     room = max(room, 1)
     kind = COMMAND if command else 0
     view = memoryview(data)
@@ -274,15 +274,20 @@ class DirectPath:
 
     def _answer(self, dul: EventDrivenDUL, message: _Message) -> None:
         self.holds_idle_timer = True  # (the reactor restarts the timer once this returns)
+        dul.answering = True
         try:
             message.operation.answer(dul, message.request, message.fragments)
         finally:
-            self.holds_idle_timer = False
+            self.holds_idle_timer = dul.answering = False
             message.fragments.clear()
 
 
 C_CANCEL_RQ = 0x0FFF
-_A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
+_A_ABORT = 0x07
+# PDUs a peer may send while its request is answered before the association is aborted: without an
+# asynchronous operations window (never negotiated here) it may send only a C-CANCEL (and a release or an
+# abort); each other PDU waits, decoded, for pynetdicom until the answer ends
+MAX_PDUS_WHILE_ANSWERED = 16
 
 
 def is_cancel_of(pdu: bytearray, message_id: int) -> bool:
@@ -302,24 +307,34 @@ def is_cancel_of(pdu: bytearray, message_id: int) -> bool:
 class PeerWatch:
     """What the peer sent while a request is answered in the DUL thread (read between its responses): a
     C-CANCEL-RQ for the request, or the end of the association; anything else is handed to pynetdicom,
-    which acts on it once the request is answered."""
+    which acts on it once the request is answered (an A-RELEASE-RQ too: as with pynetdicom's services,
+    the answer is completed first, PS3.8 state Sta8 allows it)."""
 
     dul: EventDrivenDUL
     message_id: int
     cancelled: bool = False
-    gone: bool = False  # it aborted, asked to release or closed: no more responses
+    gone: bool = False  # it aborted or closed, or sent too much: no more responses
+    _handed: int = 0
 
     def is_cancelled(self) -> bool:
         while not (self.cancelled or self.gone) and self.dul.peer_sent():
-            pdu = self.dul.read_pdu()
-            if pdu is None:
-                self.gone = True  # (its event is queued: pynetdicom ends the association)
-            elif is_cancel_of(pdu, self.message_id):
-                self.cancelled = True
-            else:
-                self.dul.hand_over(pdu)
-                self.gone = pdu[0] in (_A_RELEASE_RQ, _A_ABORT)
+            self.note(self.dul.read_pdu())
         return self.cancelled
+
+    def note(self, pdu: bytearray | None) -> None:
+        """A PDU read from the peer while its request is answered (None: it could not be read)."""
+        if pdu is None:
+            self.gone = True  # (its event is queued: pynetdicom ends the association)
+        elif is_cancel_of(pdu, self.message_id):
+            self.cancelled = True
+        elif self._handed >= MAX_PDUS_WHILE_ANSWERED:
+            log.warning("a DICOM peer sent too many PDUs while its request was answered: aborted")
+            self.dul.event_queue.put("Evt19")  # as an invalid PDU: pynetdicom aborts the association
+            self.gone = True
+        else:
+            self._handed += 1
+            self.dul.hand_over(pdu)
+            self.gone = pdu[0] == _A_ABORT
 
 
 def send_pdus(dul: EventDrivenDUL, pdus: list[bytes]) -> bool:

@@ -1,11 +1,11 @@
-"""The direct path's C-FIND (dimse/direct.py): a C-FIND-RQ on a Query/Retrieve FIND context is answered
-in the DUL thread from ``query.find_responses`` (the same matching, answers, statuses and audit as
+"""The direct path's C-FIND (dimse/direct.py): a C-FIND-RQ on a Query/Retrieve FIND context is answered in
+the DUL thread from ``query.find_responses`` (the same matching, answers, statuses and audit as
 pynetdicom's handler), each response's command set and identifier written here as pynetdicom would write
 them (``encode_answer``; pydicom for an identifier it does not know). Between responses the path looks for
 what the peer sent: a C-CANCEL-RQ for this request ends the matches (status Cancel, PS3.4 C.4.1.3.2); any
-other PDU is handed to pynetdicom, which acts on it once this request is answered (an A-ABORT or
-A-RELEASE-RQ also ends the responses). Identifiers in a deflated or big endian syntax are left to
-pynetdicom."""
+other PDU is handed to pynetdicom, which acts on it once this request is answered (an A-ABORT also ends
+the responses; after an A-RELEASE-RQ they are completed first, as pynetdicom's service completes them).
+Identifiers in a deflated or big endian syntax are left to pynetdicom."""
 
 from __future__ import annotations
 

@@ -108,7 +108,6 @@ ALL_FAILED = 0xA702
 SOME_FAILED = 0xB000
 MAX_SUB_OPERATIONS = 0xFFFF  # the counts are US
 SUB_OPERATION_PRIORITY = 2  # what pynetdicom's services give each C-STORE (PS3.7: low)
-_A_RELEASE_RQ, _A_ABORT = 0x05, 0x07
 
 
 def encode_retrieve_response(
@@ -151,7 +150,9 @@ class Tally:
         return [*remaining, (COMPLETED, self.completed), (FAILED, self.failed), (WARNING, self.warning)]
 
     def note(self, status: int | None, sop_instance: str) -> None:
-        """A sub-operation's C-STORE status (None: it was not sent, or got no response)."""
+        """A sub-operation's C-STORE status (None: it was not sent, or got no response). Any status that is
+        not a storage success or warning is a failure, listed (pynetdicom's services count a C-STORE
+        response of Cancel 0xFE00 nowhere: an instance neither sent nor left)."""
         category = None if status is None else STORAGE_SERVICE_CLASS_STATUS.get(status, (STATUS_FAILURE,))[0]
         if category == STATUS_SUCCESS:
             self.completed += 1
@@ -475,19 +476,12 @@ class DirectGet(_Retrieve):
         C-GET is noted, any other PDU handed to pynetdicom for after the request. None when the
         association ended, or the peer stayed silent for the network timeout (the socket's)."""
         catcher = ResponseCatcher(message_id)
-        while not catcher.arrived.is_set():
-            pdu = dul.read_pdu()
-            if pdu is None:  # closed or timed out: its event is queued, pynetdicom ends the association
-                watch.gone = True
-                return None
-            if is_cancel_of(pdu, request.message_id):
-                watch.cancelled = True
-            elif not (pdu[0] == P_DATA_TF and catcher.take(dul, pdu)):
-                dul.hand_over(pdu)
-                if pdu[0] in (_A_RELEASE_RQ, _A_ABORT):
-                    watch.gone = True
-                    return None
-        return us((catcher.fields or {}).get(STATUS))
+        while not catcher.arrived.is_set() and not watch.gone:
+            pdu = dul.read_pdu()  # (None when closed or timed out: its event is queued)
+            offered = pdu is not None and pdu[0] == P_DATA_TF and not is_cancel_of(pdu, request.message_id)
+            if not (offered and pdu is not None and catcher.take(dul, pdu)):
+                watch.note(pdu)
+        return us(catcher.fields.get(STATUS)) if catcher.fields is not None else None
 
 
 def _starting(request: Request, models: frozenset[str]) -> tuple[str, bool] | None:

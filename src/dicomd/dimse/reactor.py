@@ -85,6 +85,9 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         # C-MOVE sub-operation is written by the association's thread while this one may send an abort
         self.write_lock = threading.RLock()
         self.write_failed = False  # a write failed or timed out: the connection is shut, nothing more goes
+        # this thread answers a request itself (dimse/direct.py): a sleep in pynetdicom's code it calls
+        # then (another association's send or release) is a real one, not this reactor's idle wait
+        self.answering = False
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's, with the interceptor offered each P-DATA-TF PDU first (the same reads, so the
@@ -366,7 +369,7 @@ class _PynetdicomTime:
     @staticmethod
     def sleep(seconds: float) -> None:
         thread = threading.current_thread()
-        if isinstance(thread, EventDrivenDUL):
+        if isinstance(thread, EventDrivenDUL) and not thread.answering:
             thread.idle_wait()  # the reactor's only sleep: a pass that found nothing to do
         elif isinstance(thread, EventDrivenAssociation) and seconds == _POLL:
             _wait_for_message(thread, _REACTOR_WAIT)
