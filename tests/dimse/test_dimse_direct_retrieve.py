@@ -290,17 +290,18 @@ def test_the_direct_path_answers_as_pynetdicom_does(archive: Archive, syntax: st
     assert set(archive.receivers["IMPLICIT"].originators) == {TEST_AE}
 
 
-def test_the_move_originator_is_the_ae_that_asked(archive: Archive) -> None:
-    assoc = _associate(archive.listener.port, ae_title="MOVER")
+def _move_statuses(port: int, study: str, destination: str, ae_title: str = TEST_AE) -> list[int]:
+    """The statuses of a study's move on a new association."""
+    assoc = _associate(port, ae_title=ae_title)
     try:
-        statuses = [
-            int(s.Status)
-            for s, _ in assoc.send_c_move(
-                query("STUDY", StudyInstanceUID=archive.study), "STORESCP", STUDY_MOVE
-            )
-        ]
+        identifier = query("STUDY", StudyInstanceUID=study)
+        return [int(s.Status) for s, _ in assoc.send_c_move(identifier, destination, STUDY_MOVE)]
     finally:
         assoc.release()
+
+
+def test_the_move_originator_is_the_ae_that_asked(archive: Archive) -> None:
+    statuses = _move_statuses(archive.listener.port, archive.study, "STORESCP", ae_title="MOVER")
     assert statuses == [0xFF00] * 4 + [0x0000]
     assert archive.receivers["STORESCP"].originators == ["MOVER"] * 4
 
@@ -351,17 +352,7 @@ def test_a_requestor_that_aborts_mid_move_leaves_the_listener_serving(archive: A
     time.sleep(4 * 0.3)  # (the rest would have come by now, one per 0.3 s)
     # no more sub-operations once the abort is seen (at most the one under way when it came)
     assert len(slow.received) <= 2
-    fresh = _associate(archive.listener.port)
-    try:
-        statuses = [
-            int(s.Status)
-            for s, _ in fresh.send_c_move(
-                query("STUDY", StudyInstanceUID=archive.study), "STORESCP", STUDY_MOVE
-            )
-        ]
-    finally:
-        fresh.release()
-    assert statuses == [0xFF00] * 4 + [0x0000]
+    assert _move_statuses(archive.listener.port, archive.study, "STORESCP") == [0xFF00] * 4 + [0x0000]
 
 
 A_RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"

@@ -13,12 +13,13 @@ before its handler can refuse).
 - C-MOVE: the destination is a configured peer, associated by pynetdicom with the contexts of
   retrieve.storage_contexts. An instance the destination accepts as stored goes out by
   direct_send.send_data_set from its stored bytes (no data set object); one that needs a conversion through
-  retrieve.load_for_sending and pynetdicom's send_c_store, as before. Each sub-operation names the AE that
-  asked for the move as its Move Originator (PS3.7 9.3.1.1; pynetdicom's service would name this one:
-  retrieve.handle_move corrects it there too).
+  retrieve.load_for_sending (explicit to implicit VR by rewriting element headers, as bytes that
+  send_data_set sends too; anything else by pydicom or the pixel services) and pynetdicom's
+  send_c_store. Each sub-operation names the AE that asked for the move as its Move Originator (PS3.7
+  9.3.1.1; pynetdicom's service would name this one: retrieve.handle_move corrects it there too).
 - C-GET: the sub-operations go on the requesting association, in the storage contexts it proposed with the
-  SCP role, written here (a converted instance encoded by pydicom first), and their responses are read here
-  too: this thread is the association's reader.
+  SCP role, written here (a converted instance as load_for_sending gives it: rewritten bytes, or encoded
+  by pydicom), and their responses are read here too: this thread is the association's reader.
 """
 
 from __future__ import annotations
@@ -371,15 +372,19 @@ class DirectMove(_Retrieve):
             if part is None:
                 return None
             data, data_set = part
-            sub_operation = SubOperation(instance.sop_class_uid, instance.sop_instance_uid, stored, data_set)
+            uids = (instance.sop_class_uid, instance.sop_instance_uid)
             sent = send_data_set(
-                store_assoc, sub_operation, message_id, SUB_OPERATION_PRIORITY, originator, request.message_id
+                store_assoc,
+                SubOperation(*uids, stored, data_set),
+                message_id,
+                SUB_OPERATION_PRIORITY,
+                originator,
+                request.message_id,
             )
             if sent is not None:
                 return sent.status
-            uids = (instance.sop_class_uid, instance.sop_instance_uid)
             dataset: Dataset = stored_data_set(data, *uids, stored)
-        else:  # converted (or no accepted context: a failed marker, reason logged)
+        else:  # converted (a rewritten StoredDataSet goes by send_stored too), or a failed marker (logged)
             dataset = load_for_sending(self.gateway, instance, accepted, self.operation)
             if is_failed_marker(dataset):
                 return None
@@ -442,7 +447,12 @@ class DirectGet(_Retrieve):
             if is_failed_marker(dataset):
                 return None
             syntax = UID(target)  # (the file meta may still name the stored syntax: LE converts freely)
-            encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+            rewritten = dataset.__dict__.get("stored_bytes")  # (headers rewritten: retrieve.load_for_sending)
+            encoded = (
+                rewritten
+                if rewritten is not None
+                else encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+            )
             if encoded is None:  # (pynetdicom's send_c_store fails such a sub-operation too)
                 log.warning("C-GET: sub-operation failed: the converted data set did not encode")
                 return None

@@ -59,9 +59,12 @@ def data_set_of(part10: bytes) -> memoryview:
     return memoryview(part10)[meta_end(part10, len(part10)) :]
 
 
-def stored_data_set(part10: bytes, sop_class: str, sop_instance: str, transfer_syntax: str) -> StoredDataSet:
-    """The StoredDataSet of a stored Part 10 file; InvalidDicom when its File Meta Information is not."""
-    data_set = bytes(data_set_of(part10))
+def stored_data_set(
+    data: bytes, sop_class: str, sop_instance: str, transfer_syntax: str, *, whole: bool = True
+) -> StoredDataSet:
+    """The StoredDataSet of a stored Part 10 file (``whole``; InvalidDicom when its File Meta Information
+    is not one), or of a data set's bytes in ``transfer_syntax``."""
+    data_set = bytes(data_set_of(data)) if whole else data
     install()  # never a StoredDataSet that pynetdicom would encode as the near-empty Dataset it is
     return StoredDataSet(data_set, sop_class, sop_instance, transfer_syntax)
 

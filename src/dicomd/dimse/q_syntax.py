@@ -15,6 +15,7 @@ An instance goes in its stored syntax when the peer accepts it. Otherwise:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
@@ -25,6 +26,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from dicomd.dicom.vr_conversion import explicit_to_implicit
 from dicomd.pixels.syntaxes import is_decodable
 
 IMPLICIT_LE = str(ImplicitVRLittleEndian)
@@ -65,3 +67,22 @@ def prepare_for_syntax(ds: Dataset, stored: str, target: str) -> Dataset:
         # the parsed data set is already inflated: say so, so that pynetdicom picks the target context
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def rewritable(stored: str, target: str) -> bool:
+    """Whether ``implicit_bytes`` may convert from ``stored`` to ``target``."""
+    return target == IMPLICIT_LE and stored in (EXPLICIT_LE, DEFLATED_LE)
+
+
+def implicit_bytes(stored: str, target: str, data_set: bytes | memoryview) -> bytes | None:
+    """The stored data set rewritten in ``target`` without parsing it, where that is only a matter of
+    element headers (explicit, or deflated explicit, VR little endian to implicit: dicom/vr_conversion.py,
+    ~100x faster than pydicom's parse and write); None otherwise (pydicom converts it)."""
+    if not rewritable(stored, target):
+        return None
+    if stored == DEFLATED_LE:
+        try:
+            data_set = zlib.decompress(data_set, -zlib.MAX_WBITS)
+        except zlib.error:
+            return None
+    return explicit_to_implicit(data_set)

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 
 from dicomd.dimse.client import tune_requested_socket as _tune_socket  # (the name tests wrap)
-from dicomd.dimse.passthrough import stored_data_set
+from dicomd.dimse.passthrough import data_set_of, stored_data_set
 from dicomd.dimse.q_common import (
     CANCELLED,
     PENDING,
@@ -49,7 +49,13 @@ from dicomd.dimse.q_common import (
     query_level,
     run_checked,
 )
-from dicomd.dimse.q_syntax import choose_syntax, needs_pixel_work, prepare_for_syntax, sendable_syntaxes
+from dicomd.dimse.q_syntax import (
+    choose_syntax,
+    implicit_bytes,
+    needs_pixel_work,
+    prepare_for_syntax,
+    sendable_syntaxes,
+)
 from dicomd.dimse.query import search_all
 from dicomd.index.normalize import first_value
 from dicomd.index.qido import MAX_LIMIT, QidoQuery, QueryError, parse_qido
@@ -175,7 +181,9 @@ def _failed_marker(instance: StoredInstance) -> Dataset:
 def load_for_sending(
     gateway: Gateway, instance: StoredInstance, accepted: dict[str, set[str]], op: str
 ) -> Dataset:
-    """The instance's data set ready for a C-STORE the peer accepts, or a failed marker (reason logged)."""
+    """The instance's data set ready for a C-STORE the peer accepts, or a failed marker (reason logged):
+    as stored, or with its element headers rewritten (explicit to implicit VR little endian), both as a
+    ``StoredDataSet`` of bytes to send unchanged; else converted by pydicom or the pixel services."""
     stored = instance.transfer_syntax_uid
     target = choose_syntax(stored, accepted.get(instance.sop_class_uid, ()))
     if target is None:
@@ -186,9 +194,13 @@ def load_for_sending(
     data = read_stored(gateway, instance, op)
     if data is None:
         return _failed_marker(instance)
+    uids = (instance.sop_class_uid, instance.sop_instance_uid)
     try:
         if target == stored:  # sent as stored: no decoding, no re-encoding (dimse/passthrough.py)
-            return stored_data_set(data, instance.sop_class_uid, instance.sop_instance_uid, stored)
+            return stored_data_set(data, *uids, stored)
+        rewritten = implicit_bytes(stored, target, data_set_of(data))  # only the headers change
+        if rewritten is not None:
+            return stored_data_set(rewritten, *uids, target, whole=False)
         ds = dcmread(BytesIO(data))
         return prepare_for_syntax(ds, stored, target)
     except Exception as exc:
