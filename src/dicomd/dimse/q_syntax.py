@@ -77,7 +77,7 @@ def rewritable(stored: str, target: str) -> bool:
 def implicit_bytes(stored: str, target: str, data_set: bytes | memoryview) -> bytes | None:
     """The stored data set rewritten in ``target`` without parsing it, where that is only a matter of
     element headers (explicit, or deflated explicit, VR little endian to implicit: dicom/vr_conversion.py,
-    ~100x faster than pydicom's parse and write); None otherwise (pydicom converts it)."""
+    ~50x faster than pydicom's parse and write); None otherwise (pydicom converts it)."""
     if not rewritable(stored, target):
         return None
     if stored == DEFLATED_LE:
