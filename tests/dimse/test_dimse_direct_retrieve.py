@@ -42,7 +42,7 @@ from dicomd.dimse.direct_send import ONE_WRITE
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
-from support.dimse import DICOMD_AE, TEST_AE, client_ae, echo, message_pdus, paused_reactor
+from support.dimse import DICOMD_AE, TEST_AE, client_ae, echo, message_pdus, paused_reactor, store_files
 from support.direct_listener import Listener, direct_listener
 from support.server import free_port
 
@@ -127,20 +127,13 @@ class Archive:
     sops: list[str] = field(default_factory=list)
 
 
-def _store(port: int, files: list[bytes]) -> None:
-    """C-STORE each file in its own syntax."""
-    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
-    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    ae = client_ae()
-    assoc = ae.associate(
-        "127.0.0.1", port, ae_title=DICOMD_AE, contexts=[build_context(sop, ts) for sop, ts in contexts]
-    )
-    assert assoc.is_established
-    try:
-        for ds in datasets:
-            assert assoc.send_c_store(ds).Status == 0x0000
-    finally:
-        assoc.release()
+def _store(port: int, files: list[bytes], directory: Path) -> None:
+    """C-STORE each file in its own syntax (support.dimse.store_files, from files in ``directory``)."""
+    directory.mkdir(parents=True)
+    paths = [directory / f"{n}.dcm" for n in range(len(files))]
+    for path, data in zip(paths, files, strict=True):
+        path.write_bytes(data)
+    assert store_files(port, paths) == [0x0000] * len(files)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +159,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
                 undecodable(restudied("MR_small_RLE.dcm", pid, archive.rle_study)),
             ]
             archive.sops = [str(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID) for f in files]
-            _store(served.port, files)
+            _store(served.port, files, data_dir.parent / "sent")
             yield archive
     finally:
         for receiver in receivers.values():
@@ -554,13 +547,13 @@ def test_the_direct_c_get_answers_and_sends_as_pynetdicom_does(
         assert sent == dict.fromkeys(archive.sops[:4], IMPLICIT)
 
 
-def test_a_large_and_a_small_instance_are_got_as_stored(archive: Archive) -> None:
+def test_a_large_and_a_small_instance_are_got_as_stored(archive: Archive, tmp_path: Path) -> None:
     """A data set above one write's size goes a PDU at a time, within the requestor's maximum PDU length."""
     study = new_uid()
     large = make_instance(study=study, rows=512, columns=512)  # 512 KiB of pixel data
     small = make_instance(study=study)
     assert len(large) > ONE_WRITE > len(small)
-    _store(archive.listener.port, [large, small])
+    _store(archive.listener.port, [large, small], tmp_path / "sent")
     assoc, got = _getter(archive.listener.port, ALL_SYNTAXES)
     try:
         assert _get(assoc, got, query("STUDY", StudyInstanceUID=study)).statuses == [0xFF00] * 2 + [0]
@@ -641,7 +634,8 @@ def test_a_retrieve_longer_than_the_network_timeout_is_not_cut_short(tmp_path: P
         peers = f"SLOW=127.0.0.1:{slow.port}"
         with direct_listener(tmp_path / "data", peers=peers, timeout=1) as served:
             study = new_uid()
-            _store(served.port, [make_instance(study=study) for _ in range(5)])  # 2 s at the destination
+            files = [make_instance(study=study) for _ in range(5)]  # 2 s at the destination
+            _store(served.port, files, tmp_path / "sent")
             taken = served.taken
             assoc = _associate(served.port)
             try:

@@ -188,6 +188,10 @@ class _Message:
 class DirectPath:
     """One association's direct path (module docstring): ``reactor.PDataInterceptor``."""
 
+    # idle between requests is the peer's: pynetdicom's network timeout applies (while a request is
+    # answered, the DUL's ``answering`` holds the timer)
+    holds_idle_timer = False
+
     def __init__(
         self,
         assoc: Association,
@@ -203,10 +207,6 @@ class DirectPath:
         self.audit = audit
         self.starters = starters  # command field -> the starter of its operation
         self._message: _Message | None = None
-        # idle between requests is the peer's: pynetdicom's network timeout applies. While a request is
-        # answered the peer waits, silent, as long as the answer takes (a move to a slow destination):
-        # the association thread, which watches that timer, must not end the association meanwhile
-        self.holds_idle_timer = False
 
     def take(self, dul: EventDrivenDUL, pdu: bytearray) -> bool:
         items = pdv_items(pdu)
@@ -273,12 +273,11 @@ class DirectPath:
         return None if operation is None else _Message(request, operation)
 
     def _answer(self, dul: EventDrivenDUL, message: _Message) -> None:
-        self.holds_idle_timer = True  # (the reactor restarts the timer once this returns)
-        dul.answering = True
+        dul.answering = True  # (the reactor restarts the idle timer once this returns)
         try:
             message.operation.answer(dul, message.request, message.fragments)
         finally:
-            self.holds_idle_timer = dul.answering = False
+            dul.answering = False
             message.fragments.clear()
 
 

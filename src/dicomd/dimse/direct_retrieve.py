@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -179,7 +180,7 @@ Send = Callable[["StoredInstance", int], "int | None"]
 
 
 @dataclass
-class _Retrieve:
+class _Retrieve(ABC):
     """One C-MOVE or C-GET request taken by the direct path (what both share)."""
 
     gateway: Gateway
@@ -207,21 +208,20 @@ class _Retrieve:
             final = _Final(self.handler_failed)
         if final is None or not self._respond(dul, request, final):
             return
-        facts: dict[str, Any] = {"sop_class": self.sop_class, "query": keys, "sub_operations": {}}
-        if final.tally is not None:
-            tally = final.tally
-            facts["sub_operations"] = {
-                "completed": tally.completed,
-                "failed": tally.failed,
-                "warning": tally.warning,
-            }
-        self.audit.operation(request.record, self.operation, final.status, started, **facts)
+        tally = final.tally
+        counts = (
+            {}
+            if tally is None
+            else {"completed": tally.completed, "failed": tally.failed, "warning": tally.warning}
+        )
+        facts: dict[str, Any] = {"sop_class": self.sop_class, "query": keys, "sub_operations": counts}
+        self.audit.operation(record, self.operation, final.status, started, **facts)
 
+    @abstractmethod
     def _retrieve(
         self, dul: EventDrivenDUL, request: Request, identifier_of: RequestIdentifier
     ) -> _Final | None:
         """The sub-operations, then the final response (None: the requestor went away meanwhile)."""
-        raise NotImplementedError
 
     def _selected(self, identifier_of: RequestIdentifier) -> list[StoredInstance] | _Final:
         """The instances to send, or the final response that refuses the request."""
@@ -446,13 +446,10 @@ class DirectGet(_Retrieve):
             dataset = load_for_sending(self.gateway, instance, accepted, self.operation)
             if is_failed_marker(dataset):
                 return None
-            syntax = UID(target)  # (the file meta may still name the stored syntax: LE converts freely)
-            rewritten = dataset.__dict__.get("stored_bytes")  # (headers rewritten: retrieve.load_for_sending)
-            encoded = (
-                rewritten
-                if rewritten is not None
-                else encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-            )
+            encoded = dataset.__dict__.get("stored_bytes")  # (headers rewritten: retrieve.load_for_sending)
+            if encoded is None:  # (the file meta may still name the stored syntax: LE converts freely)
+                syntax = UID(target)
+                encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
             if encoded is None:  # (pynetdicom's send_c_store fails such a sub-operation too)
                 log.warning("C-GET: sub-operation failed: the converted data set did not encode")
                 return None

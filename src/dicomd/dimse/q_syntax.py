@@ -69,16 +69,11 @@ def prepare_for_syntax(ds: Dataset, stored: str, target: str) -> Dataset:
     return ds
 
 
-def rewritable(stored: str, target: str) -> bool:
-    """Whether ``implicit_bytes`` may convert from ``stored`` to ``target``."""
-    return target == IMPLICIT_LE and stored in (EXPLICIT_LE, DEFLATED_LE)
-
-
 def implicit_bytes(stored: str, target: str, data_set: bytes | memoryview) -> bytes | None:
     """The stored data set rewritten in ``target`` without parsing it, where that is only a matter of
     element headers (explicit, or deflated explicit, VR little endian to implicit: dicom/vr_conversion.py,
     ~50x faster than pydicom's parse and write); None otherwise (pydicom converts it)."""
-    if not rewritable(stored, target):
+    if target != IMPLICIT_LE or stored not in (EXPLICIT_LE, DEFLATED_LE):
         return None
     if stored == DEFLATED_LE:
         try:

@@ -85,7 +85,9 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         # C-MOVE sub-operation is written by the association's thread while this one may send an abort
         self.write_lock = threading.RLock()
         self.write_failed = False  # a write failed or timed out: the connection is shut, nothing more goes
-        # this thread answers a request itself (dimse/direct.py): a sleep in pynetdicom's code it calls
+        # this thread answers a request itself (dimse/direct.py): the peer waits, silent, as long as the
+        # answer takes (a move to a slow destination), so the idle timer stands still (the association
+        # thread, which watches it, would end the association); and a sleep in pynetdicom's code it calls
         # then (another association's send or release) is a real one, not this reactor's idle wait
         self.answering = False
 
@@ -175,7 +177,7 @@ class EventDrivenDUL(_dul.DULServiceProvider):
 
     def idle_timer_expired(self) -> bool:
         interceptor = self.interceptor
-        held = interceptor is not None and interceptor.holds_idle_timer
+        held = self.answering or (interceptor is not None and interceptor.holds_idle_timer)
         return not held and bool(super().idle_timer_expired())
 
     def send_pdu(self, primitive: Any) -> None:
