@@ -37,8 +37,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from test_dimse_query_archive import Receiver, query, start_receiver
 from test_dimse_retrieve import restudied, undecodable
 
-from dicomd.dimse.direct_retrieve import REMAINING, encode_retrieve_response
+from dicomd.dimse import direct_retrieve
+from dicomd.dimse.direct_retrieve import REMAINING, DirectGet, DirectMove, _Final, encode_retrieve_response
 from dicomd.dimse.direct_send import ONE_WRITE
+from dicomd.dimse.retrieve import Selection
 
 from support.dicom_files import EXPLICIT, make_instance, new_uid
 from support.dicomweb import wait_for
@@ -651,3 +653,21 @@ def test_a_retrieve_longer_than_the_network_timeout_is_not_cut_short(tmp_path: P
             assert served.taken == taken + 2
     finally:
         slow.close()
+
+
+# ---- more sub-operations than the counts can say --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("retrieve", "status"), [(DirectMove, 0xC516), (DirectGet, 0xC416)])
+def test_more_than_65535_selected_instances_are_refused(
+    retrieve: type[DirectMove | DirectGet], status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts of the responses are US: such a retrieve is refused before any sub-operation, with
+    pynetdicom's status for it (the number of instances a test can store makes this a unit test)."""
+    selected = [object()] * 65_536
+    monkeypatch.setattr(direct_retrieve, "select", lambda *_: Selection(selected))  # type: ignore[arg-type]
+    operation = retrieve(None, None, str(STUDY_MOVE), False)  # type: ignore[arg-type]
+    final = operation._selected(lambda: Dataset())  # type: ignore[arg-type]
+    assert final == _Final(status)
+    monkeypatch.setattr(direct_retrieve, "select", lambda *_: Selection(selected[:65_535]))  # type: ignore[arg-type]
+    assert operation._selected(lambda: Dataset()) == selected[:65_535]  # type: ignore[arg-type]
