@@ -11,6 +11,7 @@ tests/dimse/test_dimse_retrieve.py's (the same retrieve.select and load_for_send
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ import orjson
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import build_context, build_role, evt
+from pydicom.uid import AllTransferSyntaxes, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_GET_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -33,6 +34,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 from test_dimse_query_archive import Receiver, query, start_receiver
 from test_dimse_retrieve import restudied, undecodable
@@ -138,12 +140,36 @@ def _store(port: int, files: list[bytes], directory: Path) -> None:
     assert store_files(port, paths) == [0x0000] * len(files)
 
 
+def _aborting_receiver() -> Receiver:
+    """A storage SCP that answers the first instance it receives, then aborts the association while the
+    second waits for its response."""
+    ae = AE(ae_title="ABORTER")
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+    holder: list[Receiver] = []
+
+    def on_store(event: Any) -> int:
+        with holder[0].lock:
+            holder[0].received.append((str(event.context.transfer_syntax), event.dataset))
+            first = len(holder[0].received) == 1
+        if not first:
+            threading.Thread(target=event.assoc.abort).start()
+            threading.Event().wait(1.0)  # (the response, if any, goes after the abort: never)
+        return 0x0000
+
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    holder.append(Receiver(ae, server, server.socket.getsockname()[1]))
+    return holder[0]
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     receivers = {
         "STORESCP": start_receiver("STORESCP"),
         "IMPLICIT": start_receiver("IMPLICIT", [IMPLICIT]),
         "SLOW": start_receiver("SLOW", delay=0.3),
+        "ABORTER": _aborting_receiver(),
     }
     peers = [f"{title}=127.0.0.1:{receiver.port}" for title, receiver in receivers.items()]
     peers.append(f"NOBODY=127.0.0.1:{free_port()}")
@@ -347,6 +373,27 @@ def test_a_requestor_that_aborts_mid_move_leaves_the_listener_serving(archive: A
     time.sleep(4 * 0.3)  # (the rest would have come by now, one per 0.3 s)
     # no more sub-operations once the abort is seen (at most the one under way when it came)
     assert len(slow.received) <= 2
+    assert _move_statuses(archive.listener.port, archive.study, "STORESCP") == [0xFF00] * 4 + [0x0000]
+
+
+def test_a_destination_that_aborts_mid_move_fails_the_rest_at_once(archive: Archive) -> None:
+    """The sub-operation waiting when the destination aborted fails, and the ones after it fail unsent:
+    no pending response each (PS3.4 C.4.2.3.1: pending responses are optional), a final Warning with
+    every failed instance listed; the listener goes on serving."""
+    assoc = _associate(archive.listener.port)
+    try:
+        identifier = query("STUDY", StudyInstanceUID=archive.study)
+        responses = list(assoc.send_c_move(identifier, "ABORTER", STUDY_MOVE))
+    finally:
+        assoc.release()
+    statuses = [int(status.Status) for status, _ in responses]
+    assert statuses == [0xFF00, 0xFF00, 0xB000]
+    final, failed = responses[-1]
+    assert (int(final.NumberOfCompletedSuboperations), int(final.NumberOfFailedSuboperations)) == (1, 3)
+    received = archive.receivers["ABORTER"].sop_uids()
+    assert len(received) == 2
+    listed = failed.FailedSOPInstanceUIDList
+    assert sorted(listed) == sorted(set(archive.sops[:4]) - {received[0]})
     assert _move_statuses(archive.listener.port, archive.study, "STORESCP") == [0xFF00] * 4 + [0x0000]
 
 
@@ -653,6 +700,33 @@ def test_a_retrieve_longer_than_the_network_timeout_is_not_cut_short(tmp_path: P
             assert served.taken == taken + 2
     finally:
         slow.close()
+
+
+def test_a_requestor_silent_past_the_network_timeout_mid_get_is_aborted(tmp_path: Path) -> None:
+    """The C-GET's C-STORE sub-operation gets no response for the network timeout: the association is
+    aborted with an A-ABORT PDU (as pynetdicom's own network timeout does), not just closed; the listener
+    goes on serving."""
+    with direct_listener(tmp_path / "data", timeout=1) as served:
+        study = new_uid()
+        _store(served.port, [make_instance(study=study)], tmp_path / "sent")
+        assoc, _ = _getter(served.port, [EXPLICIT])
+        pdus: list[str] = []
+        assoc.bind(evt.EVT_PDU_RECV, lambda event: pdus.append(type(event.pdu).__name__))
+        request = C_GET()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = STUDY_GET
+        request.Priority = 2
+        request.Identifier = io.BytesIO(encode(query("STUDY", StudyInstanceUID=study), False, True))
+        message = C_GET_RQ()
+        message.primitive_to_message(request)
+        context_id = assoc._get_valid_context(STUDY_GET, "", "scu").context_id
+        with paused_reactor(assoc):  # (so that nothing answers the C-STORE-RQ)
+            for pdu in message_pdus(message, context_id, MAX_PDU):
+                assoc.dul.socket.send(pdu)
+            assert wait_for(lambda: "A_ABORT_RQ" in pdus, timeout=10)
+        assert pdus[0] == "P_DATA_TF"  # the C-STORE-RQ that got no answer
+        assert wait_for(lambda: not assoc.is_alive(), timeout=10)
+        assert echo(served.port) == 0x0000
 
 
 # ---- more sub-operations than the counts can say --------------------------------------------------------

@@ -16,7 +16,9 @@ before its handler can refuse).
   retrieve.load_for_sending (explicit to implicit VR by rewriting element headers, as bytes that
   send_data_set sends too; anything else by pydicom or the pixel services) and pynetdicom's
   send_c_store. Each sub-operation names the AE that asked for the move as its Move Originator (PS3.7
-  9.3.1.1; pynetdicom's service would name this one: retrieve.handle_move corrects it there too).
+  9.3.1.1; pynetdicom's service would name this one: retrieve.handle_move corrects it there too). Once
+  the destination's association has ended, the remaining sub-operations fail at once, unsent (pynetdicom's
+  service attempts, fails and logs each).
 - C-GET: the sub-operations go on the requesting association, in the storage contexts it proposed with the
   SCP role, written here (a converted instance as load_for_sending gives it: rewritten bytes, or encoded
   by pydicom), and their responses are read here too: this thread is the association's reader.
@@ -244,6 +246,7 @@ class _Retrieve(ABC):
         watch: PeerWatch,
         instances: list[StoredInstance],
         send: Send,
+        destination_lost: Callable[[], bool] = lambda: False,
     ) -> _Final | None:
         tally = Tally(remaining=len(instances))
         for position, instance in enumerate(instances):
@@ -251,6 +254,15 @@ class _Retrieve(ABC):
                 return _Final(CANCELLED, tally, failed_list=True)
             if watch.gone:
                 return None
+            if destination_lost():  # the rest fail at once: no instance read, no attempt, one log line
+                log.warning(
+                    "%s: the destination's association ended; %d sub-operations failed unsent",
+                    self.operation,
+                    len(instances) - position,
+                )
+                for unsent in instances[position:]:
+                    tally.note(None, unsent.sop_instance_uid)
+                break
             message_id = request.message_id + position + 1
             if message_id > MAX_SUB_OPERATIONS:
                 message_id -= MAX_SUB_OPERATIONS
@@ -330,7 +342,18 @@ class DirectMove(_Retrieve):
                 return self._send(store_assoc, instance, accepted, message_id, originator, request, resumed)
 
             watch = PeerWatch(dul, request.message_id)
-            return self._sub_operations(dul, request, watch, selected, send)
+
+            def lost() -> bool:
+                # (the destination aborted or closed; the DUL knows before the association's thread, which
+                # a failed write or an abort during pynetdicom's send_c_store leaves behind by a step)
+                dul: Any = store_assoc.dul
+                return bool(
+                    not store_assoc.is_established
+                    or getattr(dul, "write_failed", False)
+                    or dul.state_machine.current_state != "Sta6"
+                )
+
+            return self._sub_operations(dul, request, watch, selected, send, lost)
         finally:
             store_assoc.release()
 

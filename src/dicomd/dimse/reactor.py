@@ -55,6 +55,9 @@ _REACTOR_WAIT = 0.05  # the association thread's: only the network timeout is se
 PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3)
 P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+# an A-ABORT from the service user, reason not specified (PS3.8 9.3.8): what pynetdicom's abort() sends
+_ABORT_SEND_TIMEOUT = 1.0  # seconds the A-ABORT to a silent peer may take to go
+A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 
 class PDataInterceptor(Protocol):
@@ -105,7 +108,8 @@ class EventDrivenDUL(_dul.DULServiceProvider):
 
     def read_pdu(self) -> bytearray | None:
         """The next whole PDU from the socket (header included); None when there is none to read (the
-        connection closed, or an unknown PDU type: its event is queued for the state machine)."""
+        connection closed, the peer was silent for the socket's timeout and is aborted, or an unknown PDU
+        type: its event is queued for the state machine)."""
         association_socket = self.socket
         assert association_socket is not None
         try:
@@ -118,13 +122,29 @@ class EventDrivenDUL(_dul.DULServiceProvider):
                 self.event_queue.put("Evt19")  # unrecognised PDU
                 return None
             pdu += association_socket.recv(length)
-        except (OSError, TimeoutError):
+        except TimeoutError:
+            # silent for the network timeout (a direct path waits for the requestor's C-STORE response,
+            # or a PDU was cut short): aborted, as pynetdicom's own network timeout does, then closed
+            self._abort_silent_peer(association_socket)
+            self.event_queue.put("Evt17")
+            return None
+        except OSError:
             self.event_queue.put("Evt17")
             return None
         if len(pdu) != PDU_HEADER.size + length:
             self.event_queue.put("Evt17")
             return None
         return pdu
+
+    def _abort_silent_peer(self, association_socket: Any) -> None:
+        """Send an A-ABORT, waiting at most ``_ABORT_SEND_TIMEOUT`` for it to go (a peer that stopped
+        reading too would otherwise hold this thread for another network timeout): the connection is
+        closed next anyway."""
+        raw = association_socket.socket
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.settimeout(min(_ABORT_SEND_TIMEOUT, raw.gettimeout() or _ABORT_SEND_TIMEOUT))
+        self.write(A_ABORT_PDU)
 
     def hand_over(self, pdu: bytearray) -> None:
         """A PDU read here for pynetdicom: decoded, its event queued for the state machine."""
