@@ -77,8 +77,9 @@ class DicomServer:
     ae_title: str
     dicom_port: int
 
-    def stop(self, keep: bool) -> None:
-        self.server.keep = keep
+    def stop(self) -> None:
+        """Stop the server, keeping its data dir: removed with the run's work dir at the end."""
+        self.server.keep = True
         self.server.stop()
 
 
@@ -308,7 +309,6 @@ def run_server(
     corpora: tuple[Corpus, Corpus],
     moved: Corpus,
     files: Path,
-    keep: bool,
     scale: Corpus | None = None,
 ) -> Figures:
     figures = Figures()
@@ -337,7 +337,7 @@ def run_server(
             log(f"{target.name}: C-FIND at {scale.spec.n_studies + one.spec.n_studies} studies")
             find_line(figures, target, scale, "scale_find", "C-FIND at scale")
     finally:
-        target.stop(keep)
+        target.stop()
     return figures
 
 
@@ -380,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where data dirs go (default: bench/work)")
     ap.add_argument("--keep", action="store_true", help="keep server data dirs")
     ap.add_argument(
+        "--settle",
+        type=float,
+        default=servers.SETTLE_SECONDS,
+        help="seconds to wait, after a sync, before the first server (default 65: see bench/servers.py)",
+    )
+    ap.add_argument(
         "--find-studies", type=int, default=0, help="C-FIND again after storing N one-instance studies"
     )
     a = ap.parse_args(argv)
@@ -408,13 +414,18 @@ def main(argv: list[str] | None = None) -> int:
             scale = Corpus(spec)
             log(f"writing {a.find_studies} tiny one-instance studies")
             write_corpus(scale, files / "scale", 4)
-        # the corpus's dirty pages would otherwise be written back by dicomd's first syncfs calls (they
-        # flush the whole file system): a sender's files are not on the archive's disk
-        os.sync()
+        if a.settle > 0:
+            log(f"letting the file system settle for {a.settle:.0f} s (--settle)")
+            servers.settle(a.settle)
         starters = {"dicomd": start_dicomd, "orthanc": start_orthanc}
         results: dict[str, Figures] = {}
         for name in a.servers.split(","):
-            results[name] = run_server(starters[name], workdir, corpora, moved, files, a.keep, scale)
+            # like bench.run: neither the corpus nor the server before leaves dirty pages for this one's
+            # syncs (they flush the whole file system) to write back, and each data dir stays until the
+            # end (on ext4 without a journal, creating files right after a mass delete skips the recently
+            # deleted inodes one by one: up to ~1 ms per file here)
+            os.sync()
+            results[name] = run_server(starters[name], workdir, corpora, moved, files, scale)
         print(render(results, a.move_study))
     finally:
         if not a.keep:

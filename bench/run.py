@@ -833,9 +833,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--settle",
         type=float,
-        default=25.0,
-        help="seconds to wait before the first server starts (default 25: files deleted just before, "
-        "say by the test suite, make new files cost more CPU for ~30 s on ext4 without a journal)",
+        default=servers.SETTLE_SECONDS,
+        help="seconds to wait, after a sync, before the first server starts (default 65: on ext4 "
+        "without a journal, new files skip the inodes deleted in the last 60 s (360 s while not written "
+        "back), say by the test suite, one by one: up to ~1 ms per file)",
     )
     ap.add_argument("--render", metavar="JSON", help="only re-render the .md of a results .json")
     a = ap.parse_args(argv)
@@ -869,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.settle > 0:
         log(f"letting the file system settle for {a.settle:.0f} s (--settle)")
-        time.sleep(a.settle)
+        servers.settle(a.settle)
     log("measuring machine ceilings (loopback; fsync after the servers)")
     meta: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),

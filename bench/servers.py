@@ -30,6 +30,16 @@ ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 # Orthanc's JPEG 2000 / JPEG-LS codecs (and transcoding of them) come from its GDCM plugin
 GDCM_PLUGIN = "/usr/share/orthanc/plugins/libOrthancGdcm.so"
+# On ext4 without a journal, a new file skips one by one the inodes deleted in the last 60 s (360 s while
+# their inode table block is dirty: fs/ext4/ialloc.c, recently_deleted): right after a mass delete
+# (the test suite's, an earlier run's) creating a file cost up to ~1 ms here instead of ~20-50 us, and the
+# first server measured paid for it. A sync (no dirty inode table left), then this wait, before it starts.
+SETTLE_SECONDS = 65.0
+
+
+def settle(seconds: float) -> None:
+    os.sync()
+    time.sleep(seconds)
 
 
 def free_port() -> int:
