@@ -397,6 +397,25 @@ def test_a_destination_that_aborts_mid_move_fails_the_rest_at_once(archive: Arch
     assert _move_statuses(archive.listener.port, archive.study, "STORESCP") == [0xFF00] * 4 + [0x0000]
 
 
+def test_an_association_has_ended_as_soon_as_its_dul_knows() -> None:
+    """association_ended, which stops a move's sub-operations: a failed write (EventDrivenDUL.write's flag)
+    counts before the association's own thread has noticed anything, and so does an abort."""
+    receiver = start_receiver("ENDS")
+    try:
+        ae = client_ae()
+        assoc = ae.associate(
+            "127.0.0.1", receiver.port, ae_title="ENDS", contexts=[build_context(CTImageStorage)]
+        )
+        assert assoc.is_established and not direct_retrieve.association_ended(assoc)
+        assoc.dul.write_failed = True  # as a write that failed leaves it
+        assert assoc.is_established and direct_retrieve.association_ended(assoc)
+        assoc.dul.write_failed = False
+        assoc.abort()
+        assert direct_retrieve.association_ended(assoc)
+    finally:
+        receiver.close()
+
+
 A_RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 

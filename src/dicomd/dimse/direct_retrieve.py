@@ -342,18 +342,9 @@ class DirectMove(_Retrieve):
                 return self._send(store_assoc, instance, accepted, message_id, originator, request, resumed)
 
             watch = PeerWatch(dul, request.message_id)
-
-            def lost() -> bool:
-                # (the destination aborted or closed; the DUL knows before the association's thread, which
-                # a failed write or an abort during pynetdicom's send_c_store leaves behind by a step)
-                dul: Any = store_assoc.dul
-                return bool(
-                    not store_assoc.is_established
-                    or getattr(dul, "write_failed", False)
-                    or dul.state_machine.current_state != "Sta6"
-                )
-
-            return self._sub_operations(dul, request, watch, selected, send, lost)
+            return self._sub_operations(
+                dul, request, watch, selected, send, lambda: association_ended(store_assoc)
+            )
         finally:
             store_assoc.release()
 
@@ -512,6 +503,18 @@ class DirectGet(_Retrieve):
             if not (offered and pdu is not None and catcher.take(dul, pdu)):
                 watch.note(pdu)
         return us(catcher.fields.get(STATUS)) if catcher.fields is not None else None
+
+
+def association_ended(assoc: Association) -> bool:
+    """Whether an association dicomd requested has ended (aborted or closed by the peer, or a write
+    failed). Its DUL knows before the association's own thread, which a failed write, or an abort during
+    pynetdicom's send_c_store (its reactor paused), leaves a step behind."""
+    dul: Any = assoc.dul
+    return bool(
+        not assoc.is_established
+        or getattr(dul, "write_failed", False)
+        or dul.state_machine.current_state != "Sta6"
+    )
 
 
 def _starting(request: Request, models: frozenset[str]) -> tuple[str, bool] | None:
