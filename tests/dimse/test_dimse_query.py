@@ -445,13 +445,13 @@ def test_findscu_at_each_level(archive: tuple[Scp, Uids], tmp_path: Path) -> Non
 
 def test_text_answers_are_built_as_pydicom_builds_them_from_json() -> None:
     """The answer fast path (query.text_element) against Dataset.from_json, its reference: every text
-    element of every bundled file, as the index JSON holds it, is the same element and encodes to the
-    same bytes in both little endian syntaxes."""
+    and person name element of every bundled file, as the index JSON holds it, is the same element and
+    encodes to the same bytes in both little endian syntaxes."""
     from pynetdicom.dsutils import encode
 
     from dicomd.dicom.parser import parse_file
 
-    compared = 0
+    compared = names = 0
     for path in sorted([*TEST_FILES.iterdir(), *CHARSET_FILES.iterdir()]):
         try:
             dataset = parse_file(path).dataset
@@ -469,4 +469,6 @@ def test_text_answers_are_built_as_pydicom_builds_them_from_json() -> None:
                 other.add(reference)
                 assert encode(one, implicit, True) == encode(other, implicit, True), (path.name, tag)
             compared += 1
+            names += fast.VR == "PN"
     assert compared > 1000
+    assert names > 50  # person names too, with ideographic and phonetic groups (charset files)

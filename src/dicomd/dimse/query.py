@@ -175,19 +175,40 @@ def group_patients(studies: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(patients.values())
 
 
-# VRs whose JSON values are the element's values as they are (PS3.18 F.2.3): a key of one of them is
-# answered without Dataset.from_json, which cost more than the rest of an answer
+# VRs whose JSON values are the element's values as they are (PS3.18 F.2.3): a key of one of them, or a
+# person name (F.2.2), is answered without Dataset.from_json, which cost more than the rest of an answer
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 
 
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
 def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
-    """The element of a stored text value, as Dataset.from_json would build it; None for any other."""
+    """The element of a stored text value or person name, as Dataset.from_json would build it; None for
+    any other."""
     values = found.get("Value")
-    if found.get("vr") not in _TEXT_VRS or not isinstance(values, list) or not values:
+    vr = found.get("vr")
+    if not isinstance(values, list) or not values:
+        return None
+    if vr == "PN":
+        values = [_person_name(value) for value in values]
+    elif vr not in _TEXT_VRS:
         return None
     if not all(isinstance(value, str) for value in values):
         return None
-    return DataElement(tag, found["vr"], values[0] if len(values) == 1 else values)
+    return DataElement(tag, vr, values[0] if len(values) == 1 else values)
+
+
+def _person_name(value: Any) -> str | None:
+    """A DICOM JSON person name (PS3.18 F.2.2) as the string Dataset.from_json makes of it: its component
+    groups joined by "=", up to the last group present; None for anything else."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return None
+    present = [position for position, group in enumerate(_NAME_GROUPS) if group in value]
+    groups = [""] * ((present[-1] + 1) if present else 1)
+    for position in present:
+        groups[position] = value[_NAME_GROUPS[position]]
+    return "=".join(groups)
 
 
 def _answer_element(request: DataElement, found: dict[str, Any] | None) -> DataElement:
