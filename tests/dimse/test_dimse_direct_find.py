@@ -348,6 +348,54 @@ def test_answers_encode_as_pydicom_encodes_them() -> None:
     assert fast > 2000
 
 
+def test_answers_from_the_index_json_are_the_bytes_of_the_data_set_path() -> None:
+    """encode_answer_json against the data set path it stands in for (query.answer, then encode_answer or
+    pydicom's writer): an answer with each key of every bundled file, one key at a time and all keys at
+    once, plus keys the match lacks (text, ambiguous VR, sequence), in both little endian syntaxes; what it
+    does not know (None) takes that path."""
+    from pydicom.dataelem import DataElement
+
+    from dicomd.dicom.parser import parse_file
+    from dicomd.dimse.direct_find import encode_answer, encode_answer_json
+    from dicomd.dimse.query import Translation, answer
+
+    # values as a hostile or sloppy file may leave them: padded UIDs (pydicom's UID strips them), non-ASCII
+    # in an ASCII VR, a person name with every group, several values
+    odd = {
+        "00081155": {"vr": "UI", "Value": [" 1.2.3 ", "1.2.4"]},
+        "00080060": {"vr": "CS", "Value": ["CT\u00e9"]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B", "Ideographic": "", "Phonetic": "C"}, {}]},
+        "00081030": {"vr": "LO", "Value": ["x", "", "\u00fc"]},
+    }
+    absent = [
+        DataElement(0x00321060, "LO", None),  # Requested Procedure Description
+        DataElement(0x00280106, "US or SS", None),  # Smallest Image Pixel Value
+        DataElement(0x00081110, "SQ", []),  # Referenced Study Sequence
+    ]
+    fast = 0
+    matches = [odd]
+    for path in sorted([*TEST_FILES.iterdir(), *CHARSET_FILES.iterdir()]):
+        with contextlib.suppress(Exception):  # (not a file our parser stores)
+            matches.append(parse_file(path).dataset)
+    for found in matches:
+        keys = [
+            DataElement(int(tag, 16), value.get("vr", "UN"), None)
+            for tag, value in found.items()
+            if not tag.startswith("0002") and tag != "00080005"
+        ]
+        for chosen in [*([key] for key in [*keys, *absent]), keys, [*keys, *absent[:2]]]:
+            translation = Translation(return_keys=chosen)
+            for implicit in (True, False):
+                mine = encode_answer_json(found, translation, "STUDY", "DICOMD", implicit=implicit)
+                if mine is None:
+                    continue
+                identifier = answer(found, translation, "STUDY", "DICOMD")
+                reference = encode_answer(identifier, implicit) or encode(identifier, implicit, True)
+                assert mine == reference, ([k.tag for k in chosen], implicit)
+                fast += 1
+    assert fast > 2000
+
+
 @pytest.fixture(scope="module")
 def stalling_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
     """300 studies behind a listener with a 1 s timeout and small send buffers: a peer that stops reading

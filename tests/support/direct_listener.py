@@ -57,14 +57,20 @@ def _serve_counting(
     DirectPath._answer = counted  # type: ignore[method-assign]
     if answer_delay:
         from dicomd.dimse import query
+        from dicomd.dimse.direct_find import DirectFind
 
-        real_answer = query.answer
+        real_answer, direct_answer = query.answer, DirectFind._answer
 
-        def slow_answer(*args: Any) -> Any:
+        def slow_answer(*args: Any) -> Any:  # (pynetdicom's path)
             time.sleep(answer_delay)
             return real_answer(*args)
 
+        def slow_direct_answer(*args: Any) -> Any:  # (the direct path's)
+            time.sleep(answer_delay)
+            return direct_answer(*args)
+
         query.answer = slow_answer  # type: ignore[assignment]
+        DirectFind._answer = slow_direct_answer  # type: ignore[method-assign]
     if send_buffer:
         from dicomd.dimse import transport
 

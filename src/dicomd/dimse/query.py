@@ -191,7 +191,7 @@ def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
     if not isinstance(values, list) or not values:
         return None
     if vr == "PN":
-        values = [_person_name(value) for value in values]
+        values = [person_name(value) for value in values]
     elif vr not in _TEXT_VRS:
         return None
     if not all(isinstance(value, str) for value in values):
@@ -199,7 +199,7 @@ def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
     return DataElement(tag, vr, values[0] if len(values) == 1 else values)
 
 
-def _person_name(value: Any) -> str | None:
+def person_name(value: Any) -> str | None:
     """A DICOM JSON person name (PS3.18 F.2.2) as the string Dataset.from_json makes of it: its component
     groups joined by "=", up to the last group present; None for anything else."""
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -256,15 +256,22 @@ def handle_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset,
     return find_responses(lambda: event.identifier, sop_class, lambda: event.is_cancelled, gateway)
 
 
+# builds a match's response identifier: ``answer``, or the direct path's encoder (which may give bytes)
+Answerer = Callable[[dict[str, Any], Translation, QueryLevel, str], Any]
+
+
 def find_responses(
     identifier_of: Callable[[], Dataset],
     sop_class: str,
     is_cancelled: Callable[[], bool],
     gateway: Gateway,
-) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    answers: Answerer | None = None,
+) -> Iterator[tuple[int | Dataset, Any]]:
     """A C-FIND's responses: (pending status, identifier) per match, then the final status; a failure
     status with an ErrorComment for a bad identifier, never an exception. ``identifier_of`` decodes the
-    request's identifier; ``is_cancelled`` tells whether the peer sent a C-CANCEL for it."""
+    request's identifier; ``is_cancelled`` tells whether the peer sent a C-CANCEL for it; ``answers``
+    builds each match's identifier (``answer``'s Dataset by default)."""
+    build = answer if answers is None else answers
     try:
         identifier = run_checked(identifier_of, "identifier")
         level: QueryLevel = run_checked(lambda: query_level(identifier, sop_class), "identifier")
@@ -283,7 +290,7 @@ def find_responses(
             if is_cancelled():
                 yield CANCELLED, None
                 return
-            yield pending, answer(result, translation, level, ae_title)
+            yield pending, build(result, translation, level, ae_title)
     except Exception as exc:  # the index failed: the peer gets a status, the log no PHI
         log.error("C-FIND: the index search failed (%s)", type(exc).__name__)
         yield failure_status(UNABLE_TO_PROCESS, "the index could not be searched"), None
