@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settle",
         type=float,
         default=servers.SETTLE_SECONDS,
-        help="seconds to wait, after a sync, before the first server (default 65: see bench/servers.py)",
+        help="seconds to wait, after a sync, before the first server (default 65: servers.SETTLE_SECONDS)",
     )
     ap.add_argument(
         "--find-studies", type=int, default=0, help="C-FIND again after storing N one-instance studies"
@@ -422,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.servers.split(","):
             # like bench.run: neither the corpus nor the server before leaves dirty pages for this one's
             # syncs (they flush the whole file system) to write back, and each data dir stays until the
-            # end (on ext4 without a journal, creating files right after a mass delete skips the recently
-            # deleted inodes one by one: up to ~1 ms per file here)
+            # end (a mass delete makes the next server's files slow to create: servers.SETTLE_SECONDS)
             os.sync()
             results[name] = run_server(starters[name], workdir, corpora, moved, files, scale)
         print(render(results, a.move_study))

@@ -834,9 +834,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settle",
         type=float,
         default=servers.SETTLE_SECONDS,
-        help="seconds to wait, after a sync, before the first server starts (default 65: on ext4 "
-        "without a journal, new files skip the inodes deleted in the last 60 s (360 s while not written "
-        "back), say by the test suite, one by one: up to ~1 ms per file)",
+        help="seconds to wait, after a sync, before the first server starts (default 65: see "
+        "SETTLE_SECONDS in bench/servers.py)",
     )
     ap.add_argument("--render", metavar="JSON", help="only re-render the .md of a results .json")
     a = ap.parse_args(argv)

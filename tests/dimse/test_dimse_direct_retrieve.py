@@ -11,7 +11,6 @@ tests/dimse/test_dimse_retrieve.py's (the same retrieve.select and load_for_send
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ import orjson
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes, ImplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role, evt
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import build_context, build_role, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_GET_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE
@@ -34,7 +33,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
-    Verification,
 )
 from test_dimse_query_archive import Receiver, query, start_receiver
 from test_dimse_retrieve import restudied, undecodable
@@ -140,36 +138,13 @@ def _store(port: int, files: list[bytes], directory: Path) -> None:
     assert store_files(port, paths) == [0x0000] * len(files)
 
 
-def _aborting_receiver() -> Receiver:
-    """A storage SCP that answers the first instance it receives, then aborts the association while the
-    second waits for its response."""
-    ae = AE(ae_title="ABORTER")
-    ae.add_supported_context(Verification)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
-    holder: list[Receiver] = []
-
-    def on_store(event: Any) -> int:
-        with holder[0].lock:
-            holder[0].received.append((str(event.context.transfer_syntax), event.dataset))
-            first = len(holder[0].received) == 1
-        if not first:
-            threading.Thread(target=event.assoc.abort).start()
-            threading.Event().wait(1.0)  # (the response, if any, goes after the abort: never)
-        return 0x0000
-
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    holder.append(Receiver(ae, server, server.socket.getsockname()[1]))
-    return holder[0]
-
-
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     receivers = {
         "STORESCP": start_receiver("STORESCP"),
         "IMPLICIT": start_receiver("IMPLICIT", [IMPLICIT]),
         "SLOW": start_receiver("SLOW", delay=0.3),
-        "ABORTER": _aborting_receiver(),
+        "ABORTER": start_receiver("ABORTER", abort_at=2),
     }
     peers = [f"{title}=127.0.0.1:{receiver.port}" for title, receiver in receivers.items()]
     peers.append(f"NOBODY=127.0.0.1:{free_port()}")

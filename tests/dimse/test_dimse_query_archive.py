@@ -183,8 +183,10 @@ class Receiver:
 
 
 def start_receiver(
-    ae_title: str = "STORESCP", syntaxes: list[str] | None = None, delay: float = 0
+    ae_title: str = "STORESCP", syntaxes: list[str] | None = None, delay: float = 0, abort_at: int = 0
 ) -> Receiver:
+    """``abort_at``: the receiver aborts the association when its abort_at-th instance arrives, while that
+    one waits for its response (never sent)."""
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(Verification)  # as every storage SCP does
     for cx in AllStoragePresentationContexts:
@@ -200,6 +202,10 @@ def start_receiver(
         with holder[0].lock:
             holder[0].received.append((str(event.context.transfer_syntax), ds))
             holder[0].originators.append(originator)
+            aborting = len(holder[0].received) == abort_at
+        if aborting:
+            threading.Thread(target=event.assoc.abort).start()
+            threading.Event().wait(1.0)  # (the response goes after the abort: never)
         return 0x0000
 
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])

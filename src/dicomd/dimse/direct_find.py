@@ -43,7 +43,14 @@ from dicomd.dimse.direct import (
 )
 from dicomd.dimse.operations import PENDING_STATUSES, query_keys
 from dicomd.dimse.q_common import FIND_MODELS, QueryLevel, error_comment
-from dicomd.dimse.query import Translation, answer, find_responses, person_name
+from dicomd.dimse.query import (
+    Translation,
+    answer,
+    empty_key_vr,
+    find_responses,
+    has_value,
+    text_values,
+)
 
 if TYPE_CHECKING:
     from dicomd.dimse.context import Gateway
@@ -99,13 +106,17 @@ def _value_bytes(vr: str, value: Any) -> bytes | None:
             return None
         return b"\\".join(b"=".join(c.encode() for c in n.components) for n in names)
     strings = _strings(value)
-    if strings is None:
-        return None
-    if vr in _UTF8_VRS:
-        return "\\".join(strings).encode()
-    if vr in _ASCII_VRS:
-        joined = "\\".join(strings)
-        return joined.encode() if joined.isascii() else None
+    return None if strings is None else _text_bytes(vr, strings)
+
+
+def _text_bytes(vr: str, strings: list[str]) -> bytes | None:
+    """Text values (a person name as one string) as pydicom writes them in UTF-8 (unpadded); None for a VR
+    this does not know, or non-ASCII text in an ASCII VR."""
+    joined = "\\".join(strings)
+    if vr in _UTF8_VRS or vr == "PN":
+        return joined.encode()
+    if vr in _ASCII_VRS and joined.isascii():
+        return joined.encode()
     return None
 
 
@@ -147,23 +158,15 @@ def _encoded_elements(elements: list[tuple[int, str, bytes]], implicit: bool) ->
 _CHARACTER_SET, _LEVEL, _RETRIEVE_AE = 0x00080005, 0x00080052, 0x00080054  # what ``query.answer`` sets
 
 
-def _json_value_bytes(vr: str, values: Any) -> bytes | None:
+def _json_value_bytes(found: dict[str, Any]) -> bytes | None:
     """A stored text value or person name (index JSON) as encode_answer writes the element
     ``query.text_element`` makes of it; None for any other."""
-    if not isinstance(values, list) or not values:
+    values = text_values(found)
+    if values is None:
         return None
-    if vr == "PN":
-        values = [person_name(value) for value in values]
-    elif vr not in _UTF8_VRS and vr not in _ASCII_VRS:
-        return None
-    if not all(isinstance(value, str) for value in values):
-        return None
-    if vr == "UI":
+    if found["vr"] == "UI":
         values = [value.strip() for value in values]  # (as pydicom's UID does)
-    joined = "\\".join(values)
-    if vr in _ASCII_VRS and not joined.isascii():
-        return None
-    return joined.encode()
+    return _text_bytes(found["vr"], values)
 
 
 def encode_answer_json(
@@ -184,11 +187,10 @@ def encode_answer_json(
         if tag in (_CHARACTER_SET, _LEVEL, _RETRIEVE_AE):
             return None
         found = result.get(f"{tag:08X}")
-        if found and ("Value" in found or "InlineBinary" in found):
-            vr = found.get("vr", "")
-            value = _json_value_bytes(vr, found.get("Value"))
+        if has_value(found):
+            vr, value = found.get("vr", ""), _json_value_bytes(found)
         else:
-            vr = request.VR if " or " not in request.VR else (found or {}).get("vr", "UN")
+            vr = empty_key_vr(request, found)
             # (pydicom gives UN the dictionary's VR, and resolves an ambiguous one, as it writes)
             value = None if vr in ("SQ", "UN") or " or " in vr else b""
         if value is None:

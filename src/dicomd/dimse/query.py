@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -183,20 +183,27 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM
 _NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
-    """The element of a stored text value or person name, as Dataset.from_json would build it; None for
-    any other."""
+def text_values(found: dict[str, Any]) -> list[str] | None:
+    """The values of a stored text value or person name as Dataset.from_json gives them to its element
+    (a person name as one string); None for any other."""
     values = found.get("Value")
-    vr = found.get("vr")
     if not isinstance(values, list) or not values:
         return None
+    vr = found.get("vr")
     if vr == "PN":
         values = [person_name(value) for value in values]
     elif vr not in _TEXT_VRS:
         return None
-    if not all(isinstance(value, str) for value in values):
+    return values if all(isinstance(value, str) for value in values) else None
+
+
+def text_element(tag: int, found: dict[str, Any]) -> DataElement | None:
+    """The element of a stored text value or person name, as Dataset.from_json would build it; None for
+    any other."""
+    values = text_values(found)
+    if values is None:
         return None
-    return DataElement(tag, vr, values[0] if len(values) == 1 else values)
+    return DataElement(tag, found["vr"], values[0] if len(values) == 1 else values)
 
 
 def person_name(value: Any) -> str | None:
@@ -214,7 +221,7 @@ def person_name(value: Any) -> str | None:
 def _answer_element(request: DataElement, found: dict[str, Any] | None) -> DataElement:
     """The answer to one requested key: its value from the index JSON, else empty."""
     tag = f"{request.tag:08X}"
-    if found and ("Value" in found or "InlineBinary" in found):
+    if has_value(found):
         elem = text_element(request.tag, found)
         if elem is None:
             try:
@@ -225,8 +232,18 @@ def _answer_element(request: DataElement, found: dict[str, Any] | None) -> DataE
             if elem.VR == "SQ" and request.VR == "SQ" and request.value:
                 _keep_requested_items_keys(elem.value, request.value[0])
             return elem
-    vr = request.VR if " or " not in request.VR else (found or {}).get("vr", "UN")
+    vr = empty_key_vr(request, found)
     return DataElement(request.tag, vr, [] if vr == "SQ" else None)
+
+
+def has_value(found: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    """Whether a match's stored element answers its key with a value (else the key is answered empty)."""
+    return found is not None and ("Value" in found or "InlineBinary" in found)
+
+
+def empty_key_vr(request: DataElement, found: dict[str, Any] | None) -> str:
+    """The VR of a key answered empty: the key's, or the stored element's where the key's is ambiguous."""
+    return request.VR if " or " not in request.VR else (found or {}).get("vr", "UN")
 
 
 def _keep_requested_items_keys(items: Sequence, requested_item: Dataset) -> None:

@@ -55,9 +55,9 @@ _REACTOR_WAIT = 0.05  # the association thread's: only the network timeout is se
 PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3)
 P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
-# an A-ABORT from the service user, reason not specified (PS3.8 9.3.8): what pynetdicom's abort() sends
 _ABORT_SEND_TIMEOUT = 1.0  # seconds the A-ABORT to a silent peer may take to go
-A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+# an A-ABORT from the service user, reason not specified (PS3.8 9.3.8): what pynetdicom's abort() sends
+_A_ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 
 class PDataInterceptor(Protocol):
@@ -144,7 +144,7 @@ class EventDrivenDUL(_dul.DULServiceProvider):
         if raw is not None:
             with contextlib.suppress(OSError):
                 raw.settimeout(min(_ABORT_SEND_TIMEOUT, raw.gettimeout() or _ABORT_SEND_TIMEOUT))
-        self.write(A_ABORT_PDU)
+        self.write(_A_ABORT_PDU)
 
     def hand_over(self, pdu: bytearray) -> None:
         """A PDU read here for pynetdicom: decoded, its event queued for the state machine."""
