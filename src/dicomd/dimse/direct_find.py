@@ -174,7 +174,7 @@ def encode_answer_json(
 ) -> bytes | None:
     """``encode_answer(query.answer(...))`` straight from a match's index JSON, without a data set: the same
     bytes, or None for an answer this does not know (a value other than text or a person name, a sequence,
-    a key ``answer`` sets itself). A study-level answer with five keys: 7 us, against 72."""
+    a key ``answer`` sets itself). A study-level answer with five keys: 7-8 us, against 72."""
     if not (level.isascii() and ae_title.isascii()):
         return None
     elements: list[tuple[int, str, bytes]] = [
