@@ -17,18 +17,15 @@ from typing import Any
 import psycopg.errors
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import event
 
 from dicomd.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
-from dicomd.index import Index
 from dicomd.ingest import committer as committer_module
-from dicomd.ingest.committer import GroupCommitter, same_bytes
+from dicomd.ingest.committer import same_bytes
 from dicomd.ingest.prepare import StoreOutcome, fault_reason
-from dicomd.ingest.service import IngestService
 from dicomd.storage import local
-from dicomd.storage.local import LocalObjectStore
 
 from support.dicom_files import make_instance, new_uid
+from support.ingest_archive import Archive, started_archive
 
 FULL = "out of storage space"
 
@@ -62,60 +59,10 @@ def test_out_of_resources_is_told_from_other_faults() -> None:
 # ---- the store path, in process ------------------------------------------------------------------
 
 
-class Archive:
-    """A real index (SQLite) and object store with the STOW ingest service and its group committer."""
-
-    def __init__(self, root: Path) -> None:
-        self.index = Index(f"sqlite:///{root / 'index.db'}")
-        self.index.migrate()
-        self.store = LocalObjectStore(root / "objects")
-        self.committer = GroupCommitter(self.index, self.store, overwrite=False, max_batch=64)
-        self.ingest = IngestService(self.store, self.committer, bulk_threshold=1024)
-        self.max_pages: int | None = None
-        event.listen(self.index.engine, "connect", self._limit_pages)
-
-    def _limit_pages(self, dbapi_conn: Any, _record: Any) -> None:
-        if self.max_pages is not None:
-            dbapi_conn.execute(f"PRAGMA max_page_count={self.max_pages}")
-
-    def fill_index(self) -> None:
-        """Make the index's disk full: SQLite may not grow the database by a single page."""
-        with self.index.engine.connect() as conn:
-            self.max_pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
-        self.index.engine.dispose()
-
-    def free_index(self) -> None:
-        self.max_pages = None
-        self.index.engine.dispose()
-
-    def staged(self) -> list[Path]:
-        staging = self.store.root / "staging"
-        return [p for p in staging.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
-
-    async def stow(self, data: bytes, chunks: int = 1) -> StoreOutcome:
-        """One part through the STOW steps: stage, prepare, commit (as api/stow.py runs them)."""
-        part = await self.ingest.stage(_body(data, chunks))
-        outcome, prepared = await self.ingest.prepare(part, url_study=None, version=2)
-        return outcome if prepared is None else await self.ingest.commit(outcome, prepared)
-
-    def close(self) -> None:
-        self.store.close()
-        self.index.close()
-
-
-async def _body(data: bytes, chunks: int) -> AsyncIterator[bytes]:
-    step = -(-len(data) // chunks)
-    for start in range(0, len(data), step):
-        yield data[start : start + step]
-
-
 @pytest.fixture
 async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    archive = Archive(tmp_path)
-    archive.committer.start()
-    yield archive
-    await archive.committer.stop()
-    archive.close()
+    async for started in started_archive(tmp_path):
+        yield started
 
 
 def _stored(archive: Archive, outcome: StoreOutcome) -> bool:

@@ -18,51 +18,22 @@ from typing import Any
 
 import pytest
 
-from dicomd.index import Index, PreparedInstance
+from dicomd.index import Index
 from dicomd.index.types import UnsyncedBatch
 from dicomd.ingest import shared_flush
 from dicomd.ingest.bulk_import import import_files
-from dicomd.ingest.committer import GroupCommitter
-from dicomd.ingest.service import IngestService, StoreOutcome
 from dicomd.ingest.shared_flush import SharedFlush
 from dicomd.storage import local
 from dicomd.storage.local import LocalObjectStore
 
 from support.dicom_files import make_instance, new_uid
-
-
-class Archive:
-    def __init__(self, root: Path, *, index_dir: Path | None = None, overwrite: bool = False) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.index = Index(f"sqlite:///{(index_dir or root) / 'index.db'}")
-        self.index.migrate()
-        self.store = LocalObjectStore(root / "objects")
-        self.committer = GroupCommitter(self.index, self.store, overwrite=overwrite, max_batch=64)
-        self.ingest = IngestService(self.store, self.committer, bulk_threshold=1024)
-
-    async def prepared(self, data: bytes) -> PreparedInstance:
-        part = await self.ingest.stage(_body(data))
-        outcome, prepared = await self.ingest.prepare(part, url_study=None, version=2)
-        assert prepared is not None, outcome.messages
-        return prepared
-
-    def close(self) -> None:
-        self.store.close()
-        self.index.close()
-
-
-async def _body(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+from support.ingest_archive import Archive, started_archive
 
 
 @pytest.fixture
 async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    archive = Archive(tmp_path)
-    archive.committer.start()
-    yield archive
-    await archive.committer.stop()
-    archive.close()
+    async for started in started_archive(tmp_path):
+        yield started
 
 
 def _synchronous_of_pooled_connections(index: Index) -> set[int]:
@@ -102,16 +73,16 @@ async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
     monkeypatch.setattr(shared_flush, "_FORGET_AFTER", 2)
     area = archive.store.staging_area
     data = [make_instance() for _ in range(3)]
-    outcome = await archive.ingest.commit(*await _prepare(archive, data[0]))
+    outcome = await archive.ingest.commit(*await archive.prepared(data[0]))
     assert outcome.stored
     [(key, size, checksum)] = archive.index.unsynced_objects(area)
     assert (size, checksum) == (len(data[0]), zlib.crc32(data[0]))
     [stored] = archive.index.find_instances(1, outcome.study_instance_uid)
     assert stored.object_key == key
     assert archive.store.read(key) == data[0]  # published after the sync
-    await archive.ingest.commit(*await _prepare(archive, data[1]))
+    await archive.ingest.commit(*await archive.prepared(data[1]))
     assert len(archive.index.unsynced_objects(area)) == 2
-    await archive.ingest.commit(*await _prepare(archive, data[2]))  # forgets the first two
+    await archive.ingest.commit(*await archive.prepared(data[2]))  # forgets the first two
     [(_, size, checksum)] = archive.index.unsynced_objects(area)
     assert (size, checksum) == (len(data[2]), zlib.crc32(data[2]))
     # commits that do not flush are the group commit's alone: every other transaction still flushes
@@ -120,20 +91,13 @@ async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
     assert archive.index.unsynced_objects(area) == []
 
 
-async def _prepare(archive: Archive, data: bytes) -> tuple[StoreOutcome, PreparedInstance]:
-    part = await archive.ingest.stage(_body(data))
-    outcome, prepared = await archive.ingest.prepare(part, url_study=None, version=2)
-    assert prepared is not None
-    return outcome, prepared
-
-
 async def test_recovery_rolls_back_instances_whose_files_a_crash_lost(tmp_path: Path) -> None:
     dead = Archive(tmp_path)
     flush = dead.committer.shared_flush
     assert flush is not None
     study = new_uid()
     data = [make_instance(study=study) for _ in range(4)]
-    items = [await dead.prepared(d) for d in data]
+    items = [(await dead.prepared(d))[1] for d in data]
     keys = [p.item.object_key for p in items]
     # the group commit's transaction, then the crash before its syncfs
     results = dead.index.add_instances(items, overwrite=False, unsynced=flush.batch(keys))
@@ -170,7 +134,7 @@ async def test_recovery_keeps_every_instance_whose_sync_came(tmp_path: Path) -> 
     archive.committer.start()
     study = new_uid()
     for _ in range(3):
-        outcome = await archive.ingest.commit(*await _prepare(archive, make_instance(study=study)))
+        outcome = await archive.ingest.commit(*await archive.prepared(make_instance(study=study)))
         assert outcome.stored
     area = archive.store.staging_area
     assert len(archive.index.unsynced_objects(area)) == 3
@@ -195,7 +159,7 @@ async def test_a_failed_sync_after_the_commit_rolls_the_batch_back(
 
     monkeypatch.setattr(archive.store, "sync", failing_sync)
     data = make_instance()
-    outcome = await archive.ingest.commit(*await _prepare(archive, data))
+    outcome = await archive.ingest.commit(*await archive.prepared(data))
     assert not outcome.stored
     assert archive.index.find_instances(1, outcome.study_instance_uid) == []
     assert archive.index.unsynced_objects(archive.store.staging_area) == []
@@ -203,7 +167,7 @@ async def test_a_failed_sync_after_the_commit_rolls_the_batch_back(
     assert [c.action for c in changes] == ["Create", "Delete"]  # it was visible for a moment
     assert archive.store.staged_names() == []
     monkeypatch.undo()
-    again = await archive.ingest.commit(*await _prepare(archive, data))  # the sender's retry
+    again = await archive.ingest.commit(*await archive.prepared(data))  # the sender's retry
     assert again.stored
     assert isinstance(archive.committer.shared_flush, SharedFlush)
 
@@ -236,9 +200,9 @@ async def test_a_failed_syncfs_fails_the_batches_staged_before_it_too(
     # the error a batch's syncfs gets may be the lost write-back of a file another batch had staged,
     # whose own syncfs (the same descriptor) then succeeds. That batch must not be acknowledged.
     first, staged_meanwhile = make_instance(), make_instance()
-    early = await _prepare(archive, staged_meanwhile)  # staged while the first batch commits
+    early = await archive.prepared(staged_meanwhile)  # staged while the first batch commits
     _fail_the_next_syncfs(monkeypatch)
-    failed = await archive.ingest.commit(*await _prepare(archive, first))
+    failed = await archive.ingest.commit(*await archive.prepared(first))
     assert not failed.stored
     outcome = await archive.ingest.commit(*early)  # its syncfs succeeds
     assert not outcome.stored
@@ -246,7 +210,7 @@ async def test_a_failed_syncfs_fails_the_batches_staged_before_it_too(
     assert archive.store.staged_names() == []
     # staged after the failure: stored, and so is the retry of either
     for data in (make_instance(), staged_meanwhile, first):
-        assert (await archive.ingest.commit(*await _prepare(archive, data))).stored
+        assert (await archive.ingest.commit(*await archive.prepared(data))).stored
 
 
 async def test_after_a_failed_syncfs_the_next_commit_starts_the_wal_afresh(
@@ -255,14 +219,14 @@ async def test_after_a_failed_syncfs_the_next_commit_starts_the_wal_afresh(
     # the error may have been the WAL's own write-back: SQLite's recovery stops at the first bad frame and
     # drops every later one, so the next batch's frames (acknowledged after their syncfs) must not follow
     # them: the WAL goes into the database file, flushed, and the next commit writes it from its start
-    assert (await archive.ingest.commit(*await _prepare(archive, make_instance()))).stored
+    assert (await archive.ingest.commit(*await archive.prepared(make_instance()))).stored
     assert archive.index.sqlite_file is not None
     wal = Path(f"{archive.index.sqlite_file}-wal")
     before = _wal_checkpoint_sequence(wal)
     _fail_the_next_syncfs(monkeypatch)
-    assert not (await archive.ingest.commit(*await _prepare(archive, make_instance()))).stored
+    assert not (await archive.ingest.commit(*await archive.prepared(make_instance()))).stored
     assert _wal_checkpoint_sequence(wal) == before  # the rollback followed the frames in question
-    stored = await archive.ingest.commit(*await _prepare(archive, make_instance()))
+    stored = await archive.ingest.commit(*await archive.prepared(make_instance()))
     assert stored.stored
     assert _wal_checkpoint_sequence(wal) > before
     assert len(archive.index.find_instances(1, stored.study_instance_uid)) == 1

@@ -17,6 +17,6 @@ class Gateway:
     index: Index
     store: ObjectStore
     ingest: IngestService  # the STOW ingest path (staging, validation, group commit)
-    loop: asyncio.AbstractEventLoop  # the event loop `ingest` runs on (a thread of the listener process);
-    # pynetdicom's handler threads submit coroutines to it
+    loop: asyncio.AbstractEventLoop  # the event loop `ingest` was opened on and is closed on (a thread of
+    # the listener process); associations commit through ``ingest.commit_here``, in their own threads
     peers: dict[str, tuple[str, int]]  # C-MOVE destinations: AE title -> (host, port), from dicom_peers

@@ -17,7 +17,6 @@ with other content, duplicate_policy "reject"); processing failure 0x0110 (any o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
 import time
@@ -138,7 +137,7 @@ def store_received(
     raises.
 
     Staging and preparing (file writes, parsing) run here, in the association's thread, so associations
-    do them side by side; only the group commit is submitted to the gateway's loop."""
+    do them side by side; the group commit too when none is running (``GroupCommitter.commit_here``)."""
     ingest = gateway.ingest
     store = gateway.store
     key = store.new_key()
@@ -167,7 +166,7 @@ def store_received(
         outcome.failure_reason = VALIDATION_FAILURE
         outcome.messages = ["the data set is not the SOP instance the C-STORE request names"]
         return outcome
-    return asyncio.run_coroutine_threadsafe(ingest.commit(outcome, prepared), gateway.loop).result()
+    return ingest.commit_here(outcome, prepared)
 
 
 def store_request(

@@ -16,7 +16,7 @@ from dicomd.dicom.status import (
     VALIDATION_FAILURE,
 )
 from dicomd.index.schema import DEFAULT_PARTITION_KEY
-from dicomd.index.store import PreparedInstance, unavailable_errors
+from dicomd.index.store import AddResult, PreparedInstance, unavailable_errors
 from dicomd.ingest.committer import GroupCommitter
 from dicomd.ingest.prepare import PrepareJob, StoreOutcome, fault_outcome, prepare_staged
 from dicomd.storage import ObjectStore, StorageUnavailable
@@ -118,28 +118,48 @@ class IngestService:
         those it does not store). Never raises."""
         try:
             result = await self.committer.submit(prepared)
-        except StorageUnavailable:  # the upload failed: none of the batch is stored
-            outcome.failure_reason = OUT_OF_RESOURCES
-            outcome.messages = [STORAGE_UNAVAILABLE]
-            return outcome
-        except Exception as exc:  # the sync or the index transaction failed: none of the batch is stored
-            outcome = fault_outcome(outcome, "the instance could not be committed", exc)
-            if outcome.failure_reason != OUT_OF_RESOURCES and isinstance(exc, unavailable_errors()):
-                # the database is down, slow or locked (not full): Out of Resources tells a sender to retry
-                outcome.failure_reason = OUT_OF_RESOURCES
-                outcome.messages = [INDEX_UNAVAILABLE]
-            return outcome
-        # "identical": a re-send of the stored instance, which stays as it is: a success
-        if result.status == "exists":
-            outcome.failure_reason = ALREADY_EXISTS
-            outcome.messages = ["the instance is already stored"]
-        elif result.status == "conflict":
-            outcome.failure_reason = VALIDATION_FAILURE
-            outcome.messages = ["the SOP Instance UID is already stored under another study or series"]
-        elif prepared.item.parsed.warnings:
-            outcome.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
-            outcome.messages = list(prepared.item.parsed.warnings)
+        except Exception as exc:
+            return _not_committed(outcome, exc)
+        return _committed(outcome, prepared, result)
+
+    def commit_here(self, outcome: StoreOutcome, prepared: PreparedInstance) -> StoreOutcome:
+        """``commit`` for a caller in a thread of its own (a DICOM association), which blocks until
+        the group commit is done and runs it itself when none is running. Never raises."""
+        try:
+            result = self.committer.commit_here(prepared)
+        except Exception as exc:
+            return _not_committed(outcome, exc)
+        return _committed(outcome, prepared, result)
+
+
+def _not_committed(outcome: StoreOutcome, exc: Exception) -> StoreOutcome:
+    """The outcome of an instance whose group commit failed: none of the batch is stored."""
+    if isinstance(exc, StorageUnavailable):  # the upload failed
+        outcome.failure_reason = OUT_OF_RESOURCES
+        outcome.messages = [STORAGE_UNAVAILABLE]
         return outcome
+    # the sync or the index transaction failed
+    outcome = fault_outcome(outcome, "the instance could not be committed", exc)
+    if outcome.failure_reason != OUT_OF_RESOURCES and isinstance(exc, unavailable_errors()):
+        # the database is down, slow or locked (not full): Out of Resources tells a sender to retry
+        outcome.failure_reason = OUT_OF_RESOURCES
+        outcome.messages = [INDEX_UNAVAILABLE]
+    return outcome
+
+
+def _committed(outcome: StoreOutcome, prepared: PreparedInstance, result: AddResult) -> StoreOutcome:
+    """The outcome of an instance its group commit decided on."""
+    # "identical": a re-send of the stored instance, which stays as it is: a success
+    if result.status == "exists":
+        outcome.failure_reason = ALREADY_EXISTS
+        outcome.messages = ["the instance is already stored"]
+    elif result.status == "conflict":
+        outcome.failure_reason = VALIDATION_FAILURE
+        outcome.messages = ["the SOP Instance UID is already stored under another study or series"]
+    elif prepared.item.parsed.warnings:
+        outcome.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
+        outcome.messages = list(prepared.item.parsed.warnings)
+    return outcome
 
 
 async def _drain(body: AsyncIterator[bytes]) -> None:

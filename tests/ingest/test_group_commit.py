@@ -1,0 +1,223 @@
+"""The group commit's leader/follower (ingest/committer.py): a caller in a thread of its own (a DICOM
+association) that finds no commit running commits in its own thread; callers arriving meanwhile share the
+next commit, which a waiting thread runs (the committer's own thread when only the event loop's callers
+wait); a failed commit fails each of its callers, of both kinds; a stop lets the running commit end and
+fails what is queued. Real SQLite and real files; the commits are only watched (which thread, how many
+instances) and the first one held at a gate so that others queue behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomd.dicom.status import OUT_OF_RESOURCES
+from dicomd.ingest import committer as committer_module
+from dicomd.ingest.prepare import StoreOutcome
+
+from support.dicom_files import make_instance
+from support.ingest_archive import Archive, started_archive
+
+# the stop's RuntimeError, as an instance's failure tells it (the type only: see prepare.fault_outcome)
+_SHUTTING_DOWN = "the instance could not be committed: RuntimeError"
+
+
+@pytest.fixture
+async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+    async for started in started_archive(tmp_path):
+        yield started
+
+
+@dataclass
+class Commits:
+    """Each group commit as it starts: its thread's name and its instance count. The first waits at
+    ``gate`` (when set) until the test opens it."""
+
+    gate: threading.Event | None = None
+    seen: list[tuple[str, int]] = field(default_factory=list)
+
+    def thread_names(self) -> list[str]:
+        return [name for name, _ in self.seen]
+
+    def sizes(self) -> list[int]:
+        return [size for _, size in self.seen]
+
+
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Commits]:
+    watched = Commits()
+    real = committer_module.commit_batch
+
+    def watching(index: Any, store: Any, items: list[Any], **kwargs: Any) -> Any:
+        watched.seen.append((threading.current_thread().name, len(items)))
+        if watched.gate is not None and len(watched.seen) == 1:
+            assert watched.gate.wait(10)
+        return real(index, store, items, **kwargs)
+
+    monkeypatch.setattr(committer_module, "commit_batch", watching)
+    yield watched
+    if watched.gate is not None:
+        watched.gate.set()  # never leave a commit waiting
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def _request(archive: Archive) -> asyncio.Future[StoreOutcome]:
+    """An instance prepared, then committed as STOW commits it (on the event loop)."""
+    return asyncio.ensure_future(archive.ingest.commit(*await archive.prepared(make_instance())))
+
+
+def _queued(archive: Archive) -> int:
+    return len(archive.committer._queue)
+
+
+def _stored(archive: Archive, outcome: StoreOutcome) -> bool:
+    return bool(archive.index.find_instances(1, outcome.study_instance_uid))
+
+
+class Associations:
+    """Threads committing as DICOM associations do (``IngestService.commit_here``), named assoc-N."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="assoc")
+
+    async def commit(self, data: bytes) -> asyncio.Future[StoreOutcome]:
+        outcome, prepared = await self.archive.prepared(data)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.pool, self.archive.ingest.commit_here, outcome, prepared)
+
+
+@pytest.fixture
+def associations(archive: Archive) -> Iterator[Associations]:
+    threads = Associations(archive)
+    yield threads
+    threads.pool.shutdown(wait=True)
+
+
+async def test_a_thread_that_finds_no_commit_running_commits_its_instance_itself(
+    archive: Archive, commits: Commits, associations: Associations
+) -> None:
+    outcomes = [await (await associations.commit(make_instance())) for _ in range(3)]
+    assert all(o.stored for o in outcomes)
+    assert all(_stored(archive, o) for o in outcomes)
+    assert commits.sizes() == [1, 1, 1]
+    assert all(name.startswith("assoc") for name in commits.thread_names()), commits.seen
+
+
+async def test_callers_arriving_during_a_commit_share_the_next_one_led_by_a_waiting_thread(
+    archive: Archive, commits: Commits, associations: Associations
+) -> None:
+    commits.gate = threading.Event()
+    first = await associations.commit(make_instance())
+    await _until(lambda: len(commits.seen) == 1)
+    threads = [await associations.commit(make_instance()) for _ in range(3)]
+    requests = [await _request(archive) for _ in range(3)]
+    await _until(lambda: _queued(archive) == 6)
+    commits.gate.set()
+    outcomes = [await first] + [await f for f in threads] + list(await asyncio.gather(*requests))
+    assert all(o.stored for o in outcomes), [o.messages for o in outcomes]
+    assert all(_stored(archive, o) for o in outcomes)
+    assert len({o.sop_instance_uid for o in outcomes}) == 7  # each caller got its own instance's outcome
+    assert commits.sizes() == [1, 6]
+    first_name, second_name = commits.thread_names()
+    assert first_name.startswith("assoc") and second_name.startswith("assoc") and first_name != second_name
+
+
+async def test_the_committers_own_thread_leads_when_only_the_loop_waits(
+    archive: Archive, commits: Commits, associations: Associations
+) -> None:
+    commits.gate = threading.Event()
+    first = await associations.commit(make_instance())
+    await _until(lambda: len(commits.seen) == 1)
+    requests = [await _request(archive) for _ in range(4)]
+    await _until(lambda: _queued(archive) == 4)
+    commits.gate.set()
+    assert (await first).stored
+    assert all(o.stored for o in await asyncio.gather(*requests))
+    assert commits.sizes() == [1, 4]
+    assert commits.thread_names()[1].startswith("dicomd-commit")
+    # and a STOW alone is committed there too
+    assert (await archive.stow(make_instance())).stored
+    assert commits.thread_names()[2].startswith("dicomd-commit")
+
+
+async def test_a_failed_commit_fails_each_of_its_callers_of_both_kinds_and_the_next_one_stores(
+    archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits.gate = threading.Event()
+    first = await associations.commit(make_instance())
+    await _until(lambda: len(commits.seen) == 1)
+    threads = [await associations.commit(make_instance()) for _ in range(2)]
+    requests = [await _request(archive) for _ in range(2)]
+    await _until(lambda: _queued(archive) == 4)
+    real_sync = archive.store.sync
+
+    def sync_failing_for_the_second(keys: list[str]) -> None:
+        if len(commits.seen) == 2:  # e.g. ext4 reporting ENOSPC at writeback
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_sync(keys)
+
+    monkeypatch.setattr(archive.store, "sync", sync_failing_for_the_second)
+    commits.gate.set()
+    assert (await first).stored
+    failed = [await f for f in threads] + list(await asyncio.gather(*requests))
+    assert [o.failure_reason for o in failed] == [OUT_OF_RESOURCES] * 4
+    assert not any(_stored(archive, o) for o in failed)
+    assert archive.staged() == []
+    assert commits.sizes() == [1, 4]
+    # the lead was given up: the next callers commit, of both kinds
+    assert (await (await associations.commit(make_instance()))).stored
+    assert (await archive.stow(make_instance())).stored
+
+
+async def test_a_stop_ends_the_running_commit_fails_the_queued_and_refuses_later_ones(
+    archive: Archive, commits: Commits, associations: Associations
+) -> None:
+    commits.gate = threading.Event()
+    first = await associations.commit(make_instance())
+    await _until(lambda: len(commits.seen) == 1)
+    thread = await associations.commit(make_instance())
+    request = await _request(archive)
+    await _until(lambda: _queued(archive) == 2)
+    stopping = asyncio.ensure_future(archive.committer.stop())
+    await _until(lambda: _queued(archive) == 0)
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # it waits for the running commit
+    commits.gate.set()
+    await stopping
+    assert (await first).stored
+    for outcome in (await thread, await request):
+        assert not outcome.stored
+        assert outcome.messages == [_SHUTTING_DOWN]
+    assert commits.sizes() == [1]
+    later = await associations.commit(make_instance())
+    assert (await later).messages == [_SHUTTING_DOWN]
+    assert (await archive.stow(make_instance())).messages == [_SHUTTING_DOWN]
+
+
+async def test_many_threads_and_requests_at_once_each_get_their_own_outcome(
+    archive: Archive, associations: Associations
+) -> None:
+    data = [make_instance() for _ in range(48)]
+    threads = [await associations.commit(d) for d in data[:24]]
+    requests = [asyncio.ensure_future(archive.stow(d)) for d in data[24:]]
+    outcomes = [await f for f in threads] + list(await asyncio.gather(*requests))
+    assert all(o.stored for o in outcomes)
+    assert len({o.sop_instance_uid for o in outcomes}) == 48
+    assert all(_stored(archive, o) for o in outcomes)
+    assert archive.staged() == []
