@@ -109,6 +109,22 @@ def associations(archive: Archive) -> Iterator[Associations]:
     threads.pool.shutdown(wait=True)
 
 
+async def _held(
+    archive: Archive, commits: Commits, associations: Associations, *, threads: int, requests: int
+) -> tuple[
+    asyncio.Future[StoreOutcome], list[asyncio.Future[StoreOutcome]], list[asyncio.Future[StoreOutcome]]
+]:
+    """The first commit (one association's instance) held at the gate, then ``threads`` associations
+    and ``requests`` STOW requests queued behind it."""
+    commits.gate = threading.Event()
+    first = await associations.commit(make_instance())
+    await _until(lambda: len(commits.seen) == 1)
+    waiting_threads = [await associations.commit(make_instance()) for _ in range(threads)]
+    waiting_requests = [await _request(archive) for _ in range(requests)]
+    await _until(lambda: _queued(archive) == threads + requests)
+    return first, waiting_threads, waiting_requests
+
+
 async def test_a_thread_that_finds_no_commit_running_commits_its_instance_itself(
     archive: Archive, commits: Commits, associations: Associations
 ) -> None:
@@ -122,12 +138,7 @@ async def test_a_thread_that_finds_no_commit_running_commits_its_instance_itself
 async def test_callers_arriving_during_a_commit_share_the_next_one_led_by_a_waiting_thread(
     archive: Archive, commits: Commits, associations: Associations
 ) -> None:
-    commits.gate = threading.Event()
-    first = await associations.commit(make_instance())
-    await _until(lambda: len(commits.seen) == 1)
-    threads = [await associations.commit(make_instance()) for _ in range(3)]
-    requests = [await _request(archive) for _ in range(3)]
-    await _until(lambda: _queued(archive) == 6)
+    first, threads, requests = await _held(archive, commits, associations, threads=3, requests=3)
     commits.gate.set()
     outcomes = [await first] + [await f for f in threads] + list(await asyncio.gather(*requests))
     assert all(o.stored for o in outcomes), [o.messages for o in outcomes]
@@ -141,11 +152,7 @@ async def test_callers_arriving_during_a_commit_share_the_next_one_led_by_a_wait
 async def test_the_committers_own_thread_leads_when_only_the_loop_waits(
     archive: Archive, commits: Commits, associations: Associations
 ) -> None:
-    commits.gate = threading.Event()
-    first = await associations.commit(make_instance())
-    await _until(lambda: len(commits.seen) == 1)
-    requests = [await _request(archive) for _ in range(4)]
-    await _until(lambda: _queued(archive) == 4)
+    first, _, requests = await _held(archive, commits, associations, threads=0, requests=4)
     commits.gate.set()
     assert (await first).stored
     assert all(o.stored for o in await asyncio.gather(*requests))
@@ -159,12 +166,7 @@ async def test_the_committers_own_thread_leads_when_only_the_loop_waits(
 async def test_a_failed_commit_fails_each_of_its_callers_of_both_kinds_and_the_next_one_stores(
     archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    commits.gate = threading.Event()
-    first = await associations.commit(make_instance())
-    await _until(lambda: len(commits.seen) == 1)
-    threads = [await associations.commit(make_instance()) for _ in range(2)]
-    requests = [await _request(archive) for _ in range(2)]
-    await _until(lambda: _queued(archive) == 4)
+    first, threads, requests = await _held(archive, commits, associations, threads=2, requests=2)
     real_sync = archive.store.sync
 
     def sync_failing_for_the_second(keys: list[str]) -> None:
@@ -188,12 +190,7 @@ async def test_a_failed_commit_fails_each_of_its_callers_of_both_kinds_and_the_n
 async def test_a_stop_ends_the_running_commit_fails_the_queued_and_refuses_later_ones(
     archive: Archive, commits: Commits, associations: Associations
 ) -> None:
-    commits.gate = threading.Event()
-    first = await associations.commit(make_instance())
-    await _until(lambda: len(commits.seen) == 1)
-    thread = await associations.commit(make_instance())
-    request = await _request(archive)
-    await _until(lambda: _queued(archive) == 2)
+    first, (thread,), (request,) = await _held(archive, commits, associations, threads=1, requests=1)
     stopping = asyncio.ensure_future(archive.committer.stop())
     await _until(lambda: _queued(archive) == 0)
     await asyncio.sleep(0.05)
