@@ -218,3 +218,69 @@ async def test_many_threads_and_requests_at_once_each_get_their_own_outcome(
     assert len({o.sop_instance_uid for o in outcomes}) == 48
     assert all(_stored(archive, o) for o in outcomes)
     assert archive.staged() == []
+
+
+class _Crash(BaseException):
+    """Not an Exception: what the committer does not catch (say, a KeyboardInterrupt in that thread)."""
+
+
+async def test_a_leader_whose_commit_of_others_crashes_leaves_the_lead_to_the_next_callers(
+    archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.committer.max_batch = 1  # so the thread handed the lead commits the request's batch first
+    first, _, (request,) = await _held(archive, commits, associations, threads=0, requests=1)
+    handed = await associations.commit(make_instance())
+    await _until(lambda: _queued(archive) == 2)  # the request, then the association
+    real_sync = archive.store.sync
+
+    def crashing_for_the_second(keys: list[str]) -> None:
+        if len(commits.seen) == 2:
+            raise _Crash
+        real_sync(keys)
+
+    monkeypatch.setattr(archive.store, "sync", crashing_for_the_second)
+    commits.gate.set()  # type: ignore[union-attr]
+    assert (await first).stored
+    with pytest.raises(_Crash):
+        await handed  # its caller learns it failed ...
+    with pytest.raises(_Crash):
+        await request
+    assert commits.sizes() == [1, 1]  # ... and it was not handed the lead again: nothing hangs
+    outcome, prepared = await archive.prepared(make_instance())
+    later: list[StoreOutcome] = []
+    caller = threading.Thread(
+        target=lambda: later.append(archive.ingest.commit_here(outcome, prepared)), daemon=True
+    )
+    caller.start()
+    caller.join(10)
+    assert later and later[0].stored, "a later association waits for a lead nobody holds"
+    assert (await asyncio.wait_for(archive.stow(make_instance()), 10)).stored
+
+
+async def test_a_thread_that_took_the_lead_as_the_committer_stops_is_told_it_is_shutting_down(
+    archive: Archive, associations: Associations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committer = archive.committer
+    real_enqueue = committer._enqueue
+
+    def enqueue_then_wait_for_the_stop(waiter: Any) -> bool:
+        took = real_enqueue(waiter)
+        deadline = time.monotonic() + 10
+        while not (committer._closed and not committer._queue) and time.monotonic() < deadline:
+            time.sleep(0.001)  # the stop clears the queue while this thread holds the lead, unled
+        return took
+
+    real_failed = committer._failed
+
+    def failed_slowly(batch: list[Any], exc: BaseException) -> None:
+        time.sleep(0.2)  # widens the window between the stop clearing the queue and failing it
+        real_failed(batch, exc)
+
+    monkeypatch.setattr(committer, "_enqueue", enqueue_then_wait_for_the_stop)
+    monkeypatch.setattr(committer, "_failed", failed_slowly)
+    leader = await associations.commit(make_instance())
+    await _until(lambda: committer._leading)
+    await asyncio.wait_for(committer.stop(), 10)
+    outcome = await leader
+    assert not outcome.stored
+    assert outcome.messages == [_SHUTTING_DOWN]

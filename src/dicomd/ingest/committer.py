@@ -76,15 +76,15 @@ class GroupCommitter:
     async def stop(self) -> None:
         """Stop after the commit in progress (it syncs, commits and publishes; the store's staging area
         must outlive it) and fail what is still queued; later submissions fail at once."""
-        with self._lock:
+        with self._lock:  # failed under the lock: a thread handed the lead meanwhile finds them failed
             self._closed = True
             queued = list(self._queue)
             self._queue.clear()
-        self._failed(queued, RuntimeError("the server is shutting down"))
+            self._failed(queued, RuntimeError("the server is shutting down"))
         self._deliver(queued)
         await asyncio.to_thread(self._wait_for_no_lead)
         if self._thread is not None:
-            self._thread.shutdown(wait=True)
+            await asyncio.to_thread(self._thread.shutdown, wait=True)
         if self.shared_flush is not None:
             await asyncio.to_thread(self.shared_flush.forget_synced)
 
@@ -121,7 +121,13 @@ class GroupCommitter:
 
     def _lead_in_own_thread(self) -> None:
         assert self._thread is not None, "start() the committer first"
-        self._thread.submit(self._lead, None)
+        self._thread.submit(self._lead_for_the_loop)
+
+    def _lead_for_the_loop(self) -> None:
+        try:
+            self._lead(None)
+        except BaseException:  # nobody reads this thread's future: say it here (the lead was handed on)
+            log.critical("the group committer's thread failed", exc_info=True)
 
     def _lead(self, me: _Waiter | None) -> None:
         """Commit a batch from the queue or, for a waiting thread (``me``), batches until its own
@@ -138,15 +144,22 @@ class GroupCommitter:
                 if me is None or me.done:
                     break
                 self._deliver(batch)
-        except BaseException:
-            self._hand_on_after(batch, me)
+        except BaseException as exc:
+            self._hand_on_after(batch, me, exc)
             raise
         self._hand_on_after(batch, me)
 
-    def _hand_on_after(self, batch: list[_Waiter], me: _Waiter | None) -> None:
+    def _hand_on_after(
+        self, batch: list[_Waiter], me: _Waiter | None, exc: BaseException | None = None
+    ) -> None:
         """Wake the last batch's callers together with the lead's next holder: one wake-up of the
-        loop per commit, as the loop's callers need it for both."""
+        loop per commit, as the loop's callers need it for both. A leader leaving on ``exc`` before its
+        own instance was committed takes that instance out of the queue, failed (its caller raises)."""
         with self._lock:
+            if exc is not None and me is not None and not me.done:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(me)
+                self._failed([me], exc)
             resume_on = self._hand_on()
         self._deliver([w for w in batch if w is not me], resume_on)
 
@@ -187,6 +200,9 @@ class GroupCommitter:
                 shared_flush=self.shared_flush,
             )
             log.debug("group commit of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1e3)
+            for waiter, result in zip(batch, results, strict=True):
+                waiter.result = result
+                waiter.done = True
         except StorageUnavailable as exc:  # an outage, not a bug: no traceback (the message says why)
             log.warning("group commit of %d instances failed: %s", len(batch), exc)
             self._failed(batch, exc)
@@ -196,10 +212,6 @@ class GroupCommitter:
         except BaseException as exc:
             self._failed(batch, exc)
             raise
-        else:
-            for waiter, result in zip(batch, results, strict=True):
-                waiter.result = result
-                waiter.done = True
 
     @staticmethod
     def _failed(batch: list[_Waiter], exc: BaseException) -> None:
@@ -229,16 +241,18 @@ class GroupCommitter:
     def _settle(self, waiters: list[_Waiter], resume: bool) -> None:
         """On the waiters' event loop: their futures get what their commit gave; then, with ``resume``,
         the next commit starts."""
-        for waiter in waiters:
-            future = waiter.future
-            if future is None or future.done():  # a request that gave up (cancelled) waits no longer
-                continue
-            if waiter.error is not None:
-                future.set_exception(waiter.error)
-            else:
-                future.set_result(waiter.outcome())
-        if resume:  # after what the woken requests do next (they may queue more instances)
-            asyncio.get_running_loop().call_soon(self._lead_in_own_thread)
+        try:
+            for waiter in waiters:
+                future = waiter.future
+                if future is None or future.done():  # a request that gave up (cancelled) waits no longer
+                    continue
+                if waiter.error is not None:
+                    future.set_exception(waiter.error)
+                else:
+                    future.set_result(waiter.outcome())
+        finally:
+            if resume:  # after what the woken requests do next (they may queue more instances)
+                asyncio.get_running_loop().call_soon(self._lead_in_own_thread)
 
 
 STORED = ("created", "replaced")
