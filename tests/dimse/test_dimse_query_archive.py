@@ -72,7 +72,6 @@ class Scp:
 
     def close(self) -> None:
         self.server.shutdown()
-        self.gateway.loop.close()
         self.store.close()
         self.index.close()
 
@@ -84,14 +83,12 @@ def start_scp(
     index = Index(index_url or f"sqlite:///{root / 'index.db'}")
     index.migrate()
     store = LocalObjectStore(root / "objects")
-    loop = asyncio.new_event_loop()  # the handlers under test read only; nothing runs on it
     committer = GroupCommitter(index, store, overwrite=False, max_batch=64)
     gateway = Gateway(
         settings=Settings(data_dir=root, dicom_ae_title=AE_TITLE),
         index=index,
         store=store,
         ingest=IngestService(store, committer, bulk_threshold=1024),
-        loop=loop,
         peers=dict(peers or {}),
     )
     ae = AE(ae_title=AE_TITLE)

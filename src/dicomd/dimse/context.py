@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from dicomd.config import Settings
@@ -17,6 +16,4 @@ class Gateway:
     index: Index
     store: ObjectStore
     ingest: IngestService  # the STOW ingest path (staging, validation, group commit)
-    loop: asyncio.AbstractEventLoop  # the event loop `ingest` was opened on and is closed on (a thread of
-    # the listener process); associations commit through ``ingest.commit_here``, in their own threads
     peers: dict[str, tuple[str, int]]  # C-MOVE destinations: AE title -> (host, port), from dicom_peers

@@ -5,8 +5,8 @@ gives each connection to one of them. They count their associations together (as
 
 It holds what a web worker's lifespan holds for storing (an Index, an ObjectStore, a GroupCommitter and
 the IngestService over them) on an asyncio loop in a thread of its own, and runs pynetdicom's association
-server (dimse/transport.py) in another; the handlers run in pynetdicom's association threads and submit
-coroutines to the loop. It stops on SIGTERM or SIGINT: no new associations, those open get a few seconds
+server (dimse/transport.py) in another; the handlers run in pynetdicom's association threads, which run
+their group commits too (``IngestService.commit_here``; the loop opens and closes the ingest). It stops on SIGTERM or SIGINT: no new associations, those open get a few seconds
 to finish and are then aborted, queued commits fail, the store and index close.
 """
 
@@ -72,10 +72,7 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
 async def _open_gateway(settings: Settings) -> Gateway:
     # the supervisor migrated the index (migrate=False: a schema a newer replica migrated is refused)
     ingest = await open_ingest(settings, migrate=False)
-    loop = asyncio.get_running_loop()
-    return Gateway(
-        settings, ingest.committer.index, ingest.store, ingest, loop, parse_peers(settings.dicom_peers)
-    )
+    return Gateway(settings, ingest.committer.index, ingest.store, ingest, parse_peers(settings.dicom_peers))
 
 
 async def _close_gateway(gateway: Gateway) -> None:

@@ -45,8 +45,11 @@ class _Waiter:
     future: asyncio.Future[AddResult] | None = None
     result: AddResult | None = None
     error: BaseException | None = None
-    done: bool = False
     lead: bool = False  # a waiting thread told to commit the queue (the lead was handed to it)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
 
     def outcome(self) -> AddResult:
         if self.error is not None:
@@ -202,7 +205,6 @@ class GroupCommitter:
             log.debug("group commit of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1e3)
             for waiter, result in zip(batch, results, strict=True):
                 waiter.result = result
-                waiter.done = True
         except StorageUnavailable as exc:  # an outage, not a bug: no traceback (the message says why)
             log.warning("group commit of %d instances failed: %s", len(batch), exc)
             self._failed(batch, exc)
@@ -217,7 +219,6 @@ class GroupCommitter:
     def _failed(batch: list[_Waiter], exc: BaseException) -> None:
         for waiter in batch:
             waiter.error = exc
-            waiter.done = True
 
     def _deliver(self, waiters: list[_Waiter], resume_on: asyncio.AbstractEventLoop | None = None) -> None:
         """Wake the waiters: each thread, and each event loop once for all its futures (``resume_on``
