@@ -6,8 +6,9 @@ gives each connection to one of them. They count their associations together (as
 It holds what a web worker's lifespan holds for storing (an Index, an ObjectStore, a GroupCommitter and
 the IngestService over them) on an asyncio loop in a thread of its own, and runs pynetdicom's association
 server (dimse/transport.py) in another; the handlers run in pynetdicom's association threads, which run
-their group commits too (``IngestService.commit_here``; the loop opens and closes the ingest). It stops on SIGTERM or SIGINT: no new associations, those open get a few seconds
-to finish and are then aborted, queued commits fail, the store and index close.
+their group commits too (``IngestService.commit_here``; the loop opens and closes the ingest). It stops
+on SIGTERM or SIGINT: no new associations, those open get a few seconds to finish and are then aborted,
+queued commits fail, the store and index close.
 """
 
 from __future__ import annotations
