@@ -10,7 +10,7 @@ import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, event, func, select, text
 
 from dicomd.index import Index, parse_qido
 from dicomd.index.schema import changefeed, deleted_object, metadata, series, study
@@ -414,6 +414,52 @@ def test_a_batch_larger_than_one_lookup_chunk(index: Index) -> None:
     assert len(index.find_instances(1, "1.2.3")) == 700
     row = _study_row(index, "1.2.3")
     assert (row.num_series, row.num_instances) == (1, 700)  # type: ignore[attr-defined]
+
+
+def _set_columns(statements: list[str], table: str) -> list[set[str]]:
+    """The columns each recorded ``UPDATE <table> SET ...`` statement sets."""
+    found = []
+    for sql in statements:
+        if sql.startswith(f"UPDATE {table} SET "):
+            assignments = sql[len(f"UPDATE {table} SET ") :].split(" WHERE ")[0]
+            found.append({part.split("=")[0].strip() for part in assignments.split(", ")})
+    return found
+
+
+def test_a_known_study_and_series_are_updated_only_in_what_an_instance_changes(tmp_path: Path) -> None:
+    """An UPDATE that sets an indexed column, even to its own value, rewrites that index's entry (a page
+    of the WAL per index on SQLite, no in-place update on PostgreSQL): adding to a known study sets only
+    its counters and what the new instance changes, and the row still ends as the latest instance says."""
+    with open_index("sqlite", tmp_path) as idx:
+        add(idx, make_parsed())
+        statements: list[str] = []
+        idx.engine.dispose()  # the connections opened from now on report their statements
+        event.listen(idx.engine, "connect", lambda conn, _record: conn.set_trace_callback(statements.append))
+
+        add(idx, make_parsed(sop="1.2.3.1.2", instance_number=2))  # the same study and series values
+        counters = {"num_series", "num_instances", "updated_at"}
+        assert _set_columns(statements, "study") == [counters]
+        assert _set_columns(statements, "series") == [{"num_instances", "updated_at"}]
+
+        statements.clear()
+        add(idx, make_parsed(sop="1.2.3.1.3", patient_name="Roe^Jane", modality="MR"))
+        [study_set] = _set_columns(statements, "study")
+        assert study_set - counters == {
+            "patient_name",
+            "patient_name_norm",
+            "patient_name_words",
+            "attrs",
+        }
+        assert _set_columns(statements, "series") == [{"num_instances", "updated_at", "modality", "attrs"}]
+
+        row = _study_row(idx, "1.2.3")
+        assert row.patient_name == "Roe^Jane" and row.num_instances == 3  # type: ignore[attr-defined]
+        assert row.patient_name_norm == "=ROE^JANE=" and row.patient_id == "P1"  # type: ignore[attr-defined]
+        [r] = idx.search(parse_qido("series", [("includefield", "all")]))
+        assert r["00080060"]["Value"] == ["MR"] and r["00201209"]["Value"] == [3]
+        assert [s["00100010"]["Value"][0]["Alphabetic"] for s in idx.search(parse_qido("study", []))] == [
+            "Roe^Jane"
+        ]
 
 
 def test_a_schema_migrated_by_a_newer_version_is_refused(index: Index) -> None:

@@ -112,6 +112,37 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+# the columns study_values and series_values give, in their order (the writer reads them back to
+# leave unchanged ones out of its UPDATEs)
+STUDY_VALUE_COLUMNS = (
+    "patient_id",
+    "patient_name",
+    "patient_name_norm",
+    "patient_name_words",
+    "patient_birth_date",
+    "patient_sex",
+    "accession_number",
+    "referring_physician_name",
+    "referring_physician_name_norm",
+    "referring_physician_name_words",
+    "study_date",
+    "study_time",
+    "study_id",
+    "study_description",
+    "attrs",
+)
+SERIES_VALUE_COLUMNS = (
+    "modality",
+    "series_number",
+    "series_description",
+    "performed_procedure_step_start_date",
+    "performed_procedure_step_start_time",
+    "body_part_examined",
+    "manufacturer_model_name",
+    "attrs",
+)
+
+
 def study_values(ds: JsonDataset, attrs: dict[str, Any]) -> dict[str, Any]:
     patient = first_str(ds.get(PATIENT_NAME)) or ""
     referring = first_str(ds.get(REFERRING_PHYSICIAN_NAME)) or ""

@@ -15,7 +15,7 @@ from sqlalchemy import BindParameter, Select, Table, bindparam, delete, insert, 
 
 from dicomd.index import deleted_objects
 from dicomd.index.compiled import CompiledStatements, insert_many
-from dicomd.index.rows import study_name_keys
+from dicomd.index.rows import SERIES_VALUE_COLUMNS, STUDY_VALUE_COLUMNS, study_name_keys
 from dicomd.index.schema import (
     changefeed,
     instance,
@@ -35,11 +35,15 @@ _NAME_COLUMNS = (
     "referring_physician_name_norm",
     "referring_physician_name_words",
 )
+# a study's and a series' stored values come along too: an UPDATE sets only the columns an instance
+# changes. Setting an indexed column, even to its value, rewrites that index's entry: one WAL page per
+# index (7 for a study and its series) in every commit that adds to a known study, and PostgreSQL
+# could not update the row in place (HOT)
 _LOOKUPS: dict[str, Callable[[], Select[Any]]] = {
-    _STUDY_KEY: lambda: select(study.c.study_key, *(study.c[c] for c in _NAME_COLUMNS)).where(
+    _STUDY_KEY: lambda: select(study.c.study_key, *(study.c[c] for c in STUDY_VALUE_COLUMNS)).where(
         study.c.partition_key == bindparam("pk"), study.c.study_instance_uid == bindparam("uid")
     ),
-    _SERIES_KEY: lambda: select(series.c.series_key).where(
+    _SERIES_KEY: lambda: select(series.c.series_key, *(series.c[c] for c in SERIES_VALUE_COLUMNS)).where(
         series.c.partition_key == bindparam("pk"),
         series.c.study_key == bindparam("study_key"),
         series.c.series_instance_uid == bindparam("uid"),
@@ -86,6 +90,9 @@ class WriteBatch:
     study_partitions: dict[int, int] = field(default_factory=dict)  # study key -> partition key
     # name columns of each study as stored before this batch (none for a study the batch inserts)
     stored_names: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # the value columns of each study and series as the row holds them (inserted by this batch or not)
+    stored_studies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stored_series: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def prefetch(self, items: list[PreparedInstance]) -> None:
         """Load the already indexed SOP instances of a batch with one query per partition chunk."""
@@ -109,7 +116,8 @@ class WriteBatch:
             row = self._row(_STUDY_KEY, {"pk": pk, "uid": uid})
             if row is not None:
                 key = row[0]
-                self.stored_names[key] = dict(zip(_NAME_COLUMNS, row[1:], strict=True))
+                stored = dict(zip(STUDY_VALUE_COLUMNS, row[1:], strict=True))
+                self.stored_names[key] = {c: stored[c] for c in _NAME_COLUMNS}
             else:
                 key = self._insert_key(
                     study,
@@ -123,7 +131,9 @@ class WriteBatch:
                         **values,
                     },
                 )
+                stored = dict(values)
                 self.stored_names[key] = {}
+            self.stored_studies[key] = stored
             self.studies[(pk, uid)] = key
             self.study_partitions[key] = pk
         self.study_updates[key] = values
@@ -135,6 +145,7 @@ class WriteBatch:
             row = self._row(_SERIES_KEY, {"pk": pk, "study_key": study_key, "uid": uid})
             if row is not None:
                 key = row[0]
+                self.stored_series[key] = dict(zip(SERIES_VALUE_COLUMNS, row[1:], strict=True))
             else:
                 key = self._insert_key(
                     series,
@@ -148,6 +159,7 @@ class WriteBatch:
                         **values,
                     },
                 )
+                self.stored_series[key] = dict(values)
                 self.study_delta.setdefault(study_key, [0, 0])[0] += 1
             self.series[(study_key, uid)] = key
         self.series_updates[key] = values
@@ -233,7 +245,7 @@ class WriteBatch:
                 study,
                 key,
                 {"num_series": d_series, "num_instances": d_instances},
-                self.study_updates.get(key, {}),
+                _changed(self.stored_studies.get(key), self.study_updates.get(key, {})),
             )
         self._sync_name_keys()
         for key in self.series_updates.keys() | self.series_delta.keys():
@@ -241,7 +253,7 @@ class WriteBatch:
                 series,
                 key,
                 {"num_instances": self.series_delta.get(key, 0)},
-                self.series_updates.get(key, {}),
+                _changed(self.stored_series.get(key), self.series_updates.get(key, {})),
             )
         deleted_objects.enqueue(self.cur, self.statements, self.deleted, self.now)
         if self.changes:
@@ -309,6 +321,16 @@ class WriteBatch:
         params.update({"d_" + c: n for c, n in deltas.items()})
         params.update({"v_" + c: v for c, v in values.items()})
         self.cur.execute(sql.sql, sql.params(params))
+
+
+def _changed(stored: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+    """The ``values`` a row does not hold yet (all of them when its stored values are not known)."""
+    if stored is None:
+        return values
+    return {column: value for column, value in values.items() if stored.get(column, _UNKNOWN) != value}
+
+
+_UNKNOWN = object()  # a column the stored values lack: set it
 
 
 def _select_in(
