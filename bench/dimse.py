@@ -17,7 +17,10 @@ Lines (each server started fresh on its own temp dir):
                     by storescu over 4 associations (that rate is a line too), then the C-FIND line again
                     on the larger index
 The table gives each figure for both servers and dicomd's advantage (throughput: dicomd / Orthanc;
-latency: Orthanc / dicomd; above 1 = dicomd better).
+latency: Orthanc / dicomd; above 1 = dicomd better). Below it, the bounds of this machine, measured after
+the servers (skip with --no-bounds): storescu's C-STORE lines into DCMTK's storescp --ignore, which stores
+nothing (the client's own ceiling), and the rate of device flushes in the work dir; from them, the most a
+receiver that flushes before each response can reach over one association, beside 3x Orthanc.
 
 The pynetdicom client runs with dicomd's reactor (dicomd/dimse/reactor.py, as the listener does): stock
 pynetdicom's requestor pauses its association reactor by a flag that is stale for a moment, and a response
@@ -50,13 +53,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from bench import servers
+from bench import servers, sysinfo
 from bench.client import percentile
 from bench.corpus import Corpus, CorpusSpec
 from dicomd.dimse import reactor
 
 BENCH = Path(__file__).resolve().parent
 DESTINATION_AE = "BENCHSCP"
+NULL_AE = "NULLSCP"
 # DCMTK keeps Nagle's algorithm on unless told: each of its small writes would then wait for the peer's
 # delayed ACK (~40 ms here, for both servers alike); the clients must not be what is measured
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -104,6 +108,35 @@ def start_dicomd(workdir: str, destination_port: int) -> DicomServer:
         srv.stop()
         raise
     return DicomServer("dicomd", srv, "DICOMD", port)
+
+
+def start_null_receiver(workdir: str, destination_port: int) -> DicomServer:
+    """DCMTK's storescp with --ignore: it receives every instance and stores nothing (no file, no index,
+    no flush). What storescu reaches into it is the client's own ceiling on this machine."""
+    port = servers.free_port()
+    wd = tempfile.mkdtemp(prefix="storescp-", dir=workdir)
+    proc = subprocess.Popen(
+        ["storescp", "-aet", NULL_AE, "--ignore", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=wd,
+        env=DCMTK_ENV,
+    )
+    srv = servers.Server("storescp", "127.0.0.1", 0, "", wd, proc, _dcmtk_version())
+    try:
+        _wait_for_port(port)
+    except Exception:
+        srv.stop()
+        raise
+    return DicomServer("storescp", srv, NULL_AE, port)
+
+
+def _dcmtk_version() -> str:
+    try:
+        out = subprocess.run(["storescp", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return next((line.strip() for line in out.splitlines() if "DCMTK" in line), "?")
 
 
 def start_orthanc(workdir: str, destination_port: int) -> DicomServer:
@@ -370,6 +403,58 @@ def render(results: dict[str, Figures], move_study: int) -> str:
     return "\n".join(rows + notes)
 
 
+def run_null_receiver(workdir: str, corpora: tuple[Corpus, Corpus], files: Path) -> Figures:
+    """The C-STORE lines into a receiver that stores nothing (start_null_receiver)."""
+    figures = Figures()
+    target = start_null_receiver(workdir, 0)
+    one, four = corpora
+    try:
+        log("storescp --ignore (stores nothing): C-STORE over 1 association")
+        figures.values["store1"] = store(target, [files / "one" / "part0"], one.spec.count)
+        log("storescp --ignore (stores nothing): C-STORE over 4 associations")
+        figures.values["store4"] = store(target, sorted((files / "four").iterdir()), four.spec.count)
+    finally:
+        target.stop()
+    return figures
+
+
+def render_bounds(null: Figures, flush_rate: float | None, orthanc: Figures | None) -> str:
+    """What this machine lets any durable C-STORE receiver reach, measured in the same run: the client's
+    own ceiling (storescu into a receiver that stores nothing) and one device flush per acknowledged
+    instance over one association (storescu sends the next instance only after the response, and a
+    durable receiver answers only after a flush); each beside 3x Orthanc's figure of the run."""
+    one, four = null.values.get("store1"), null.values.get("store4")
+    by_orthanc = orthanc.values if orthanc else {}
+    lines = ["Bounds on this machine (same run):"]
+    if one and four:
+        lines.append(
+            f"- DCMTK storescu into storescp --ignore (stores nothing): {one:,.1f} instances/s over one "
+            f"association, {four:,.1f} over four: the client's own ceiling"
+        )
+    if flush_rate:
+        lines.append(
+            f"- a device flush in the work dir (create + write 39 KB + fsync): {flush_rate:,.0f}/s, "
+            f"{1000 / flush_rate:.2f} ms each"
+        )
+    if one and flush_rate:
+        bound = 1 / (1 / one + 1 / flush_rate)
+        line = (
+            f"- over one association a durable receiver waits for the client and one flush per instance: "
+            f"at most 1 / (1/{one:,.0f} + 1/{flush_rate:,.0f}) = {bound:,.0f} instances/s, whatever its CPU"
+        )
+        if by_orthanc.get("store1"):
+            target = 3 * by_orthanc["store1"]
+            line += f"; 3x Orthanc is {target:,.0f} ({'within' if target <= bound else 'beyond'} that bound)"
+        lines.append(line)
+    if four and by_orthanc.get("store4"):
+        target = 3 * by_orthanc["store4"]
+        lines.append(
+            f"- over four associations 3x Orthanc is {target:,.0f} instances/s, {target / four:.0%} of the "
+            "client's own ceiling"
+        )
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     reactor.install()  # the client's (module docstring)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--find-studies", type=int, default=0, help="C-FIND again after storing N one-instance studies"
+    )
+    ap.add_argument(
+        "--no-bounds",
+        action="store_true",
+        help="skip the C-STORE lines into a receiver that stores nothing and the flush probe",
     )
     a = ap.parse_args(argv)
     workroot = a.workdir or str(BENCH / "work")
@@ -425,7 +515,13 @@ def main(argv: list[str] | None = None) -> int:
             # end (a mass delete makes the next server's files slow to create: servers.SETTLE_SECONDS)
             os.sync()
             results[name] = run_server(starters[name], workdir, corpora, moved, files, scale)
-        print(render(results, a.move_study))
+        report = render(results, a.move_study)
+        if not a.no_bounds:
+            os.sync()
+            null = run_null_receiver(workdir, corpora, files)
+            bounds = render_bounds(null, sysinfo.fsync_rate(workdir), results.get("orthanc"))
+            report += "\n\n" + bounds
+        print(report)
     finally:
         if not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)

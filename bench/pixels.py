@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import JPEG2000Lossless, generate_uid
+from pydicom.uid import UID, JPEG2000Lossless, generate_uid
 
 from bench import servers
 from bench.client import ACCEPT_JSON, Pool
@@ -50,12 +50,13 @@ def _instances(study: str) -> tuple[list[bytes], list[bytes], np.ndarray]:
     template = build_template("ct512")
     template.StudyInstanceUID = study
     pixels = template.pixel_array.copy()
-    plain, j2k = [], []
+    plain: list[bytes] = []
+    j2k: list[bytes] = []
     for series, out in ((f"{study}.1", plain), (f"{study}.2", j2k)):
         for i in range(COUNT):
             ds = copy.deepcopy(template)
             ds.SeriesInstanceUID = series
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{series}.{i + 1}"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"{series}.{i + 1}")
             ds.InstanceNumber = i + 1
             if out is j2k:
                 ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
@@ -99,17 +100,18 @@ def _check_j2k(srv: servers.Server, path: str, pixels: np.ndarray) -> str:
     parts = multipart_payloads(body, ct)
     rows, columns = pixels.shape
     try:
-        decoded, _ = get_decoder(JPEG2000Lossless).as_array(
-            encapsulate([parts[0]]),
-            rows=rows,
-            columns=columns,
-            samples_per_pixel=1,
-            bits_allocated=16,
-            bits_stored=12,
-            pixel_representation=0,
-            photometric_interpretation="MONOCHROME2",
-            number_of_frames=1,
-        )
+        # the pixel description as keyword options (pydicom's DecodeOptions, typed as one mapping)
+        options: dict[str, Any] = {
+            "rows": rows,
+            "columns": columns,
+            "samples_per_pixel": 1,
+            "bits_allocated": 16,
+            "bits_stored": 12,
+            "pixel_representation": 0,
+            "photometric_interpretation": "MONOCHROME2",
+            "number_of_frames": 1,
+        }
+        decoded, _ = get_decoder(JPEG2000Lossless).as_array(encapsulate([parts[0]]), **options)
     except Exception as exc:  # a wrong answer is reported, not raised
         return f"200 ({ct}) but not a JPEG 2000 frame: {type(exc).__name__}: {exc}"
     if not np.array_equal(decoded, pixels):
