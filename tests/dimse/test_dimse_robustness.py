@@ -30,7 +30,7 @@ from dicomd.config import Settings
 from dicomd.dimse.acceptance import CallerPolicy, check_association
 from dicomd.dimse.association_count import AssociationCount
 from dicomd.dimse.listener import application_entity
-from dicomd.dimse.transport import GatewayServer, Limits
+from dicomd.dimse.transport import GatewayServer, Limits, recv_exactly
 
 from support.dicom_files import EXPLICIT, make_instance
 from support.dicomweb import wait_for
@@ -79,6 +79,73 @@ def test_an_association_aborted_mid_store_stores_nothing(dicom: DimseServer) -> 
     time.sleep(0.5)
     assert _instances_of(dicom, str(ds.SOPInstanceUID)) == 0
     assert not staged_files(dicom.http.data_dir)
+
+
+def test_an_instance_whose_pdus_arrive_in_dribbles_is_stored_whole(dicom: DimseServer) -> None:
+    """PDUs cut at odd places and sent a piece at a time, headers included: each read takes what has
+    arrived and waits for the rest."""
+    data = make_instance(rows=128, columns=128, patient_id="DRIBBLE-1")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ae = client_ae()
+    assoc = ae.associate(
+        "127.0.0.1", dicom.port, ae_title=DICOMD_AE, contexts=[build_context(ds.SOPClassUID, EXPLICIT)]
+    )
+    assert assoc.is_established
+    stream = b"".join(message_pdus(store_request(ds), assoc.accepted_contexts[0].context_id, 16384))
+    raw = assoc.dul.socket.socket
+    for start in range(0, len(stream), 997):  # shorter than a PDU header at times, across headers too
+        raw.sendall(stream[start : start + 997])
+        time.sleep(0.001)
+    sop = str(ds.SOPInstanceUID)
+    assert wait_for(lambda: _instances_of(dicom, sop) == 1, timeout=20)
+    assoc.release()
+    retrieved = httpx.get(
+        f"{dicom.http.v2}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{sop}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        timeout=30,
+    )
+    assert retrieved.status_code == 200
+    # the stored file carries dicomd's file meta; its data set is the one sent, pixels and all
+    start = retrieved.content.index(b"\r\n\r\n") + 4
+    end = retrieved.content.rindex(b"\r\n--")
+    stored = pydicom.dcmread(io.BytesIO(retrieved.content[start:end]))
+    assert stored.PatientID == "DRIBBLE-1" and stored.PixelData == ds.PixelData
+
+
+def test_reads_take_what_has_arrived_at_once() -> None:
+    """A PDU body that is all in the socket's buffer is read in one call (pynetdicom's own reads take
+    4 KiB at a time); one that comes in pieces is put together; a peer that closes mid-PDU leaves what
+    came (as pynetdicom's reads do)."""
+
+    class Counting(socket.socket):
+        calls = 0
+
+        def recv_into(self, *args: Any) -> int:
+            Counting.calls += 1
+            return super().recv_into(*args)
+
+    ours, peer = socket.socketpair()
+    counted = Counting(ours.family, ours.type, fileno=ours.detach())
+    try:
+        body = os.urandom(39_068)
+        peer.sendall(body)
+        assert recv_exactly(counted, len(body)) == body and Counting.calls == 1
+
+        def dribble() -> None:
+            for start in range(0, len(body), 5000):
+                peer.sendall(body[start : start + 5000])
+                time.sleep(0.002)
+
+        sender = threading.Thread(target=dribble)
+        sender.start()
+        assert recv_exactly(counted, len(body)) == body
+        sender.join()
+        peer.sendall(b"half")
+        peer.close()
+        assert recv_exactly(counted, 6) == bytearray(b"half")
+    finally:
+        counted.close()
+        peer.close()
 
 
 def test_garbage_and_a_gigabyte_pdu_are_cut_off(dicom: DimseServer) -> None:
