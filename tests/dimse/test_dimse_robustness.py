@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,26 @@ def test_reads_take_what_has_arrived_at_once() -> None:
         assert recv_exactly(counted, 6) == bytearray(b"half")
     finally:
         counted.close()
+        peer.close()
+
+
+def test_a_large_announced_pdu_is_not_allocated_before_its_bytes_come() -> None:
+    """A peer that announces 100 MB and goes silent costs the reading thread its first buffer (256 KiB),
+    not the announced length (reads time out as before)."""
+    ours, peer = socket.socketpair()
+    ours.settimeout(0.3)
+    try:
+        peer.sendall(b"0123456789")
+        tracemalloc.start()
+        try:
+            with pytest.raises(TimeoutError):
+                recv_exactly(ours, 100_000_000)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20
+    finally:
+        ours.close()
         peer.close()
 
 

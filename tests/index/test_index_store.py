@@ -5,15 +5,18 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, event, func, select, text
+from sqlalchemy import delete, func, select, text
 
 from dicomd.index import Index, parse_qido
+from dicomd.index.rows import SERIES_VALUE_COLUMNS, STUDY_VALUE_COLUMNS
 from dicomd.index.schema import changefeed, deleted_object, metadata, series, study
+from dicomd.index.writer import WriteBatch
 
 from support.backends import BACKENDS, backend_url
 from support.index_rows import add, make_parsed, new, open_index, pn
@@ -416,50 +419,46 @@ def test_a_batch_larger_than_one_lookup_chunk(index: Index) -> None:
     assert (row.num_series, row.num_instances) == (1, 700)  # type: ignore[attr-defined]
 
 
-def _set_columns(statements: list[str], table: str) -> list[set[str]]:
-    """The columns each recorded ``UPDATE <table> SET ...`` statement sets."""
-    found = []
-    for sql in statements:
-        if sql.startswith(f"UPDATE {table} SET "):
-            assignments = sql[len(f"UPDATE {table} SET ") :].split(" WHERE ")[0]
-            found.append({part.split("=")[0].strip() for part in assignments.split(", ")})
-    return found
-
-
-def test_a_known_study_and_series_are_updated_only_in_what_an_instance_changes(tmp_path: Path) -> None:
+def test_a_known_study_and_series_are_updated_only_in_what_an_instance_changes(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An UPDATE that sets an indexed column, even to its own value, rewrites that index's entry (a page
     of the WAL per index on SQLite, no in-place update on PostgreSQL): adding to a known study sets only
-    its counters and what the new instance changes, and the row still ends as the latest instance says."""
-    with open_index("sqlite", tmp_path) as idx:
-        add(idx, make_parsed())
-        statements: list[str] = []
-        idx.engine.dispose()  # the connections opened from now on report their statements
-        event.listen(idx.engine, "connect", lambda conn, _record: conn.set_trace_callback(statements.append))
+    its counters when nothing changes, the columns no index covers when only those change, all when an
+    indexed one changes; the rows still end as the newest instance says."""
+    updates: list[tuple[str, set[str]]] = []
+    recorded = WriteBatch._update
 
-        add(idx, make_parsed(sop="1.2.3.1.2", instance_number=2))  # the same study and series values
-        counters = {"num_series", "num_instances", "updated_at"}
-        assert _set_columns(statements, "study") == [counters]
-        assert _set_columns(statements, "series") == [{"num_instances", "updated_at"}]
+    def record(
+        batch: WriteBatch, table: Any, key: int, deltas: dict[str, int], values: dict[str, Any]
+    ) -> None:
+        updates.append((table.name, set(values)))
+        recorded(batch, table, key, deltas, values)
 
-        statements.clear()
-        add(idx, make_parsed(sop="1.2.3.1.3", patient_name="Roe^Jane", modality="MR"))
-        [study_set] = _set_columns(statements, "study")
-        assert study_set - counters == {
-            "patient_name",
-            "patient_name_norm",
-            "patient_name_words",
-            "attrs",
-        }
-        assert _set_columns(statements, "series") == [{"num_instances", "updated_at", "modality", "attrs"}]
+    monkeypatch.setattr(WriteBatch, "_update", record)
+    add(index, make_parsed())
+    updates.clear()
+    add(index, make_parsed(sop="1.2.3.1.2", instance_number=2))  # the same study and series values
+    assert sorted(updates) == [("series", set()), ("study", set())]
 
-        row = _study_row(idx, "1.2.3")
-        assert row.patient_name == "Roe^Jane" and row.num_instances == 3  # type: ignore[attr-defined]
-        assert row.patient_name_norm == "=ROE^JANE=" and row.patient_id == "P1"  # type: ignore[attr-defined]
-        [r] = idx.search(parse_qido("series", [("includefield", "all")]))
-        assert r["00080060"]["Value"] == ["MR"] and r["00201209"]["Value"] == [3]
-        assert [s["00100010"]["Value"][0]["Alphabetic"] for s in idx.search(parse_qido("study", []))] == [
-            "Roe^Jane"
-        ]
+    updates.clear()  # a new name (no index covers it) and a new modality (indexed)
+    add(index, make_parsed(sop="1.2.3.1.3", patient_name="Roe^Jane", modality="MR"))
+    by_table = dict(updates)
+    assert by_table["study"] == set(STUDY_VALUE_COLUMNS) - {
+        "patient_id",
+        "patient_birth_date",
+        "accession_number",
+        "study_date",
+    }
+    assert by_table["series"] == set(SERIES_VALUE_COLUMNS)
+
+    row = _study_row(index, "1.2.3")
+    assert row.patient_name == "Roe^Jane" and row.num_instances == 3  # type: ignore[attr-defined]
+    assert row.patient_name_norm == "=ROE^JANE=" and row.patient_id == "P1"  # type: ignore[attr-defined]
+    [r] = index.search(parse_qido("series", [("includefield", "all")]))
+    assert r["00080060"]["Value"] == ["MR"] and r["00201209"]["Value"] == [3]
+    [found] = index.search(parse_qido("study", [("PatientName", "Roe*")]))
+    assert found["00100010"]["Value"][0]["Alphabetic"] == "Roe^Jane"
 
 
 def test_a_schema_migrated_by_a_newer_version_is_refused(index: Index) -> None:

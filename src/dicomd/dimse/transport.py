@@ -6,6 +6,8 @@ hardened for untrusted peers.
   stops reading cannot hold a sending thread forever, nor one that sends half a PDU.
 - TLS handshakes run in the connection's own thread with that timeout (pynetdicom would run them in the
   accepting thread, where one silent peer stops every other).
+- A PDU is read with as few socket reads as its bytes arrive in (pynetdicom reads 4 KiB at a time), into a
+  buffer that grows as they come.
 - Received PDUs are bounded: a P-DATA-TF PDU by the maximum length the listener announced
   (``dicom_max_pdu``), any other PDU by ``MAX_OTHER_PDU``, and the data set of one DIMSE message by
   ``max_request_bytes`` (pynetdicom holds it in memory until the message is complete). A peer that sends
@@ -74,17 +76,23 @@ def recv_exactly(sock: socket.socket | None, nr_bytes: int) -> bytearray:
     the other associations' contend for. This reads into the PDU's buffer as much as has arrived: one
     call when it is all there. Socket errors and timeouts propagate, as there."""
     assert sock is not None
-    data = bytearray(nr_bytes)
+    # the buffer grows as bytes arrive (doubling): a header announcing a large PDU, then silence, holds
+    # no more than the first allocation
+    data = bytearray(min(nr_bytes, _FIRST_ALLOCATION))
     got = 0
-    with memoryview(data) as view:
-        while got < nr_bytes:
-            read = sock.recv_into(view[got:], nr_bytes - got)
-            if not read:
-                break
-            got += read
-    if got < nr_bytes:
-        del data[got:]
+    while got < nr_bytes:
+        if got == len(data):
+            data.extend(bytes(min(len(data), nr_bytes - len(data))))
+        with memoryview(data) as view:
+            read = sock.recv_into(view[got:], len(data) - got)
+        if not read:
+            del data[got:]
+            break
+        got += read
     return data
+
+
+_FIRST_ALLOCATION = 256 << 10  # the default dicom_max_pdu: a whole P-DATA PDU of most peers at once
 
 
 class LimitedAssociationSocket(AssociationSocket):

@@ -7,6 +7,7 @@ Runs inside the writer lock, on the write transaction's DBAPI cursor with precom
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,7 +246,7 @@ class WriteBatch:
                 study,
                 key,
                 {"num_series": d_series, "num_instances": d_instances},
-                _changed(self.stored_studies.get(key), self.study_updates.get(key, {})),
+                _changed(study, self.stored_studies.get(key), self.study_updates.get(key, {})),
             )
         self._sync_name_keys()
         for key in self.series_updates.keys() | self.series_delta.keys():
@@ -253,7 +254,7 @@ class WriteBatch:
                 series,
                 key,
                 {"num_instances": self.series_delta.get(key, 0)},
-                _changed(self.stored_series.get(key), self.series_updates.get(key, {})),
+                _changed(series, self.stored_series.get(key), self.series_updates.get(key, {})),
             )
         deleted_objects.enqueue(self.cur, self.statements, self.deleted, self.now)
         if self.changes:
@@ -323,14 +324,27 @@ class WriteBatch:
         self.cur.execute(sql.sql, sql.params(params))
 
 
-def _changed(stored: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
-    """The ``values`` a row does not hold yet (all of them when its stored values are not known)."""
+def _changed(table: Table, stored: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+    """What the UPDATE of a known study or series row sets of ``values``: nothing when the row holds them
+    all; the columns no index covers when only such columns differ; else all of them. Three statement
+    shapes per table whatever an instance changes (each shape is compiled and cached)."""
     if stored is None:
         return values
-    return {column: value for column, value in values.items() if stored.get(column, _UNKNOWN) != value}
+    differ = [column for column, value in values.items() if stored.get(column, _UNKNOWN) != value]
+    if not differ:
+        return {}
+    indexed = _indexed_columns(table)
+    if indexed.isdisjoint(differ):
+        return {column: value for column, value in values.items() if column not in indexed}
+    return values
 
 
 _UNKNOWN = object()  # a column the stored values lack: set it
+
+
+@functools.cache
+def _indexed_columns(table: Table) -> frozenset[str]:
+    return frozenset(column.name for index in table.indexes for column in index.columns)
 
 
 def _select_in(
