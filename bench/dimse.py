@@ -60,7 +60,6 @@ from dicomd.dimse import reactor
 
 BENCH = Path(__file__).resolve().parent
 DESTINATION_AE = "BENCHSCP"
-NULL_AE = "NULLSCP"
 # DCMTK keeps Nagle's algorithm on unless told: each of its small writes would then wait for the peer's
 # delayed ACK (~40 ms here, for both servers alike); the clients must not be what is measured
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -77,14 +76,15 @@ class DicomServer:
     """A server under test with its DICOM port."""
 
     name: str
-    server: servers.Server
+    server: servers.Server | None  # None: a receiver its caller runs (storescp)
     ae_title: str
     dicom_port: int
 
     def stop(self) -> None:
         """Stop the server, keeping its data dir: removed with the run's work dir at the end."""
-        self.server.keep = True
-        self.server.stop()
+        if self.server is not None:
+            self.server.keep = True
+            self.server.stop()
 
 
 def _wait_for_port(port: int, timeout: float = 30) -> None:
@@ -108,35 +108,6 @@ def start_dicomd(workdir: str, destination_port: int) -> DicomServer:
         srv.stop()
         raise
     return DicomServer("dicomd", srv, "DICOMD", port)
-
-
-def start_null_receiver(workdir: str, destination_port: int) -> DicomServer:
-    """DCMTK's storescp with --ignore: it receives every instance and stores nothing (no file, no index,
-    no flush). What storescu reaches into it is the client's own ceiling on this machine."""
-    port = servers.free_port()
-    wd = tempfile.mkdtemp(prefix="storescp-", dir=workdir)
-    proc = subprocess.Popen(
-        ["storescp", "-aet", NULL_AE, "--ignore", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=wd,
-        env=DCMTK_ENV,
-    )
-    srv = servers.Server("storescp", "127.0.0.1", 0, "", wd, proc, _dcmtk_version())
-    try:
-        _wait_for_port(port)
-    except Exception:
-        srv.stop()
-        raise
-    return DicomServer("storescp", srv, NULL_AE, port)
-
-
-def _dcmtk_version() -> str:
-    try:
-        out = subprocess.run(["storescp", "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return next((line.strip() for line in out.splitlines() if "DCMTK" in line), "?")
 
 
 def start_orthanc(workdir: str, destination_port: int) -> DicomServer:
@@ -265,11 +236,13 @@ def find_latencies(target: DicomServer, corpus: Corpus) -> tuple[list[float], in
 
 
 @contextlib.contextmanager
-def storescp(port: int) -> Iterator[None]:
+def storescp(port: int, cwd: str | None = None) -> Iterator[None]:
+    """DCMTK's storescp with --ignore on ``port``: it receives every instance and stores nothing."""
     proc = subprocess.Popen(
         ["storescp", "-aet", DESTINATION_AE, "--ignore", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=cwd,
         env=DCMTK_ENV,
     )
     try:
@@ -404,17 +377,17 @@ def render(results: dict[str, Figures], move_study: int) -> str:
 
 
 def run_null_receiver(workdir: str, corpora: tuple[Corpus, Corpus], files: Path) -> Figures:
-    """The C-STORE lines into a receiver that stores nothing (start_null_receiver)."""
+    """The C-STORE lines into a receiver that stores nothing (``storescp``, run in ``workdir``): what
+    storescu reaches into it is the client's own ceiling on this machine."""
     figures = Figures()
-    target = start_null_receiver(workdir, 0)
+    port = servers.free_port()
     one, four = corpora
-    try:
+    with storescp(port, cwd=workdir):
+        target = DicomServer("storescp", None, DESTINATION_AE, port)
         log("storescp --ignore (stores nothing): C-STORE over 1 association")
         figures.values["store1"] = store(target, [files / "one" / "part0"], one.spec.count)
         log("storescp --ignore (stores nothing): C-STORE over 4 associations")
         figures.values["store4"] = store(target, sorted((files / "four").iterdir()), four.spec.count)
-    finally:
-        target.stop()
     return figures
 
 

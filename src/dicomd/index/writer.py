@@ -29,17 +29,11 @@ from dicomd.index.types import Action, AddResult, NewInstance, PreparedInstance,
 
 _STUDY_KEY = "study_key"
 _SERIES_KEY = "series_key"
-# the study's name columns come along: its stored name keys derive from them (see _sync_name_keys)
-_NAME_COLUMNS = (
-    "patient_name_norm",
-    "patient_name_words",
-    "referring_physician_name_norm",
-    "referring_physician_name_words",
-)
-# a study's and a series' stored values come along too: an UPDATE sets only the columns an instance
-# changes. Setting an indexed column, even to its value, rewrites that index's entry: one WAL page per
-# index (7 for a study and its series) in every commit that adds to a known study, and PostgreSQL
-# could not update the row in place (HOT)
+# a study's and a series' stored values come along: an UPDATE sets only what an instance changes.
+# Setting an indexed column, even to its value, rewrites that index's entry: one WAL page per index (7
+# for a study and its series) in every commit that adds to a known study, and PostgreSQL could not
+# update the row in place (HOT). The study's stored name keys derive from its name columns (see
+# _sync_name_keys).
 _LOOKUPS: dict[str, Callable[[], Select[Any]]] = {
     _STUDY_KEY: lambda: select(study.c.study_key, *(study.c[c] for c in STUDY_VALUE_COLUMNS)).where(
         study.c.partition_key == bindparam("pk"), study.c.study_instance_uid == bindparam("uid")
@@ -89,11 +83,10 @@ class WriteBatch:
     changes: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     study_partitions: dict[int, int] = field(default_factory=dict)  # study key -> partition key
-    # name columns of each study as stored before this batch (none for a study the batch inserts)
-    stored_names: dict[int, dict[str, Any]] = field(default_factory=dict)
     # the value columns of each study and series as the row holds them (inserted by this batch or not)
     stored_studies: dict[int, dict[str, Any]] = field(default_factory=dict)
     stored_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+    inserted_studies: set[int] = field(default_factory=set)  # no name keys stored for them yet
 
     def prefetch(self, items: list[PreparedInstance]) -> None:
         """Load the already indexed SOP instances of a batch with one query per partition chunk."""
@@ -118,7 +111,6 @@ class WriteBatch:
             if row is not None:
                 key = row[0]
                 stored = dict(zip(STUDY_VALUE_COLUMNS, row[1:], strict=True))
-                self.stored_names[key] = {c: stored[c] for c in _NAME_COLUMNS}
             else:
                 key = self._insert_key(
                     study,
@@ -133,7 +125,7 @@ class WriteBatch:
                     },
                 )
                 stored = dict(values)
-                self.stored_names[key] = {}
+                self.inserted_studies.add(key)
             self.stored_studies[key] = stored
             self.studies[(pk, uid)] = key
             self.study_partitions[key] = pk
@@ -246,7 +238,7 @@ class WriteBatch:
                 study,
                 key,
                 {"num_series": d_series, "num_instances": d_instances},
-                _changed(study, self.stored_studies.get(key), self.study_updates.get(key, {})),
+                _changed(study, self.stored_studies[key], self.study_updates.get(key, {})),
             )
         self._sync_name_keys()
         for key in self.series_updates.keys() | self.series_delta.keys():
@@ -254,7 +246,7 @@ class WriteBatch:
                 series,
                 key,
                 {"num_instances": self.series_delta.get(key, 0)},
-                _changed(series, self.stored_series.get(key), self.series_updates.get(key, {})),
+                _changed(series, self.stored_series[key], self.series_updates.get(key, {})),
             )
         deleted_objects.enqueue(self.cur, self.statements, self.deleted, self.now)
         if self.changes:
@@ -270,7 +262,8 @@ class WriteBatch:
         added: list[dict[str, Any]] = []
         for key, values in self.study_updates.items():
             pk = self.study_partitions[key]
-            keys, old = study_name_keys(values), study_name_keys(self.stored_names[key])
+            keys = study_name_keys(values)
+            old = set() if key in self.inserted_studies else study_name_keys(self.stored_studies[key])
             for target, diff in ((removed, old - keys), (added, keys - old)):
                 target += [
                     {"partition_key": pk, "field": f, "name_key": v, "study_key": key}
@@ -324,12 +317,10 @@ class WriteBatch:
         self.cur.execute(sql.sql, sql.params(params))
 
 
-def _changed(table: Table, stored: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+def _changed(table: Table, stored: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """What the UPDATE of a known study or series row sets of ``values``: nothing when the row holds them
     all; the columns no index covers when only such columns differ; else all of them. Three statement
     shapes per table whatever an instance changes (each shape is compiled and cached)."""
-    if stored is None:
-        return values
     differ = [column for column, value in values.items() if stored.get(column, _UNKNOWN) != value]
     if not differ:
         return {}
