@@ -163,6 +163,23 @@ async def test_the_committers_own_thread_leads_when_only_the_loop_waits(
     assert commits.thread_names()[2].startswith("dicomd-commit")
 
 
+async def test_instances_queued_in_the_same_round_of_the_loop_as_the_first_share_its_commit(
+    archive: Archive, commits: Commits
+) -> None:
+    # a request's parts received at once: each prepared and committed by a task of its own, all ready
+    # in one round of the loop, which also writes files (the GIL released: the commit thread could run)
+    prepared = [await archive.prepared(make_instance()) for _ in range(4)]
+
+    async def after_a_file_write(outcome: StoreOutcome, item: Any) -> StoreOutcome:
+        time.sleep(0.05)
+        return await archive.ingest.commit(outcome, item)
+
+    tasks = [asyncio.ensure_future(archive.ingest.commit(*prepared[0]))]
+    tasks += [asyncio.ensure_future(after_a_file_write(*p)) for p in prepared[1:]]
+    assert all(o.stored for o in await asyncio.gather(*tasks))
+    assert commits.sizes() == [4]  # the commit starts once that round is over: one flush, not two
+
+
 async def test_a_failed_commit_fails_each_of_its_callers_of_both_kinds_and_the_next_one_stores(
     archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
