@@ -180,6 +180,19 @@ async def test_instances_queued_in_the_same_round_of_the_loop_as_the_first_share
     assert commits.sizes() == [4]  # the commit starts once that round is over: one flush, not two
 
 
+async def test_when_no_commit_thread_can_start_the_request_fails_instead_of_waiting_for_good(
+    archive: Archive,
+) -> None:
+    assert archive.committer._thread is not None
+    archive.committer._thread.shutdown(wait=True)  # as at interpreter exit: no new thread work
+    outcome = await asyncio.wait_for(archive.stow(make_instance()), 10)
+    assert not outcome.stored
+    assert outcome.messages == ["the instance could not be committed: RuntimeError"]
+    assert archive.staged() == []
+    archive.committer.start()  # the lead was given up: a new thread commits the next one
+    assert (await asyncio.wait_for(archive.stow(make_instance()), 10)).stored
+
+
 async def test_a_failed_commit_fails_each_of_its_callers_of_both_kinds_and_the_next_one_stores(
     archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,8 +127,26 @@ class GroupCommitter:
             return True
 
     def _lead_in_own_thread(self) -> None:
-        assert self._thread is not None, "start() the committer first"
-        self._thread.submit(self._lead_for_the_loop)
+        """Start the committer's own thread on the queue. Called from the loop, where nobody would see
+        an error: when no thread can be started (the pool shut down, the interpreter exiting), what is
+        queued fails (its staged files dropped) and the lead is given up, rather than leaving its callers
+        waiting for good."""
+        try:
+            assert self._thread is not None, "start() the committer first"
+            self._thread.submit(self._lead_for_the_loop)
+        except BaseException as exc:
+            with self._lock:
+                queued = list(self._queue)
+                self._queue.clear()
+                self._failed(queued, exc)
+                self._give_up_lead()
+            for waiter in queued:  # not stored: their staged files go, as after a failed commit
+                with contextlib.suppress(OSError):
+                    self.store.discard_staged(waiter.item.item.object_key)
+            self._deliver(queued)
+            log.error("the group committer could not start a commit (%s)", type(exc).__name__)
+            if not isinstance(exc, Exception):
+                raise
 
     def _lead_for_the_loop(self) -> None:
         try:
