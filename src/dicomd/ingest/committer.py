@@ -83,9 +83,7 @@ class GroupCommitter:
         must outlive it) and fail what is still queued; later submissions fail at once."""
         with self._lock:  # failed under the lock: a thread handed the lead meanwhile finds them failed
             self._closed = True
-            queued = list(self._queue)
-            self._queue.clear()
-            self._failed(queued, RuntimeError("the server is shutting down"))
+            queued = self._fail_queued(RuntimeError("the server is shutting down"))
         self._deliver(queued)
         await asyncio.to_thread(self._wait_for_no_lead)
         if self._thread is not None:
@@ -136,9 +134,7 @@ class GroupCommitter:
             self._thread.submit(self._lead_for_the_loop)
         except BaseException as exc:
             with self._lock:
-                queued = list(self._queue)
-                self._queue.clear()
-                self._failed(queued, exc)
+                queued = self._fail_queued(exc)
                 self._give_up_lead()
             for waiter in queued:  # not stored: their staged files go, as after a failed commit
                 with contextlib.suppress(OSError):
@@ -236,6 +232,13 @@ class GroupCommitter:
         except BaseException as exc:
             self._failed(batch, exc)
             raise
+
+    def _fail_queued(self, exc: BaseException) -> list[_Waiter]:  # under the lock
+        """Take every queued waiter out of the queue, failed with ``exc`` (the caller delivers them)."""
+        queued = list(self._queue)
+        self._queue.clear()
+        self._failed(queued, exc)
+        return queued
 
     @staticmethod
     def _failed(batch: list[_Waiter], exc: BaseException) -> None:
