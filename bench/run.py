@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import resource
 import sys
 import time
 import urllib.error
@@ -534,8 +535,14 @@ def bench_scale(
             segments = bulk_import(srv, spec, loaded, n)
             if info is not None:  # the rate of each slice shows any growth of cost with the index size
                 rates = info.setdefault("import rate per segment (instances/s)", {})
-                for first, last, seconds in segments:
+                # and its CPU, which a host whose speed moves within minutes leaves more alone (system
+                # CPU also shows a file system slowed by files deleted just before: servers.SETTLE_SECONDS)
+                user = info.setdefault("import user CPU per instance per segment (us)", {})
+                system = info.setdefault("import system CPU per instance per segment (us)", {})
+                for first, last, seconds, user_s, system_s in segments:
                     rates[f"{first:,}-{last:,}"] = round((last - first) / seconds, 1)
+                    user[f"{first:,}-{last:,}"] = round(user_s / (last - first) * 1e6)
+                    system[f"{first:,}-{last:,}"] = round(system_s / (last - first) * 1e6)
         else:
             b.stow(f"load_{n}", f"STOW load {loaded}..{n}", spec, loaded, n, 50, 4)
         loaded = n
@@ -569,9 +576,12 @@ def bench_scale(
     return b.lines
 
 
-def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) -> list[tuple[int, int, float]]:
+def bulk_import(
+    srv: servers.Server, spec: CorpusSpec, start: int, stop: int
+) -> list[tuple[int, int, float, float, float]]:
     """Load instances [start, stop) with `dicomd import` into the running server's data dir (no HTTP), in
-    slices of 100k (aligned): (first, stop, seconds of the import alone) per slice."""
+    slices of 100k (aligned): (first, stop, seconds of the import alone, user and system CPU seconds of the
+    import and its parser processes) per slice."""
     import shutil
     import subprocess
     import tempfile
@@ -580,7 +590,7 @@ def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) ->
         raise RuntimeError("--scale-load import works for dicomd only")
     corpus = Corpus(spec)
     batch = 100_000  # written and imported in slices: bounded temp space (~0.7 GB of tiny instances)
-    segments: list[tuple[int, int, float]] = []
+    segments: list[tuple[int, int, float, float, float]] = []
     first = start
     while first < stop:
         last = min(stop, (first // batch + 1) * batch)
@@ -592,9 +602,12 @@ def bulk_import(srv: servers.Server, spec: CorpusSpec, start: int, stop: int) ->
             cmd = [str(servers.DICOMD_BIN), "import", "--data-dir", os.path.join(srv.workdir, "data")]
             if srv.index_url:  # same index as the running server
                 cmd += ["--index-url", srv.index_url]
-            started = time.perf_counter()
+            started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run([*cmd, tmp], check=True)
-            segments.append((first, last, time.perf_counter() - started))
+            seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+            # the import's and its parser processes' (waited-for children of this process and of theirs)
+            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+            segments.append((first, last, seconds, user, system))
             log(f"  import {first:,}-{last:,}: {(last - first) / segments[-1][2]:,.0f} instances/s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
