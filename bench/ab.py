@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sysconfig
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,10 +99,10 @@ def render(results: list[LineResult], a_label: str, b_label: str, rounds: int, c
 def worktree(rev: str, root: Path) -> Path:
     """A detached worktree of ``rev`` under ``root`` with its C fast path built; returns its src dir."""
     path = Path(tempfile.mkdtemp(prefix="ab-", dir=root)) / "tree"
-    subprocess.run(
-        ["git", "-C", str(servers.REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True
-    )
     try:
+        subprocess.run(
+            ["git", "-C", str(servers.REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True
+        )
         build_fast_path(path)
     except BaseException:
         remove_worktree(path / "src")
@@ -113,8 +112,8 @@ def worktree(rev: str, root: Path) -> Path:
 
 def build_fast_path(tree: Path, *, reuse: bool = True) -> None:
     """Build the parser's C fast path in a checkout (without it a server runs the pure Python parser, a
-    different program to measure): this checkout's build when the source is the same, else compiled as the
-    package build would (the venv's own setuptools may be too old for pyproject.toml)."""
+    different program to measure): this checkout's build when the source is the same, else compiled with
+    the flags the package build uses (the venv's own setuptools may be too old for pyproject.toml)."""
     source = tree / "src" / "dicomd" / "dicom" / "_fastscan.c"
     if not source.exists():
         return  # a revision from before the fast path
@@ -123,15 +122,17 @@ def build_fast_path(tree: Path, *, reuse: bool = True) -> None:
     if reuse and (here / name).exists() and (here / "_fastscan.c").read_bytes() == source.read_bytes():
         shutil.copy2(here / name, source.with_name(name))
         return
-    compiler = str(sysconfig.get_config_var("CC") or "cc").split()
-    flags = ["-shared", "-fPIC", "-O2", f"-I{sysconfig.get_paths()['include']}"]
-    subprocess.run([*compiler, *flags, str(source), "-o", str(source.with_name(name))], check=True)
+    # compiled and linked in one step, as setuptools does in two: LDSHARED, CFLAGS, CCSHARED
+    flags = " ".join(str(sysconfig.get_config_var(var) or "") for var in ("LDSHARED", "CFLAGS", "CCSHARED"))
+    include = f"-I{sysconfig.get_paths()['include']}"
+    subprocess.run([*flags.split(), include, str(source), "-o", str(source.with_name(name))], check=True)
 
 
 def remove_worktree(src: Path) -> None:
     tree = src.parent
     subprocess.run(["git", "-C", str(servers.REPO), "worktree", "remove", "--force", str(tree)], check=False)
     shutil.rmtree(tree.parent, ignore_errors=True)
+    subprocess.run(["git", "-C", str(servers.REPO), "worktree", "prune"], check=False)
 
 
 def _burst(pool: Pool, side: Side, batch: int, connections: int, count: int, spec: dict[str, object]) -> None:
@@ -170,12 +171,11 @@ def run(
     settle: float,
     warmup: int = 0,
 ) -> list[LineResult]:
-    spec = CorpusSpec(size="ct128", count=warmup + count * rounds * len(lines) + 1).as_dict()
+    spec = CorpusSpec(size="ct128", count=warmup + count * rounds * len(lines)).as_dict()
     pool = Pool(2)
     started: list[servers.Server] = []
     try:
-        os.sync()
-        time.sleep(settle)
+        servers.settle(settle)
         a_env = dict(env_a)
         if a_src is not None:
             a_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(a_src), os.environ.get("PYTHONPATH")]))
@@ -210,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lines", default=DEFAULT_LINES, help=f"STOW lines, <batch>x<connections> (default {DEFAULT_LINES})"
     )
     ap.add_argument("--count", type=int, default=600, help="instances per burst (default 600)")
-    ap.add_argument("--rounds", type=int, default=8, help="bursts per line and server (default 8)")
+    ap.add_argument(
+        "--rounds", type=int, default=8, help="bursts per line and server, even: each side first as often"
+    )
     ap.add_argument(
         "--warmup", type=int, default=2000, help="instances stored first into each server, not measured"
     )
@@ -227,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "earlier run's data dirs, slow down the creates of whichever server lands near them)",
     )
     args = ap.parse_args(argv)
-    if args.count < 1 or args.rounds < 1 or args.warmup < 0:
-        ap.error("--count and --rounds must be at least 1, --warmup at least 0")
+    if args.count < 1 or args.rounds < 2 or args.rounds % 2 or args.warmup < 0:
+        ap.error("--count must be at least 1, --rounds an even number, --warmup at least 0")
     try:
         lines = parse_lines(args.lines)
         env_a, env_b = parse_env(args.env_a), parse_env(args.env_b)
@@ -238,7 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("nothing to compare: give --base and/or --env-a / --env-b")
     workroot = Path(args.workdir) if args.workdir else servers.REPO / "bench" / "work"
     workroot.mkdir(parents=True, exist_ok=True)
-    a_src = worktree(args.base, workroot) if args.base else None
+    base = ""
+    if args.base:  # named by its commit in the report: HEAD~1 means another commit tomorrow
+        revision = ["git", "-C", str(servers.REPO), "rev-parse", "--short", args.base + "^{commit}"]
+        found = subprocess.run(revision, capture_output=True, text=True, check=False)
+        if found.returncode:
+            ap.error(f"--base: no such commit: {args.base}")
+        base = found.stdout.strip()
+    a_src = worktree(base, workroot) if base else None
     try:
         results = run(
             lines,
@@ -254,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if a_src is not None:
             remove_worktree(a_src)
-    a_label = " ".join([f"revision {args.base}" if args.base else "this checkout", *args.env_a])
+    a_label = " ".join([f"revision {base} ({args.base})" if base else "this checkout", *args.env_a])
     b_label = " ".join(["this checkout", *args.env_b])
     print(render(results, a_label, b_label, args.rounds, args.count))
     return 0

@@ -20,7 +20,7 @@ def test_each_slice_reports_its_time_and_the_cpu_of_the_import(tmp_path: Path) -
         assert (first, last) == (0, 40)
         assert seconds > 0
         # a real import and its parser processes: their interpreters' start-up alone is tens of ms of CPU
-        assert 0.05 < user < 60 and 0 < system < 60
+        assert 0.05 < user + system < 60 and user > 0 and system >= 0
         study = Corpus(spec).study(3).uid
         request = urllib.request.Request(
             f"{srv.base}/studies/{study}/instances", headers={"Accept": "application/dicom+json"}
