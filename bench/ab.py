@@ -21,12 +21,13 @@ import subprocess
 import sysconfig
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import servers
 from bench.client import Pool
 from bench.corpus import CorpusSpec
+from bench.run import MODES, Bench
 
 DEFAULT_LINES = "1x1,10x1,10x4,1x16"
 
@@ -34,10 +35,8 @@ DEFAULT_LINES = "1x1,10x1,10x4,1x16"
 @dataclass
 class Side:
     name: str
-    server: servers.Server
+    bench: Bench  # measures a line on one server as the main runner does
     cursor: int = 0  # the next corpus instance this server has not stored
-    rates: list[float] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,28 +134,15 @@ def remove_worktree(src: Path) -> None:
     subprocess.run(["git", "-C", str(servers.REPO), "worktree", "prune"], check=False)
 
 
-def _burst(pool: Pool, side: Side, batch: int, connections: int, count: int, spec: dict[str, object]) -> None:
-    srv = side.server
-    job = {
-        "kind": "stow",
-        "root": srv.root,
-        "host": srv.host,
-        "port": srv.port,
-        "corpus": spec,
-        "concurrency": connections,
-        "batch": batch,
-        "start": side.cursor,
-        "stop": side.cursor + count,
-    }
-    pids = srv.pids()
-    cpu_before = servers.cpu_seconds(pids)
-    result = pool.run(job, procs=min(connections, 2))
-    cpu = servers.cpu_seconds(pids) - cpu_before
-    side.cursor += count
-    if result["errors"]:
-        raise RuntimeError(f"{side.name}: {result['errors']} failed requests: {result['err_sample']}")
-    side.rates.append(result["instances"] / result["wall"])
-    side.cpu_us.append(cpu / max(1, result["instances"]) * 1e6)
+def _burst(side: Side, batch: int, connections: int, count: int, spec: CorpusSpec) -> tuple[float, float]:
+    """One burst of a STOW line into one server: its instances/s and the server's CPU us per instance."""
+    key = f"{side.name}: batch {batch} x {connections}"
+    start, side.cursor = side.cursor, side.cursor + count
+    side.bench.stow(key, key, spec, start, side.cursor, batch, connections, procs=min(connections, 2))
+    line = side.bench.lines[key]
+    if line.errors:
+        raise RuntimeError(f"{side.name}: {line.errors} failed requests: {line.extra.get('err_sample')}")
+    return line.value, line.srv_cpu / 100 / line.value * 1e6  # srv_cpu: % of one core
 
 
 def run(
@@ -171,7 +157,7 @@ def run(
     settle: float,
     warmup: int = 0,
 ) -> list[LineResult]:
-    spec = CorpusSpec(size="ct128", count=warmup + count * rounds * len(lines)).as_dict()
+    spec = CorpusSpec(size="ct128", count=warmup + count * rounds * len(lines))
     pool = Pool(2)
     started: list[servers.Server] = []
     try:
@@ -181,18 +167,22 @@ def run(
             a_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(a_src), os.environ.get("PYTHONPATH")]))
         started.append(servers.start_dicomd(str(workroot), env=a_env))
         started.append(servers.start_dicomd(str(workroot), env=env_b))
-        a, b = Side("A", started[0]), Side("B", started[1])
+        a = Side("A", Bench(started[0], pool, MODES["quick"]))
+        b = Side("B", Bench(started[1], pool, MODES["quick"]))
         for side in (a, b):
             # the first instances a server stores make its fan-out directories (~150 us each): not measured
             if warmup:
-                _burst(pool, side, 50, 4, warmup, spec)
+                _burst(side, 50, 4, warmup, spec)
         results = []
         for batch, connections in lines:
-            a.rates, a.cpu_us, b.rates, b.cpu_us = [], [], [], []
+            rates: dict[str, list[float]] = {"A": [], "B": []}
+            cpu_us: dict[str, list[float]] = {"A": [], "B": []}
             for round_ in range(rounds):
                 for side in (a, b) if round_ % 2 == 0 else (b, a):  # neither always goes first
-                    _burst(pool, side, batch, connections, count, spec)
-            results.append(LineResult(batch, connections, a.rates, b.rates, a.cpu_us, b.cpu_us))
+                    rate, cpu = _burst(side, batch, connections, count, spec)
+                    rates[side.name].append(rate)
+                    cpu_us[side.name].append(cpu)
+            results.append(LineResult(batch, connections, rates["A"], rates["B"], cpu_us["A"], cpu_us["B"]))
         return results
     finally:
         for srv in started:

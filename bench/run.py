@@ -165,6 +165,7 @@ class Bench:
         batch: int,
         conc: int,
         secs: float | None = None,
+        procs: int = 1,
     ) -> int:
         job = {
             "kind": "stow",
@@ -176,7 +177,7 @@ class Bench:
         }
         if secs:
             job["duration"] = secs
-        res, cpu = self.run(job)
+        res, cpu = self.run(job, procs)
         self.add(key, title, res, cpu, unit="inst/s")
         return int(res["cursor"])
 
@@ -540,9 +541,10 @@ def bench_scale(
                 user = info.setdefault("import user CPU per instance per segment (us)", {})
                 system = info.setdefault("import system CPU per instance per segment (us)", {})
                 for first, last, seconds, user_s, system_s in segments:
-                    rates[f"{first:,}-{last:,}"] = round((last - first) / seconds, 1)
-                    user[f"{first:,}-{last:,}"] = round(user_s / (last - first) * 1e6)
-                    system[f"{first:,}-{last:,}"] = round(system_s / (last - first) * 1e6)
+                    label, count = f"{first:,}-{last:,}", last - first
+                    rates[label] = round(count / seconds, 1)
+                    user[label] = round(user_s / count * 1e6)
+                    system[label] = round(system_s / count * 1e6)
         else:
             b.stow(f"load_{n}", f"STOW load {loaded}..{n}", spec, loaded, n, 50, 4)
         loaded = n
@@ -608,7 +610,7 @@ def bulk_import(
             # the import's and its parser processes' (waited-for children of this process and of theirs)
             user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
             segments.append((first, last, seconds, user, system))
-            log(f"  import {first:,}-{last:,}: {(last - first) / segments[-1][2]:,.0f} instances/s")
+            log(f"  import {first:,}-{last:,}: {(last - first) / seconds:,.0f} instances/s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         first = last
