@@ -76,6 +76,33 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
 
 
+def test_a_write_that_cannot_begin_on_a_locked_sqlite_index_is_unavailable_not_a_fault(
+    tmp_path: Path,
+) -> None:
+    """BEGIN runs on the driver's connection (sqlite.py): when another writer holds the database past
+    the busy timeout, the error is still SQLAlchemy's OperationalError, which the API answers with 503
+    (try again later), and the connection goes on working once the lock is gone."""
+    import sqlite3
+
+    from dicomd.index import sqlite as index_sqlite
+    from dicomd.index.store import unavailable_errors
+
+    with open_index("sqlite", tmp_path) as idx:
+        assert idx.sqlite_file is not None
+        other = sqlite3.connect(idx.sqlite_file, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer, holding the lock
+        with idx.engine.connect() as conn:
+            conn.connection.driver_connection.execute("PRAGMA busy_timeout=50")  # type: ignore[union-attr]
+            index_sqlite.begin_immediate(conn)
+            with pytest.raises(unavailable_errors()) as raised, conn.begin():
+                pass
+            assert "database is locked" in str(raised.value)
+            other.execute("COMMIT")
+            with conn.begin():
+                assert conn.exec_driver_sql("SELECT count(*) FROM study").scalar() == 0
+        other.close()
+
+
 def test_partitions(index: Index) -> None:
     key = index.ensure_partition("research")
     assert key == 2
@@ -457,6 +484,33 @@ def test_a_known_study_and_series_are_updated_only_in_what_an_instance_changes(
     assert row.patient_name_norm == "=ROE^JANE=" and row.patient_id == "P1"  # type: ignore[attr-defined]
     [r] = index.search(parse_qido("series", [("includefield", "all")]))
     assert r["00080060"]["Value"] == ["MR"] and r["00201209"]["Value"] == [3]
+    [found] = index.search(parse_qido("study", [("PatientName", "Roe*")]))
+    assert found["00100010"]["Value"][0]["Alphabetic"] == "Roe^Jane"
+
+
+def test_name_keys_are_derived_again_only_when_a_name_changes(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most stores add to a known study under its own names: its name keys are not derived again (two
+    normalisations per commit); a changed name still replaces its keys."""
+    import dicomd.index.writer as writer
+
+    derived: list[str | None] = []
+    real = writer.study_name_keys
+
+    def counting(values: dict[str, Any]) -> set[tuple[int, str]]:
+        derived.append(values.get("patient_name"))
+        return real(values)
+
+    monkeypatch.setattr(writer, "study_name_keys", counting)
+    add(index, make_parsed(patient_name="Doe^John"))
+    assert derived == ["Doe^John"]  # a new study: its keys
+    derived.clear()
+    add(index, make_parsed(sop="1.2.3.1.2", patient_name="Doe^John"))
+    assert derived == []
+    add(index, make_parsed(sop="1.2.3.1.3", patient_name="Roe^Jane"))
+    assert sorted(derived, key=str) == ["Doe^John", "Roe^Jane"]  # the stored keys and the new ones
+    assert index.search(parse_qido("study", [("PatientName", "Doe*")])) == []
     [found] = index.search(parse_qido("study", [("PatientName", "Roe*")]))
     assert found["00100010"]["Value"][0]["Alphabetic"] == "Roe^Jane"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from dicomd.index import Index
 from dicomd.index.types import UnsyncedBatch
@@ -71,6 +72,9 @@ async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared_flush, "_FORGET_AFTER", 2)
+    pooled, unflushed = archive.index.engines
+    opened: list[object] = []
+    event.listen(unflushed, "connect", lambda conn, _record: opened.append(conn))
     area = archive.store.staging_area
     data = [make_instance() for _ in range(3)]
     outcome = await archive.ingest.commit(*await archive.prepared(data[0]))
@@ -85,8 +89,13 @@ async def test_a_commit_records_its_files_until_later_commits_after_their_syncs(
     await archive.ingest.commit(*await archive.prepared(data[2]))  # forgets the first two
     [(_, size, checksum)] = archive.index.unsynced_objects(area)
     assert (size, checksum) == (len(data[2]), zlib.crc32(data[2]))
-    # commits that do not flush are the group commit's alone: every other transaction still flushes
+    # commits that do not flush are the group commit's alone, on one connection of their own held
+    # between them: every other transaction still flushes
     assert _synchronous_of_pooled_connections(archive.index) == {2}  # FULL
+    assert len(opened) == 1
+    with unflushed.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
+    assert pooled is archive.index.engine
     await archive.committer.stop()  # a clean stop forgets the rest: no recovery reads them back
     assert archive.index.unsynced_objects(area) == []
 

@@ -26,7 +26,8 @@ class Archive:
         self.committer = GroupCommitter(self.index, self.store, overwrite=overwrite, max_batch=64)
         self.ingest = IngestService(self.store, self.committer, bulk_threshold=1024)
         self.max_pages: int | None = None
-        event.listen(self.index.engine, "connect", self._limit_pages)
+        for engine in self.index.engines:  # the unflushed commits' own too
+            event.listen(engine, "connect", self._limit_pages)
 
     def _limit_pages(self, dbapi_conn: Any, _record: Any) -> None:
         if self.max_pages is not None:
@@ -36,11 +37,11 @@ class Archive:
         """Make the index's disk full: SQLite may not grow the database by a single page."""
         with self.index.engine.connect() as conn:
             self.max_pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
-        self.index.engine.dispose()
+        self.index.reconnect()
 
     def free_index(self) -> None:
         self.max_pages = None
-        self.index.engine.dispose()
+        self.index.reconnect()
 
     def staged(self) -> list[Path]:
         staging = self.store.root / "staging"

@@ -210,14 +210,23 @@ def prepare_instance(item: NewInstance) -> PreparedInstance:
     )
 
 
+_NAME_KEY_FIELDS = (
+    ((NAME_PATIENT_GROUP, NAME_PATIENT_WORD), "patient_name_norm", "patient_name_words"),
+    (
+        (NAME_REFERRING_GROUP, NAME_REFERRING_WORD),
+        "referring_physician_name_norm",
+        "referring_physician_name_words",
+    ),
+)
+# the study columns its name keys derive from: equal columns, equal keys
+NAME_KEY_COLUMNS = tuple(column for _, *columns in _NAME_KEY_FIELDS for column in columns)
+
+
 def study_name_keys(values: dict[str, Any]) -> set[tuple[int, str]]:
     """(field, key) rows of study_name_key for a study's column values (see normalize.name_keys)."""
     keys: set[tuple[int, str]] = set()
-    for (group_field, word_field), column in (
-        ((NAME_PATIENT_GROUP, NAME_PATIENT_WORD), "patient_name"),
-        ((NAME_REFERRING_GROUP, NAME_REFERRING_WORD), "referring_physician_name"),
-    ):
-        groups, words = name_keys(values.get(column + "_norm"), values.get(column + "_words"))
+    for (group_field, word_field), norm, words_column in _NAME_KEY_FIELDS:
+        groups, words = name_keys(values.get(norm), values.get(words_column))
         keys.update((group_field, g) for g in groups)
         keys.update((word_field, w) for w in words)
     return keys

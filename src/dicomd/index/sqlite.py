@@ -3,11 +3,11 @@ statistics seeded at migration."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError
 
 _BUSY_TIMEOUT_MS = 30_000
 
@@ -39,35 +39,18 @@ _SEED_DISTINCT = {  # distinct values per column; columns not listed are (nearly
 }
 
 
-def install(engine: Engine) -> None:
-    """Tune every connection the engine opens, and its transactions' BEGIN."""
-    event.listen(engine, "connect", _on_connect)
+def install(engine: Engine, *, flushed: bool = True) -> None:
+    """Tune every connection the engine opens, and its transactions' BEGIN. ``flushed=False``: its
+    commits do not flush the WAL to the device (``synchronous=NORMAL``: a crash may lose them, never
+    corrupt the database); whoever commits on it makes them durable with a syncfs of the file system
+    (Index.add_instances with ``unsynced``). Every other engine's commits flush (``FULL``)."""
+    event.listen(engine, "connect", _on_connect if flushed else _on_connect_unflushed)
     event.listen(engine, "begin", _on_begin)
 
 
 def begin_immediate(conn: Connection) -> None:
     """Make the connection's next transactions BEGIN IMMEDIATE (writers)."""
     conn.execution_options(dicomd_begin="IMMEDIATE")  # read by _on_begin
-
-
-@contextmanager
-def synchronous(conn: Connection, flushed: bool) -> Iterator[None]:
-    """With ``flushed=False``, the connection's commits in the block do not flush the WAL to the
-    device (``synchronous=NORMAL``: a crash may lose them, never corrupt the database); the caller's
-    syncfs of the file system makes them durable. A no-op otherwise, and on PostgreSQL."""
-    if flushed or conn.dialect.name != "sqlite":
-        yield
-        return
-    dbapi: Any = conn.connection.driver_connection  # autocommit (see _on_connect): runs at once
-    dbapi.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        try:
-            dbapi.execute("PRAGMA synchronous=FULL")
-        except Exception:
-            conn.invalidate()  # never hand out a connection whose commits might not flush
-            raise
 
 
 def seed_stats(conn: Connection) -> None:
@@ -90,22 +73,34 @@ def seed_stats(conn: Connection) -> None:
     conn.exec_driver_sql("ANALYZE sqlite_schema")  # reload the statistics
 
 
-def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _on_connect(dbapi_conn: Any, _record: Any, synchronous: str = "FULL") -> None:
     # let SQLAlchemy's begin event emit BEGIN (pysqlite's implicit transactions are wrong for us)
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # several processes write
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")  # a committed store must survive an OS crash
+        cur.execute(f"PRAGMA synchronous={synchronous}")  # FULL: a committed store survives an OS crash
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM matching is case-sensitive, as on PG
     finally:
         cur.close()
 
 
+def _on_connect_unflushed(dbapi_conn: Any, record: Any) -> None:
+    _on_connect(dbapi_conn, record, "NORMAL")
+
+
+_BEGIN = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
+
+
 def _on_begin(conn: Connection) -> None:
     # IMMEDIATE for writers: take the write lock up front, waiting on busy_timeout, instead of
-    # failing with SQLITE_BUSY when a read transaction later tries to upgrade
-    mode = conn.get_execution_options().get("dicomd_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    # failing with SQLITE_BUSY when a read transaction later tries to upgrade. On the driver's
+    # connection: SQLAlchemy's statement machinery cost ~20 us here, for every transaction (its error
+    # wrapping is kept: a busy or locked database is an OperationalError as from any statement).
+    statement = _BEGIN[conn.get_execution_options().get("dicomd_begin", "DEFERRED")]
+    try:
+        conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error, hide_parameters=True) from None

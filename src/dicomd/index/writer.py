@@ -16,7 +16,7 @@ from sqlalchemy import BindParameter, Select, Table, bindparam, delete, insert, 
 
 from dicomd.index import deleted_objects
 from dicomd.index.compiled import CompiledStatements, insert_many
-from dicomd.index.rows import SERIES_VALUE_COLUMNS, STUDY_VALUE_COLUMNS, study_name_keys
+from dicomd.index.rows import NAME_KEY_COLUMNS, SERIES_VALUE_COLUMNS, STUDY_VALUE_COLUMNS, study_name_keys
 from dicomd.index.schema import (
     changefeed,
     instance,
@@ -261,9 +261,13 @@ class WriteBatch:
         removed: list[dict[str, Any]] = []
         added: list[dict[str, Any]] = []
         for key, values in self.study_updates.items():
+            inserted = key in self.inserted_studies
+            stored = self.stored_studies[key]
+            if not inserted and all(stored.get(c) == values.get(c) for c in NAME_KEY_COLUMNS):
+                continue  # the names are as stored: so are their keys (most stores into a known study)
             pk = self.study_partitions[key]
             keys = study_name_keys(values)
-            old = set() if key in self.inserted_studies else study_name_keys(self.stored_studies[key])
+            old = set() if inserted else study_name_keys(stored)
             for target, diff in ((removed, old - keys), (added, keys - old)):
                 target += [
                     {"partition_key": pk, "field": f, "name_key": v, "study_key": key}
