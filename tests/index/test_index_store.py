@@ -103,6 +103,42 @@ def test_a_write_that_cannot_begin_on_a_locked_sqlite_index_is_unavailable_not_a
         other.close()
 
 
+def test_a_failed_unflushed_commit_leaves_nothing_and_the_next_one_gets_a_new_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commits ahead of a syncfs share one held connection (store.py, _unflushed_writer); one that
+    fails midway is rolled back and that connection is dropped, whatever state it was left in."""
+    from sqlalchemy import event
+
+    from dicomd.index.types import UnsyncedBatch
+
+    def unsynced(key: str) -> UnsyncedBatch:
+        return UnsyncedBatch("area", {key: (10, 20)})
+
+    with open_index("sqlite", tmp_path) as idx:
+        _, unflushed = idx.engines
+        opened: list[Any] = []
+        event.listen(unflushed, "connect", lambda conn, _record: opened.append(conn))
+        idx.add_instances([new(make_parsed(sop="1.2.3.1.1"), "k1")], overwrite=False, unsynced=unsynced("k1"))
+        idx.add_instances([new(make_parsed(sop="1.2.3.1.2"), "k2")], overwrite=False, unsynced=unsynced("k2"))
+        assert len(opened) == 1  # held between commits
+
+        def failing(batch: WriteBatch) -> None:
+            raise RuntimeError("a fault after the instance row was written")
+
+        monkeypatch.setattr(WriteBatch, "flush", failing)
+        with pytest.raises(RuntimeError):
+            idx.add_instances(
+                [new(make_parsed(sop="1.2.3.1.3"), "k3")], overwrite=False, unsynced=unsynced("k3")
+            )
+        monkeypatch.undo()
+        assert not idx.has_object("k3")
+        idx.add_instances([new(make_parsed(sop="1.2.3.1.4"), "k4")], overwrite=False, unsynced=unsynced("k4"))
+        assert len(opened) == 2
+        assert [k for k in ("k1", "k2", "k3", "k4") if idx.has_object(k)] == ["k1", "k2", "k4"]
+        assert [key for key, _, _ in idx.unsynced_objects("area")] == ["k1", "k2", "k4"]
+
+
 def test_partitions(index: Index) -> None:
     key = index.ensure_partition("research")
     assert key == 2

@@ -247,7 +247,7 @@ class Index:
         # engine of its own whose connections commit with synchronous=NORMAL
         self._unflushed_engine: Engine | None = None
         self._unflushed_conn: Connection | None = None
-        if self._is_sqlite:
+        if self._sqlite_file is not None:  # (an in-memory database is one per connection)
             self._unflushed_engine = create_engine(
                 self.url,
                 poolclass=NullPool,  # never pooled, never handed to another writer
@@ -388,7 +388,7 @@ class Index:
         """A write transaction; ``unlimited``: without the statement and lock timeouts (PostgreSQL).
         ``flushed=False`` (SQLite): its commit does not flush the WAL to the device, the caller's
         syncfs of the same file system does (see add_instances)."""
-        if not flushed and self._is_sqlite:
+        if not flushed and self._unflushed_engine is not None:
             with self._sqlite_writer_lock():
                 conn = self._unflushed_writer()
                 try:
