@@ -82,7 +82,6 @@ class DataDir:
 
     def __init__(self, mode: str, root: Path) -> None:
         self.mode = mode
-        self.root = root
         root.mkdir(parents=True)
         self.store = LocalObjectStore(root / "objects-root")
         for fan_out in range(16**3):  # all there in a running archive: a new one costs ~150 us
@@ -180,18 +179,23 @@ def run(
         results = {mode: Result(mode) for mode in modes}
         for round_ in range(rounds):
             turn = round_ % len(paths)
+            # this round's instances of each mode, cut beforehand: no list copying in the measured CPU
+            first = round_ * per_round * batch
+            chunks = {
+                mode: [
+                    queue[start : start + batch] for start in range(first, first + per_round * batch, batch)
+                ]
+                for mode, queue in queues.items()
+            }
             for path in paths[turn:] + paths[:turn]:  # each mode first as often
                 os.sync()  # what the previous turn left dirty is not this one's to write back
                 result = results[path.mode]
-                queue = queues[path.mode]
                 before = resource.getrusage(resource.RUSAGE_SELF)
-                for _ in range(per_round):
-                    chunk, queue = queue[:batch], queue[batch:]
+                for chunk in chunks[path.mode]:
                     started = time.perf_counter()
                     path.commit(chunk)
                     result.waits.append(time.perf_counter() - started)
                     result.instances += len(chunk)
-                queues[path.mode] = queue
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 result.cpu += after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         return [results[mode] for mode in modes]
