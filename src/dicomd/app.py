@@ -30,6 +30,7 @@ from dicomd.api.services import Lifecycle, Services
 from dicomd.audit.middleware import audited
 from dicomd.auth.middleware import authentication
 from dicomd.config import Settings
+from dicomd.http import connections
 from dicomd.http.cors import cors
 from dicomd.http.security import protected
 from dicomd.index.store import unavailable_errors
@@ -203,7 +204,7 @@ def _wrapping(wrap: Callable[[ASGIApp, Settings], ASGIApp], settings: Settings) 
 def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        ingest = await open_ingest(settings, migrate=migrate)
+        ingest = await open_ingest(settings, migrate=migrate, lone_request=connections.lone_request)
         index, store = ingest.committer.index, ingest.store
         cleanup = CleanupJob(index, store)
         sweep = OrphanSweep(index, store, grace_period=settings.orphan_grace_period)

@@ -5,6 +5,7 @@ serve nothing do not import it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from dicomd.config import Settings
 from dicomd.index.store import Index
@@ -68,7 +69,9 @@ def prepare(settings: Settings, index: Index | None = None, *, lock_timeout: flo
             index.close()
 
 
-async def open_ingest(settings: Settings, *, migrate: bool) -> IngestService:
+async def open_ingest(
+    settings: Settings, *, migrate: bool, lone_request: Callable[[], bool] | None = None
+) -> IngestService:
     """The store path of a serving process (a web worker, the DICOM listener): its index, object store,
     group committer (started) and ingest service; ``close_ingest`` ends them. With ``migrate`` the index is
     prepared here; otherwise the supervisor migrated it and a schema newer than this code (a newer replica
@@ -90,7 +93,7 @@ async def open_ingest(settings: Settings, *, migrate: bool) -> IngestService:
         index, store, overwrite=settings.duplicate_policy == "overwrite", max_batch=settings.commit_batch
     )
     committer.start()
-    return IngestService(store, committer, bulk_threshold=settings.bulk_threshold)
+    return IngestService(store, committer, bulk_threshold=settings.bulk_threshold, lone_request=lone_request)
 
 
 async def close_ingest(ingest: IngestService) -> None:

@@ -314,3 +314,55 @@ async def test_a_thread_that_took_the_lead_as_the_committer_stops_is_told_it_is_
     outcome = await leader
     assert not outcome.stored
     assert outcome.messages == [_SHUTTING_DOWN]
+
+
+async def test_a_lone_requests_last_part_is_committed_by_the_event_loop_itself(
+    archive: Archive, commits: Commits
+) -> None:
+    archive.ingest.lone_request = lambda: True
+    loop_thread = threading.current_thread().name
+    outcome = await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)
+    assert outcome.stored and _stored(archive, outcome)
+    assert commits.thread_names() == [loop_thread]  # no hand-off to the committer's thread
+    assert archive.staged() == []
+    # a part with more of its request to come, or a worker with other requests: the committer's thread
+    assert (await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=False)).stored
+    archive.ingest.lone_request = lambda: False
+    assert (await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)).stored
+    assert [name.startswith("dicomd-commit") for name in commits.thread_names()] == [False, True, True]
+
+
+async def test_a_lone_request_that_finds_a_commit_running_waits_for_the_next_one(
+    archive: Archive, commits: Commits, associations: Associations
+) -> None:
+    archive.ingest.lone_request = lambda: True
+    first, _, _ = await _held(archive, commits, associations, threads=0, requests=0)
+    lone = asyncio.ensure_future(
+        archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)
+    )
+    await _until(lambda: _queued(archive) == 1)  # queued: the loop did not block on the running commit
+    commits.gate.set()  # type: ignore[union-attr]
+    assert (await first).stored
+    assert (await lone).stored
+    assert commits.sizes() == [1, 1]
+    assert commits.thread_names()[1].startswith("dicomd-commit")
+
+
+async def test_a_failed_commit_on_the_loop_fails_its_request_and_leaves_the_lead_free(
+    archive: Archive, commits: Commits, associations: Associations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.ingest.lone_request = lambda: True
+    real_sync = archive.store.sync
+
+    def sync_failing_once(keys: list[str]) -> None:
+        if len(commits.seen) == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_sync(keys)
+
+    monkeypatch.setattr(archive.store, "sync", sync_failing_once)
+    failed = await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)
+    assert failed.failure_reason == OUT_OF_RESOURCES
+    assert not _stored(archive, failed)
+    assert archive.staged() == []
+    assert (await (await associations.commit(make_instance()))).stored
+    assert (await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)).stored

@@ -80,12 +80,18 @@ async def store(request: Request) -> Response:
     failed_parts: list[StoreOutcome] = []
     gate = asyncio.Semaphore(_PARALLEL_PARTS)
     pending = asyncio.Semaphore(_PENDING_PARTS)
+    preparing = 0  # parts admitted and not yet prepared (or refused)
+    receiving = True  # more parts of the body may come
 
     async def admit() -> None:
+        nonlocal preparing
         await pending.acquire()
         await gate.acquire()
+        preparing += 1
 
     def refuse() -> None:
+        nonlocal preparing
+        preparing -= 1
         gate.release()
         pending.release()
 
@@ -96,14 +102,18 @@ async def store(request: Request) -> Response:
         return fault_outcome(StoreOutcome(), "the part could not be staged", exc)
 
     async def finish(part: StagedPart) -> StoreOutcome:
+        nonlocal preparing
         try:
             try:
                 outcome, prepared = await ingest.prepare(
                     part, url_study=url_study, version=version, partition_key=partition_key
                 )
             finally:
+                preparing -= 1
                 gate.release()
-            return outcome if prepared is None else await ingest.commit(outcome, prepared)
+            if prepared is None:
+                return outcome
+            return await ingest.commit(outcome, prepared, last_part=preparing == 0 and not receiving)
         finally:
             pending.release()
 
@@ -166,14 +176,17 @@ async def store(request: Request) -> Response:
                 'use multipart/related; type="application/dicom"',
             )
     except _TooLarge:
+        receiving = False
         await _settle(outcomes)
         _audit(request, _settled(outcomes) + failed_parts)
         raise ApiError(413, f"the request is larger than the limit of {limit} bytes") from None
     except BaseException:
+        receiving = False
         await _settle(outcomes)
         _audit(request, _settled(outcomes) + failed_parts)
         raise
 
+    receiving = False
     results = list(await asyncio.gather(*outcomes)) + failed_parts
     _audit(request, results)
     if not results:

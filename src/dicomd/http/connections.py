@@ -46,6 +46,7 @@ LINGER = 2.0  # seconds a refused connection stays open to read the request (a c
 MAX_LINGERING = 64  # refused connections lingering at once; more are closed at once
 RETRY_AFTER = 1  # seconds (the Retry-After of a refused connection)
 MAX_HEAD = 64 << 10  # bytes of a request's line and headers; beyond: 431
+RECENT_RESPONSE = 0.005  # seconds: a connection answered this recently is not idle for lone_request
 
 
 def _answer(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
@@ -362,6 +363,26 @@ class GuardedProtocol(HttpToolsProtocol):
         super().timeout_keep_alive_handler()
 
 
+_guard: Guard | None = None  # this process's (protocol_class makes one per worker)
+
+
 def protocol_class(limits: Limits) -> type[asyncio.Protocol]:
     """The protocol class for uvicorn.Config(http=...): one Guard for this process's connections."""
-    return type("GuardedHttpToolsProtocol", (GuardedProtocol,), {"guard": Guard(limits)})
+    global _guard
+    _guard = Guard(limits)
+    return type("GuardedHttpToolsProtocol", (GuardedProtocol,), {"guard": _guard})
+
+
+def lone_request() -> bool:
+    """Whether this worker has exactly one request in progress, no request body still coming in and no
+    connection that ended a response within the last ``RECENT_RESPONSE`` seconds (its client is likely
+    to send the next request at once): then nothing else of the worker is expected to wait on its event
+    loop but what that request does next. False where the connections are not guarded (the app served
+    otherwise, as in some tests)."""
+    guard = _guard
+    if guard is None or guard.receiving or len(guard.open) - len(guard.waiting) != 1:
+        return False
+    if not guard.waiting:
+        return True
+    youngest = next(reversed(guard.waiting))  # in the order they began waiting
+    return youngest.loop.time() - youngest.since >= RECENT_RESPONSE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dicomd.dicom.parser import may_be_deflated
@@ -52,11 +52,24 @@ class StagedPart:
     data: bytes | None = None
 
 
+def _never() -> bool:
+    return False
+
+
 class IngestService:
-    def __init__(self, store: ObjectStore, committer: GroupCommitter, *, bulk_threshold: int) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        committer: GroupCommitter,
+        *,
+        bulk_threshold: int,
+        lone_request: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.committer = committer
         self.bulk_threshold = bulk_threshold
+        # whether a web worker has just one request in progress, wholly received (http.connections)
+        self.lone_request = lone_request or _never
 
     async def stage(self, body: AsyncIterator[bytes]) -> StagedPart:
         """Stage a received part under a new key, keeping its bytes too when small enough to be
@@ -113,11 +126,15 @@ class IngestService:
             self.store.discard_staged(key)
         return outcome, prepared
 
-    async def commit(self, outcome: StoreOutcome, prepared: PreparedInstance) -> StoreOutcome:
+    async def commit(
+        self, outcome: StoreOutcome, prepared: PreparedInstance, *, last_part: bool = False
+    ) -> StoreOutcome:
         """Wait for the group commit of a prepared instance (the committer drops the staged files of
-        those it does not store). Never raises."""
+        those it does not store). ``last_part``: no other part of its request is being received or
+        prepared; when the worker has no other request in progress either, its event loop commits it
+        (see GroupCommitter.submit). Never raises."""
         try:
-            result = await self.committer.submit(prepared)
+            result = await self.committer.submit(prepared, on_loop=last_part and self.lone_request())
         except Exception as exc:
             return _not_committed(outcome, exc)
         return _committed(outcome, prepared, result)
