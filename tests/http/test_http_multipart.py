@@ -20,6 +20,7 @@ from dicomd.http.multipart import (
     new_boundary,
     parse_content_type,
     part_header,
+    split_header_list,
 )
 
 BOUNDARY = "0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"
@@ -86,6 +87,31 @@ TRICKY = [
 )
 def test_parse_content_type(value: str, expected: tuple[str, dict[str, str]]) -> None:
     assert parse_content_type(value) == expected
+    assert parse_content_type(value) == expected  # again, from the cache of parsed values
+    long = value + " " * 600  # beyond the cached length: parsed each time, alike
+    assert parse_content_type(long) == (expected[0], {k: v.strip() for k, v in expected[1].items()})
+
+
+def test_each_parse_of_a_content_type_gets_params_of_its_own() -> None:
+    value = 'multipart/related; type="application/dicom"; q=0.5'
+    first = parse_content_type(value)[1]
+    first.pop("q")  # as parse_accept does
+    first["type"] = "changed"
+    assert parse_content_type(value)[1] == {"type": "application/dicom", "q": "0.5"}
+
+
+@pytest.mark.parametrize(
+    ("value", "sep", "expected"),
+    [
+        ("a, b,c", ",", ["a", " b", "c"]),
+        ("a;b\\;c", ";", ["a", "b\\", "c"]),  # a backslash outside quotes is a plain character
+        ('a;b="x;y";c', ";", ["a", 'b="x;y"', "c"]),
+        ('a;b="x\\";y";c', ";", ["a", 'b="x\\";y"', "c"]),  # an escaped quote stays inside
+        ("", ",", [""]),
+    ],
+)
+def test_split_header_list_splits_outside_quoted_strings(value: str, sep: str, expected: list[str]) -> None:
+    assert split_header_list(value, sep) == expected
 
 
 # --------------------------------------------------------------------------- reader

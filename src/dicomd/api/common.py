@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -64,8 +65,18 @@ def raw_json_response(body: bytes, status: int = 200, headers: dict[str, str] | 
 
 
 def require_json_accept(request: Request, what: str = "this resource") -> None:
-    if not accept_header_allows(parse_accept(request.headers.get("accept")), DICOM_JSON):
+    accept = request.headers.get("accept")
+    allowed = _json_accepted(accept) if accept is None or len(accept) <= 1024 else _json_allowed(accept)
+    if not allowed:
         raise ApiError(406, f"{what} is only available as application/dicom+json")
+
+
+def _json_allowed(accept: str | None) -> bool:
+    return accept_header_allows(parse_accept(accept), DICOM_JSON)
+
+
+# clients send the same Accept header request after request: negotiated once per value (bounded)
+_json_accepted = functools.lru_cache(maxsize=128)(_json_allowed)
 
 
 def uid_param(request: Request, name: str) -> str | None:

@@ -9,6 +9,7 @@ reported on that part so the caller can fail it and carry on with the others.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 
@@ -49,6 +50,8 @@ class _EndOfStream(MultipartError):
 
 def split_header_list(value: str, sep: str) -> list[str]:
     """Split ``value`` on ``sep`` outside double-quoted strings (backslash escapes honoured)."""
+    if '"' not in value:  # no quoted string (escapes count only inside one): a plain split
+        return value.split(sep)
     items: list[str] = []
     current: list[str] = []
     in_quotes = False
@@ -97,6 +100,23 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     their case (boundaries are case-sensitive).  Parameters without ``=`` are ignored
     and the first occurrence of a duplicated parameter wins.
     """
+    if len(value) > _CACHED_VALUE_MAX:
+        return _parse_content_type(value)
+    media_type, params = _parse_content_type_cached(value)
+    return media_type, dict(params)  # a copy: callers may change theirs
+
+
+# A client sends the same few header values request after request: each is parsed once (a bounded
+# cache of short values; a hostile variety of values only evicts).
+_CACHED_VALUE_MAX = 512
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_content_type_cached(value: str) -> tuple[str, dict[str, str]]:
+    return _parse_content_type(value)  # its dict never leaves: parse_content_type copies it
+
+
+def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     pieces = split_header_list(value, ";")
     media_type = pieces[0].strip().lower()
     params: dict[str, str] = {}
