@@ -366,3 +366,30 @@ async def test_a_failed_commit_on_the_loop_fails_its_request_and_leaves_the_lead
     assert archive.staged() == []
     assert (await (await associations.commit(make_instance()))).stored
     assert (await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)).stored
+
+
+async def test_the_loop_leaves_to_the_committers_thread_a_large_instance_a_slow_sync_or_no_shared_flush(
+    archive: Archive, commits: Commits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.ingest.lone_request = lambda: True
+    committer = archive.committer
+    assert committer.shared_flush is not None  # the embedded default: SQLite beside the files
+
+    async def lone() -> str:
+        outcome = await archive.ingest.commit(*await archive.prepared(make_instance()), last_part=True)
+        assert outcome.stored
+        return commits.thread_names()[-1]
+
+    loop_thread = threading.current_thread().name
+    assert await lone() == loop_thread
+    limit = committer_module.LOOP_COMMIT_MAX_BYTES
+    monkeypatch.setattr(committer_module, "LOOP_COMMIT_MAX_BYTES", 100)  # each instance is larger
+    assert (await lone()).startswith("dicomd-commit")
+    monkeypatch.setattr(committer_module, "LOOP_COMMIT_MAX_BYTES", limit)
+    committer._last_commit_seconds = 1.0  # say, a syncfs that wrote back others' dirty pages
+    assert (await lone()).startswith("dicomd-commit")
+    assert committer._last_commit_seconds < 1.0  # that commit's own time
+    monkeypatch.setattr(committer_module, "LOOP_COMMIT_MAX_SECONDS", 0.9)  # however slow this disk
+    assert await lone() == loop_thread
+    monkeypatch.setattr(committer, "shared_flush", None)  # PostgreSQL, or a cloud object store
+    assert (await lone()).startswith("dicomd-commit")
