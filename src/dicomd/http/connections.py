@@ -223,6 +223,63 @@ class Guard:
             self.evicted = self.refused = 0
 
 
+class _CoalescingTransport:
+    """A connection's transport as uvicorn writes to it. uvicorn writes a response's head as soon as the
+    application starts the response and its body right after: two writes, two TCP segments, and a client
+    that reads the head often wakes up a second time for the body. A small first write is held until
+    the next write (sent with it) or the end of the loop's round, whichever comes first: one write for
+    a head and a body sent together, nothing held longer than the round."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            if len(data) <= _HOLD_MAX and not self._transport.is_closing():
+                self._held = bytes(data)
+                self._loop.call_soon(self.flush)
+            else:
+                self._transport.write(data)
+        else:
+            self._held = None
+            if len(data) <= _JOIN_MAX:
+                self._transport.write(held + bytes(data))
+            else:
+                self._transport.writelines((held, data))
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + (len(self._held) if self._held else 0)
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, set_protocol, get_extra_info, ...
+        return getattr(self._transport, name)
+
+
+_HOLD_MAX = 8 << 10  # a response head (dicomd's are well under 1 KiB)
+_JOIN_MAX = 64 << 10  # a head and a body up to this are joined into one buffer; larger: writelines
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the phase of its connection kept for the Guard."""
 
@@ -272,15 +329,17 @@ class GuardedProtocol(HttpToolsProtocol):
     # ---- uvicorn's callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.raw_transport = transport  # the lingering refusals are keyed by it
         if not self.guard.admit(self):
             self.refused = True
             self.guard.refuse(transport, self.loop)
             return
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._wait()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.drop()
-        self.guard.lingering.pop(self.transport, None)
+        self.guard.lingering.pop(self.raw_transport, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -302,11 +361,13 @@ class GuardedProtocol(HttpToolsProtocol):
             # a pipelined head behind a response in progress: no room for an answer in that stream
             self.transport.abort()
             return
-        self.guard.refuse(self.transport, self.loop, _HEAD_TOO_LARGE)
+        if isinstance(self.transport, _CoalescingTransport):
+            self.transport.flush()  # what went before the answer leaves before it
+        self.guard.refuse(self.raw_transport, self.loop, _HEAD_TOO_LARGE)
 
     def eof_received(self) -> None:  # None: the transport closes itself
         if self.refused:
-            self.guard.lingering.pop(self.transport, None)
+            self.guard.lingering.pop(self.raw_transport, None)
         super().eof_received()
 
     def on_headers_complete(self) -> None:
