@@ -329,7 +329,6 @@ class GuardedProtocol(HttpToolsProtocol):
     # ---- uvicorn's callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.raw_transport = transport  # the lingering refusals are keyed by it
         if not self.guard.admit(self):
             self.refused = True
             self.guard.refuse(transport, self.loop)
@@ -339,7 +338,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.drop()
-        self.guard.lingering.pop(self.raw_transport, None)
+        self.guard.lingering.pop(self.transport, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -361,13 +360,11 @@ class GuardedProtocol(HttpToolsProtocol):
             # a pipelined head behind a response in progress: no room for an answer in that stream
             self.transport.abort()
             return
-        if isinstance(self.transport, _CoalescingTransport):
-            self.transport.flush()  # what went before the answer leaves before it
-        self.guard.refuse(self.raw_transport, self.loop, _HEAD_TOO_LARGE)
+        self.guard.refuse(self.transport, self.loop, _HEAD_TOO_LARGE)
 
     def eof_received(self) -> None:  # None: the transport closes itself
         if self.refused:
-            self.guard.lingering.pop(self.raw_transport, None)
+            self.guard.lingering.pop(self.transport, None)
         super().eof_received()
 
     def on_headers_complete(self) -> None:
